@@ -1,0 +1,32 @@
+# The two commands the README opens with: `make demo` and `make test`. Both build .venv/ here.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint install bench clean
+
+$(PY):
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "codestral-ls needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalls when pyproject.toml changes. torch==2.13.0 is pinned: an unpinned torch pulls a
+# multi-GB CUDA build (GPU users: see README).
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[model,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/codestral-ls complete server/samples/sample.py:8:12
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check server engine tests benchmarks
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest -q -ra
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,26 @@
+"""The model side of codestral-ls: loading, FIM formats, KV cache, decoding. Knows nothing of LSP.
+
+Importing this package does not import torch; `load_engine` does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engine.loading import ModelSpec
+from engine.options import EngineOptions
+
+if TYPE_CHECKING:
+    from engine.embedded import Progress
+    from engine.engine import Engine
+
+
+def load_engine(spec: ModelSpec, options: EngineOptions | None = None, progress: Progress | None = None) -> Engine:
+    """Load the model `spec` names and wrap it in an `Engine` (blocking: call it off the event loop)."""
+    from engine.engine import Engine
+    from engine.loading import load_model
+
+    return Engine(load_model(spec, progress), options)
+
+
+__all__ = ["EngineOptions", "ModelSpec", "load_engine"]

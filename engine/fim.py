@@ -1,0 +1,217 @@
+"""Fill-in-the-middle prompt formats, built as token ids per model family.
+
+Strings are never concatenated with control tokens and re-tokenized: each piece of text is encoded
+on its own and the control tokens are inserted as ids, so a prompt can never be confused by text
+that happens to spell a control token, and the token layout is exactly the family's training one.
+
+`build()` returns the prompt ids plus the `heal` text: the last token of the text before the
+cursor is taken back out of the prompt and the model is constrained to regenerate it, so a cursor
+in the middle of a word (or after indentation) does not force an unnatural token boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Order = Literal["spm", "psm"]
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+    def decode(self, ids: list[int], **kw: object) -> str: ...
+    def convert_tokens_to_ids(self, token: str) -> int | None: ...
+    def get_vocab(self) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True)
+class FimProfile:
+    """How one family lays out a FIM prompt; `order` 'spm' means suffix first (Codestral)."""
+
+    name: str
+    order: Order
+    prefix_token: str | None
+    suffix_token: str
+    middle_token: str | None
+    stop_tokens: tuple[str, ...]
+    bos: bool = False
+    file_sep_token: str | None = None
+    repo_name_token: str | None = None
+    # SentencePiece tokenizers prepend a space to every encode(); strip it for infill pieces.
+    strip_dummy_prefix: bool = False
+
+
+CODESTRAL = FimProfile(
+    name="codestral",
+    order="spm",
+    prefix_token="[PREFIX]",
+    suffix_token="[SUFFIX]",
+    middle_token=None,  # mistral-common ends the prompt with the prefix: no [MIDDLE]
+    stop_tokens=("</s>",),
+    bos=True,
+    strip_dummy_prefix=True,
+)
+QWEN = FimProfile(
+    name="qwen",
+    order="psm",
+    prefix_token="<|fim_prefix|>",
+    suffix_token="<|fim_suffix|>",
+    middle_token="<|fim_middle|>",
+    stop_tokens=("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>",
+                 "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+    file_sep_token="<|file_sep|>",
+    repo_name_token="<|repo_name|>",
+)
+STARCODER2 = FimProfile(
+    name="starcoder2",
+    order="psm",
+    prefix_token="<fim_prefix>",
+    suffix_token="<fim_suffix>",
+    middle_token="<fim_middle>",
+    stop_tokens=("<|endoftext|>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+    file_sep_token="<file_sep>",
+    repo_name_token="<repo_name>",
+)
+DEEPSEEK = FimProfile(
+    name="deepseek",
+    order="psm",
+    prefix_token="<｜fim▁begin｜>",
+    suffix_token="<｜fim▁hole｜>",
+    middle_token="<｜fim▁end｜>",
+    stop_tokens=("<｜end▁of▁sentence｜>", "<|EOT|>"),
+    bos=True,
+)
+CODELLAMA = FimProfile(
+    name="codellama",
+    order="psm",
+    prefix_token="▁<PRE>",
+    suffix_token="▁<SUF>",
+    middle_token="▁<MID>",
+    stop_tokens=("▁<EOT>", "</s>"),
+    bos=True,
+    strip_dummy_prefix=True,
+)
+PROFILES = {p.name: p for p in (CODESTRAL, QWEN, STARCODER2, DEEPSEEK, CODELLAMA)}
+# Qwen2.5-Coder in suffix-first order, kept for the A/B that shows why PSM is the default there.
+PROFILES["qwen-spm"] = FimProfile(**{**QWEN.__dict__, "name": "qwen-spm", "order": "spm"})
+
+
+def detect_profile(tokenizer: Tokenizer, override: str | None = None) -> FimProfile:
+    """Pick the profile whose control tokens the tokenizer has; `override` names one explicitly."""
+    if override and override != "auto":
+        if override not in PROFILES:
+            raise ValueError(f"unknown FIM format {override!r}; choose one of {', '.join(PROFILES)}")
+        return PROFILES[override]
+    vocab = tokenizer.get_vocab()
+    for profile in (CODESTRAL, QWEN, STARCODER2, DEEPSEEK, CODELLAMA):
+        if profile.suffix_token in vocab and (profile.prefix_token or "") in vocab | {"": 0}:
+            return profile
+    raise ValueError(
+        "the tokenizer has no known fill-in-the-middle tokens ([SUFFIX]/[PREFIX], <|fim_prefix|>, "
+        "<fim_prefix>, <｜fim▁begin｜>, <PRE>); pass --fim-format to choose one"
+    )
+
+
+@dataclass
+class FimPrompt:
+    """Prompt ids, the text the model must regenerate first (`heal`), and the profile's stop ids."""
+
+    ids: list[int]
+    heal: str
+    stop_ids: frozenset[int]
+
+
+@dataclass
+class FimEncoder:
+    """Encodes FIM prompts for one tokenizer + profile; caches the control token ids."""
+
+    tokenizer: Tokenizer
+    profile: FimProfile
+    _ids: dict[str, int] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        vocab = self.tokenizer.get_vocab()
+        wanted = [self.profile.prefix_token, self.profile.suffix_token, self.profile.middle_token,
+                  self.profile.file_sep_token, self.profile.repo_name_token, *self.profile.stop_tokens]
+        for tok in wanted:
+            if tok and tok in vocab:
+                self._ids[tok] = vocab[tok]
+        for tok in (self.profile.suffix_token, self.profile.prefix_token, self.profile.middle_token):
+            if tok and tok not in self._ids:
+                raise ValueError(f"{self.profile.name} FIM format needs token {tok!r}, absent here")
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        self.bos_id: int | None = bos if self.profile.bos else None
+        self.stop_ids = frozenset(self._ids[t] for t in self.profile.stop_tokens if t in self._ids)
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        if isinstance(eos, int):
+            self.stop_ids = self.stop_ids | {eos}
+        self._dummy = self._dummy_prefix_ids() if self.profile.strip_dummy_prefix else []
+
+    def _dummy_prefix_ids(self) -> list[int]:
+        # What encode() puts before any text (a lone "▁" for SentencePiece); measured, not assumed.
+        probe = "\x01"
+        return self.tokenizer.encode(probe, add_special_tokens=False)[:-1] or []
+
+    def encode_text(self, text: str) -> list[int]:
+        """Encode a piece of infill text with no special tokens and no dummy prefix space."""
+        if not text:
+            return []
+        if not self._dummy:
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        # mistral-common's trick: encode behind a sentinel and cut the sentinel's tokens off.
+        sentinel = "\x01"
+        base = self.tokenizer.encode(sentinel, add_special_tokens=False)
+        ids = self.tokenizer.encode(sentinel + text, add_special_tokens=False)
+        return ids[len(base):] if ids[: len(base)] == base else ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def build(self, prefix: str, suffix: str, forced_middle: str = "",
+              extra_files: tuple[tuple[str, str], ...] = (), heal: bool = True) -> FimPrompt:
+        """Token ids for `prefix|cursor|suffix`, where `forced_middle` was typed after the anchor.
+
+        The text before the cursor is `prefix + forced_middle`; keeping them apart lets the prompt
+        stay byte-identical across keystrokes while the user types at an anchored position.
+        """
+        p = self.profile
+        prefix_ids = self.encode_text(prefix)
+        heal_text = ""
+        if heal and prefix_ids:
+            # The prefix's last token always moves into the middle, typed text or not, so the
+            # prompt before the middle is the same at every keystroke of an anchored edit.
+            last = self.decode(prefix_ids[-1:])
+            if "\ufffd" not in last:  # never split a multi-byte character
+                prefix_ids.pop()
+                forced_middle = last + forced_middle
+        middle_ids = self.encode_text(forced_middle)
+        if heal and middle_ids:
+            heal_text = self.decode(middle_ids[-1:])
+            if "\ufffd" in heal_text:
+                heal_text = ""
+            else:
+                middle_ids.pop()
+        head: list[int] = [self.bos_id] if self.bos_id is not None else []
+        head += self._extra_context(extra_files)
+        suffix_part = [self._ids[p.suffix_token], *self.encode_text(suffix)]
+        if p.order == "spm":
+            prefix_part = [self._ids[p.prefix_token]] if p.prefix_token else []
+            ids = head + suffix_part + prefix_part + prefix_ids
+            if p.middle_token:
+                ids.append(self._ids[p.middle_token])
+        else:
+            ids = head + [self._ids[p.prefix_token]] + prefix_ids + suffix_part
+            ids.append(self._ids[p.middle_token])
+        ids += middle_ids
+        return FimPrompt(ids=ids, heal=heal_text, stop_ids=self.stop_ids)
+
+    def _extra_context(self, extra_files: tuple[tuple[str, str], ...]) -> list[int]:
+        """Other files as `<|file_sep|>path\\ntext` blocks, for families trained on repo context."""
+        sep = self._ids.get(self.profile.file_sep_token or "")
+        if sep is None or not extra_files:
+            return []
+        ids: list[int] = []
+        for path, text in extra_files:
+            ids += [sep, *self.encode_text(f"{path}\n{text}\n")]
+        ids.append(sep)
+        return ids

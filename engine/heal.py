@@ -1,0 +1,56 @@
+"""Token healing: the text of every vocabulary entry, indexed so a constrained step is cheap.
+
+When the prompt's last token is taken back (see `fim.FimEncoder.build`), the first decoded tokens
+must spell that text again: a token is allowed while the owed text ("rest") starts with it, or it
+starts with the rest (and then carries on past it).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class HealIndex:
+    strings: list[str]
+    by_first_char: dict[str, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, tokenizer: Any, vocab_size: int) -> HealIndex:
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        special |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+        n = min(vocab_size, len(tokenizer))
+        strings = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False,
+                                         clean_up_tokenization_spaces=False)
+        strings += [""] * (vocab_size - n)
+        index: dict[str, list[int]] = defaultdict(list)
+        for i, s in enumerate(strings):
+            if s and i not in special and "\ufffd" not in s:
+                index[s[0]].append(i)
+            elif i in special:
+                strings[i] = ""
+        return cls(strings=strings, by_first_char=dict(index))
+
+    def allowed(self, rest: str) -> list[int]:
+        """Token ids consistent with owing `rest` (non-empty)."""
+        out = []
+        for i in self.by_first_char.get(rest[0], ()):
+            s = self.strings[i]
+            if s.startswith(rest) or rest.startswith(s):
+                out.append(i)
+        return out
+
+    def consistent(self, token: int, rest: str) -> bool:
+        if not rest:
+            return True
+        s = self.strings[token] if token < len(self.strings) else ""
+        return bool(s) and (s.startswith(rest) or rest.startswith(s))
+
+    def advance(self, rest: str, token: int) -> str:
+        """What is still owed after `token` was chosen."""
+        if not rest:
+            return ""
+        s = self.strings[token]
+        return rest[len(s):] if rest.startswith(s) else ""

@@ -1,0 +1,188 @@
+"""Model loading: the embedded default, a local Hugging Face folder, a GGUF file, or a hub id.
+
+Weights load from safetensors or GGUF only (never pickle), `trust_remote_code` stays off unless
+asked for, and nothing is downloaded unless the user allowed it. Every failure becomes one
+`ModelLoadError` sentence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import embedded
+from engine.errors import ModelLoadError
+from engine.fim import FimEncoder, detect_profile
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZE = ("auto", "none", "int8", "nf4")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the user asked for; `model=None` means the embedded default."""
+
+    model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    quantize: str = "none"
+    fim_format: str = "auto"
+    trust_remote_code: bool = False
+    allow_download: bool = False
+    threads: int | None = None
+
+    def validate(self) -> None:
+        for name, value, allowed in (("device", self.device, DEVICES), ("dtype", self.dtype, DTYPES),
+                                     ("quantize", self.quantize, QUANTIZE)):
+            if value not in allowed:
+                raise ModelLoadError(f"--{name} {value!r} is not one of {', '.join(allowed)}")
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any
+    encoder: FimEncoder
+    device: str
+    dtype: str
+    quantize: str
+    source: str  # what was loaded, for `doctor` and logs
+    weight_bytes: int
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for but torch sees no CUDA device")
+    return device
+
+
+def resolve_source(spec: ModelSpec, progress: embedded.Progress | None = None) -> tuple[Path | str, str]:
+    """Turn `--model` into a loadable folder (or hub id) and a human description."""
+    if spec.model is None:
+        return embedded.ensure_embedded_model(progress), embedded.EMBEDDED_NAME
+    path = Path(spec.model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"model file {path} does not exist")
+        return convert_gguf(path, progress), f"{path.name} (GGUF)"
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is not a Hugging Face model folder (no config.json) nor a .gguf file")
+        return path, str(path)
+    looks_like_hub_id = spec.model.count("/") == 1 and not spec.model.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise ModelLoadError(f"model path {spec.model} does not exist")
+    if not spec.allow_download:
+        raise ModelLoadError(
+            f"{spec.model} is not a local path; pass --allow-download to fetch it from the Hugging Face hub"
+        )
+    return spec.model, f"{spec.model} (hub)"
+
+
+def convert_gguf(path: Path, progress: embedded.Progress | None = None) -> Path:
+    """Convert a user GGUF once into the cache (keyed by path, size and mtime), like the embedded one."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = embedded.cache_dir() / f"gguf-{path.stem}-{key}"
+    if (out / embedded.CONVERTED_MARKER).is_file():
+        return out
+    try:
+        embedded.convert_gguf_folder(path, out, {"source": str(path)}, progress)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # gguf/transformers raise many kinds for a corrupt file
+        shutil.rmtree(out.with_name(out.name + ".tmp"), ignore_errors=True)
+        raise ModelLoadError(f"cannot read GGUF {path}: {type(exc).__name__}: {exc}") from None
+    return out
+
+
+def _torch_dtype(name: str, device: str) -> Any:
+    import torch
+
+    if name == "auto":
+        # No bf16 hardware on common CPUs: fp32 is the fast path there.
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def load_model(spec: ModelSpec, progress: embedded.Progress | None = None) -> LoadedModel:
+    spec.validate()
+    source, description = resolve_source(spec, progress)
+    device = resolve_device(spec.device)
+    if spec.quantize == "nf4" and device != "cuda":
+        raise ModelLoadError("--quantize nf4 needs a CUDA device (bitsandbytes); use int8 or none on CPU")
+    if not spec.allow_download:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    dtype = _torch_dtype(spec.dtype, device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": spec.trust_remote_code}
+    if isinstance(source, Path):
+        kwargs["use_safetensors"] = True  # never unpickle weights from a folder
+    quantize = spec.quantize if spec.quantize != "auto" else ("nf4" if device == "cuda" else "none")
+    if device == "cuda" and quantize in ("int8", "nf4"):
+        kwargs["quantization_config"] = _bnb_config(quantize, dtype)
+        kwargs["device_map"] = {"": 0}
+    if progress:
+        progress(f"loading {description}", 95)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model {description}: {type(exc).__name__}: {exc}") from None
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    if device == "cpu" and quantize == "int8":
+        from engine.quantize import quantize_int8_cpu
+
+        quantize_int8_cpu(model)
+    try:
+        encoder = FimEncoder(tokenizer, detect_profile(tokenizer, spec.fim_format))
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values()
+                       if hasattr(t, "element_size"))
+    log.info("loaded %s on %s (%s, quantize=%s, FIM %s)", description, device, str(dtype), quantize,
+             encoder.profile.name)
+    return LoadedModel(model, tokenizer, encoder, device, str(dtype).removeprefix("torch."), quantize,
+                       description, weight_bytes)
+
+
+def _bnb_config(quantize: str, dtype: Any) -> Any:
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise ModelLoadError("--quantize int8/nf4 on CUDA needs bitsandbytes: pip install 'codestral-ls[cuda]'") from None
+    if quantize == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                                  bnb_4bit_use_double_quant=True)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def describe_folder(folder: Path) -> dict[str, Any]:
+    """A few config facts for `doctor`, without loading weights."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: cfg.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")}

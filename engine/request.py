@@ -1,0 +1,97 @@
+"""What the engine is asked (`FimRequest`) and what it answers (`FimResult`). No LSP here."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Where a suggestion ends, judged on the middle's text as it grows.
+
+    single_line: stop at the first line break. Otherwise stop after `max_lines` lines, or before a
+    complete non-blank line indented less than `block_indent` (the end of the block the cursor is
+    in), or at any of `stop_strings`.
+    """
+
+    single_line: bool = False
+    max_lines: int = 12
+    block_indent: int | None = None
+    stop_strings: tuple[str, ...] = ()
+
+    def cut(self, text: str) -> tuple[str, bool]:
+        """Return (text up to the stop, whether a stop was reached)."""
+        hit = len(text)
+        for s in self.stop_strings:
+            i = text.find(s)
+            if i >= 0:
+                hit = min(hit, i)
+        if hit < len(text):
+            text = text[:hit]
+            done = True
+        else:
+            done = False
+        if self.single_line:
+            i = text.find("\n")
+            return (text[:i], True) if i >= 0 else (text, done)
+        lines = text.split("\n")
+        # Only complete lines (followed by a newline) can end the block.
+        for n, line in enumerate(lines[:-1]):
+            if n > 0 and self.block_indent is not None and line.strip():
+                indent = len(line) - len(line.lstrip())
+                if indent < self.block_indent:
+                    return "\n".join(lines[:n]), True
+            if n + 1 >= self.max_lines:
+                return "\n".join(lines[: n + 1]), True
+        return text, done
+
+
+class CancelToken:
+    """Set by whoever supersedes a request; the decode loop checks it between tokens."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class FimRequest:
+    """One completion: the text around the cursor and how to stop.
+
+    `forced_middle` is what the user typed since the prompt's anchor: the model continues after it.
+    `budget_ms` bounds the time to the answer; decoding then goes on in the background so the next
+    keystroke finds the rest cached (unless `background` is False).
+    """
+
+    doc: str
+    prefix: str
+    suffix: str
+    forced_middle: str = ""
+    extra_files: tuple[tuple[str, str], ...] = ()
+    max_tokens: int = 64
+    stop: StopRule = field(default_factory=StopRule)
+    budget_ms: float | None = None
+    background: bool = True
+    cancel: CancelToken = field(default_factory=CancelToken)
+
+
+@dataclass
+class FimResult:
+    text: str  # the suggestion: what goes after the cursor
+    finish: str  # "stop" (rule or stop token), "length", "budget"
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose KV came from the cache
+    prefilled_tokens: int = 0
+    replayed_tokens: int = 0  # decoded tokens taken from a cached continuation, no model call
+    decoded_tokens: int = 0
+    draft_accepted: int = 0
+    draft_proposed: int = 0
+    elapsed_ms: float = 0.0
+    prefill_ms: float = 0.0

@@ -1,0 +1,54 @@
+"""Keep the prompt still while the user types: an anchored edit per document.
+
+The prompt is cut where the current edit began (the anchor); what was typed since then goes to
+the engine as `forced_middle`. As long as the text before the anchor and after the cursor is
+unchanged, every keystroke produces the same prompt plus a growing middle, so the engine's KV
+cache (prefix *and* suffix) survives — essential for prefix-suffix-middle models like Qwen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server.context import Context
+
+MAX_TYPED = 400  # past this many typed characters a fresh anchor is cheaper than a long middle
+
+
+@dataclass
+class Anchor:
+    offset: int  # where the edit began
+    ctx: Context  # context computed at the anchor
+    raw_prefix: str  # document text [ctx.prefix_start, offset)
+    raw_suffix: str  # document text after the anchor that the suffix window covered
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The prompt parts for one request."""
+
+    ctx: Context
+    forced_middle: str
+    anchored: bool  # True when the prompt reused the previous anchor
+
+
+class Anchors:
+    def __init__(self) -> None:
+        self._by_doc: dict[str, Anchor] = {}
+
+    def place(self, uri: str, text: str, offset: int, fresh_context) -> Placement:  # noqa: ANN001
+        """Reuse the document's anchor if the text around it is unchanged, else anchor here."""
+        a = self._by_doc.get(uri)
+        if a is not None and a.offset <= offset <= a.offset + MAX_TYPED:
+            start = a.ctx.prefix_start
+            same_prefix = text[start:a.offset] == a.raw_prefix
+            typed = text[a.offset:offset]
+            same_suffix = text[offset:offset + len(a.raw_suffix)] == a.raw_suffix
+            if same_prefix and same_suffix:
+                return Placement(a.ctx, typed, anchored=True)
+        ctx: Context = fresh_context()
+        self._by_doc[uri] = Anchor(offset, ctx, text[ctx.prefix_start:offset], text[offset:offset + len(ctx.suffix)])
+        return Placement(ctx, "", anchored=False)
+
+    def forget(self, uri: str) -> None:
+        self._by_doc.pop(uri, None)

@@ -1,0 +1,227 @@
+"""`codestral-ls`: the LSP server on stdio (default), `complete FILE:LINE:COL`, `doctor`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from server import __version__
+from server.options import CHOICES, Options, cli_overrides, engine_config, parse_options
+
+log = logging.getLogger("codestral-ls")
+
+
+def _common() -> argparse.ArgumentParser:
+    # SUPPRESS: a flag given before the sub-command is not reset by the sub-parser's defaults.
+    p = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="Hugging Face folder, .gguf file or hub id (default: embedded Qwen2.5-Coder-0.5B)")
+    g.add_argument("--device", choices=CHOICES["device"])
+    g.add_argument("--dtype", choices=CHOICES["dtype"])
+    g.add_argument("--quantize", choices=CHOICES["quantize"], help="int8 (CPU or CUDA), nf4 (CUDA)")
+    g.add_argument("--fim-format", dest="fim_format", choices=CHOICES["fim_format"])
+    g.add_argument("--threads", type=int, help="CPU threads for torch")
+    g.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true")
+    g.add_argument("--allow-download", dest="allow_download", action="store_true",
+                   help="allow fetching --model from the Hugging Face hub")
+    e = p.add_argument_group("engine")
+    e.add_argument("--no-kv-reuse", dest="kv_reuse", action="store_false")
+    e.add_argument("--no-speculation", dest="speculation", action="store_false")
+    e.add_argument("--kv-budget-mb", dest="kv_budget_mb", type=int)
+    e.add_argument("--budget-ms", dest="budget_ms", type=int, help="answer by then (0: no budget)")
+    e.add_argument("--max-tokens", dest="max_tokens", type=int)
+    e.add_argument("--multiline", choices=CHOICES["multiline"])
+    e.add_argument("--prefix-tokens", dest="prefix_tokens", type=int)
+    e.add_argument("--suffix-tokens", dest="suffix_tokens", type=int)
+    p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-document-text", dest="log_document_text", action="store_true",
+                   help="debug: allow document text in logs")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="codestral-ls", parents=[common],
+        description="Local fill-in-the-middle code completions over LSP. With no command: the LSP server on stdio.")
+    parser.add_argument("--version", action="version", version=f"codestral-ls {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("serve", parents=[common], help="run the LSP server on stdio (the default)")
+    c = sub.add_parser("complete", parents=[common], help="print the completion at FILE:LINE:COL (1-based)")
+    c.add_argument("where", metavar="FILE:LINE:COL")
+    c.add_argument("--language", help="language id (default: from the file extension)")
+    c.add_argument("--json", action="store_true", help="print a JSON object")
+    sub.add_parser("doctor", parents=[common], help="print versions, device, model and whether it loads")
+    return parser
+
+
+class CliError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = getattr(args, "command", None) or "serve"
+    level = getattr(args, "log_level", None) or ("info" if command == "serve" else "warning")
+    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    raw = cli_overrides(args)
+    options, problems = parse_options(raw)
+    try:
+        if problems:
+            raise CliError("; ".join(problems))
+        if command == "serve":
+            return serve(options, raw)
+        if command == "complete":
+            return complete(options, args.where, getattr(args, "language", None), getattr(args, "json", False))
+        return doctor(options)
+    except CliError as exc:
+        sys.stderr.write(f"codestral-ls: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def serve(options: Options, raw: dict[str, Any]) -> int:
+    from server.lsp import create_server
+    from server.lsplog import install_lsp_log_handler
+
+    # stdout belongs to the protocol: anything else that writes there goes to stderr instead.
+    protocol_out = sys.stdout.buffer
+    sys.stdout = sys.stderr
+    server = create_server(options, raw)
+    install_lsp_log_handler(server)
+    server.start_io(sys.stdin.buffer, protocol_out)
+    return 0
+
+
+def _parse_where(where: str) -> tuple[Path, int, int]:
+    try:
+        path, line, col = where.rsplit(":", 2)
+        line_no, col_no = int(line), int(col)
+    except ValueError:
+        raise CliError(f"expected FILE:LINE:COL (1-based), got {where!r}") from None
+    if line_no < 1 or col_no < 1:
+        raise CliError(f"LINE and COL are 1-based, got {line_no}:{col_no}")
+    return Path(path), line_no, col_no
+
+
+def complete(options: Options, where: str, language: str | None, as_json: bool) -> int:
+    from engine.errors import EngineError
+    from engine.worker import EngineWorker
+    from server.pipeline import Completer, Document
+
+    path, line_no, col_no = _parse_where(where)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"{path} is not UTF-8 text") from None
+    lines = text.split("\n")
+    if line_no > len(lines):
+        raise CliError(f"{path} has {len(lines)} lines; line {line_no} does not exist")
+    if col_no - 1 > len(lines[line_no - 1]):
+        raise CliError(f"line {line_no} of {path} has {len(lines[line_no - 1])} characters; column {col_no} is past its end")
+    offset = sum(len(ln) + 1 for ln in lines[: line_no - 1]) + col_no - 1
+
+    from engine import load_engine
+
+    t_load = time.perf_counter()
+    worker = EngineWorker(lambda: load_engine(*engine_config(options), progress=_stderr_progress)).start()
+    worker.loaded.wait()
+    if worker.engine is None:
+        raise CliError(worker.load_error or "the model did not load")
+    load_s = time.perf_counter() - t_load
+    # The one-shot CLI shows the whole suggestion: no latency budget.
+    completer = Completer(worker, options.replace(budget_ms=0))
+    doc = Document(path.resolve().as_uri(), text, language or "")
+    try:
+        s = asyncio.run(completer.complete(doc, offset))
+    except EngineError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        worker.stop()
+    suggestion = s.text if s else ""
+    r = s.result if s else None
+    if as_json:
+        out = {"file": str(path), "line": line_no, "column": col_no, "suggestion": suggestion,
+               "latency_ms": s.latency_ms if s else None, "load_s": round(load_s, 2),
+               "prompt_tokens": r.prompt_tokens if r else None, "decoded_tokens": r.decoded_tokens if r else None}
+        sys.stdout.write(json.dumps(out) + "\n")
+        return 0
+    engine = worker.engine
+    sys.stdout.write(f"{path}:{line_no}:{col_no}  [{engine.loaded.source}, {engine.loaded.device}]\n")
+    if not suggestion:
+        sys.stdout.write("(no suggestion here)\n")
+    else:
+        before = lines[line_no - 1][: col_no - 1]
+        sys.stdout.write("--- suggestion ---\n")
+        sys.stdout.write(before + suggestion + "\n")
+        sys.stdout.write("------------------\n")
+    if r is not None:
+        sys.stdout.write(f"latency: {s.latency_ms:.0f} ms ({r.prompt_tokens} prompt tokens, "
+                         f"{r.decoded_tokens} decoded; model load {load_s:.1f} s)\n")
+    return 0
+
+
+def doctor(options: Options) -> int:
+    import platform
+
+    def row(k: str, v: Any) -> None:
+        sys.stdout.write(f"{k:<22}{v}\n")
+
+    row("codestral-ls", __version__)
+    row("python", platform.python_version())
+    for mod in ("torch", "transformers", "tokenizers", "pygls", "tree_sitter", "bitsandbytes"):
+        try:
+            row(mod, __import__(mod).__version__)
+        except ImportError:
+            row(mod, "not installed")
+        except AttributeError:
+            row(mod, "installed")
+    import torch
+
+    cuda = torch.cuda.is_available()
+    row("cuda", torch.cuda.get_device_name(0) if cuda else "not available")
+    row("cpu threads", torch.get_num_threads())
+    from engine import embedded
+    from engine.errors import EngineError
+
+    row("cache dir", embedded.cache_dir())
+    if options.model is None:
+        row("model", f"{embedded.EMBEDDED_NAME}; converted: {'yes' if embedded.is_converted() else 'no (first load converts it)'}")
+    else:
+        row("model", options.model)
+    from engine import load_engine
+
+    t0 = time.perf_counter()
+    try:
+        engine = load_engine(*engine_config(options), progress=_stderr_progress)
+    except EngineError as exc:
+        row("model loads", f"NO: {exc}")
+        return 1
+    row("model loads", f"yes, in {time.perf_counter() - t0:.1f} s ({engine.loaded.source})")
+    row("device", f"{engine.loaded.device} ({engine.loaded.dtype}, quantize={engine.loaded.quantize})")
+    row("FIM format", engine.encoder.profile.name)
+    row("weights", f"{engine.loaded.weight_bytes / 2**20:.0f} MiB")
+    from engine.request import FimRequest, StopRule
+
+    r = engine.complete(FimRequest(doc="doctor", prefix="def add(a, b):\n    return ", suffix="\n",
+                                   stop=StopRule(single_line=True), max_tokens=16))
+    row("test completion", f"{r.text!r} in {r.elapsed_ms:.0f} ms")
+    return 0
+
+
+def _stderr_progress(message: str, percent: int) -> None:
+    sys.stderr.write(f"codestral-ls: [{percent:3d}%] {message}\n")
+    sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,275 @@
+"""The LSP process: thin pygls handlers around `pipeline.Completer`.
+
+Each handler pulls the document, calls the pipeline and converts to lsprotocol types. The model
+loads on the engine thread after `initialized` (with `$/progress`); requests wait for it, and a
+failed load turns into an error answer that says why, on every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInternalError, JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+
+from engine.errors import Cancelled, EngineError
+from engine.worker import EngineWorker
+from server import __version__
+from server.options import Options, engine_config, model_changed, parse_options
+from server.pipeline import Completer, Document, Suggestion
+from server.stats import Stats
+
+log = logging.getLogger(__name__)
+
+ACCEPT_COMMAND = "codestral.accept"
+PARTIAL_ACCEPT_NOTIFICATION = "codestral/didPartiallyAccept"
+STATS_REQUEST = "codestral/stats"
+LOAD_PROGRESS_TOKEN = "codestral-ls/model-load"
+
+
+class CodestralServer(LanguageServer):
+    def __init__(self, options: Options, cli_raw: dict[str, Any] | None = None) -> None:
+        super().__init__("codestral-ls", __version__)
+        self.options = options
+        self.cli_raw = cli_raw or {}  # command-line flags win over client settings
+        self.stats = Stats()
+        self.worker: EngineWorker | None = None
+        self.completer: Completer | None = None
+        self.recent: list[str] = []  # URIs, most recently edited last
+        self._errors_shown: set[str] = set()
+        self.event_loop: asyncio.AbstractEventLoop | None = None
+
+    # -- model lifecycle --------------------------------------------------------------------
+
+    def start_engine(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        loop = asyncio.get_event_loop()
+        progress_ok = bool(self.client_capabilities.window and self.client_capabilities.window.work_done_progress)
+        if progress_ok:
+            self.work_done_progress.create(LOAD_PROGRESS_TOKEN)
+            self.work_done_progress.begin(LOAD_PROGRESS_TOKEN, types.WorkDoneProgressBegin(
+                title="codestral-ls", message="loading model", percentage=0))
+
+        def report(message: str, percent: int) -> None:
+            if progress_ok:
+                loop.call_soon_threadsafe(self.work_done_progress.report, LOAD_PROGRESS_TOKEN,
+                                          types.WorkDoneProgressReport(message=message, percentage=percent))
+
+        def load():  # runs on the engine thread
+            from engine import load_engine
+
+            try:
+                return load_engine(*engine_config(self.options), progress=report)
+            finally:
+                loop.call_soon_threadsafe(self._loaded, progress_ok)
+
+        self.worker = EngineWorker(load).start()
+        self.completer = Completer(self.worker, self.options, self.stats, self.other_documents)
+
+    def _loaded(self, progress_ok: bool) -> None:
+        assert self.worker is not None
+        error = self.worker.load_error
+        if progress_ok:
+            self.work_done_progress.end(LOAD_PROGRESS_TOKEN, types.WorkDoneProgressEnd(
+                message=f"failed: {error}" if error else "model ready"))
+        if error:
+            self.show_error(f"codestral-ls: {error}")
+        else:
+            engine = self.worker.engine
+            log.info("model ready: %s on %s", engine.loaded.source, engine.loaded.device)  # type: ignore[union-attr]
+
+    def apply_settings(self, raw: Any) -> None:
+        options, problems = parse_options(raw, self.options)
+        options, _ = parse_options(self.cli_raw, options)
+        for p in problems:
+            self.show_error(f"codestral-ls settings: {p}", kind=types.MessageType.Warning)
+        reload = self.worker is not None and model_changed(self.options, options)
+        self.options = options
+        if reload:
+            log.info("model options changed: reloading")
+            self.start_engine()
+        elif self.completer is not None:
+            self.completer.options = options
+
+    def show_error(self, message: str, kind: types.MessageType = types.MessageType.Error) -> None:
+        log.error("%s", message)
+        if message not in self._errors_shown:  # once per distinct message, not per keystroke
+            self._errors_shown.add(message)
+            self.window_show_message(types.ShowMessageParams(type=kind, message=message))
+
+    # -- documents --------------------------------------------------------------------------
+
+    def document(self, uri: str, position: types.Position) -> tuple[Document, int]:
+        """The document and the cursor offset, validated: bad params are a clear error."""
+        doc = self.workspace.text_documents.get(uri)
+        if doc is None:
+            raise JsonRpcInvalidParams(f"document {uri} is not open (send textDocument/didOpen first)")
+        text = doc.source
+        lines = doc.lines
+        if position.line < 0 or position.character < 0:
+            raise JsonRpcInvalidParams(f"position {position.line}:{position.character} is negative")
+        if position.line > len(lines):
+            raise JsonRpcInvalidParams(f"line {position.line} is past the end of {uri} ({len(lines)} lines)")
+        offset = doc.offset_at_position(position)
+        return Document(uri, text, doc.language_id or ""), min(offset, len(text))
+
+    def other_documents(self, uri: str) -> list[Document]:
+        out = []
+        for other in reversed(self.recent):
+            doc = self.workspace.text_documents.get(other)
+            if other != uri and doc is not None:
+                out.append(Document(other, doc.source, doc.language_id or ""))
+        return out
+
+    def touched(self, uri: str) -> None:
+        if uri in self.recent:
+            self.recent.remove(uri)
+        self.recent.append(uri)
+        del self.recent[:-16]
+
+    async def suggest(self, uri: str, position: types.Position) -> Suggestion | None:
+        doc, offset = self.document(uri, position)
+        if self.completer is None:
+            self.start_engine()
+        assert self.completer is not None
+        try:
+            return await self.completer.complete(doc, offset)
+        except Cancelled:
+            self.stats.cancelled += 1
+            return None  # superseded by a newer request for this document
+        except EngineError as exc:
+            self.stats.errors += 1
+            self.show_error(f"codestral-ls: {exc}")
+            raise JsonRpcInternalError(f"codestral-ls: {exc}") from None
+        except (asyncio.CancelledError, JsonRpcInvalidParams):
+            raise
+        except Exception as exc:  # an engine fault fails this request, never the server
+            self.stats.errors += 1
+            log.exception("completion failed")
+            self.show_error(f"codestral-ls: completion failed: {type(exc).__name__}: {exc}")
+            raise JsonRpcInternalError(f"completion failed: {type(exc).__name__}: {exc}") from None
+
+
+def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> CodestralServer:
+    server = CodestralServer(options, cli_raw)
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: CodestralServer, params: types.InitializeParams) -> None:
+        ls.event_loop = asyncio.get_running_loop()
+        ls.apply_settings(params.initialization_options)
+
+    @server.feature(types.INITIALIZED)
+    def initialized(ls: CodestralServer, params: types.InitializedParams) -> None:
+        ls.start_engine()
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: CodestralServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.touched(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: CodestralServer, params: types.DidChangeTextDocumentParams) -> None:
+        ls.touched(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: CodestralServer, params: types.DidCloseTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        if uri in ls.recent:
+            ls.recent.remove(uri)
+        if ls.completer:
+            ls.completer.forget(uri)
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: CodestralServer, params: types.InlineCompletionParams
+                                ) -> types.InlineCompletionList:
+        s = await ls.suggest(params.text_document.uri, params.position)
+        if s is None:
+            return types.InlineCompletionList(items=[])
+        here = types.Range(start=params.position, end=params.position)
+        return types.InlineCompletionList(items=[types.InlineCompletionItem(
+            insert_text=s.text, range=here,
+            command=types.Command(title="codestral: accepted", command=ACCEPT_COMMAND, arguments=[s.id]))])
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", " "]))
+    async def completion(ls: CodestralServer, params: types.CompletionParams) -> types.CompletionList:
+        s = await ls.suggest(params.text_document.uri, params.position)
+        if s is None:
+            return types.CompletionList(is_incomplete=True, items=[])
+        # Clients filter items by the word before the cursor: replace that word so it matches.
+        doc = ls.workspace.get_text_document(params.text_document.uri)
+        word = _word_before(doc.source[max(0, s.offset - 200):s.offset])
+        start = types.Position(line=params.position.line,
+                               character=max(0, params.position.character - _units(word, ls)))
+        first_line = s.text.split("\n", 1)[0]
+        return types.CompletionList(is_incomplete=True, items=[types.CompletionItem(
+            label=(word + first_line).strip()[:80] or s.text.strip()[:80],
+            kind=types.CompletionItemKind.Snippet,
+            detail="codestral-ls",
+            documentation=types.MarkupContent(kind=types.MarkupKind.Markdown, value=f"```\n{word}{s.text}\n```"),
+            filter_text=word + s.text,
+            sort_text="0",
+            preselect=True,
+            text_edit=types.TextEdit(range=types.Range(start=start, end=params.position), new_text=word + s.text),
+            insert_text_format=types.InsertTextFormat.PlainText,
+            command=types.Command(title="codestral: accepted", command=ACCEPT_COMMAND, arguments=[s.id]),
+        )])
+
+    @server.command(ACCEPT_COMMAND)
+    def accept(ls: CodestralServer, suggestion_id: str) -> None:
+        if ls.completer:
+            ls.completer.accepted(str(suggestion_id))
+
+    @server.feature(PARTIAL_ACCEPT_NOTIFICATION)
+    def partially_accept(ls: CodestralServer, params: Any) -> None:
+        sid = getattr(params, "id", None) or (params.get("id") if isinstance(params, dict) else None)
+        length = getattr(params, "acceptedLength", None)
+        if ls.completer and sid is not None:
+            ls.completer.accepted(str(sid), int(length or 0))
+
+    @server.feature(STATS_REQUEST)
+    def stats(ls: CodestralServer, params: Any) -> dict[str, Any]:
+        snap = ls.stats.snapshot()
+        snap.pop("shown", None)
+        if ls.completer:
+            snap["typed_through_entries"] = len(ls.completer.typed._entries)
+        if ls.worker and ls.worker.engine is not None:
+            engine = ls.worker.engine
+            snap["model"] = {"source": engine.loaded.source, "device": engine.loaded.device,
+                             "dtype": engine.loaded.dtype, "quantize": engine.loaded.quantize,
+                             "fim": engine.encoder.profile.name}
+            snap["kv_cache"] = {"entries": len(engine.store.entries), "bytes": engine.store.total_bytes(),
+                                "budget_bytes": engine.store.budget_bytes}
+        elif ls.worker and ls.worker.load_error:
+            snap["model"] = {"error": ls.worker.load_error}
+        return snap
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def did_change_configuration(ls: CodestralServer, params: types.DidChangeConfigurationParams) -> None:
+        ls.apply_settings(params.settings)
+
+    @server.feature(types.SHUTDOWN)
+    def shutdown(ls: CodestralServer, params: Any) -> None:
+        if ls.worker:
+            ls.worker.stop()
+
+    return server
+
+
+def _word_before(text: str) -> str:
+    i = len(text)
+    while i > 0 and (text[i - 1].isalnum() or text[i - 1] == "_"):
+        i -= 1
+    return text[i:]
+
+
+def _units(word: str, ls: CodestralServer) -> int:
+    """Length of `word` in the negotiated position encoding."""
+    enc = ls.workspace.position_encoding
+    if enc == types.PositionEncodingKind.Utf8:
+        return len(word.encode("utf-8"))
+    if enc == types.PositionEncodingKind.Utf32:
+        return len(word)
+    return len(word.encode("utf-16-le")) // 2

@@ -1,0 +1,163 @@
+"""The keystroke path, one straight line:
+
+    document + cursor → typed-through cache? → context (anchored) → FimRequest → engine worker
+    → postprocess → Suggestion
+
+Used by the LSP handlers and by `codestral-ls complete`; knows nothing of LSP types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.errors import Cancelled
+from engine.request import FimRequest, FimResult, StopRule
+from engine.worker import EngineWorker
+from server.anchor import Anchors
+from server.context import build_context, cursor_mode, language_for
+from server.options import Options
+from server.postprocess import Surroundings, postprocess
+from server.stats import Stats
+from server.typed_cache import Shown, TypedThroughCache
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Document:
+    uri: str
+    text: str
+    language_id: str = ""
+
+
+@dataclass
+class Suggestion:
+    id: str
+    text: str  # inserted at the cursor
+    line: int
+    offset: int  # cursor offset in the document (characters)
+    source: str  # "engine" or "typed-through"
+    latency_ms: float
+    result: FimResult | None = None
+
+
+class Completer:
+    def __init__(self, worker: EngineWorker, options: Options, stats: Stats | None = None,
+                 other_documents: Callable[[str], list[Document]] | None = None,
+                 disabled_filters: frozenset[str] = frozenset()) -> None:
+        self.worker = worker
+        self.options = options
+        self.stats = stats or Stats()
+        self.anchors = Anchors()
+        self.typed = TypedThroughCache(options.typed_cache_entries)
+        self.other_documents = other_documents or (lambda uri: [])
+        self.disabled_filters = disabled_filters
+
+    async def complete(self, doc: Document, offset: int) -> Suggestion | None:
+        """The suggestion at `offset`, or None. Raises Cancelled when superseded."""
+        t0 = time.perf_counter()
+        self.stats.requests += 1
+        text = doc.text
+        line = text.count("\n", 0, offset)
+        line_start = text.rfind("\n", 0, offset) + 1
+        line_end = text.find("\n", offset)
+        line_before, line_after = text[line_start:offset], text[offset:len(text) if line_end < 0 else line_end]
+        language = language_for(doc.language_id, doc.uri)
+        if language in self.options.disabled_languages:
+            return None
+
+        rest = self.typed.lookup(doc.uri, line, line_before, line_after)
+        if rest is not None:
+            self.stats.typed_through_hits += 1
+            return self._shown(Suggestion(self._new_id(), rest, line, offset, "typed-through", _ms(t0)),
+                               doc.uri, line_before, line_after)
+
+        engine = await self._engine()
+        mode, block_indent = cursor_mode(text, offset, language, self.options.multiline)
+        if mode == "none":
+            return self._empty(t0)
+        o = self.options
+        placement = self.anchors.place(doc.uri, text, offset, lambda: build_context(
+            text, offset, language, engine.count_tokens, o.prefix_tokens, o.suffix_tokens, o.multiline))
+        ctx = placement.ctx
+        req = FimRequest(
+            doc=doc.uri, prefix=ctx.prefix, suffix=ctx.suffix, forced_middle=placement.forced_middle,
+            extra_files=self._extra_files(doc), max_tokens=o.max_tokens,
+            stop=StopRule(single_line=mode == "single", max_lines=o.max_lines, block_indent=block_indent),
+            budget_ms=o.budget_ms or None,
+        )
+        result = await asyncio.wrap_future(self.worker.submit(req))
+        self.stats.add_engine(result)
+
+        surroundings = Surroundings(line_before, line_after, text[offset:offset + 2000],
+                                    tuple(text[max(0, line_start - 400):line_start].split("\n")[-4:]),
+                                    single_line=mode == "single")
+        suggestion = postprocess(result.text, surroundings, self.disabled_filters)
+        if not suggestion:
+            return self._empty(t0)
+        return self._shown(Suggestion(self._new_id(), suggestion, line, offset, "engine", _ms(t0), result),
+                           doc.uri, line_before, line_after)
+
+    def _shown(self, s: Suggestion, uri: str, line_before: str, line_after: str) -> Suggestion:
+        self.typed.remember(Shown(uri, s.line, line_before, line_after, s.text))
+        self.stats.suggestions += 1
+        self.stats.latencies_ms.append(s.latency_ms)
+        self.stats.shown[s.id] = len(s.text)
+        if len(self.stats.shown) > 1000:
+            self.stats.shown.pop(next(iter(self.stats.shown)))
+        return s
+
+    def _empty(self, t0: float) -> None:
+        self.stats.empty += 1
+        self.stats.latencies_ms.append(_ms(t0))
+        return None
+
+    async def _engine(self):  # -> engine.engine.Engine
+        if not self.worker.loaded.is_set():
+            await asyncio.get_running_loop().run_in_executor(None, self.worker.loaded.wait)
+        if self.worker.engine is None:
+            from engine.errors import EngineError
+
+            raise EngineError(self.worker.load_error or "the model is not loaded")
+        return self.worker.engine
+
+    def _extra_files(self, doc: Document) -> tuple[tuple[str, str], ...]:
+        budget = self.options.extra_context_tokens * 3  # characters, roughly 3 per token
+        out = []
+        for other in self.other_documents(doc.uri):
+            if budget <= 0:
+                break
+            head = other.text[:budget]
+            head = head[: head.rfind("\n") + 1] or head
+            out.append((other.uri.rsplit("/", 1)[-1], head))
+            budget -= len(head)
+        return tuple(out)
+
+    def accepted(self, suggestion_id: str, chars: int | None = None) -> None:
+        """Acceptance feedback: whole (`chars` None) or partial."""
+        length = self.stats.shown.get(suggestion_id)
+        if chars is None:
+            self.stats.accepted += 1
+            self.stats.accepted_chars += length or 0
+        else:
+            self.stats.partially_accepted += 1
+            self.stats.accepted_chars += max(0, chars)
+
+    def forget(self, uri: str) -> None:
+        self.anchors.forget(uri)
+        self.typed.forget(uri)
+
+    @staticmethod
+    def _new_id() -> str:
+        return f"c{next(_ids)}"
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 2)
+
+
+__all__ = ["Cancelled", "Completer", "Document", "Suggestion"]

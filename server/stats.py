@@ -1,0 +1,54 @@
+"""Counters and latency percentiles, served by the `codestral/stats` request."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    i = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[i]
+
+
+@dataclass
+class Stats:
+    started: float = field(default_factory=time.monotonic)
+    requests: int = 0
+    suggestions: int = 0
+    empty: int = 0
+    cancelled: int = 0
+    errors: int = 0
+    typed_through_hits: int = 0
+    engine_calls: int = 0
+    accepted: int = 0
+    partially_accepted: int = 0
+    accepted_chars: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    replayed_tokens: int = 0
+    decoded_tokens: int = 0
+    draft_proposed: int = 0
+    draft_accepted: int = 0
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
+    shown: dict[str, int] = field(default_factory=dict)  # suggestion id -> length, for acceptance
+
+    def add_engine(self, result: Any) -> None:
+        self.engine_calls += 1
+        for name in ("prompt_tokens", "reused_tokens", "replayed_tokens", "decoded_tokens",
+                     "draft_proposed", "draft_accepted"):
+            setattr(self, name, getattr(self, name) + getattr(result, name))
+
+    def snapshot(self) -> dict[str, Any]:
+        lat = list(self.latencies_ms)
+        out = {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+        out["uptime_s"] = round(time.monotonic() - self.started, 1)
+        out["latency_ms"] = {f"p{q}": percentile(lat, q) for q in (50, 90, 95, 99)} | {"count": len(lat)}
+        out["kv_reuse_ratio"] = round(self.reused_tokens / self.prompt_tokens, 3) if self.prompt_tokens else None
+        out["acceptance_rate"] = round(self.accepted / self.suggestions, 3) if self.suggestions else None
+        return out

@@ -1,0 +1,80 @@
+"""A small LSP client over stdio for tests and benchmarks: starts the real server process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Client(LanguageClient):
+    def __init__(self) -> None:
+        super().__init__("codestral-ls-test", "0")
+        self.messages: list[types.ShowMessageParams] = []
+        self.logs: list[types.LogMessageParams] = []
+        self.progress: list[Any] = []
+
+        @self.feature(types.WINDOW_SHOW_MESSAGE)
+        def _show(params: types.ShowMessageParams) -> None:
+            self.messages.append(params)
+
+        @self.feature(types.WINDOW_LOG_MESSAGE)
+        def _log(params: types.LogMessageParams) -> None:
+            self.logs.append(params)
+
+        @self.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
+        def _create(params: types.WorkDoneProgressCreateParams) -> None:
+            return None
+
+        @self.feature(types.PROGRESS)
+        def _progress(params: types.ProgressParams) -> None:
+            self.progress.append(params.value)
+
+
+async def start(args: list[str], init_options: dict | None = None, encodings: list[str] | None = None,
+                env: dict[str, str] | None = None) -> tuple[Client, types.InitializeResult]:
+    client = Client()
+    await client.start_io("sh", "-c", f"exec {sys.executable} -m server {' '.join(args)} 2>>/tmp/server.err", cwd=str(ROOT),
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    caps = types.ClientCapabilities(
+        general=types.GeneralClientCapabilities(position_encodings=encodings or ["utf-16"]),
+        window=types.WindowClientCapabilities(work_done_progress=True),
+    )
+    result = await client.initialize_async(types.InitializeParams(
+        capabilities=caps, initialization_options=init_options, process_id=os.getpid()))
+    client.initialized(types.InitializedParams())
+    return client, result
+
+
+async def stop(client: Client) -> None:
+    try:
+        await asyncio.wait_for(client.shutdown_async(None), 10)
+        client.exit(None)
+    except Exception:
+        pass
+    await client.stop()
+
+
+def open_doc(client: Client, uri: str, text: str, language: str = "python", version: int = 1) -> None:
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        text_document=types.TextDocumentItem(uri=uri, language_id=language, version=version, text=text)))
+
+
+def insert(client: Client, uri: str, version: int, line: int, character: int, text: str) -> None:
+    pos = types.Position(line=line, character=character)
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+        content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=pos, end=pos), text=text)]))
+
+
+async def inline(client: Client, uri: str, line: int, character: int) -> types.InlineCompletionList | None:
+    return await client.text_document_inline_completion_async(types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=line, character=character),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
