@@ -18,7 +18,7 @@ Order = Literal["spm", "psm"]
 
 
 class Tokenizer(Protocol):
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = ..., split_special_tokens: bool = ...) -> list[int]: ...
     def decode(self, ids: list[int], **kw: object) -> str: ...
     def convert_tokens_to_ids(self, token: str) -> int | None: ...
     def get_vocab(self) -> dict[str, int]: ...
@@ -150,19 +150,23 @@ class FimEncoder:
     def _dummy_prefix_ids(self) -> list[int]:
         # What encode() puts before any text (a lone "▁" for SentencePiece); measured, not assumed.
         probe = "\x01"
-        return self.tokenizer.encode(probe, add_special_tokens=False)[:-1] or []
+        return self._encode(probe)[:-1] or []
 
     def encode_text(self, text: str) -> list[int]:
         """Encode a piece of infill text with no special tokens and no dummy prefix space."""
         if not text:
             return []
         if not self._dummy:
-            return self.tokenizer.encode(text, add_special_tokens=False)
+            return self._encode(text)
         # mistral-common's trick: encode behind a sentinel and cut the sentinel's tokens off.
         sentinel = "\x01"
-        base = self.tokenizer.encode(sentinel, add_special_tokens=False)
-        ids = self.tokenizer.encode(sentinel + text, add_special_tokens=False)
+        base = self._encode(sentinel)
+        ids = self._encode(sentinel + text)
         return ids[len(base):] if ids[: len(base)] == base else ids
+
+    def _encode(self, text: str) -> list[int]:
+        # Text that spells a control token ("<|fim_prefix|>" in a file) stays plain text.
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

@@ -1,8 +1,8 @@
 """Token healing: the text of every vocabulary entry, indexed so a constrained step is cheap.
 
-When the prompt's last token is taken back (see `fim.FimEncoder.build`), the first decoded tokens
-must spell that text again: a token is allowed while the owed text ("rest") starts with it, or it
-starts with the rest (and then carries on past it).
+When the prompt's last token is taken back (see `fim.FimEncoder.build`), the first decoded token
+must start with that text (and may carry on past it). One token covers the owed text, so what the
+model decodes stays on the tokenizer's own boundaries and typed text re-aligns with the cache.
 """
 
 from __future__ import annotations
@@ -34,23 +34,14 @@ class HealIndex:
         return cls(strings=strings, by_first_char=dict(index))
 
     def allowed(self, rest: str) -> list[int]:
-        """Token ids consistent with owing `rest` (non-empty)."""
-        out = []
-        for i in self.by_first_char.get(rest[0], ()):
-            s = self.strings[i]
-            if s.startswith(rest) or rest.startswith(s):
-                out.append(i)
-        return out
+        """Token ids that start with the owed text `rest` (non-empty)."""
+        return [i for i in self.by_first_char.get(rest[0], ()) if self.strings[i].startswith(rest)]
 
     def consistent(self, token: int, rest: str) -> bool:
         if not rest:
             return True
-        s = self.strings[token] if token < len(self.strings) else ""
-        return bool(s) and (s.startswith(rest) or rest.startswith(s))
+        return token < len(self.strings) and self.strings[token].startswith(rest)
 
     def advance(self, rest: str, token: int) -> str:
-        """What is still owed after `token` was chosen."""
-        if not rest:
-            return ""
-        s = self.strings[token]
-        return rest[len(s):] if rest.startswith(s) else ""
+        """What is still owed after `token` was chosen: nothing, one token pays it all."""
+        return ""

@@ -41,7 +41,8 @@ class Client(LanguageClient):
 async def start(args: list[str], init_options: dict | None = None, encodings: list[str] | None = None,
                 env: dict[str, str] | None = None) -> tuple[Client, types.InitializeResult]:
     client = Client()
-    await client.start_io("sh", "-c", f"exec {sys.executable} -m server {' '.join(args)} 2>>/tmp/server.err", cwd=str(ROOT),
+    # The server's stderr (its log) is inherited: pytest shows it for a failing test.
+    await client.start_io(sys.executable, "-m", "server", *args, cwd=str(ROOT),
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     caps = types.ClientCapabilities(
         general=types.GeneralClientCapabilities(position_encodings=encodings or ["utf-16"]),

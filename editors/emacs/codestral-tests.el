@@ -1,0 +1,195 @@
+;;; codestral-tests.el --- Batch tests of codestral.el against the real server  -*- lexical-binding: t; -*-
+
+;; Run through test.sh:
+;;   emacs --batch -L DIR -l codestral-tests.el -f ert-run-tests-batch-and-exit
+;; The server comes from $CODESTRAL_LS.  Tests run in name order and share one
+;; server (one model load): 0 needs no server, 1 starts it, 9 shuts it down.
+
+;;; Code:
+
+(require 'ert)
+(require 'cl-lib)
+(unless (require 'eglot nil t)          ; eglot from package.el rather than Debian/Emacs
+  (package-initialize)
+  (require 'eglot))
+(require 'codestral)
+
+(defconst codestral-test-program (or (getenv "CODESTRAL_LS") "codestral-ls"))
+(defconst codestral-test-text "def add(a, b):\n    return "
+  "The known-good buffer: the model completes it with \"a + b\".")
+(defconst codestral-test-timeout 240
+  "Seconds to wait for anything involving the model (load, then CPU inference).")
+(defconst codestral-test-dir (file-name-as-directory (make-temp-file "codestral-el-" t)))
+(add-hook 'kill-emacs-hook (lambda () (delete-directory codestral-test-dir t)))
+
+(setq codestral-server-command (list codestral-test-program)
+      codestral-initialization-options '(:budgetMs 0) ; wait for the whole suggestion
+      eglot-sync-connect t                  ; `eglot' returns once the server is initialized
+      eglot-connect-timeout codestral-test-timeout
+      ;; The first completion waits for the model; a 2-core CPU shared with other jobs is slow.
+      jsonrpc-default-request-timeout codestral-test-timeout)
+
+(defvar codestral-test--server nil "The server shared by the tests.")
+
+(defun codestral-test--wait (predicate timeout what)
+  "Process events until PREDICATE is non-nil, for at most TIMEOUT seconds.
+Batch Emacs runs no idle timers, so this only pumps process output."
+  (let ((deadline (+ (float-time) timeout))
+        value)
+    (while (and (not (setq value (funcall predicate))) (< (float-time) deadline))
+      (accept-process-output nil 0.1))
+    (or value (ert-fail (format "timed out after %ss waiting for %s" timeout what)))))
+
+(defun codestral-test--visit (name text)
+  "Visit a new file NAME holding TEXT, show it, point at its end."
+  (let ((file (expand-file-name name codestral-test-dir)))
+    (with-temp-file file (insert text))
+    (let ((buffer (find-file-noselect file)))
+      (switch-to-buffer buffer)             ; the command loop reads keys in this buffer
+      (goto-char (point-max))
+      buffer)))
+
+(defun codestral-test--line ()
+  "The text of the line at point."
+  (buffer-substring-no-properties (line-beginning-position) (line-end-position)))
+
+(defun codestral-test--stat (key)
+  "Counter KEY of the server's `codestral/stats'."
+  (plist-get (codestral--stats codestral-test--server) key))
+
+(defun codestral-test--server ()
+  "Start the server for the current buffer through `eglot-server-programs', once.
+Then wait until the model is loaded."
+  (unless (and codestral-test--server (jsonrpc-running-p codestral-test--server))
+    (let ((t0 (float-time)))
+      (apply #'eglot (eglot--guess-contact))
+      (setq codestral-test--server (eglot-current-server))
+      (should codestral-test--server)
+      (message "server initialized in %.1fs: %s" (- (float-time) t0)
+               (plist-get (eglot--server-info codestral-test--server) :name))
+      (let ((model (codestral-test--wait (lambda () (codestral-test--stat :model))
+                                         codestral-test-timeout "the model to load")))
+        (message "model ready in %.1fs: %S" (- (float-time) t0) model)
+        (should-not (plist-get model :error)))))
+  (should (eq (eglot-current-server) codestral-test--server))
+  codestral-test--server)
+
+(ert-deftest codestral-0-registration ()
+  "`eglot-server-programs' maps the modes to codestral-ls with language ids."
+  (pcase-dolist (`(,mode . ,language) '((python-mode . "python") (python-ts-mode . "python")
+                                        (js-mode . "javascript") (typescript-ts-mode . "typescript")
+                                        (tsx-ts-mode . "typescriptreact") (go-mode . "go")
+                                        (rust-mode . "rust") (c-mode . "c") (c++-mode . "cpp")
+                                        (java-mode . "java")))
+    ;; The first entry naming MODE is codestral's (Eglot picks the first match).
+    (let ((entry (cl-find-if (lambda (e)
+                               (memq mode (mapcar (lambda (m) (car (ensure-list m)))
+                                                  (if (or (symbolp (car e)) (keywordp (cadr (car e))))
+                                                      (list (car e))
+                                                    (car e)))))
+                             eglot-server-programs)))
+      (should (codestral--entry-p entry))
+      (should (equal (plist-get (cdr (assq mode (car entry))) :language-id) language))))
+  (when (fboundp 'eglot--lookup-mode)   ; Eglot 1.9's lookup: (MODES LANGUAGE-ID CONTACT)
+    (let ((found (eglot--lookup-mode 'c++-mode)))
+      (should (equal (nth 1 found) "cpp"))
+      (should (eq (nth 2 found) 'codestral--eglot-contact))))
+  (should (equal (codestral--eglot-contact)
+                 (list codestral-test-program :initializationOptions '(:budgetMs 0))))
+  ;; Registering again replaces rather than duplicates.
+  (let ((n (length eglot-server-programs)))
+    (codestral-eglot-register)
+    (should (= n (length eglot-server-programs)))))
+
+(ert-deftest codestral-1-completion-at-point ()
+  "Eglot's completion-at-point offers and inserts the suggestion, and reports it."
+  (with-current-buffer (codestral-test--visit "capf.py" codestral-test-text)
+    (codestral-test--server)
+    (should (eglot-managed-p))
+    (should (codestral--capability codestral-test--server :inlineCompletionProvider))
+    (let* ((accepted (codestral-test--stat :accepted))
+           (t0 (float-time))
+           (capf (eglot-completion-at-point))
+           (candidates (all-completions "" (nth 2 capf))))
+      (message "completion candidates after %.1fs: %S" (- (float-time) t0) candidates)
+      (should (cl-some (lambda (c) (string-match-p (regexp-quote "a + b") c)) candidates))
+      (let ((completion-at-point-functions '(eglot-completion-at-point)))
+        (completion-at-point))
+      (should (equal (codestral-test--line) "    return a + b"))
+      (should (equal (buffer-string) "def add(a, b):\n    return a + b"))
+      ;; The exit function sent the item's codestral.accept command.
+      (codestral-test--wait (lambda () (> (codestral-test--stat :accepted) accepted))
+                            30 "the accept command"))))
+
+(ert-deftest codestral-2-inline-tab ()
+  "codestral-mode: an edit schedules a request, ghost text shows, TAB accepts."
+  (with-current-buffer (codestral-test--visit "inline.py" "def add(a, b):\n    return")
+    (codestral-test--server)
+    (should (eglot-managed-p))              ; picked up by the running server
+    (codestral-maybe-enable)
+    (should codestral-mode)
+    (let ((accepted (codestral-test--stat :accepted))
+          (t0 (float-time)))
+      (execute-kbd-macro (kbd "SPC"))       ; an edit, as the user would type it
+      (should (equal (codestral-test--line) "    return "))
+      ;; The edit armed the debounce timer; batch Emacs is never idle, so fire it by hand.
+      (should (timerp codestral--timer))
+      (should (memq codestral--timer timer-idle-list))
+      (let ((timer codestral--timer))
+        (cancel-timer timer)
+        (apply (timer--function timer) (timer--args timer)))
+      (codestral-test--wait #'codestral-visible-p codestral-test-timeout "the ghost text")
+      (message "ghost text after %.1fs: %S" (- (float-time) t0) (codestral-suggestion-text))
+      (should (equal (codestral-suggestion-text) "a + b"))
+      (let ((ghost (overlay-get codestral--overlay 'after-string)))
+        (should (equal (substring-no-properties ghost) "a + b"))
+        (should (memq 'codestral-suggestion-face (ensure-list (get-text-property 0 'face ghost)))))
+      (should (equal (codestral-test--line) "    return ")) ; ghost text is not buffer text
+      ;; Moving hides it.
+      (execute-kbd-macro (kbd "C-b"))
+      (should-not (codestral-visible-p))
+      (should-not codestral--timer)       ; movement does not ask again
+      (execute-kbd-macro (kbd "C-f"))
+      ;; Ask explicitly this time.
+      (codestral-complete)
+      (codestral-test--wait #'codestral-visible-p codestral-test-timeout "the ghost text again")
+      (should (equal (codestral-suggestion-text) "a + b"))
+      (execute-kbd-macro (kbd "TAB"))
+      (should (equal (codestral-test--line) "    return a + b"))
+      (should (= (point) (point-max)))
+      (should-not (codestral-visible-p))
+      (codestral-test--wait (lambda () (> (codestral-test--stat :accepted) accepted))
+                            30 "the accept command"))))
+
+(ert-deftest codestral-3-inline-word-then-tab ()
+  "M-f takes one word of the suggestion, TAB the rest; typing through keeps it."
+  (with-current-buffer (codestral-test--visit "inline2.py" codestral-test-text)
+    (codestral-test--server)
+    (codestral-maybe-enable)
+    (should codestral-mode)
+    (let ((partial (codestral-test--stat :partially_accepted)))
+      (codestral-complete)
+      (codestral-test--wait #'codestral-visible-p codestral-test-timeout "the ghost text")
+      (should (equal (codestral-suggestion-text) "a + b"))
+      (execute-kbd-macro (kbd "M-f"))
+      (should (equal (codestral-test--line) "    return a"))
+      (should (equal (codestral-suggestion-text) " + b"))
+      (execute-kbd-macro (kbd "SPC"))       ; typed what the ghost text shows: it stays
+      (should (equal (codestral-test--line) "    return a "))
+      (should (equal (codestral-suggestion-text) "+ b"))
+      (should-not codestral--timer)
+      (execute-kbd-macro (kbd "TAB"))
+      (should (equal (codestral-test--line) "    return a + b"))
+      (should-not (codestral-visible-p))
+      (codestral-test--wait (lambda () (>= (codestral-test--stat :partially_accepted) (+ partial 2)))
+                            30 "the partial-accept notifications"))
+    (codestral-dismiss)))
+
+(ert-deftest codestral-9-shutdown ()
+  "The server shuts down cleanly."
+  (when codestral-test--server
+    (let ((process (jsonrpc--process codestral-test--server)))
+      (eglot-shutdown codestral-test--server)
+      (codestral-test--wait (lambda () (not (process-live-p process))) 30 "the server to exit"))))
+
+;;; codestral-tests.el ends here

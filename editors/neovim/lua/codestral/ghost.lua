@@ -1,0 +1,167 @@
+-- Ghost text drawn with extmarks, for Neovim without vim.lsp.inline_completion (0.7 to 0.11), or
+-- when `renderer = 'extmark'`. Asks `textDocument/inlineCompletion` after a pause in typing,
+-- shows the first item at the cursor, keeps it while what is typed matches it, and accepts it
+-- whole or word by word.
+local util = require('codestral.util')
+local api = vim.api
+local uv = vim.uv or vim.loop
+
+local M = {}
+local ns = api.nvim_create_namespace('codestral.ghost')
+local state = {} -- bufnr -> { client_id, row, col, text, item, mark }
+local timer = uv.new_timer()
+local pending -- { client, id } of the request in flight
+
+M.ns = ns
+
+local function cancel()
+  timer:stop()
+  if pending then
+    pcall(util.call, pending.client, 'cancel_request', pending.id)
+    pending = nil
+  end
+end
+
+function M.clear(bufnr)
+  api.nvim_buf_clear_namespace(bufnr, ns, 0, -1)
+end
+
+-- What is left of the suggestion after what was typed since it was asked for, or nil when the
+-- buffer has moved away from it.
+local function remaining(bufnr, s)
+  if not (s and s.text) or api.nvim_get_current_buf() ~= bufnr then
+    return nil
+  end
+  local row, col = unpack(api.nvim_win_get_cursor(0))
+  row = row - 1
+  if row < s.row or (row == s.row and col < s.col) then
+    return nil
+  end
+  local typed = table.concat(api.nvim_buf_get_text(bufnr, s.row, s.col, row, col, {}), '\n')
+  if s.text:sub(1, #typed) ~= typed or #typed >= #s.text then
+    return nil
+  end
+  return s.text:sub(#typed + 1)
+end
+
+local function render(bufnr, text)
+  M.clear(bufnr)
+  local row, col = unpack(api.nvim_win_get_cursor(0))
+  local tab = string.rep(' ', vim.bo[bufnr].tabstop)
+  local lines = {}
+  for _, l in ipairs(vim.split(text, '\n', { plain = true })) do
+    table.insert(lines, { { (l:gsub('\t', tab)), 'CodestralGhost' } })
+  end
+  local at_eol = col >= #api.nvim_get_current_line()
+  local opts = {
+    virt_text = lines[1],
+    virt_text_pos = vim.fn.has('nvim-0.10') == 1 and 'inline' or (at_eol and 'overlay' or 'eol'),
+    hl_mode = 'combine',
+  }
+  if #lines > 1 then
+    opts.virt_lines = { unpack(lines, 2) }
+  end
+  api.nvim_buf_set_extmark(bufnr, ns, row - 1, col, opts)
+end
+
+local function request(bufnr)
+  local s = state[bufnr]
+  local client = s and vim.lsp.get_client_by_id(s.client_id)
+  if not client or api.nvim_get_current_buf() ~= bufnr or not api.nvim_get_mode().mode:match('^i') then
+    return
+  end
+  local cursor = api.nvim_win_get_cursor(0)
+  local tick = api.nvim_buf_get_changedtick(bufnr)
+  local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+  params.context = { triggerKind = 2 } -- Automatic
+  local ok, id
+  ok, id = util.call(client, 'request', 'textDocument/inlineCompletion', params, function(err, result)
+    if pending and pending.id == id then
+      pending = nil
+    end
+    local item = not err and result and (result.items or result)[1]
+    local now = api.nvim_get_current_buf() == bufnr and api.nvim_win_get_cursor(0)
+    if not item or type(item.insertText) ~= 'string' or item.insertText == '' or not now
+      or now[1] ~= cursor[1] or now[2] ~= cursor[2] or api.nvim_buf_get_changedtick(bufnr) ~= tick
+      or not api.nvim_get_mode().mode:match('^i') then
+      return
+    end
+    -- The server's range is the empty range at the requested position: insert at the cursor.
+    s.row, s.col, s.text, s.item = cursor[1] - 1, cursor[2], item.insertText, item
+    render(bufnr, s.text)
+  end, bufnr)
+  if ok then
+    pending = { client = client, id = id }
+  end
+end
+
+-- On entering insert mode, typing or moving: keep the suggestion while it still fits, else ask
+-- again after `debounce` ms of quiet.
+function M.update(bufnr, debounce)
+  local s = state[bufnr]
+  local rest = remaining(bufnr, s)
+  if rest then
+    return render(bufnr, rest)
+  end
+  cancel()
+  M.clear(bufnr)
+  s.text, s.item = nil, nil
+  timer:start(debounce, 0, vim.schedule_wrap(function()
+    request(bufnr)
+  end))
+end
+
+function M.dismiss(bufnr)
+  local s = state[bufnr]
+  cancel()
+  M.clear(bufnr)
+  local shown = s and s.text ~= nil
+  if s then
+    s.text, s.item = nil, nil
+  end
+  return shown
+end
+
+-- Accepts the suggestion (or its next word): returns false when none is shown. The edit is
+-- scheduled so that this can run from an <expr> mapping.
+function M.accept(bufnr, word)
+  local s = state[bufnr]
+  local rest = remaining(bufnr, s)
+  if not rest then
+    return false
+  end
+  local part = word and util.next_word(rest) or rest
+  local item, client = s.item, vim.lsp.get_client_by_id(s.client_id)
+  vim.schedule(function()
+    M.clear(bufnr)
+    util.insert(part)
+    if part == rest then
+      s.text, s.item = nil, nil
+      util.exec(client, item.command, bufnr)
+    else
+      util.partial(client, item.command, s.text:sub(1, #s.text - #rest + #part))
+    end
+  end)
+  return true
+end
+
+function M.attach(client, bufnr, debounce)
+  state[bufnr] = { client_id = client.id }
+  local group = api.nvim_create_augroup('codestral.ghost.' .. bufnr, { clear = true })
+  api.nvim_create_autocmd({ 'InsertEnter', 'TextChangedI', 'CursorMovedI' }, {
+    group = group,
+    buffer = bufnr,
+    callback = function()
+      M.update(bufnr, debounce)
+    end,
+  })
+  api.nvim_create_autocmd({ 'InsertLeave', 'BufLeave' }, {
+    group = group,
+    buffer = bufnr,
+    callback = function()
+      M.dismiss(bufnr)
+    end,
+  })
+end
+
+return M

@@ -1,0 +1,69 @@
+-- :checkhealth codestral
+local M = {}
+
+local h = vim.health or require('health') -- Neovim 0.7: require('health')
+local start = h.start or h.report_start
+local ok = h.ok or h.report_ok
+local info = h.info or h.report_info
+local warn = h.warn or h.report_warn
+local fail = h.error or h.report_error
+
+function M.check()
+  local codestral = require('codestral')
+  local config = codestral.config
+
+  start('Neovim')
+  local version = vim.fn.matchstr(vim.fn.execute('version'), [[NVIM v\zs\S\+]])
+  if vim.fn.has('nvim-0.7') == 1 then
+    ok('Neovim ' .. version)
+  else
+    fail('Neovim ' .. version .. ': codestral needs 0.7 or newer')
+  end
+
+  start('Inline completion')
+  local native = pcall(require, 'vim.lsp.inline_completion')
+  if codestral.native() then
+    ok('native vim.lsp.inline_completion (Neovim 0.12+)')
+  elseif native then
+    ok('extmark ghost text (renderer = "extmark"; native vim.lsp.inline_completion is available)')
+  elseif config.renderer == 'native' then
+    warn('renderer = "native" needs Neovim 0.12+: using extmark ghost text')
+  else
+    ok('extmark ghost text (no vim.lsp.inline_completion before Neovim 0.12)')
+  end
+
+  start('Server')
+  if not codestral.did_setup then
+    warn('require("codestral").setup() has not been called: showing the defaults')
+  end
+  local exe = config.cmd and config.cmd[1]
+  local path = exe and vim.fn.exepath(exe) or ''
+  if path == '' then
+    fail(('server not found: %s'):format(tostring(exe)), {
+      'install codestral-ls (`pip install codestral-ls`) or set `cmd` in setup() to its full path',
+    })
+  else
+    local out = vim.fn.system({ path, '--version' })
+    if vim.v.shell_error == 0 then
+      ok(('%s (%s)'):format(path, vim.trim(out)))
+    else
+      fail(('%s --version failed: %s'):format(path, vim.trim(out)))
+    end
+  end
+  info('filetypes: ' .. table.concat(config.filetypes or {}, ', '))
+  local clients = (vim.lsp.get_clients or vim.lsp.get_active_clients)()
+  local running = 0
+  for _, c in ipairs(clients) do
+    if c.name == 'codestral' then
+      running = running + 1
+      local caps = c.server_capabilities or c.resolved_capabilities or {}
+      local yes = caps.inlineCompletionProvider and 'yes' or 'no'
+      ok(('client %d running, inline completion: %s'):format(c.id, yes))
+    end
+  end
+  if running == 0 then
+    info('no codestral-ls client running (it starts on opening a buffer of one of the filetypes)')
+  end
+end
+
+return M

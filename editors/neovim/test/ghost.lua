@@ -1,0 +1,110 @@
+-- Headless end-to-end test: types into a python buffer, waits for the ghost text, takes its first
+-- word with <M-Right>, the rest with <Tab>, and checks the line and the server's counters.
+--   nvim --headless -u NONE -i NONE -c 'luafile test/ghost.lua'
+-- Env: CODESTRAL_LS (server), CODESTRAL_RENDERER (auto|native|extmark), CODESTRAL_TIMEOUT (s, per wait).
+local root = vim.fn.fnamemodify(debug.getinfo(1, 'S').source:sub(2), ':p:h:h')
+vim.opt.runtimepath:prepend(root)
+local api = vim.api
+local uv = vim.uv or vim.loop
+local timeout = tonumber(os.getenv('CODESTRAL_TIMEOUT') or '120') * 1000
+local co
+
+local function log(msg)
+  io.stderr:write(('[%6.1fs] %s\n'):format(uv.hrtime() / 1e9 % 1e5, msg))
+end
+
+local function finish(ok, msg)
+  log((ok and 'PASS: ' or 'FAIL: ') .. msg)
+  vim.cmd(ok and 'qall!' or 'cquit!')
+end
+
+local function resume()
+  local ok, err = coroutine.resume(co)
+  if not ok then
+    finish(false, debug.traceback(co, err))
+  end
+end
+
+-- Yields to the main loop (which runs the typed keys, the LSP and the timers) until cond() holds.
+local function wait_for(what, cond, ms)
+  local deadline = uv.hrtime() + (ms or timeout) * 1e6
+  local value = cond()
+  while not value do
+    if uv.hrtime() > deadline then
+      error('timed out waiting for ' .. what, 0)
+    end
+    vim.defer_fn(resume, 50)
+    coroutine.yield()
+    value = cond()
+  end
+  return value
+end
+
+local function feed(keys)
+  api.nvim_feedkeys(api.nvim_replace_termcodes(keys, true, false, true), 't', false)
+end
+
+co = coroutine.create(function()
+  local codestral = require('codestral')
+  codestral.setup({
+    cmd = { (assert(os.getenv('CODESTRAL_LS'), 'set CODESTRAL_LS')) },
+    init_options = { budgetMs = 0 },
+    filetypes = { 'python' },
+    renderer = os.getenv('CODESTRAL_RENDERER') or 'auto',
+  })
+  local native = codestral.native()
+  assert(native or os.getenv('CODESTRAL_RENDERER') ~= 'native', 'no vim.lsp.inline_completion in this Neovim')
+  local v = vim.version()
+  log(('Neovim %d.%d.%d, %s renderer'):format(v.major, v.minor, v.patch, native and 'native' or 'extmark'))
+
+  local dir = vim.fn.tempname()
+  vim.fn.mkdir(dir, 'p')
+  vim.cmd('edit ' .. dir .. '/add.py')
+  local buf = api.nvim_get_current_buf()
+  api.nvim_buf_set_lines(buf, 0, -1, false, { 'def add(a, b):', '    ' })
+  vim.bo[buf].filetype = 'python'
+  wait_for('the client to attach', function()
+    return vim.fn.maparg('<Tab>', 'i', false, true).buffer == 1
+  end, 60000)
+  log('attached')
+
+  local ns = native and api.nvim_get_namespaces()['nvim.lsp.inline_completion'] or require('codestral.ghost').ns
+  local function ghost()
+    for _, m in ipairs(api.nvim_buf_get_extmarks(buf, ns, 0, -1, { details = true })) do
+      local chunks = m[4].virt_text or {}
+      local text = table.concat(vim.tbl_map(function(c) return c[1] end, chunks))
+      if text ~= '' or m[4].virt_lines then
+        return text
+      end
+    end
+  end
+  local function line()
+    return api.nvim_buf_get_lines(buf, 1, 2, true)[1]
+  end
+
+  api.nvim_win_set_cursor(0, { 2, 4 })
+  feed('Areturn ')
+  log(('ghost text: %q'):format(wait_for('the ghost text', ghost)))
+  feed('<M-Right>')
+  wait_for('the first word to be accepted', function() return line() ~= '    return ' end, 5000)
+  log(('after <M-Right>: %q'):format(line()))
+  log(('ghost text: %q'):format(wait_for('the rest of the ghost text', ghost)))
+  feed('<Tab>')
+  wait_for('the rest to be accepted', function() return line() ~= '    return a' end, 5000)
+  assert(line() == '    return a + b', ('line 2 is %q, expected "    return a + b"'):format(line()))
+  assert(api.nvim_get_mode().mode:match('^i'), 'left insert mode')
+
+  local stats
+  wait_for('codestral/stats to count the accept', function()
+    codestral.stats(function(result)
+      stats = result
+    end)
+    return stats and stats.accepted >= 1 and stats.partially_accepted >= 1
+  end, 10000)
+  log(('stats: accepted=%d partially_accepted=%d suggestions=%d'):format(
+    stats.accepted, stats.partially_accepted, stats.suggestions))
+  feed('<Esc>')
+  finish(true, ('line 2 is %q'):format(line()))
+end)
+
+vim.schedule(resume)

@@ -1,0 +1,103 @@
+// The parts of the extension that do not need VS Code: the settings sent to the server and
+// server discovery. Bundled to out/config.js too, so the protocol test uses the same code.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+
+/** `codestral.*` settings forwarded to the server, under the camelCase names it accepts. */
+export const SERVER_KEYS = [
+  "model",
+  "device",
+  "dtype",
+  "quantize",
+  "budgetMs",
+  "maxTokens",
+  "multiline",
+  "disabledLanguages",
+  "prefixTokens",
+  "suffixTokens",
+] as const;
+
+export type ServerKey = (typeof SERVER_KEYS)[number];
+export type ServerSettings = Partial<Record<ServerKey, unknown>>;
+
+/**
+ * The `initializationOptions` (and `didChangeConfiguration` settings) for the server: every key is
+ * sent, so that removing a setting puts the server back on its default. An empty `model` means the
+ * embedded model.
+ */
+export function serverSettings(get: (key: ServerKey) => unknown): ServerSettings {
+  const out: ServerSettings = {};
+  for (const key of SERVER_KEYS) {
+    const value = get(key);
+    if (value !== undefined && value !== null) {
+      out[key] = value;
+    }
+  }
+  return out;
+}
+
+export interface Discovery {
+  /** The executable found, if any. */
+  path?: string;
+  /** Every place looked at, in order, for the error message. */
+  tried: string[];
+}
+
+export interface DiscoveryInput {
+  setting: string;
+  workspaceFolders: readonly string[];
+  pathEnv?: string;
+  platform?: NodeJS.Platform;
+  home?: string;
+}
+
+const NAME = "codestral-ls";
+
+/** `codestral.serverPath`, then `codestral-ls` on PATH, then `.venv/bin/codestral-ls` in a workspace folder. */
+export function findServer(input: DiscoveryInput): Discovery {
+  const platform = input.platform ?? process.platform;
+  const home = input.home ?? os.homedir();
+  const tried: string[] = [];
+  const check = (candidate: string): string | undefined => {
+    tried.push(candidate);
+    return isExecutable(candidate, platform) ? candidate : undefined;
+  };
+
+  const setting = input.setting.trim();
+  if (setting) {
+    // An explicit setting is the only place looked at: a wrong path is an error, not a fallback.
+    const folder = input.workspaceFolders[0] ?? process.cwd();
+    let p = setting.replace(/\$\{workspaceFolder\}/g, folder);
+    if (p === "~" || p.startsWith("~/")) {
+      p = path.join(home, p.slice(1));
+    }
+    return { path: check(path.resolve(folder, p)), tried };
+  }
+
+  const exts = platform === "win32" ? [".exe", ".cmd", ""] : [""];
+  const sep = platform === "win32" ? ";" : ":";
+  for (const dir of (input.pathEnv ?? "").split(sep).filter(Boolean)) {
+    for (const ext of exts) {
+      const found = check(path.join(dir, NAME + ext));
+      if (found) return { path: found, tried };
+    }
+  }
+  for (const folder of input.workspaceFolders) {
+    const venv =
+      platform === "win32" ? path.join(folder, ".venv", "Scripts", NAME + ".exe") : path.join(folder, ".venv", "bin", NAME);
+    const found = check(venv);
+    if (found) return { path: found, tried };
+  }
+  return { tried };
+}
+
+function isExecutable(file: string, platform: NodeJS.Platform): boolean {
+  try {
+    if (!fs.statSync(file).isFile()) return false;
+    if (platform !== "win32") fs.accessSync(file, fs.constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}

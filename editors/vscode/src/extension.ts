@@ -1,0 +1,232 @@
+// VS Code client for codestral-ls: inline (ghost-text) completions from a local model.
+//
+// vscode-languageclient does the LSP work: it registers the inline completion provider from the
+// server's capabilities, and `codestral.accept` (the command on every item) from the server's
+// executeCommandProvider, so accepting a suggestion tells the server. This file adds settings,
+// server discovery, a status bar item and the toggle / trigger / stats / restart commands.
+import * as vscode from "vscode";
+import {
+  DidChangeConfigurationNotification,
+  LanguageClient,
+  type LanguageClientOptions,
+  type ServerOptions,
+  State,
+} from "vscode-languageclient/node";
+import { findServer, SERVER_KEYS, serverSettings, type ServerSettings } from "./config";
+
+const SECTION = "codestral";
+const STATS_REQUEST = "codestral/stats";
+const LOAD_PROGRESS_TOKEN = "codestral-ls/model-load";
+
+let client: LanguageClient | undefined;
+let output: vscode.LogOutputChannel;
+let status: StatusItem;
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  output = vscode.window.createOutputChannel("Codestral", { log: true });
+  status = new StatusItem();
+  context.subscriptions.push(
+    output,
+    status,
+    vscode.commands.registerCommand("codestral.toggle", toggle),
+    vscode.commands.registerCommand("codestral.trigger", () =>
+      vscode.commands.executeCommand("editor.action.inlineSuggest.trigger"),
+    ),
+    vscode.commands.registerCommand("codestral.showStats", showStats),
+    vscode.commands.registerCommand("codestral.restart", restart),
+    vscode.workspace.onDidChangeConfiguration(onConfigurationChanged),
+    vscode.window.onDidChangeActiveTextEditor(() => status.render()),
+  );
+  await startClient();
+}
+
+export async function deactivate(): Promise<void> {
+  await stopClient();
+}
+
+function config(): vscode.WorkspaceConfiguration {
+  return vscode.workspace.getConfiguration(SECTION);
+}
+
+function currentServerSettings(): ServerSettings {
+  const c = config();
+  return serverSettings((key) => c.get(key));
+}
+
+/** Whether automatic suggestions are wanted in this language (the toggle and `codestral.disabledLanguages`). */
+function enabledFor(languageId: string | undefined): boolean {
+  const c = config();
+  return c.get<boolean>("enabled", true) && !(languageId && c.get<string[]>("disabledLanguages", []).includes(languageId));
+}
+
+async function startClient(): Promise<void> {
+  const folders = (vscode.workspace.workspaceFolders ?? []).map((f) => f.uri.fsPath);
+  const found = findServer({ setting: config().get<string>("serverPath", ""), workspaceFolders: folders, pathEnv: process.env.PATH });
+  if (!found.path) {
+    output.error(`codestral-ls not found; looked at:\n  ${found.tried.join("\n  ")}`);
+    status.error("codestral-ls not found");
+    const message =
+      "Codestral: the codestral-ls server was not found. Set `codestral.serverPath`, put `codestral-ls` on PATH, " +
+      "or install it into `.venv` in the workspace (`pip install codestral-ls`).";
+    void vscode.window.showErrorMessage(message, "Open Settings", "Show Log").then((choice) => {
+      if (choice === "Open Settings") void vscode.commands.executeCommand("workbench.action.openSettings", "codestral.serverPath");
+      if (choice === "Show Log") output.show();
+    });
+    return;
+  }
+  output.info(`starting ${found.path}`);
+
+  // stdio transport; the server logs to stderr, which goes to the output channel.
+  const serverOptions: ServerOptions = { command: found.path, args: [] };
+  const clientOptions: LanguageClientOptions = {
+    documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
+    initializationOptions: currentServerSettings(),
+    outputChannel: output,
+    middleware: {
+      async provideInlineCompletionItems(document, position, context, token, next) {
+        const manual = context.triggerKind === vscode.InlineCompletionTriggerKind.Invoke;
+        if (!manual && !enabledFor(document.languageId)) return null;
+        const started = Date.now();
+        const result = await next(document, position, context, token);
+        if (!token.isCancellationRequested) status.ready(Date.now() - started);
+        return result;
+      },
+      // The server's textDocument/completion is a fallback for editors without inline completion;
+      // here it would duplicate the ghost text in the suggest widget and compete for the model.
+      provideCompletionItem: () => undefined,
+      handleWorkDoneProgress(token, params, next) {
+        if (token === LOAD_PROGRESS_TOKEN) {
+          if (params.kind === "end") {
+            if (params.message?.startsWith("failed")) status.error(params.message);
+            else status.ready();
+          } else {
+            status.loading(params.message, params.percentage);
+          }
+        }
+        next(token, params);
+      },
+    },
+  };
+
+  const c = new LanguageClient(SECTION, "Codestral", serverOptions, clientOptions);
+  c.onDidChangeState((e) => {
+    if (e.newState === State.Stopped && client === c) status.error("server stopped (see the Codestral output)");
+  });
+  client = c;
+  status.loading("starting server");
+  try {
+    await c.start();
+  } catch (err) {
+    status.error(`server failed to start: ${String(err)}`);
+    void vscode.window.showErrorMessage(`Codestral: ${found.path} failed to start: ${String(err)}`);
+  }
+}
+
+async function stopClient(): Promise<void> {
+  const c = client;
+  client = undefined;
+  if (c) {
+    try {
+      await c.stop(5000);
+    } catch (err) {
+      output.warn(`stopping the server: ${String(err)}`);
+    }
+  }
+}
+
+async function restart(): Promise<void> {
+  await stopClient();
+  await startClient();
+}
+
+function onConfigurationChanged(e: vscode.ConfigurationChangeEvent): void {
+  if (!e.affectsConfiguration(SECTION)) return;
+  if (e.affectsConfiguration(`${SECTION}.serverPath`)) {
+    void restart();
+  } else if (client?.isRunning() && SERVER_KEYS.some((k) => e.affectsConfiguration(`${SECTION}.${k}`))) {
+    void client.sendNotification(DidChangeConfigurationNotification.type, {
+      settings: { [SECTION]: currentServerSettings() },
+    });
+  }
+  status.render();
+}
+
+async function toggle(): Promise<void> {
+  const c = config();
+  const inspected = c.inspect<boolean>("enabled");
+  // Write where the effective value comes from, so the toggle always takes effect.
+  const target =
+    inspected?.workspaceFolderValue !== undefined
+      ? vscode.ConfigurationTarget.WorkspaceFolder
+      : inspected?.workspaceValue !== undefined
+        ? vscode.ConfigurationTarget.Workspace
+        : vscode.ConfigurationTarget.Global;
+  await c.update("enabled", !c.get<boolean>("enabled", true), target);
+}
+
+async function showStats(): Promise<void> {
+  if (!client?.isRunning()) {
+    void vscode.window.showWarningMessage("Codestral: the server is not running.");
+    return;
+  }
+  const stats = await client.sendRequest<Record<string, unknown>>(STATS_REQUEST);
+  output.info(`codestral/stats:\n${JSON.stringify(stats, null, 2)}`);
+  output.show(true);
+}
+
+type Phase = { kind: "loading"; detail: string } | { kind: "ready"; latencyMs?: number } | { kind: "error"; detail: string };
+
+/** loading / ready (with the last latency) / disabled / error; a click toggles. */
+class StatusItem implements vscode.Disposable {
+  private readonly item = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
+  private phase: Phase = { kind: "loading", detail: "starting" };
+
+  constructor() {
+    this.item.name = "Codestral";
+    this.item.command = "codestral.toggle";
+    this.render();
+    this.item.show();
+  }
+
+  loading(message?: string, percentage?: number): void {
+    const pct = percentage === undefined ? "" : ` ${percentage}%`;
+    this.phase = { kind: "loading", detail: `${message ?? "loading model"}${pct}` };
+    this.render();
+  }
+
+  ready(latencyMs?: number): void {
+    this.phase = { kind: "ready", latencyMs: latencyMs ?? (this.phase.kind === "ready" ? this.phase.latencyMs : undefined) };
+    this.render();
+  }
+
+  error(detail: string): void {
+    this.phase = { kind: "error", detail };
+    this.render();
+  }
+
+  render(): void {
+    const language = vscode.window.activeTextEditor?.document.languageId;
+    const p = this.phase;
+    this.item.backgroundColor = undefined;
+    if (p.kind === "error") {
+      this.item.text = "$(error) Codestral";
+      this.item.tooltip = `Codestral: ${p.detail}`;
+      this.item.backgroundColor = new vscode.ThemeColor("statusBarItem.errorBackground");
+    } else if (!enabledFor(language)) {
+      this.item.text = "$(circle-slash) Codestral";
+      this.item.tooltip = config().get<boolean>("enabled", true)
+        ? `Codestral: disabled for ${language} (codestral.disabledLanguages)`
+        : "Codestral: disabled. Click to enable.";
+    } else if (p.kind === "loading") {
+      this.item.text = "$(loading~spin) Codestral";
+      this.item.tooltip = `Codestral: ${p.detail}`;
+    } else {
+      this.item.text = p.latencyMs === undefined ? "$(sparkle) Codestral" : `$(sparkle) ${p.latencyMs} ms`;
+      this.item.tooltip = "Codestral: ready (last suggestion latency). Click to disable.";
+    }
+  }
+
+  dispose(): void {
+    this.item.dispose();
+  }
+}

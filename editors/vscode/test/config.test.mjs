@@ -1,0 +1,54 @@
+// Server discovery and the settings sent to the server (src/config.ts, bundled to out/config.js).
+import assert from "node:assert/strict";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import os from "node:os";
+import path from "node:path";
+import { after, test } from "node:test";
+
+const require = createRequire(import.meta.url);
+const { findServer, serverSettings, SERVER_KEYS } = require("../out/config.js");
+
+const tmp = mkdtempSync(path.join(os.tmpdir(), "codestral-vscode-"));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+function executable(file, mode = 0o755) {
+  mkdirSync(path.dirname(file), { recursive: true });
+  writeFileSync(file, "#!/bin/sh\n");
+  chmodSync(file, mode);
+  return file;
+}
+
+const bin = path.join(tmp, "bin");
+const workspace = path.join(tmp, "ws");
+const onPath = executable(path.join(bin, "codestral-ls"));
+const inVenv = executable(path.join(workspace, ".venv", "bin", "codestral-ls"));
+const opts = { platform: "linux", home: tmp };
+
+test("the serverPath setting wins, with ~ and ${workspaceFolder} expanded", () => {
+  const setting = (s) => findServer({ ...opts, setting: s, workspaceFolders: [workspace], pathEnv: bin }).path;
+  assert.equal(setting("${workspaceFolder}/.venv/bin/codestral-ls"), inVenv);
+  assert.equal(setting("~/bin/codestral-ls"), onPath);
+  assert.equal(setting(".venv/bin/codestral-ls"), inVenv); // relative to the workspace folder
+  const missing = findServer({ ...opts, setting: "/nowhere/codestral-ls", workspaceFolders: [workspace], pathEnv: bin });
+  assert.equal(missing.path, undefined, "a wrong setting is an error, not a fallback");
+  assert.deepEqual(missing.tried, ["/nowhere/codestral-ls"]);
+});
+
+test("then PATH, then .venv in a workspace folder", () => {
+  assert.equal(findServer({ ...opts, setting: "", workspaceFolders: [workspace], pathEnv: `/nowhere:${bin}` }).path, onPath);
+  assert.equal(findServer({ ...opts, setting: "", workspaceFolders: [tmp, workspace], pathEnv: "/nowhere" }).path, inVenv);
+});
+
+test("nothing found lists every place looked at; non-executables do not count", () => {
+  const plain = executable(path.join(tmp, "plain", "codestral-ls"), 0o644);
+  const found = findServer({ ...opts, setting: "", workspaceFolders: [tmp], pathEnv: path.dirname(plain) });
+  assert.equal(found.path, undefined);
+  assert.deepEqual(found.tried, [plain, path.join(tmp, ".venv", "bin", "codestral-ls")]);
+});
+
+test("serverSettings sends every server key that has a value", () => {
+  const all = serverSettings((key) => `v-${key}`);
+  assert.deepEqual(Object.keys(all), [...SERVER_KEYS]);
+  assert.deepEqual(serverSettings((key) => (key === "budgetMs" ? 0 : undefined)), { budgetMs: 0 });
+});

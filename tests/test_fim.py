@@ -1,0 +1,75 @@
+"""FIM prompt layouts, built as token ids, per family."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from engine.embedded import converted_dir
+from engine.fim import CODESTRAL, QWEN, FimEncoder, detect_profile
+
+
+@pytest.fixture(scope="module")
+def tiny_tok(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def qwen_tok():
+    return AutoTokenizer.from_pretrained(converted_dir())
+
+
+def test_codestral_layout_is_bos_suffix_prefix_no_middle(tiny_tok):
+    enc = FimEncoder(tiny_tok, detect_profile(tiny_tok))
+    assert enc.profile is CODESTRAL
+    v = tiny_tok.get_vocab()
+    prefix, suffix = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
+    p = enc.build(prefix, suffix, heal=False)
+    assert p.ids == [tiny_tok.bos_token_id, v["[SUFFIX]"], *enc.encode_text(suffix), v["[PREFIX]"],
+                     *enc.encode_text(prefix)]
+    assert v["[MIDDLE]"] not in p.ids
+    assert tiny_tok.eos_token_id in p.stop_ids
+
+
+def test_qwen_layout_is_prefix_suffix_middle(qwen_tok):
+    enc = FimEncoder(qwen_tok, detect_profile(qwen_tok))
+    assert enc.profile is QWEN
+    v = qwen_tok.get_vocab()
+    prefix, suffix = "def add(a, b):\n    return ", "\n"
+    p = enc.build(prefix, suffix, heal=False)
+    assert p.ids == [v["<|fim_prefix|>"], *enc.encode_text(prefix), v["<|fim_suffix|>"], *enc.encode_text(suffix),
+                     v["<|fim_middle|>"]]
+    for stop in ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>"):
+        assert v[stop] in p.stop_ids
+
+
+def test_text_that_spells_a_control_token_stays_text(qwen_tok):
+    enc = FimEncoder(qwen_tok, detect_profile(qwen_tok))
+    p = enc.build('s = "<|fim_suffix|>"\n', "", heal=False)
+    assert p.ids.count(qwen_tok.get_vocab()["<|fim_suffix|>"]) == 1  # only the real one
+
+
+def test_healing_moves_last_prefix_token_into_owed_text(qwen_tok):
+    enc = FimEncoder(qwen_tok, detect_profile(qwen_tok))
+    prefix = "import os\nprint(os.pa"
+    p = enc.build(prefix, "\n")
+    assert p.heal and prefix.endswith(p.heal)
+    text = enc.decode(p.ids)
+    assert text.endswith("<|fim_middle|>")
+    # The prompt holds the prefix without the healed token; the model must spell it first.
+    assert text.removeprefix("<|fim_prefix|>").split("<|fim_suffix|>")[0] + p.heal == prefix
+
+
+def test_prompt_is_stable_while_typing_at_an_anchor(qwen_tok):
+    """Typed text goes to the middle: the prompt before it never changes (the KV cache survives)."""
+    enc = FimEncoder(qwen_tok, detect_profile(qwen_tok))
+    prefix, suffix = "def f(values):\n    total = 0\n    for v in values:\n        ", "\n    return total\n"
+    base = enc.build(prefix, suffix).ids
+    for typed in ("t", "to", "tot", "total", "total +", "total += v"):
+        ids = enc.build(prefix, suffix, forced_middle=typed).ids
+        assert ids[: len(base)] == base, typed
+
+
+def test_unknown_format_is_a_clear_error(qwen_tok):
+    with pytest.raises(ValueError, match="unknown FIM format"):
+        detect_profile(qwen_tok, "nope")
