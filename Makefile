@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/codestral-ls complete server/samples/sample.py:8:12
+	$(VENV)/bin/codestral-ls complete server/samples/sample.py:8:11
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server engine tests benchmarks

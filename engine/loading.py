@@ -172,7 +172,8 @@ def _bnb_config(quantize: str, dtype: Any) -> Any:
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
     except ImportError:
-        raise ModelLoadError("--quantize int8/nf4 on CUDA needs bitsandbytes: pip install 'codestral-ls[cuda]'") from None
+        raise ModelLoadError(
+            "--quantize int8/nf4 on CUDA needs bitsandbytes: pip install 'codestral-ls[cuda]'") from None
     if quantize == "nf4":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
                                   bnb_4bit_use_double_quant=True)

@@ -26,8 +26,9 @@ class _Job:
 
 
 class EngineWorker:
-    def __init__(self, load: Callable[[], object]) -> None:
+    def __init__(self, load: Callable[[], object], on_loaded: Callable[[], None] | None = None) -> None:
         self._load = load
+        self._on_loaded = on_loaded
         self.engine = None  # engine.engine.Engine once loaded
         self.load_error: str | None = None
         self.loaded = threading.Event()
@@ -98,6 +99,8 @@ class EngineWorker:
             self.load_error = f"model load failed: {type(exc).__name__}: {exc}"
         finally:
             self.loaded.set()
+            if self._on_loaded is not None:
+                self._on_loaded()
         if self.engine is None:
             self._fail_all()
             return

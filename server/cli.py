@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             return complete(options, args.where, getattr(args, "language", None), getattr(args, "json", False))
         return doctor(options)
     except CliError as exc:
-        sys.stderr.write(f"codestral-ls: error: {exc}\n")
+        sys.stderr.write(f"codestral-ls: error: {' '.join(str(exc).split())}\n")
         return 2
     except KeyboardInterrupt:
         return 130
@@ -127,7 +127,8 @@ def complete(options: Options, where: str, language: str | None, as_json: bool) 
     if line_no > len(lines):
         raise CliError(f"{path} has {len(lines)} lines; line {line_no} does not exist")
     if col_no - 1 > len(lines[line_no - 1]):
-        raise CliError(f"line {line_no} of {path} has {len(lines[line_no - 1])} characters; column {col_no} is past its end")
+        width = len(lines[line_no - 1])
+        raise CliError(f"line {line_no} of {path} has {width} characters; column {col_no} is past its end")
     offset = sum(len(ln) + 1 for ln in lines[: line_no - 1]) + col_no - 1
 
     from engine import load_engine
@@ -195,7 +196,8 @@ def doctor(options: Options) -> int:
 
     row("cache dir", embedded.cache_dir())
     if options.model is None:
-        row("model", f"{embedded.EMBEDDED_NAME}; converted: {'yes' if embedded.is_converted() else 'no (first load converts it)'}")
+        converted = "yes" if embedded.is_converted() else "no (first load converts it)"
+        row("model", f"{embedded.EMBEDDED_NAME}; converted: {converted}")
     else:
         row("model", options.model)
     from engine import load_engine

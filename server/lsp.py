@@ -20,6 +20,7 @@ from engine.worker import EngineWorker
 from server import __version__
 from server.options import Options, engine_config, model_changed, parse_options
 from server.pipeline import Completer, Document, Suggestion
+from server.protocol import AnsweringProtocol, answer_unreadable_frame
 from server.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ LOAD_PROGRESS_TOKEN = "codestral-ls/model-load"
 
 class CodestralServer(LanguageServer):
     def __init__(self, options: Options, cli_raw: dict[str, Any] | None = None) -> None:
-        super().__init__("codestral-ls", __version__)
+        super().__init__("codestral-ls", __version__, protocol_cls=AnsweringProtocol)
         self.options = options
         self.cli_raw = cli_raw or {}  # command-line flags win over client settings
         self.stats = Stats()
@@ -62,12 +63,9 @@ class CodestralServer(LanguageServer):
         def load():  # runs on the engine thread
             from engine import load_engine
 
-            try:
-                return load_engine(*engine_config(self.options), progress=report)
-            finally:
-                loop.call_soon_threadsafe(self._loaded, progress_ok)
+            return load_engine(*engine_config(self.options), progress=report)
 
-        self.worker = EngineWorker(load).start()
+        self.worker = EngineWorker(load, on_loaded=lambda: loop.call_soon_threadsafe(self._loaded, progress_ok)).start()
         self.completer = Completer(self.worker, self.options, self.stats, self.other_documents)
 
     def _loaded(self, progress_ok: bool) -> None:
@@ -100,6 +98,11 @@ class CodestralServer(LanguageServer):
         if message not in self._errors_shown:  # once per distinct message, not per keystroke
             self._errors_shown.add(message)
             self.window_show_message(types.ShowMessageParams(type=kind, message=message))
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        if answer_unreadable_frame(self.protocol, error):
+            return
+        log.error("protocol error: %s: %s", type(error).__name__, error)  # never the message text
 
     # -- documents --------------------------------------------------------------------------
 

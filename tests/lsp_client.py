@@ -79,3 +79,21 @@ async def inline(client: Client, uri: str, line: int, character: int) -> types.I
     return await client.text_document_inline_completion_async(types.InlineCompletionParams(
         text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=line, character=character),
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
+
+
+async def send_raw(client: Client, message: dict[str, Any] | bytes, msg_id: str | None = None,
+                   timeout: float = 20) -> Any:
+    """Write a message as-is (malformed on purpose, if wanted) and await the answer to `msg_id`."""
+    import json
+    from concurrent.futures import Future
+
+    body = message if isinstance(message, bytes) else json.dumps(message).encode()
+    fut: Future[Any] = Future()
+    if msg_id is not None:
+        client.protocol._request_futures[msg_id] = fut
+    res = client.protocol.writer.write(f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    if asyncio.iscoroutine(res) or isinstance(res, asyncio.Future):
+        await res
+    if msg_id is None:
+        return None
+    return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)

@@ -28,6 +28,7 @@
       eglot-connect-timeout codestral-test-timeout
       ;; The first completion waits for the model; a 2-core CPU shared with other jobs is slow.
       jsonrpc-default-request-timeout codestral-test-timeout)
+(add-hook 'eglot-managed-mode-hook #'codestral-maybe-enable) ; as the README says
 
 (defvar codestral-test--server nil "The server shared by the tests.")
 
@@ -106,6 +107,7 @@ Then wait until the model is loaded."
   (with-current-buffer (codestral-test--visit "capf.py" codestral-test-text)
     (codestral-test--server)
     (should (eglot-managed-p))
+    (should codestral-mode)                 ; by `codestral-maybe-enable'
     (should (codestral--capability codestral-test--server :inlineCompletionProvider))
     (let* ((accepted (codestral-test--stat :accepted))
            (t0 (float-time))
@@ -126,8 +128,8 @@ Then wait until the model is loaded."
   (with-current-buffer (codestral-test--visit "inline.py" "def add(a, b):\n    return")
     (codestral-test--server)
     (should (eglot-managed-p))              ; picked up by the running server
-    (codestral-maybe-enable)
-    (should codestral-mode)
+    (should codestral-mode)                 ; by `codestral-maybe-enable'
+
     (let ((accepted (codestral-test--stat :accepted))
           (t0 (float-time)))
       (execute-kbd-macro (kbd "SPC"))       ; an edit, as the user would type it
@@ -165,7 +167,6 @@ Then wait until the model is loaded."
   "M-f takes one word of the suggestion, TAB the rest; typing through keeps it."
   (with-current-buffer (codestral-test--visit "inline2.py" codestral-test-text)
     (codestral-test--server)
-    (codestral-maybe-enable)
     (should codestral-mode)
     (let ((partial (codestral-test--stat :partially_accepted)))
       (codestral-complete)

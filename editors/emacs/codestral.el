@@ -58,7 +58,8 @@
 
 (defcustom codestral-server-command '("codestral-ls")
   "Command line (program and arguments) that starts codestral-ls on stdio.
-Give an absolute path when the program is not on `exec-path', e.g. the
+Give an absolute path when the program is not on the variable `exec-path',
+e.g. the
 `codestral-ls' script of a virtual environment."
   :type '(repeat string))
 
@@ -103,9 +104,11 @@ through Customize re-registers the entries."
   "Eglot contact for codestral-ls: the command and initializationOptions."
   (let ((command codestral-server-command))
     (unless (and (consp command) (stringp (car command)))
-      (user-error "codestral: `codestral-server-command' must be a list of strings"))
+      (user-error "[codestral] `codestral-server-command' must be a list of strings"))
+    (when (string-prefix-p "~" (car command))   ; processes do not expand ~
+      (setq command (cons (expand-file-name (car command)) (cdr command))))
     (unless (or (file-name-absolute-p (car command)) (executable-find (car command)))
-      (user-error "codestral: `%s' not found; install codestral-ls or set `codestral-server-command'"
+      (user-error "[codestral] `%s' not found; install codestral-ls or set `codestral-server-command'"
                   (car command)))
     (append command
             (when codestral-initialization-options
@@ -162,14 +165,18 @@ Applies to inline suggestions and to completion candidates chosen through
     (and server (jsonrpc-running-p server) server)))
 
 (defun codestral--capability (server capability)
-  "SERVER's value for CAPABILITY (a keyword), nil if absent or false."
-  (let ((value (plist-get (eglot--capabilities server) capability)))
-    (and value (not (eq value :json-false)) value)))
+  "SERVER's value for CAPABILITY (a keyword), nil if absent or false.
+An empty options object ({}, which parses to nil) gives t."
+  (let ((probe (plist-member (eglot--capabilities server) capability)))
+    (and probe
+         (not (eq (cadr probe) :json-false))
+         (or (cadr probe) t))))
 
 (defun codestral--server-p (server)
   "Non-nil if SERVER is codestral-ls (it declares the codestral.accept command)."
   (and server
-       (let ((commands (plist-get (codestral--capability server :executeCommandProvider) :commands)))
+       (let* ((provider (codestral--capability server :executeCommandProvider))
+              (commands (and (listp provider) (plist-get provider :commands))))
          (seq-contains-p commands "codestral.accept"))))
 
 (defun codestral--send-command (server command)
@@ -225,7 +232,7 @@ the item's `codestral.accept' command once the candidate is inserted."
 (defun codestral-stats ()
   "Show the server's counters: suggestions, acceptance, latency, model."
   (interactive)
-  (let ((server (or (codestral--server) (user-error "codestral: no Eglot server in this buffer"))))
+  (let ((server (or (codestral--server) (user-error "[codestral] no Eglot server in this buffer"))))
     (let ((stats (codestral--stats server)))
       (with-help-window "*codestral-stats*"
         (with-current-buffer standard-output
@@ -268,9 +275,11 @@ Otherwise only \\[codestral-complete] asks."
 
 (defvar-local codestral--overlay nil "Overlay showing the ghost text.")
 (defvar-local codestral--suggestion nil
-  "Plist of the shown suggestion: :text (ghost text at point), :start :end
-(markers of the region the item replaces), :insert (its full text),
-:command, :server, :partial (characters taken by partial accepts).")
+  "Plist describing the suggestion on display.
+Keys: :text, the ghost text at point; :start and :end, markers of the
+region the item replaces; :insert, the item's full text; :command and
+:server, for reporting acceptance; :partial, characters taken so far by
+partial accepts.")
 (defvar-local codestral--timer nil "Pending idle timer of an automatic request.")
 (defvar-local codestral--generation 0 "Counter that makes stale responses recognisable.")
 (defvar-local codestral--changed nil "Non-nil when the buffer changed during this command.")
@@ -343,7 +352,9 @@ Otherwise only \\[codestral-complete] asks."
                 :partial 0))))))
 
 (defun codestral--handle (buffer generation position tick server result)
-  "Show the first usable item of RESULT if BUFFER is still as at request time."
+  "Show the first usable item of RESULT from SERVER in BUFFER.
+Only if the response is for the latest request (GENERATION) and point and
+the buffer are unchanged since it was sent (POSITION, TICK)."
   (when (buffer-live-p buffer)
     (with-current-buffer buffer
       (when (and codestral-mode
@@ -365,11 +376,11 @@ a request was sent."
   (let ((server (codestral--server)))
     (cond
      ((null server)
-      (when (eq trigger 'invoked) (user-error "codestral: no Eglot server in this buffer"))
+      (when (eq trigger 'invoked) (user-error "[codestral] no Eglot server in this buffer"))
       nil)
      ((not (codestral--capability server :inlineCompletionProvider))
       (when (eq trigger 'invoked)
-        (user-error "codestral: %s does not provide inline completions" (jsonrpc-name server)))
+        (user-error "[codestral] %s does not provide inline completions" (jsonrpc-name server)))
       nil)
      (t
       ;; Send pending edits first: Eglot batches didChange on its own idle timer.
@@ -504,7 +515,7 @@ Turn it off otherwise.  Meant for `eglot-managed-mode-hook'."
   "Insert the whole suggestion and tell the server it was accepted."
   (interactive)
   (unless (codestral-visible-p)
-    (user-error "codestral: no suggestion"))
+    (user-error "[codestral] no suggestion"))
   (let* ((suggestion codestral--suggestion)
          (start (plist-get suggestion :start))
          (end (plist-get suggestion :end))
@@ -531,7 +542,7 @@ Turn it off otherwise.  Meant for `eglot-managed-mode-hook'."
   "Insert the next word of the suggestion and keep showing the rest."
   (interactive)
   (unless (codestral-visible-p)
-    (user-error "codestral: no suggestion"))
+    (user-error "[codestral] no suggestion"))
   (let* ((suggestion codestral--suggestion)
          (text (plist-get suggestion :text))
          (n (if (string-match "\\`\\W*\\w+" text) (match-end 0) (length text)))
@@ -544,6 +555,14 @@ Turn it off otherwise.  Meant for `eglot-managed-mode-hook'."
       (codestral--show (append (list :text (substring text n)
                                      :partial (+ n (plist-get suggestion :partial)))
                                suggestion)))))
+
+(defun codestral-unload-function ()
+  "Remove the advice, keymap and Eglot entries added by loading codestral.
+Called by `unload-feature'."
+  (advice-remove 'eglot-completion-at-point #'codestral--completion-exit-advice)
+  (setq emulation-mode-map-alists (delq 'codestral--emulation-alist emulation-mode-map-alists))
+  (setq eglot-server-programs (seq-remove #'codestral--entry-p eglot-server-programs))
+  nil)                                  ; nil: go on with the standard unloading
 
 (provide 'codestral)
 ;;; codestral.el ends here

@@ -50,3 +50,7 @@ cp "$HERE/codestral.el" "$BUILD/"
   --eval '(setq byte-compile-error-on-warn t)' -f batch-byte-compile "$BUILD/codestral.el"
 
 "$EMACS" --batch -L "$BUILD" -l "$HERE/codestral-tests.el" -f ert-run-tests-batch-and-exit
+
+# The same in an interactive `emacs -nw` on a pseudo-terminal: real keystrokes, idle timer, redisplay.
+PYTHON="${PYTHON:-$(command -v python3 || echo "$REPO/.venv/bin/python")}"
+CODESTRAL_EL_DIR="$BUILD" EMACS="$EMACS" "$PYTHON" "$HERE/test-tty.py"

@@ -1,16 +1,15 @@
-"""A tiny module for `make demo`: codestral-ls completes the marked line."""
+"""A tiny module for `make demo`: codestral-ls completes the body of `average`."""
 
 
-def fibonacci(n: int) -> int:
-    """Return the n-th Fibonacci number."""
-    if n < 2:
-        return n
+def average(numbers: list[float]) -> float:
+    """Return the arithmetic mean of `numbers` (0.0 for an empty list)."""
+    if not numbers:
+        return 0.0
     return
 
 
 def main() -> None:
-    for i in range(10):
-        print(i, fibonacci(i))
+    print(average([1.0, 2.0, 3.0]))
 
 
 if __name__ == "__main__":

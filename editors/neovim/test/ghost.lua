@@ -8,6 +8,7 @@ local api = vim.api
 local uv = vim.uv or vim.loop
 local timeout = tonumber(os.getenv('CODESTRAL_TIMEOUT') or '120') * 1000
 local co
+vim.o.showmode = false
 
 local function log(msg)
   io.stderr:write(('[%6.1fs] %s\n'):format(uv.hrtime() / 1e9 % 1e5, msg))

@@ -67,7 +67,7 @@ async function startClient(): Promise<void> {
     status.error("codestral-ls not found");
     const message =
       "Codestral: the codestral-ls server was not found. Set `codestral.serverPath`, put `codestral-ls` on PATH, " +
-      "or install it into `.venv` in the workspace (`pip install codestral-ls`).";
+      "or install it into `.venv` in the workspace.";
     void vscode.window.showErrorMessage(message, "Open Settings", "Show Log").then((choice) => {
       if (choice === "Open Settings") void vscode.commands.executeCommand("workbench.action.openSettings", "codestral.serverPath");
       if (choice === "Show Log") output.show();
@@ -169,7 +169,8 @@ async function showStats(): Promise<void> {
     void vscode.window.showWarningMessage("Codestral: the server is not running.");
     return;
   }
-  const stats = await client.sendRequest<Record<string, unknown>>(STATS_REQUEST);
+  // `{}` rather than no params: pygls rejects a request without a params member.
+  const stats = await client.sendRequest<Record<string, unknown>>(STATS_REQUEST, {});
   output.info(`codestral/stats:\n${JSON.stringify(stats, null, 2)}`);
   output.show(true);
 }

@@ -98,7 +98,8 @@ async function inline(position, version) {
   return Array.isArray(result) ? result : result.items;
 }
 
-const stats = () => connection.sendRequest(STATS_REQUEST);
+// `{}`: pygls rejects a request without a params member.
+const stats = () => connection.sendRequest(STATS_REQUEST, {});
 const problems = () => messages.filter((m) => m.type === MessageType.Error || m.type === MessageType.Warning);
 
 before(async () => {

@@ -13,7 +13,7 @@ function M.check()
   local config = codestral.config
 
   start('Neovim')
-  local version = vim.fn.matchstr(vim.fn.execute('version'), [[NVIM v\zs\S\+]])
+  local version = vim.fn.execute('version'):match('NVIM v([^%s]+)') or '?'
   if vim.fn.has('nvim-0.7') == 1 then
     ok('Neovim ' .. version)
   else
@@ -40,7 +40,8 @@ function M.check()
   local path = exe and vim.fn.exepath(exe) or ''
   if path == '' then
     fail(('server not found: %s'):format(tostring(exe)), {
-      'install codestral-ls (`pip install codestral-ls`) or set `cmd` in setup() to its full path',
+      'put codestral-ls on $PATH (`make install` in its repo builds .venv/bin/codestral-ls),'
+        .. ' or set `cmd` in setup() to its full path',
     })
   else
     local out = vim.fn.system({ path, '--version' })

