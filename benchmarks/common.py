@@ -72,6 +72,14 @@ def peak_rss_mib(pid: int | None = None) -> float | None:
     return None
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (how busy the shared machine was), None where unknown."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile (q in 0..100)."""
     if not values:
@@ -89,7 +97,7 @@ def latency_summary(values: Sequence[float]) -> dict[str, float | int | None]:
 
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "cpus": os.cpu_count()}
+                            "cpus": os.cpu_count(), "git": git_state()}
     try:
         import torch
 
@@ -99,6 +107,20 @@ def machine() -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def git_state() -> str | None:
+    """The commit measured, with "+dirty" when the work tree had changes (None outside a checkout)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -6,9 +6,11 @@ as an empty line the user just opened, so the document is
     prompt + INDENT + <cursor> + "\\n" + suffix
 
 where INDENT is the leading whitespace of the canonical solution's first line: what an editor's
-auto-indent puts there before the user types anything. The suggestion goes at the cursor and the
-task passes when `prompt + INDENT + suggestion + "\\n" + suffix + test + check(entry_point)` runs
-without error in a fresh Python subprocess (timeout 10 s).
+auto-indent puts there before the user types anything (`--cursor line-start` puts the cursor at
+column 0 instead, INDENT empty: the suggestion must then bring its own indentation). The
+suggestion goes at the cursor and the task passes when
+`prompt + INDENT + suggestion + "\\n" + suffix + test + check(entry_point)` runs without error in a
+fresh Python subprocess (timeout 10 s).
 
 Configurations, all on the same model, the same tasks, in one run:
 
@@ -95,10 +97,11 @@ class Hole:
         return self.head + middle + self.tail + "\n" + task["test"] + f"\ncheck({task['entry_point']})\n"
 
 
-def make_hole(task: dict[str, Any]) -> Hole:
+def make_hole(task: dict[str, Any], cursor: str = "indent") -> Hole:
+    """`cursor` "indent": after the auto-indent (the default); "line-start": at column 0 of the empty line."""
     solution = task["canonical_solution"]
     first = solution.split("\n", 1)[0]
-    indent = first[: len(first) - len(first.lstrip(" \t"))]
+    indent = first[: len(first) - len(first.lstrip(" \t"))] if cursor == "indent" else ""
     head = task["prompt"] + indent
     tail = "\n" + task["suffix"]
     return Hole(head + tail, len(head), head, tail)
@@ -201,7 +204,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for n, i in enumerate(indices, start=1):
             task = tasks[i]
-            hole = make_hole(task)
+            hole = make_hole(task, args.cursor)
             uri = f"file:///humaneval/{task['task_id'].replace('/', '_')}.py"
             doc = Document(uri, hole.text, "python")
             middles: dict[str, str] = {}
@@ -258,6 +261,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "quality",
         "set": "multi-line" if args.multi_line else "single-line",
+        "cursor": args.cursor,
         "data": path.name,
         "limit": args.limit,
         "indices": indices,
@@ -293,9 +297,9 @@ def report(result: dict[str, Any]) -> str:
         delta = None if s["pass@1"] is None or raw is None else s["pass@1"] - raw
         rows.append([name, fmt(s["pass@1"], 1), f"{s['passed']}/{s['n']}", fmt(s["exact"], 1),
                      "" if name == "raw" or delta is None else f"{delta:+.1f}"])
-    lines = [f"HumanEval {result['set']} infilling, {summary['pipeline']['n']} tasks "
-             f"(stride subset of {result['n_tasks_total']}), model {result['model']['source']} "
-             f"on {result['model']['device']}",
+    lines = [f"HumanEval {result['set']} infilling, {summary['pipeline']['n']} tasks, "
+             f"cursor {result.get('cursor', 'indent')} (stride subset of {result['n_tasks_total']}), "
+             f"model {result['model']['source']} on {result['model']['device']}",
              table(rows, ["config", "pass@1 %", "passed", "exact %", "vs raw (points)"])]
     t = result["target"]
     if "goal" in t:
@@ -341,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ablations", action="store_true", help="skip the per-filter ablations")
     p.add_argument("--data", help="folder with the HumanEval-*LineInfilling.jsonl.gz files")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per test program (default 10)")
+    p.add_argument("--cursor", choices=("indent", "line-start"), default="indent",
+                   help="where the cursor sits on the empty hole line: after the auto-indent (default) or at column 0")
     p.add_argument("--max-tokens", type=int, default=64, help="max decoded tokens (the server's default: 64)")
     add_device_args(p)
     return p

@@ -67,7 +67,7 @@ class Engine:
         self.encoder = loaded.encoder
         self.options = options or EngineOptions()
         self.store = PrefixStore(budget_bytes=self.options.kv_budget_bytes, enabled=self.options.kv_reuse)
-        vocab = self.model.get_output_embeddings().weight.shape[0]
+        vocab = self.model.config.vocab_size
         self.heal = HealIndex.build(loaded.tokenizer, vocab)
         self.lookup = _Lookup()
         self.device = torch.device(loaded.device)

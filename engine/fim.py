@@ -141,7 +141,9 @@ class FimEncoder:
                 raise ValueError(f"{self.profile.name} FIM format needs token {tok!r}, absent here")
         bos = getattr(self.tokenizer, "bos_token_id", None)
         self.bos_id: int | None = bos if self.profile.bos else None
-        self.stop_ids = frozenset(self._ids[t] for t in self.profile.stop_tokens if t in self._ids)
+        # A generated control token ([SUFFIX], <|fim_prefix|>, ...) ends the middle as well.
+        controls = (self.profile.prefix_token, self.profile.suffix_token, self.profile.middle_token)
+        self.stop_ids = frozenset(self._ids[t] for t in (*self.profile.stop_tokens, *controls) if t in self._ids)
         eos = getattr(self.tokenizer, "eos_token_id", None)
         if isinstance(eos, int):
             self.stop_ids = self.stop_ids | {eos}

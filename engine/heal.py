@@ -1,8 +1,9 @@
 """Token healing: the text of every vocabulary entry, indexed so a constrained step is cheap.
 
-When the prompt's last token is taken back (see `fim.FimEncoder.build`), the first decoded token
-must start with that text (and may carry on past it). One token covers the owed text, so what the
-model decodes stays on the tokenizer's own boundaries and typed text re-aligns with the cache.
+When the prompt's last token is taken back (see `fim.FimEncoder.build`), the first decoded tokens
+must spell that text again: a token is allowed while the owed text ("rest") starts with it, or it
+starts with the rest (and carries on past it). Both are needed: indentation "    " before a word
+is tokenized "   " + " return", so the owed four spaces are often paid by a shorter token.
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ class HealIndex:
         return cls(strings=strings, by_first_char=dict(index))
 
     def allowed(self, rest: str) -> list[int]:
-        """Token ids that start with the owed text `rest` (non-empty)."""
-        return [i for i in self.by_first_char.get(rest[0], ()) if self.strings[i].startswith(rest)]
+        """Token ids consistent with owing `rest` (non-empty)."""
+        return [i for i in self.by_first_char.get(rest[0], ()) if self.consistent(i, rest)]
 
     def consistent(self, token: int, rest: str) -> bool:
         if not rest:
             return True
-        return token < len(self.strings) and self.strings[token].startswith(rest)
+        s = self.strings[token] if token < len(self.strings) else ""
+        return bool(s) and (s.startswith(rest) or rest.startswith(s))
 
     def advance(self, rest: str, token: int) -> str:
-        """What is still owed after `token` was chosen: nothing, one token pays it all."""
-        return ""
+        """What is still owed after `token` was chosen."""
+        s = self.strings[token]
+        return rest[len(s):] if rest and rest.startswith(s) else ""

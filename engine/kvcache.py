@@ -73,6 +73,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class PrefixStore:
     budget_bytes: int = 512 * 2**20
     enabled: bool = True
+    max_entries: int = 64  # also bounded in count: `take` scans every entry, and tiny entries add up
     entries: list[Sequence] = field(default_factory=list)
     hits: int = 0
     misses: int = 0
@@ -104,9 +105,14 @@ class PrefixStore:
         self.evict()
 
     def evict(self) -> None:
+        """Drop least-recently-used entries until within the byte budget and the entry limit."""
         self.entries.sort(key=lambda s: s.last_used)
-        while self.entries and self.total_bytes() > self.budget_bytes:
-            self.entries.pop(0)
+        sizes = [s.nbytes() for s in self.entries]
+        total, drop = sum(sizes), 0
+        while drop < len(sizes) and (total > self.budget_bytes or len(sizes) - drop > self.max_entries):
+            total -= sizes[drop]
+            drop += 1
+        del self.entries[:drop]
 
     def total_bytes(self) -> int:
         return sum(s.nbytes() for s in self.entries)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -48,13 +49,32 @@ class StopRule:
 
 
 class CancelToken:
-    """Set by whoever supersedes a request; the decode loop checks it between tokens."""
+    """Set by whoever supersedes a request; the decode loop checks it between tokens.
+
+    Code blocked elsewhere (a remote backend reading a socket) registers `on_cancel` callbacks,
+    run once, in the cancelling thread, when the token is set (at once if it already is).
+    """
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
 
     def cancel(self) -> None:
-        self._event.set()
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
 
     @property
     def cancelled(self) -> bool:

@@ -25,6 +25,12 @@ class _Job:
     future: Future[FimResult]
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, a host MemoryError, or a backend's "out of memory" error."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or "out of memory" in str(exc).lower())
+
+
 class EngineWorker:
     def __init__(self, load: Callable[[], object], on_loaded: Callable[[], None] | None = None) -> None:
         self._load = load
@@ -71,6 +77,13 @@ class EngineWorker:
             self._order.append(req.doc)
             self._cv.notify_all()
         return fut
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` for the loaded model (the context window's budget unit)."""
+        engine = self.engine
+        if engine is None:
+            raise EngineError(self.load_error or "the model is not loaded")
+        return engine.count_tokens(text)
 
     def busy(self) -> bool:
         with self._cv:
@@ -126,9 +139,25 @@ class EngineWorker:
             job.future.set_exception(exc)
         except Exception as exc:  # engine faults (OOM included) fail this request only
             log.exception("engine error")
+            if out_of_memory(exc):
+                self._free_memory()
             job.future.set_exception(exc)
         finally:
             self._finish()
+
+    def _free_memory(self) -> None:
+        """After an out-of-memory: drop the KV cache and prefetch so the next request has room."""
+        engine = self.engine
+        if engine is not None:
+            engine.store.clear()  # type: ignore[attr-defined]
+            engine._background = None  # type: ignore[attr-defined]
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # freeing memory must not fail the worker
+            log.exception("could not release CUDA memory")
 
     def _finish(self) -> None:
         with self._cv:

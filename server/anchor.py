@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from server.context import Context
 
 MAX_TYPED = 400  # past this many typed characters a fresh anchor is cheaper than a long middle
+MAX_DOCS = 64  # anchors kept, most recently re-anchored documents first (a client may never close)
 
 
 @dataclass
@@ -47,7 +48,10 @@ class Anchors:
             if same_prefix and same_suffix:
                 return Placement(a.ctx, typed, anchored=True)
         ctx: Context = fresh_context()
+        self._by_doc.pop(uri, None)
         self._by_doc[uri] = Anchor(offset, ctx, text[ctx.prefix_start:offset], text[offset:offset + len(ctx.suffix)])
+        while len(self._by_doc) > MAX_DOCS:
+            del self._by_doc[next(iter(self._by_doc))]
         return Placement(ctx, "", anchored=False)
 
     def forget(self, uri: str) -> None:

@@ -39,6 +39,15 @@ def _common() -> argparse.ArgumentParser:
     e.add_argument("--multiline", choices=CHOICES["multiline"])
     e.add_argument("--prefix-tokens", dest="prefix_tokens", type=int)
     e.add_argument("--suffix-tokens", dest="suffix_tokens", type=int)
+    b = p.add_argument_group("backend (where requests go; default: the model in this process)")
+    b.add_argument("--engine", metavar="URL|auto",
+                   help="send requests to a shared `codestral-ls engine serve` daemon (auto: the one this user runs)")
+    b.add_argument("--backend", choices=CHOICES["backend"])
+    b.add_argument("--endpoint", metavar="URL", help="the backend's base URL (default: its usual one)")
+    b.add_argument("--remote-model", dest="remote_model", metavar="NAME", help="model name sent to a remote API")
+    b.add_argument("--api-key-env", dest="api_key_env", metavar="VAR", help="environment variable holding the API key")
+    b.add_argument("--connect-timeout-ms", dest="connect_timeout_ms", type=int)
+    b.add_argument("--read-timeout-ms", dest="read_timeout_ms", type=int)
     p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-document-text", dest="log_document_text", action="store_true",
                    help="debug: allow document text in logs")
@@ -58,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--language", help="language id (default: from the file extension)")
     c.add_argument("--json", action="store_true", help="print a JSON object")
     sub.add_parser("doctor", parents=[common], help="print versions, device, model and whether it loads")
+    eng = sub.add_parser("engine", help="the shared engine daemon: one model for every editor window")
+    actions = eng.add_subparsers(dest="engine_command", metavar="ACTION", required=True)
+    es = actions.add_parser("serve", parents=[common],
+                            help="load the model and serve the LSP servers started with --engine")
+    es.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1: this machine only)")
+    es.add_argument("--port", type=int, default=0, help="port (default 0: a free one, written to the discovery file)")
+    actions.add_parser("status", parents=[common], help="is a daemon running: where, which model, how busy")
     return parser
 
 
@@ -68,15 +84,22 @@ class CliError(Exception):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = getattr(args, "command", None) or "serve"
-    level = getattr(args, "log_level", None) or ("info" if command == "serve" else "warning")
+    level = getattr(args, "log_level", None) or ("info" if command in ("serve", "engine") else "warning")
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     raw = cli_overrides(args)
+    if getattr(args, "engine", None) is not None:  # --engine URL|auto: the shared daemon
+        if raw.get("backend", "daemon") != "daemon":
+            sys.stderr.write("codestral-ls: error: --engine means --backend daemon\n")
+            return 2
+        raw |= {"backend": "daemon", "endpoint": args.engine}
     options, problems = parse_options(raw)
     try:
         if problems:
             raise CliError("; ".join(problems))
         if command == "serve":
             return serve(options, raw)
+        if command == "engine":
+            return engine_command(options, args)
         if command == "complete":
             return complete(options, args.where, getattr(args, "language", None), getattr(args, "json", False))
         return doctor(options)
@@ -131,13 +154,18 @@ def complete(options: Options, where: str, language: str | None, as_json: bool) 
         raise CliError(f"line {line_no} of {path} has {width} characters; column {col_no} is past its end")
     offset = sum(len(ln) + 1 for ln in lines[: line_no - 1]) + col_no - 1
 
-    from engine import load_engine
-
     t_load = time.perf_counter()
-    worker = EngineWorker(lambda: load_engine(*engine_config(options), progress=_stderr_progress)).start()
+    if options.backend == "local":
+        from engine import load_engine
+
+        worker = EngineWorker(lambda: load_engine(*engine_config(options), progress=_stderr_progress)).start()
+    else:  # the engine daemon or a remote API
+        from server.backends import create_backend
+
+        worker = create_backend(options)  # type: ignore[assignment]
     worker.loaded.wait()
-    if worker.engine is None:
-        raise CliError(worker.load_error or "the model did not load")
+    if worker.load_error is not None:
+        raise CliError(worker.load_error)
     load_s = time.perf_counter() - t_load
     # The one-shot CLI shows the whole suggestion: no latency budget.
     completer = Completer(worker, options.replace(budget_ms=0))
@@ -157,7 +185,8 @@ def complete(options: Options, where: str, language: str | None, as_json: bool) 
         sys.stdout.write(json.dumps(out) + "\n")
         return 0
     engine = worker.engine
-    sys.stdout.write(f"{path}:{line_no}:{col_no}  [{engine.loaded.source}, {engine.loaded.device}]\n")
+    where = f"{engine.loaded.source}, {engine.loaded.device}" if engine is not None else f"{options.backend} backend"
+    sys.stdout.write(f"{path}:{line_no}:{col_no}  [{where}]\n")
     if not suggestion:
         sys.stdout.write("(no suggestion here)\n")
     else:
@@ -217,6 +246,56 @@ def doctor(options: Options) -> int:
     r = engine.complete(FimRequest(doc="doctor", prefix="def add(a, b):\n    return ", suffix="\n",
                                    stop=StopRule(single_line=True), max_tokens=16))
     row("test completion", f"{r.text!r} in {r.elapsed_ms:.0f} ms")
+    return 0
+
+
+def engine_command(options: Options, args: argparse.Namespace) -> int:
+    """`engine serve`: the shared daemon (engine/daemon.py); `engine status`: is one running."""
+    from engine.daemon import DaemonError, ensure_not_running
+    from engine.daemon import serve as serve_daemon
+
+    if args.engine_command == "status":
+        return engine_status()
+    if options.backend != "local":
+        raise CliError("`engine serve` runs the model in this process: --engine and --backend do not apply to it")
+    try:
+        ensure_not_running()  # before loading a model for nothing
+    except DaemonError as exc:
+        raise CliError(str(exc)) from None
+    from engine import load_engine
+    from engine.worker import EngineWorker
+
+    worker = EngineWorker(lambda: load_engine(*engine_config(options), progress=_stderr_progress),
+                          on_loaded=lambda: log.info("model ready") if worker.load_error is None else None).start()
+    try:
+        return serve_daemon(worker, args.host, args.port)
+    except DaemonError as exc:
+        worker.stop()
+        raise CliError(str(exc)) from None
+
+
+def engine_status() -> int:
+    import urllib.request
+
+    from engine.daemon import daemon_file, pid_alive, read_daemon_file
+
+    file = daemon_file()
+    try:
+        info = read_daemon_file(file)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if info is None or not pid_alive(info.pid):
+        sys.stdout.write(f"no engine daemon running ({file} {'is stale' if info else 'does not exist'})\n")
+        return 1
+    out: dict[str, Any] = {"url": info.url, "pid": info.pid, "file": str(file)}
+    for name in ("health", "stats"):
+        req = urllib.request.Request(f"{info.url}/v1/{name}", headers={"Authorization": f"Bearer {info.token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                out[name] = json.loads(resp.read())
+        except (OSError, ValueError) as exc:
+            raise CliError(f"engine daemon at {info.url} (pid {info.pid}) does not answer: {exc}") from None
+    sys.stdout.write(json.dumps(out, indent=2) + "\n")
     return 0
 
 

@@ -22,6 +22,7 @@ Mode = Literal["none", "single", "multi"]
 LINE_STEP = 32  # fallback window starts snap to multiples of this many lines
 REGION_LINES = 400  # lines parsed around the cursor
 MAX_LINE_CHARS = 2000  # a longer line is cut: context is never a 100k-character line
+REGION_CHARS = 64_000  # and the parsed region never more characters than this before the cursor
 
 # languageId → (module, attribute holding the grammar)
 GRAMMARS: dict[str, tuple[str, str]] = {
@@ -79,9 +80,8 @@ def _parser(language: str):  # -> tree_sitter.Parser | None
 
 def build_context(text: str, offset: int, language: str, count_tokens: Callable[[str], int],
                   prefix_tokens: int, suffix_tokens: int, multiline: str = "auto") -> Context:
-    lines_before = text[:offset].split("\n")
-    cursor_line = len(lines_before) - 1
-    line_start = offset - len(lines_before[-1])
+    cursor_line = text.count("\n", 0, offset)  # never split the text: it may be megabytes
+    line_start = text.rfind("\n", 0, offset) + 1
     line_end = text.find("\n", offset)
     line_end = len(text) if line_end < 0 else line_end
     region_start = _nth_line_offset(text, max(0, cursor_line - REGION_LINES), line_start, cursor_line)
@@ -102,9 +102,10 @@ def cursor_mode(text: str, offset: int, language: str, multiline: str = "auto") 
     line_start = text.rfind("\n", 0, offset) + 1
     line_end = text.find("\n", offset)
     line_end = len(text) if line_end < 0 else line_end
-    region_start = _nth_line_offset(text, max(0, text.count("\n", 0, offset) - 50), line_start,
-                                    text.count("\n", 0, offset))
-    _, node_types = _syntax(text, region_start, _offset_after_lines(text, offset, 20), offset, language)
+    cursor_line = text.count("\n", 0, offset)
+    region_start = _nth_line_offset(text, max(0, cursor_line - 50), line_start, cursor_line)
+    _, node_types = _syntax(text, region_start, _offset_after_lines(text, offset, 20), offset, language,
+                            max_chars=REGION_CHARS // 8)  # every keystroke: a smaller region
     return _mode_at(text[line_start:offset], text[offset:line_end], node_types, multiline)
 
 
@@ -133,11 +134,14 @@ def _mode(line_before: str, line_after: str, node_types: list[str], multiline: s
     return "multi" if line_before.rstrip().endswith(BLOCK_OPENERS) else "single"
 
 
-def _syntax(text: str, start: int, end: int, offset: int, language: str) -> tuple[list[int], list[str]]:
+def _syntax(text: str, start: int, end: int, offset: int, language: str,
+            max_chars: int = REGION_CHARS) -> tuple[list[int], list[str]]:
     """Offsets where top-level nodes of the parsed region start, and node types around the cursor."""
     parser = _parser(language)
     if parser is None:
         return [], []
+    # Lines can be huge (minified code): the region is bounded in characters too.
+    start, end = max(start, offset - max_chars), min(end, offset + max_chars // 4)
     region = text[start:end].encode("utf-8", "surrogatepass")
     cursor = len(text[start:offset].encode("utf-8", "surrogatepass"))
     try:
@@ -146,9 +150,16 @@ def _syntax(text: str, start: int, end: int, offset: int, language: str) -> tupl
         log.warning("tree-sitter parse failed: %s", exc)
         return [], []
     starts = []
+    byte, char = 0, start
     for child in tree.root_node.children:
-        # Byte offset → character offset (the region is small, this stays cheap).
-        starts.append(start + len(region[: child.start_byte].decode("utf-8", "replace")))
+        # Byte offset → character offset, one child after the other (linear in the region).
+        piece = region[byte:child.start_byte]
+        try:
+            char += len(piece.decode("utf-8", "surrogatepass"))
+        except UnicodeDecodeError:  # a node starting inside a lone surrogate's bytes
+            char += len(piece.decode("utf-8", "ignore"))
+        byte = child.start_byte
+        starts.append(char)
     types = []
     node = tree.root_node.descendant_for_byte_range(max(0, cursor - 1), max(0, cursor - 1))
     while node is not None:
@@ -174,12 +185,18 @@ def _prefix_start(text: str, region_start: int, line_start: int, offset: int, bo
         pos = nxt + 1
         line_no += 1
     candidates = sorted(set(candidates) | set(step_starts) | {line_start})
-    # Cheap first guess from the char count, then exact counts from there.
-    for start in candidates:
-        if offset - start > budget * 6:
-            continue
-        if count_tokens(text[start:offset]) <= budget:
-            return start
+    # Cheap first cut from the char count, then exact counts: a binary search, as a later start
+    # never has more tokens (a few tokenizations, not one per candidate line).
+    near = [start for start in candidates if offset - start <= budget * 6]
+    lo, hi = 0, len(near)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count_tokens(text[near[mid]:offset]) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo < len(near):
+        return near[lo]
     # Even the current line is too long: keep its tail.
     return max(line_start, offset - budget * 3)
 

@@ -18,6 +18,7 @@ from pygls.lsp.server import LanguageServer
 from engine.errors import Cancelled, EngineError
 from engine.worker import EngineWorker
 from server import __version__
+from server.documents import LspTextDocument, adopt
 from server.options import Options, engine_config, model_changed, parse_options
 from server.pipeline import Completer, Document, Suggestion
 from server.protocol import AnsweringProtocol, answer_unreadable_frame
@@ -48,6 +49,14 @@ class CodestralServer(LanguageServer):
     def start_engine(self) -> None:
         if self.worker is not None:
             self.worker.stop()
+        if self.options.backend != "local":  # an engine daemon or a remote API: no model in this process
+            from server.backends import create_backend
+
+            self.worker = create_backend(self.options)  # type: ignore[assignment]
+            self.completer = Completer(self.worker, self.options, self.stats, self.other_documents)
+            if self.worker.load_error:
+                self.show_error(f"codestral-ls: {self.worker.load_error}")
+            return
         loop = asyncio.get_event_loop()
         progress_ok = bool(self.client_capabilities.window and self.client_capabilities.window.work_done_progress)
         if progress_ok:
@@ -96,6 +105,8 @@ class CodestralServer(LanguageServer):
     def show_error(self, message: str, kind: types.MessageType = types.MessageType.Error) -> None:
         log.error("%s", message)
         if message not in self._errors_shown:  # once per distinct message, not per keystroke
+            if len(self._errors_shown) >= 256:  # bounded: messages can differ per request
+                self._errors_shown.clear()
             self._errors_shown.add(message)
             self.window_show_message(types.ShowMessageParams(type=kind, message=message))
 
@@ -106,26 +117,32 @@ class CodestralServer(LanguageServer):
 
     # -- documents --------------------------------------------------------------------------
 
+    def open_document(self, uri: str) -> LspTextDocument | None:
+        """The open document at `uri` (percent-encoded or not), or None; never a file from disk."""
+        return adopt(self.workspace).open_document(uri)
+
     def document(self, uri: str, position: types.Position) -> tuple[Document, int]:
-        """The document and the cursor offset, validated: bad params are a clear error."""
-        doc = self.workspace.text_documents.get(uri)
+        """The document and the cursor offset, validated: bad params are a clear error.
+
+        Costs one line index per text version and one line's encoding, not the whole text per
+        request; a character past the end of its line means the line's end (LSP).
+        """
+        doc = self.open_document(uri)
         if doc is None:
             raise JsonRpcInvalidParams(f"document {uri} is not open (send textDocument/didOpen first)")
-        text = doc.source
-        lines = doc.lines
         if position.line < 0 or position.character < 0:
             raise JsonRpcInvalidParams(f"position {position.line}:{position.character} is negative")
-        if position.line > len(lines):
-            raise JsonRpcInvalidParams(f"line {position.line} is past the end of {uri} ({len(lines)} lines)")
-        offset = doc.offset_at_position(position)
-        return Document(uri, text, doc.language_id or ""), min(offset, len(text))
+        lines = doc.line_count()
+        if position.line >= lines:
+            raise JsonRpcInvalidParams(f"line {position.line} is past the end of {uri} ({lines} lines)")
+        return Document(uri, doc.model_text(), doc.language_id or ""), doc.offset_at_position(position)
 
     def other_documents(self, uri: str) -> list[Document]:
         out = []
         for other in reversed(self.recent):
-            doc = self.workspace.text_documents.get(other)
+            doc = self.open_document(other)
             if other != uri and doc is not None:
-                out.append(Document(other, doc.source, doc.language_id or ""))
+                out.append(Document(other, doc.model_text(), doc.language_id or ""))
         return out
 
     def touched(self, uri: str) -> None:
@@ -202,8 +219,8 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
         if s is None:
             return types.CompletionList(is_incomplete=True, items=[])
         # Clients filter items by the word before the cursor: replace that word so it matches.
-        doc = ls.workspace.get_text_document(params.text_document.uri)
-        word = _word_before(doc.source[max(0, s.offset - 200):s.offset])
+        doc = ls.open_document(params.text_document.uri)  # closed meanwhile: no word to replace
+        word = _word_before(doc.source[max(0, s.offset - 200):s.offset] if doc else "")
         start = types.Position(line=params.position.line,
                                character=max(0, params.position.character - _units(word, ls)))
         first_line = s.text.split("\n", 1)[0]
@@ -221,15 +238,15 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
         )])
 
     @server.command(ACCEPT_COMMAND)
-    def accept(ls: CodestralServer, suggestion_id: str) -> None:
-        if ls.completer:
-            ls.completer.accepted(str(suggestion_id))
+    def accept(ls: CodestralServer, *arguments: Any) -> None:
+        if ls.completer and arguments:  # the suggestion id; a client sending none gets no error
+            ls.completer.accepted(str(arguments[0]))
 
     @server.feature(PARTIAL_ACCEPT_NOTIFICATION)
     def partially_accept(ls: CodestralServer, params: Any) -> None:
         sid = getattr(params, "id", None) or (params.get("id") if isinstance(params, dict) else None)
         length = getattr(params, "acceptedLength", None)
-        if ls.completer and sid is not None:
+        if ls.completer and sid is not None and isinstance(length, int | float | None):
             ls.completer.accepted(str(sid), int(length or 0))
 
     @server.feature(STATS_REQUEST)

@@ -17,10 +17,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "quantize": ("auto", "none", "int8", "nf4"),
     "fim_format": ("auto", "codestral", "qwen", "qwen-spm", "starcoder2", "deepseek", "codellama"),
     "multiline": ("auto", "never", "always"),
+    "backend": ("local", "daemon", "mistral", "openai", "llamacpp", "ollama"),
 }
 # Options that only take effect when the model is (re)loaded.
 MODEL_KEYS = ("model", "device", "dtype", "quantize", "fim_format", "trust_remote_code", "allow_download",
-              "threads", "kv_reuse", "speculation", "kv_budget_mb")
+              "threads", "kv_reuse", "speculation", "kv_budget_mb",
+              "backend", "endpoint", "api_key_env", "remote_model", "connect_timeout_ms", "read_timeout_ms")
 
 @dataclass(frozen=True)
 class Options:
@@ -45,6 +47,13 @@ class Options:
     typed_cache_entries: int = 256
     disabled_languages: tuple[str, ...] = ()
     log_document_text: bool = False  # debug only: logs never hold code otherwise
+    # Where requests go (server/backends.py): the in-process model, an engine daemon, or a remote API.
+    backend: str = "local"
+    endpoint: str = ""  # daemon: URL or "auto"; remote: base URL ("" = the backend's default)
+    api_key_env: str = ""  # name of the environment variable holding the API key ("" = backend default)
+    remote_model: str = ""  # model name sent to the remote API ("" = backend default)
+    connect_timeout_ms: int = 3000  # 0: none
+    read_timeout_ms: int = 15000  # longest silence while waiting for an answer; 0: none
 
     def replace(self, **changes: Any) -> Options:
         return dataclasses.replace(self, **changes)

@@ -13,16 +13,19 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from engine.errors import Cancelled
+from engine.errors import Cancelled, EngineError
 from engine.request import FimRequest, FimResult, StopRule
-from engine.worker import EngineWorker
 from server.anchor import Anchors
 from server.context import build_context, cursor_mode, language_for
 from server.options import Options
 from server.postprocess import Surroundings, postprocess
 from server.stats import Stats
 from server.typed_cache import Shown, TypedThroughCache
+
+if TYPE_CHECKING:
+    from server.backends import Backend  # engine.worker.EngineWorker or a remote backend
 
 _ids = itertools.count(1)
 
@@ -46,7 +49,7 @@ class Suggestion:
 
 
 class Completer:
-    def __init__(self, worker: EngineWorker, options: Options, stats: Stats | None = None,
+    def __init__(self, worker: Backend, options: Options, stats: Stats | None = None,
                  other_documents: Callable[[str], list[Document]] | None = None,
                  disabled_filters: frozenset[str] = frozenset()) -> None:
         self.worker = worker
@@ -76,13 +79,13 @@ class Completer:
             return self._shown(Suggestion(self._new_id(), rest, line, offset, "typed-through", _ms(t0)),
                                doc.uri, line_before, line_after)
 
-        engine = await self._engine()
+        await self._ready()
         mode, block_indent = cursor_mode(text, offset, language, self.options.multiline)
         if mode == "none":
             return self._empty(t0)
         o = self.options
         placement = self.anchors.place(doc.uri, text, offset, lambda: build_context(
-            text, offset, language, engine.count_tokens, o.prefix_tokens, o.suffix_tokens, o.multiline))
+            text, offset, language, self.worker.count_tokens, o.prefix_tokens, o.suffix_tokens, o.multiline))
         ctx = placement.ctx
         req = FimRequest(
             doc=doc.uri, prefix=ctx.prefix, suffix=ctx.suffix, forced_middle=placement.forced_middle,
@@ -90,7 +93,11 @@ class Completer:
             stop=StopRule(single_line=mode == "single", max_lines=o.max_lines, block_indent=block_indent),
             budget_ms=o.budget_ms or None,
         )
-        result = await asyncio.wrap_future(self.worker.submit(req))
+        try:
+            result = await asyncio.wrap_future(self.worker.submit(req))
+        except asyncio.CancelledError:  # $/cancelRequest: stop the engine (or close the remote stream) too
+            req.cancel.cancel()
+            raise
         self.stats.add_engine(result)
 
         surroundings = Surroundings(line_before, line_after, text[offset:offset + 2000],
@@ -116,14 +123,11 @@ class Completer:
         self.stats.latencies_ms.append(_ms(t0))
         return None
 
-    async def _engine(self):  # -> engine.engine.Engine
+    async def _ready(self) -> None:
         if not self.worker.loaded.is_set():
             await asyncio.get_running_loop().run_in_executor(None, self.worker.loaded.wait)
-        if self.worker.engine is None:
-            from engine.errors import EngineError
-
-            raise EngineError(self.worker.load_error or "the model is not loaded")
-        return self.worker.engine
+        if self.worker.load_error is not None:
+            raise EngineError(self.worker.load_error)
 
     def _extra_files(self, doc: Document) -> tuple[tuple[str, str], ...]:
         budget = self.options.extra_context_tokens * 3  # characters, roughly 3 per token

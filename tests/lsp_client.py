@@ -20,6 +20,7 @@ class Client(LanguageClient):
         self.messages: list[types.ShowMessageParams] = []
         self.logs: list[types.LogMessageParams] = []
         self.progress: list[Any] = []
+        self.stderr = bytearray()  # the server's log (drained: a full pipe would block the server)
 
         @self.feature(types.WINDOW_SHOW_MESSAGE)
         def _show(params: types.ShowMessageParams) -> None:
@@ -41,9 +42,11 @@ class Client(LanguageClient):
 async def start(args: list[str], init_options: dict | None = None, encodings: list[str] | None = None,
                 env: dict[str, str] | None = None) -> tuple[Client, types.InitializeResult]:
     client = Client()
-    # The server's stderr (its log) is inherited: pytest shows it for a failing test.
     await client.start_io(sys.executable, "-m", "server", *args, cwd=str(ROOT),
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    # pygls pipes the server's stderr (its log): read it all the time, or a chatty server blocks
+    # on a full pipe. It is echoed to our stderr too (pytest shows it for a failing test).
+    client._stderr_task = asyncio.ensure_future(_drain_stderr(client))  # type: ignore[attr-defined]
     caps = types.ClientCapabilities(
         general=types.GeneralClientCapabilities(position_encodings=encodings or ["utf-16"]),
         window=types.WindowClientCapabilities(work_done_progress=True),
@@ -52,6 +55,17 @@ async def start(args: list[str], init_options: dict | None = None, encodings: li
         capabilities=caps, initialization_options=init_options, process_id=os.getpid()))
     client.initialized(types.InitializedParams())
     return client, result
+
+
+async def _drain_stderr(client: Client, echo: bool = True, keep: int = 8 * 2**20) -> None:
+    stream = client._server.stderr if client._server is not None else None
+    if stream is None:
+        return
+    while chunk := await stream.read(65536):
+        client.stderr.extend(chunk)
+        del client.stderr[:-keep]
+        if echo and os.environ.get("CODESTRAL_TEST_QUIET_SERVER") != "1":
+            sys.stderr.write(chunk.decode("utf-8", "replace"))
 
 
 async def stop(client: Client) -> None:

@@ -1,0 +1,321 @@
+"""Stress: bad input, big input, a keystroke burst and a long soak against the real server process.
+
+    python -m benchmarks.stress                      # tiny random model, 10 000-keystroke soak
+    python -m benchmarks.stress --keystrokes 2000    # a shorter soak
+    python -m benchmarks.stress --model DIR --json benchmarks/results/stress.json
+
+The default model is the tiny random Mistral of the tests (`tests/conftest.py`, built in a temporary
+folder in seconds): the figures are about the server (protocol, documents, caches, memory), not
+about suggestion quality. Phases:
+
+  bad inputs  malformed requests (bad positions, unknown/closed documents, wrong types, unknown
+              methods), malformed frames (bad JSON, bad UTF-8, not an object) and notifications
+              with bad params: how many were answered (requests and frames must all be), and
+              whether the server still answers afterwards.
+  big inputs  one suggestion each in a 2 MB document, a 100 000-character line, NUL bytes, CRLF,
+              emoji and CJK: all answered, and how long each took.
+  burst       200 keystrokes (didChange + inlineCompletion) fired without waiting, every tenth
+              one cancelled by the client: the time until every request is answered (drain), how
+              many were superseded, and the latency of the next normal request.
+  soak        N keystrokes typing real source (this repository's server/*.py) into documents at
+              the end of the text, a request after every key (awaited every 8th), a new document
+              every 2 000 keystrokes and only every other one closed (an editor never closes them
+              all): server RSS sampled along the way, and the server's cache sizes at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import psutil
+from lsprotocol import types
+
+from benchmarks.common import ROOT
+from tests.lsp_client import Client, inline, insert, open_doc, send_raw, start, stop
+
+IC = "textDocument/inlineCompletion"
+HANG_GUARD = 60.0  # seconds without an answer counts as "not answered"
+_ids = itertools.count(1)
+
+
+def ic(uri: Any, line: Any, character: Any) -> dict[str, Any]:
+    """Raw params (malformed on purpose, if wanted): sent with `send_raw`."""
+    return {"textDocument": {"uri": uri}, "position": {"line": line, "character": character},
+            "context": {"triggerKind": 1}}
+
+
+def typed_ic(uri: str, line: int, character: int) -> types.InlineCompletionParams:
+    """The same, typed: what the pygls client's send_request_async needs."""
+    return types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=line, character=character),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic))
+
+
+async def answered(c: Client, message: dict[str, Any] | bytes, null_id: bool = False) -> bool:
+    """Send one request or frame; True when an answer (result or error) comes back."""
+    fut: Future[Any] = Future()
+    if null_id:
+        c.protocol._request_futures[None] = fut
+        await send_raw(c, message)
+    else:
+        assert isinstance(message, dict)
+        msg_id = f"s{next(_ids)}"
+        c.protocol._request_futures[msg_id] = fut
+        await send_raw(c, {**message, "id": msg_id})
+    try:
+        await asyncio.wait_for(asyncio.wrap_future(fut), HANG_GUARD)
+    except TimeoutError:
+        return False
+    except Exception:  # an error answer is an answer
+        pass
+    return True
+
+
+async def alive(c: Client) -> bool:
+    return await answered(c, {"jsonrpc": "2.0", "method": "codestral/stats"})
+
+
+async def bad_inputs(c: Client) -> dict[str, Any]:
+    uri = "file:///stress/bad.py"
+    open_doc(c, uri, "abc\ndef f():\n    return ")
+    open_doc(c, "file:///stress/closed.py", "x = 1\n")
+    await send_raw(c, {"jsonrpc": "2.0", "method": "textDocument/didClose",
+                       "params": {"textDocument": {"uri": "file:///stress/closed.py"}}})
+    requests: list[tuple[Any, Any]] = [
+        (IC, ic(uri, -1, 0)), (IC, ic(uri, 0, -1)), (IC, ic(uri, 3, 0)), (IC, ic(uri, 2**31 - 1, 0)),
+        (IC, ic(uri, 2**40, 0)), (IC, ic(uri, 0, 10**6)), (IC, ic(uri, 2, 10**6)),
+        (IC, ic("file:///stress/nowhere.py", 0, 0)), (IC, ic("file:///stress/closed.py", 0, 0)),
+        (IC, ic(uri, "1", 0)), (IC, ic(uri, 1, 2.5)), (IC, ic(uri, True, 0)), (IC, ic(7, 0, 0)),
+        (IC, ic(None, 0, 0)), (IC, {"textDocument": {"uri": uri}}), (IC, [uri, 0, 0]), (IC, None), (IC, "x"),
+        ("textDocument/completion", ic(uri, -1, 0)), ("textDocument/completion", ic(uri, 99, 0)),
+        ("textDocument/completion", ic(uri, 0, 99)), ("codestral/noSuchMethod", {}), ("$/noSuchMethod", None),
+        (5, {}), (["m"], {}), (None, {}),
+        ("workspace/executeCommand", {"command": "nope"}),
+        ("workspace/executeCommand", {"command": "codestral.accept"}),
+        ("workspace/executeCommand", {"command": "codestral.accept", "arguments": [{"odd": 1}, 2]}),
+        ("workspace/executeCommand", None), ("codestral/stats", [1, 2]), ("initialize", {"bad": True}),
+    ]
+    frames: list[bytes] = [
+        b"{not json", b"", b"[]", b"[1, 2]", b'"a string"', b"42", b"null", b'{"jsonrpc": "2.0"}',
+        b'{"jsonrpc": "2.0", "id": "u", "method": "codestral/stats", "params": "\xff\xfe"}',
+        b'{"jsonrpc": "2.0", "id": {"an": "object"}, "method": "codestral/stats"}',
+        b'{"jsonrpc": "2.0", "id": null, "method": "codestral/stats"}',
+        b'{"jsonrpc": "2.0", "id": 1.5, "method": "codestral/stats"}',
+    ]
+    notifications: list[tuple[str, Any]] = [
+        ("textDocument/didOpen", None), ("textDocument/didOpen", {"textDocument": {"uri": uri, "version": "v"}}),
+        ("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [{"range": 5}]}),
+        ("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2}, "contentChanges": "text"}),
+        ("textDocument/didChange", {"textDocument": {"uri": "file:///stress/never.py", "version": 2},
+                                    "contentChanges": [{"text": "x"}]}),
+        ("textDocument/didChange", {"textDocument": {"uri": uri, "version": 3}, "contentChanges": [{
+            "range": {"start": {"line": 99, "character": 0}, "end": {"line": 120, "character": 9}}, "text": "#"}]}),
+        ("textDocument/didClose", {"textDocument": {"uri": "file:///stress/never.py"}}),
+        ("textDocument/didClose", {"textDocument": 5}), ("codestral/didPartiallyAccept", {"acceptedLength": "x"}),
+        ("codestral/didPartiallyAccept", [1]), ("workspace/didChangeConfiguration", {"settings": {"maxTokens": -1}}),
+        ("$/cancelRequest", {"id": "nothing"}), ("$/cancelRequest", {"id": [1]}), ("noSuch/notification", {"a": 1}),
+        ("$/setTrace", {"value": "loud"}),
+    ]
+    ok_requests = 0
+    for method, params in requests:
+        ok_requests += await answered(c, {"jsonrpc": "2.0", "method": method, "params": params})
+    ok_frames = 0
+    for frame in frames:
+        if frame == b"":
+            await send_raw(c, frame)  # an empty body: nothing to answer, must not break the stream
+            ok_frames += await alive(c)
+            continue
+        ok_frames += await answered(c, frame, null_id=True)  # no readable id: the answer's id is null
+    for method, params in notifications:
+        await send_raw(c, {"jsonrpc": "2.0", "method": method, "params": params})
+    still = await alive(c) and c._server is not None and c._server.returncode is None
+    return {"tried": len(requests) + len(frames) + len(notifications), "requests": len(requests),
+            "requests_answered": ok_requests, "frames": len(frames), "frames_answered": ok_frames,
+            "notifications": len(notifications), "alive_after": bool(still)}
+
+
+async def big_inputs(c: Client) -> dict[str, Any]:
+    line = "    total = compute(alpha, beta) + 😀 + '中文'  # note\n"
+    big = "def f():\n" + line * (2_000_000 // len(line))
+    long_line = "x = [" + ", ".join(str(i) for i in range(30_000)) + "]"
+    cases = {
+        "2 MB document, last line": ("big.py", big, big.count("\n"), 0),
+        "2 MB document, middle": ("big.py", None, big.count("\n") // 2, 20),
+        "100k-character line": ("long.py", f"a = 1\n{long_line}\nb = ", 1, 50_000),
+        "NUL bytes": ("nul.py", "x = '\x00\x00'\ny = \x00", 1, 5),
+        "CRLF": ("crlf.py", "def f(x):\r\n    return \r\n", 1, 11),
+        "emoji and CJK": ("uni.py", "s = '😀😀中文'\nt = s + ", 1, 8),
+    }
+    out: dict[str, Any] = {}
+    for name, (file, text, line_no, character) in cases.items():
+        uri = f"file:///stress/{file}"
+        if text is not None:
+            open_doc(c, uri, text)
+        t0 = time.perf_counter()
+        ok = await answered(c, {"jsonrpc": "2.0", "method": IC, "params": ic(uri, line_no, character)})
+        out[name] = {"answered": ok, "ms": round((time.perf_counter() - t0) * 1000, 1)}
+    # Keystrokes into the 2 MB document: each one a didChange and a request.
+    last = big.count("\n")
+    times = []
+    for i, ch in enumerate("value = compute(x)"):
+        insert(c, "file:///stress/big.py", 2 + i, last, i, ch)
+        t0 = time.perf_counter()
+        await inline(c, "file:///stress/big.py", last, i + 1)
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    out["2 MB document, typing (p50 per key)"] = {"answered": True, "ms": round(times[len(times) // 2], 1)}
+    return out
+
+
+async def burst(c: Client, n: int = 200) -> dict[str, Any]:
+    uri = "file:///stress/burst.py"
+    open_doc(c, uri, "def f(x):\n    return \n")
+    await inline(c, uri, 1, 11)
+    futures = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        insert(c, uri, 2 + i, 1, 11 + i, "x+"[i % 2])
+        futures.append(c.protocol.send_request_async(IC, typed_ic(uri, 1, 12 + i), msg_id=f"burst-{i}"))
+        if i % 10 == 5:
+            c.protocol.notify("$/cancelRequest", types.CancelParams(id=f"burst-{i - 1}"))
+    results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), HANG_GUARD * 5)
+    drain_s = time.perf_counter() - t0
+    cancelled = sum(isinstance(r, BaseException) for r in results)
+    empty = sum(not isinstance(r, BaseException) and not r.items for r in results)
+    t1 = time.perf_counter()
+    after = await inline(c, uri, 1, 11 + n)
+    return {"keystrokes": n, "answered": len(results), "drain_s": round(drain_s, 2),
+            "cancelled_by_client": cancelled, "superseded_or_empty": empty,
+            "last_has_suggestion": bool(not isinstance(results[-1], BaseException) and results[-1].items),
+            "next_request_ms": round((time.perf_counter() - t1) * 1000, 1), "next_answered": after is not None}
+
+
+def corpus() -> str:
+    text = "".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "server").glob("*.py")))
+    return text.replace("\r", "")
+
+
+async def soak(c: Client, keystrokes: int, per_doc: int = 2000, await_every: int = 8) -> dict[str, Any]:
+    source = corpus()
+    proc = psutil.Process(c._server.pid)  # type: ignore[union-attr]
+    samples: list[tuple[int, float]] = []
+    pending: list[asyncio.Future[Any]] = []
+    uri, line, col, version, doc_no, pos = "", 0, 0, 1, 0, 0
+    errors = 0
+    t0 = time.perf_counter()
+    for k in range(keystrokes):
+        if k % per_doc == 0:
+            if uri and doc_no % 2 == 0:
+                c.text_document_did_close(types.DidCloseTextDocumentParams(
+                    text_document=types.TextDocumentIdentifier(uri=uri)))
+            doc_no += 1
+            uri = f"file:///stress/soak{doc_no}.py"
+            open_doc(c, uri, "")
+            line, col, version = 0, 0, 1
+        ch = source[pos % len(source)]
+        pos += 1
+        version += 1
+        insert(c, uri, version, line, col, ch)
+        if ch == "\n":
+            line, col = line + 1, 0
+        else:
+            col += 2 if ord(ch) > 0xFFFF else 1
+        pending.append(asyncio.ensure_future(c.protocol.send_request_async(IC, typed_ic(uri, line, col))))
+        if k % await_every == await_every - 1:
+            results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), HANG_GUARD)
+            errors += sum(isinstance(r, BaseException) for r in results)
+            pending.clear()
+        if k % 500 == 0 or k == keystrokes - 1:
+            samples.append((k, proc.memory_info().rss / 2**20))
+    results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), HANG_GUARD)
+    errors += sum(isinstance(r, BaseException) for r in results)
+    elapsed = time.perf_counter() - t0
+    stats = await c.protocol.send_request_async("codestral/stats", None)
+    rss = [mb for _, mb in samples]
+    warm = next((mb for k, mb in samples if k >= min(1000, keystrokes // 5)), rss[0])
+    half = next((mb for k, mb in samples if k >= keystrokes // 2), rss[-1])
+    return {"keystrokes": keystrokes, "documents": doc_no, "seconds": round(elapsed, 1),
+            "errors": errors, "rss_mb_start": round(rss[0], 1), "rss_mb_after_warmup": round(warm, 1),
+            "rss_mb_half": round(half, 1), "rss_mb_end": round(rss[-1], 1), "rss_mb_max": round(max(rss), 1),
+            "rss_samples": [(k, round(mb, 1)) for k, mb in samples],
+            "requests": stats.requests, "typed_through_entries": stats.typed_through_entries,
+            "kv_entries": stats.kv_cache.entries, "kv_bytes": stats.kv_cache.bytes,
+            "latency_samples_kept": stats.latency_ms.count}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    server_args = ["--model", str(args.model), "--device", "cpu", "--log-level", "warning"]
+    c, _ = await start(server_args)
+    try:
+        open_doc(c, "file:///stress/warm.py", "def f(x):\n    return ")
+        t0 = time.perf_counter()
+        await asyncio.wait_for(inline(c, "file:///stress/warm.py", 1, 11), 600)
+        load_s = time.perf_counter() - t0
+        report: dict[str, Any] = {"model": str(args.model), "first_answer_s": round(load_s, 1)}
+        report["bad_inputs"] = await bad_inputs(c)
+        report["big_inputs"] = await big_inputs(c)
+        report["burst"] = await burst(c, args.burst)
+        report["soak"] = await soak(c, args.keystrokes)
+        report["alive_at_end"] = await alive(c)
+    finally:
+        await stop(c)
+    return report
+
+
+def print_report(r: dict[str, Any]) -> None:
+    b = r["bad_inputs"]
+    print(f"model: {r['model']} (first answer after {r['first_answer_s']} s)")
+    print(f"bad inputs tried: {b['tried']} ({b['requests']} requests, {b['frames']} frames, "
+          f"{b['notifications']} notifications); answered: {b['requests_answered']}/{b['requests']} requests, "
+          f"{b['frames_answered']}/{b['frames']} frames; server alive after: {b['alive_after']}")
+    print("big inputs:")
+    for name, v in r["big_inputs"].items():
+        print(f"  {name:<38} answered: {v['answered']}  {v['ms']} ms")
+    u = r["burst"]
+    print(f"burst: {u['keystrokes']} keystrokes, {u['answered']} answered, drained in {u['drain_s']} s "
+          f"({u['cancelled_by_client']} cancelled by the client, {u['superseded_or_empty']} superseded or empty, "
+          f"newest has a suggestion: {u['last_has_suggestion']}); next request {u['next_request_ms']} ms")
+    s = r["soak"]
+    print(f"soak: {s['keystrokes']} keystrokes in {s['seconds']} s over {s['documents']} documents, "
+          f"{s['errors']} errors; server RSS {s['rss_mb_start']} MB at start, {s['rss_mb_after_warmup']} MB after "
+          f"warm-up, {s['rss_mb_half']} MB at half, {s['rss_mb_end']} MB at the end (max {s['rss_mb_max']} MB)")
+    print(f"      caches at the end: typed-through {s['typed_through_entries']} entries, KV {s['kv_entries']} "
+          f"entries ({s['kv_bytes'] / 2**20:.1f} MiB), latency samples {s['latency_samples_kept']}")
+    print(f"alive at the end: {r['alive_at_end']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.stress", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, help="model folder (default: the tests' tiny random model, built now)")
+    p.add_argument("--keystrokes", type=int, default=10_000, help="soak length (default 10000)")
+    p.add_argument("--burst", type=int, default=200, help="burst size (default 200)")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args(argv)
+    os.environ.setdefault("CODESTRAL_TEST_QUIET_SERVER", "1")  # the server's log is kept, not echoed
+    with tempfile.TemporaryDirectory(prefix="codestral-stress-") as tmp:
+        if args.model is None:
+            from tests.conftest import build_tiny_model
+
+            args.model = build_tiny_model(Path(tmp) / "tiny")
+        report = asyncio.run(run(args))
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    ok = (report["bad_inputs"]["requests_answered"] == report["bad_inputs"]["requests"]
+          and report["bad_inputs"]["frames_answered"] == report["bad_inputs"]["frames"]
+          and report["alive_at_end"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,464 @@
+"""`codestral-ls engine serve`: one engine for every LSP server on the machine.
+
+Editors start one language server per window; with the daemon they all send their FIM requests to
+one process that holds the model, so the newest-per-document rule, the KV cache and the background
+prefetch of its single `EngineWorker` serve every window. Standard library only, no torch at import.
+
+Wire protocol (HTTP/1.0, JSON, loopback by default). Every request carries
+`Authorization: Bearer <token>`; a missing or wrong token is answered 401 and nothing else.
+
+    GET  /v1/health     {"ok": true, "loaded": bool, "load_error": str|null, "pid": int, "model": {...}}
+    GET  /v1/stats      counters (requests, clients, cancelled, ...)
+    GET  /v1/tokenizer  the model's tokenizer as `tokenizers` JSON (clients count tokens exactly); 503 while loading
+    POST /v1/fim        {"client": str, "request": {FimRequest fields}}
+        → 200, application/x-ndjson, one JSON object per line, ended by the daemon closing the connection:
+          {"event": "wait"}  every HEARTBEAT_S while the request is queued or running
+          then one of {"result": {FimResult fields}} or {"error": {"kind": "cancelled"|"engine"|"internal",
+          "message": str}}
+
+One HTTP request per FIM request; cancelling is closing it. While a request runs, its handler
+watches the socket and sets the daemon-side `CancelToken` as soon as the client goes away (the
+client closes the connection when its request is superseded or `$/cancelRequest`ed, or when the
+editor window quits). Document keys are namespaced per client (`<client>:<uri>`), so two windows
+never supersede each other; the KV cache still shares prompt prefixes across them.
+
+Discovery: the daemon writes {host, port, url, token, pid} to `daemon_file()` (mode 0600 in a 0700
+folder of the user's cache dir); `--engine auto` reads it before every request, so servers follow a
+daemon that restarts with a new token or port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import selectors
+import signal
+import socket
+import socketserver
+import threading
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, fields
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.errors import Cancelled, EngineError
+from engine.request import FimRequest, FimResult, StopRule
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "CODESTRAL_LS_ENGINE_TOKEN"  # a fixed token for the daemon and its clients (else random)
+HEARTBEAT_S = 2.0
+MAX_BODY = 16 * 2**20
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class DaemonError(EngineError):
+    """The daemon cannot start (address in use, another daemon running, unwritable file)."""
+
+
+class _Worker(Protocol):  # engine.worker.EngineWorker, or a stand-in in tests
+    loaded: threading.Event
+    load_error: str | None
+
+    def submit(self, req: FimRequest) -> Future[FimResult]: ...
+
+
+# -- discovery file -------------------------------------------------------------------------------
+
+
+def daemon_file() -> Path:
+    """Where the running daemon says how to reach it: <cache dir>/engine.serve/daemon.json."""
+    from engine.embedded import cache_dir
+
+    return cache_dir() / "engine.serve" / "daemon.json"
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    host: str
+    port: int
+    token: str
+    pid: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{format_host(self.host)}:{self.port}"
+
+
+def format_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def read_daemon_file(path: Path) -> DaemonInfo | None:
+    """The file's contents; None when there is none; ValueError when it is unreadable."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return DaemonInfo(host=str(raw["host"]), port=int(raw["port"]), token=str(raw["token"]), pid=int(raw["pid"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+
+
+def write_daemon_file(path: Path, info: DaemonInfo) -> None:
+    """Write atomically, readable by the user only (the token is a credential)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({**asdict(info), "url": info.url}, f)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- wire format ----------------------------------------------------------------------------------
+
+
+def request_to_wire(req: FimRequest) -> dict[str, Any]:
+    return {"doc": req.doc, "prefix": req.prefix, "suffix": req.suffix, "forced_middle": req.forced_middle,
+            "extra_files": [list(f) for f in req.extra_files], "max_tokens": req.max_tokens,
+            "stop": {"single_line": req.stop.single_line, "max_lines": req.stop.max_lines,
+                     "block_indent": req.stop.block_indent, "stop_strings": list(req.stop.stop_strings)},
+            "budget_ms": req.budget_ms, "background": req.background}
+
+
+def _typed(d: dict[str, Any], key: str, types: type | tuple[type, ...], default: Any = ...) -> Any:
+    if key not in d:
+        if default is ...:
+            raise ValueError(f"missing field {key!r}")
+        return default
+    value = d[key]
+    bad_bool = isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,))
+    if not isinstance(value, types) or bad_bool:
+        raise ValueError(f"field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def request_from_wire(d: Any) -> FimRequest:
+    """A validated FimRequest; ValueError names the first bad field."""
+    if not isinstance(d, dict):
+        raise ValueError("request must be a JSON object")
+    stop = _typed(d, "stop", dict, {})
+    extra = _typed(d, "extra_files", list, [])
+    if not all(isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f) for f in extra):
+        raise ValueError("field 'extra_files' must be a list of [name, text] pairs")
+    strings = _typed(stop, "stop_strings", list, [])
+    if not all(isinstance(x, str) for x in strings):
+        raise ValueError("field 'stop_strings' must be a list of strings")
+    max_tokens = _typed(d, "max_tokens", int, 64)
+    if not 0 < max_tokens <= 4096:
+        raise ValueError("field 'max_tokens' must be between 1 and 4096")
+    budget = _typed(d, "budget_ms", (int, float, type(None)), None)
+    return FimRequest(
+        doc=_typed(d, "doc", str), prefix=_typed(d, "prefix", str), suffix=_typed(d, "suffix", str),
+        forced_middle=_typed(d, "forced_middle", str, ""), extra_files=tuple((a, b) for a, b in extra),
+        max_tokens=max_tokens,
+        stop=StopRule(single_line=_typed(stop, "single_line", bool, False),
+                      max_lines=_typed(stop, "max_lines", int, 12),
+                      block_indent=_typed(stop, "block_indent", (int, type(None)), None),
+                      stop_strings=tuple(strings)),
+        budget_ms=float(budget) if budget is not None else None, background=_typed(d, "background", bool, True))
+
+
+def result_to_wire(r: FimResult) -> dict[str, Any]:
+    return asdict(r)
+
+
+def result_from_wire(d: Any) -> FimResult:
+    if not isinstance(d, dict) or not isinstance(d.get("text"), str):
+        raise ValueError("result must be an object with a text")
+    known = {f.name for f in fields(FimResult)}
+    return FimResult(**{k: v for k, v in d.items() if k in known})
+
+
+# -- the daemon -----------------------------------------------------------------------------------
+
+
+class EngineDaemon(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], worker: _Worker, token: str) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.worker = worker
+        self.token = token
+        self.heartbeat_s = HEARTBEAT_S
+        self.lock = threading.Lock()
+        self.counters = {"requests": 0, "completed": 0, "cancelled": 0, "client_gone": 0, "errors": 0,
+                         "refused": 0}
+        self.clients: set[str] = set()
+        self._tokenizer_json: str | None = None
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)  # HTTPServer's would resolve our own name (slow DNS)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{format_host(str(host))}:{port}"
+
+    def count(self, key: str) -> None:
+        with self.lock:
+            self.counters[key] += 1
+
+    def tokenizer_json(self) -> str | None:
+        if self._tokenizer_json is None:
+            tok = getattr(getattr(getattr(self.worker, "engine", None), "loaded", None), "tokenizer", None)
+            backend = getattr(tok, "backend_tokenizer", None)
+            if backend is not None:
+                self._tokenizer_json = backend.to_str()
+        return self._tokenizer_json
+
+    def model_info(self) -> dict[str, Any]:
+        engine = getattr(self.worker, "engine", None)
+        loaded = getattr(engine, "loaded", None)
+        if loaded is None:
+            return {}
+        return {"source": loaded.source, "device": loaded.device, "dtype": loaded.dtype,
+                "fim": engine.encoder.profile.name}  # type: ignore[union-attr]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: EngineDaemon
+    server_version = "codestral-ls-engine"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        log.debug("%s %s", self.address_string(), format % args)  # request line and status, never headers
+
+    # -- plumbing --
+
+    def _json(self, status: int, obj: Any) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        if status == 401:
+            self.send_header("WWW-Authenticate", "Bearer")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _authorized(self) -> bool:
+        given = self.headers.get("Authorization", "")
+        expected = f"Bearer {self.server.token}"
+        if hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode()):
+            return True
+        self.server.count("refused")
+        self._json(401, {"error": "missing or wrong token"})
+        return False
+
+    def _body(self) -> Any:
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise ValueError("Content-Length is required") from None
+        if not 0 <= length <= MAX_BODY:
+            raise ValueError(f"body too large ({length} bytes)")
+        return json.loads(self.rfile.read(length))
+
+    # -- routes --
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if not self._authorized():
+            return
+        s = self.server
+        if self.path == "/v1/health":
+            self._json(200, {"ok": True, "loaded": s.worker.loaded.is_set(), "load_error": s.worker.load_error,
+                             "pid": os.getpid(), "model": s.model_info()})
+        elif self.path == "/v1/stats":
+            with s.lock:
+                self._json(200, {**s.counters, "clients": len(s.clients)})
+        elif self.path == "/v1/tokenizer":
+            tok = s.tokenizer_json() if s.worker.loaded.is_set() else None
+            if tok is None:
+                self._json(503, {"error": "the model is still loading" if not s.worker.loaded.is_set()
+                                 else "no tokenizer to share"})
+                return
+            body = tok.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self._json(404, {"error": f"no such endpoint {self.path}"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        if not self._authorized():
+            return
+        if self.path != "/v1/fim":
+            self._json(404, {"error": f"no such endpoint {self.path}"})
+            return
+        try:
+            body = self._body()
+            client = body.get("client") if isinstance(body, dict) else None
+            if not isinstance(client, str) or not 0 < len(client) <= 100:
+                raise ValueError("field 'client' must be a short string")
+            req = request_from_wire(body.get("request"))
+        except ValueError as exc:
+            self._json(400, {"error": str(exc)})
+            return
+        req.doc = f"{client}:{req.doc}"  # per-client namespace: windows never supersede each other
+        s = self.server
+        with s.lock:
+            s.counters["requests"] += 1
+            s.clients.add(client)
+        fut = s.worker.submit(req)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if not self._await(fut, req):
+            return
+        exc = fut.exception()
+        if exc is None:
+            s.count("completed")
+            self._line({"result": result_to_wire(fut.result())})
+        elif isinstance(exc, Cancelled):
+            s.count("cancelled")
+            self._line({"error": {"kind": "cancelled", "message": str(exc)}})
+        else:
+            s.count("errors")
+            kind = "engine" if isinstance(exc, EngineError) else "internal"
+            message = str(exc) if kind == "engine" else f"{type(exc).__name__}: {exc}"
+            self._line({"error": {"kind": kind, "message": message}})
+
+    def _await(self, fut: Future[FimResult], req: FimRequest) -> bool:
+        """Wait for `fut`, sending heartbeats; False (and the request cancelled) if the client left."""
+        wake_r, wake_w = socket.socketpair()
+        fut.add_done_callback(lambda _: _poke(wake_w))
+        sel = selectors.DefaultSelector()
+        try:
+            sel.register(wake_r, selectors.EVENT_READ)
+            sel.register(self.connection, selectors.EVENT_READ)
+            while not fut.done():
+                ready = [key.fileobj for key, _ in sel.select(self.server.heartbeat_s)]
+                if fut.done():
+                    break
+                if self.connection in ready:
+                    if _peer_closed(self.connection):
+                        return self._client_gone(req)
+                    sel.unregister(self.connection)  # unexpected bytes: stop watching, keep waiting
+                if not ready and not self._line({"event": "wait"}):
+                    return self._client_gone(req)
+            return True
+        finally:
+            sel.close()
+            wake_r.close()
+            wake_w.close()
+
+    def _client_gone(self, req: FimRequest) -> bool:
+        req.cancel.cancel()
+        self.server.count("client_gone")
+        self.close_connection = True
+        return False
+
+    def _line(self, obj: Any) -> bool:
+        try:
+            self.wfile.write(json.dumps(obj).encode() + b"\n")
+            self.wfile.flush()
+            return True
+        except OSError:
+            return False
+
+
+def _poke(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.send(b"x")
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def ensure_not_running(file: Path | None = None) -> None:
+    """Raise DaemonError when the discovery file names a live daemon (one model per user is the point)."""
+    file = file or daemon_file()
+    try:
+        existing = read_daemon_file(file)
+    except ValueError:
+        existing = None
+    if existing is not None and existing.pid != os.getpid() and pid_alive(existing.pid) and _answers(existing):
+        raise DaemonError(f"an engine daemon is already running (pid {existing.pid}, {existing.url}); "
+                          f"stop it first, or point CODESTRAL_LS_CACHE elsewhere for a second one")
+
+
+def serve(worker: _Worker, host: str = "127.0.0.1", port: int = 0, file: Path | None = None,
+          token: str | None = None) -> int:
+    """Serve `worker` until SIGINT/SIGTERM; writes (and at exit removes) the discovery file."""
+    file = file or daemon_file()
+    ensure_not_running(file)
+    if host not in LOOPBACK:
+        log.warning("engine daemon listening on %s: reachable from other machines, over plain HTTP "
+                    "(the token is still required)", host)
+    try:
+        httpd = EngineDaemon((host, port), worker, token or os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(32))
+    except OSError as exc:
+        raise DaemonError(f"cannot listen on {format_host(host)}:{port}: {exc.strerror or exc}") from None
+    info = DaemonInfo(host=host, port=int(httpd.server_address[1]), token=httpd.token, pid=os.getpid())
+    try:
+        write_daemon_file(file, info)
+    except OSError as exc:
+        httpd.server_close()
+        raise DaemonError(f"cannot write {file}: {exc.strerror or exc}") from None
+    log.info("engine daemon listening on %s (pid %d; URL and token in %s)", info.url, info.pid, file)
+
+    def stop(signum: int, frame: Any) -> None:
+        threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+    def stop_if_load_fails() -> None:
+        worker.loaded.wait()
+        if worker.load_error is not None:
+            log.error("the model did not load: %s", worker.load_error)
+            httpd.shutdown()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    threading.Thread(target=stop_if_load_fails, name="codestral-daemon-load", daemon=True).start()
+    try:
+        httpd.serve_forever(poll_interval=0.5)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        httpd.server_close()
+        stopper = getattr(worker, "stop", None)
+        if stopper is not None:
+            stopper()
+        with contextlib.suppress(OSError, ValueError):
+            current = read_daemon_file(file)
+            if current is not None and current.pid == os.getpid():
+                file.unlink()
+        log.info("engine daemon stopped")
+    return 1 if worker.load_error is not None else 0
+
+
+def _answers(info: DaemonInfo) -> bool:
+    try:
+        with socket.create_connection((info.host, info.port), timeout=1):
+            return True
+    except OSError:
+        return False

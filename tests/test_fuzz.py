@@ -1,0 +1,230 @@
+"""Property tests: random LSP message sequences against the real server process (tiny model), and
+random edits against the server's documents checked with an independent reference.
+
+Bounded example counts keep this under a couple of minutes on two cores; `database=None` keeps
+hypothesis from writing into the checkout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+
+from tests.inprocess import InProcess
+from tests.lsp_client import Client, open_doc, send_raw, start, stop
+
+HANG_GUARD = 120  # seconds; only so a hang fails instead of stalling the suite
+INVALID_PARAMS, CANCELLED = -32602, -32800
+
+# Pieces that break naive line handling or position conversion.
+PIECES = ["a", "b", "x = 1", " ", "\t", "\n", "\r\n", "\r", "\u2028", "\u2029", "\x0c", "\x0b", "\x85", "\x1c",
+          "\x00", "😀", "中文", "é", "\ud800", "def f(x):", "    return ", "(", ")", "'", "#"]
+texts = st.lists(st.sampled_from(PIECES) | st.text(max_size=6), max_size=30).map("".join)
+
+
+# -- an independent reference for LSP positions ----------------------------------------------------
+
+
+def ref_lines(text: str) -> list[tuple[int, int]]:
+    """(start, end without the line break) of each line; breaks are \\n, \\r\\n and \\r only."""
+    out, start, i = [], 0, 0
+    while i < len(text):
+        if text[i] == "\r" and text[i + 1:i + 2] == "\n":
+            out.append((start, i))
+            i += 2
+            start = i
+        elif text[i] in "\r\n":
+            out.append((start, i))
+            i += 1
+            start = i
+        else:
+            i += 1
+    out.append((start, len(text)))
+    return out
+
+
+def ref_units(char: str, encoding: str) -> int:
+    if encoding == "utf-8":
+        return len(char.encode("utf-8", "surrogatepass"))
+    if encoding == "utf-16":
+        return 2 if ord(char) > 0xFFFF else 1
+    return 1
+
+
+def ref_offset(text: str, line: int, character: int, encoding: str) -> int:
+    lines = ref_lines(text)
+    if line >= len(lines):
+        return len(text)
+    i, end = lines[line]
+    units = 0
+    while i < end and units + ref_units(text[i], encoding) <= character:
+        units += ref_units(text[i], encoding)
+        i += 1
+    return i
+
+
+positions = st.tuples(st.integers(0, 8), st.integers(0, 24))
+edits = st.lists(st.tuples(positions, positions, texts, st.booleans()), min_size=1, max_size=8)
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(text=texts, changes=edits, encoding=st.sampled_from(["utf-16", "utf-8", "utf-32"]))
+def test_document_edits_match_the_lsp_reference(text: str, changes: list[Any], encoding: str) -> None:
+    async def run() -> None:
+        ip = InProcess()
+        await ip.initialize(encodings=[encoding], engine=False)
+        uri = "file:///w/fuzz.txt"
+        ip.open(uri, text)
+        expected = text
+        for version, (begin, end, new, whole) in enumerate(changes, 2):
+            if whole:  # a full-document change (no range)
+                ip.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": version},
+                                                     "contentChanges": [{"text": new}]})
+                expected = new
+            else:
+                ip.change(uri, version, begin, end, new)
+                a = ref_offset(expected, *begin, encoding)
+                b = max(a, ref_offset(expected, *end, encoding))
+                expected = expected[:a] + new + expected[b:]
+            assert ip.text(uri) == expected
+        doc = ip.server.open_document(uri)
+        assert doc is not None and doc.line_count() == len(ref_lines(expected))
+        for line, character in itertools.product(range(len(ref_lines(expected)) + 1), (0, 1, 3, 99)):
+            position = types.Position(line=line, character=character)
+            if line < doc.line_count():
+                _, offset = ip.server.document(uri, position)
+                assert offset == ref_offset(expected, line, character, encoding)
+            else:
+                with pytest.raises(JsonRpcException):
+                    ip.server.document(uri, position)
+
+    asyncio.run(run())
+
+
+# -- random message sequences against the real server process --------------------------------------
+
+
+class Remote:
+    """The client on its own event loop thread, so synchronous hypothesis tests can drive it."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.client: Client = self.run(start(args, init_options={"budgetMs": 0}))[0]
+        self._ids: Iterator[int] = itertools.count(1)
+
+    def run(self, coro: Any, timeout: float = HANG_GUARD) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def request(self, method: str, params: Any) -> Future[Any]:
+        """Send without waiting; the future holds the answer (a result or a JsonRpcException)."""
+        msg_id = f"f{next(self._ids)}"
+        fut: Future[Any] = Future()
+        self.client.protocol._request_futures[msg_id] = fut
+        fut.msg_id = msg_id  # type: ignore[attr-defined]
+        self.notify_raw({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+        return fut
+
+    def notify_raw(self, message: dict[str, Any]) -> None:
+        async def send() -> None:
+            await send_raw(self.client, message)
+
+        self.run(send())
+
+    def close(self) -> None:
+        self.run(stop(self.client))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def remote(tiny_model_dir: Path) -> Iterator[Remote]:
+    r = Remote(["--model", str(tiny_model_dir), "--device", "cpu", "--max-tokens", "6"])
+
+    async def warm() -> None:
+        open_doc(r.client, "file:///w/warm.py", "x = ")
+        await asyncio.wait_for(r.client.protocol.send_request_async("codestral/stats", None), HANG_GUARD)
+
+    r.run(warm())
+    yield r
+    r.close()
+
+
+URIS = ["file:///w/a.py", "file:///w/b%20c.js", "file:///w/d.txt"]
+signed_positions = st.tuples(st.integers(-2, 8), st.integers(-2, 30))
+actions = st.one_of(
+    st.tuples(st.just("open"), st.sampled_from(URIS), texts, st.sampled_from(["python", "javascript", "text"])),
+    st.tuples(st.just("change"), st.sampled_from(URIS), st.tuples(positions, positions), texts),
+    st.tuples(st.just("replace"), st.sampled_from(URIS), texts),
+    st.tuples(st.just("close"), st.sampled_from(URIS)),
+    st.tuples(st.just("inline"), st.sampled_from(URIS), signed_positions),
+    st.tuples(st.just("completion"), st.sampled_from(URIS), signed_positions),
+    st.tuples(st.just("cancel"), st.integers(0, 10)),
+    st.tuples(st.just("accept"), st.text(max_size=5)),
+    st.tuples(st.just("stats")),
+)
+
+
+def _position(line: int, character: int) -> dict[str, int]:
+    return {"line": line, "character": character}
+
+
+@settings(max_examples=30, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(steps=st.lists(actions, min_size=1, max_size=25))
+def test_random_message_sequences_are_all_answered(remote: Remote, steps: list[tuple[Any, ...]]) -> None:
+    pending: list[Future[Any]] = []
+    version = itertools.count(100)
+    for step in steps:
+        kind = step[0]
+        if kind == "open":
+            remote.notify_raw({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+                "uri": step[1], "languageId": step[3], "version": 1, "text": step[2]}}})
+        elif kind == "change":
+            (begin, end), text = step[2], step[3]
+            remote.notify_raw({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
+                "textDocument": {"uri": step[1], "version": next(version)},
+                "contentChanges": [{"range": {"start": _position(*begin), "end": _position(*end)}, "text": text}]}})
+        elif kind == "replace":
+            remote.notify_raw({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
+                "textDocument": {"uri": step[1], "version": next(version)}, "contentChanges": [{"text": step[2]}]}})
+        elif kind == "close":
+            remote.notify_raw({"jsonrpc": "2.0", "method": "textDocument/didClose",
+                               "params": {"textDocument": {"uri": step[1]}}})
+        elif kind in ("inline", "completion"):
+            params: dict[str, Any] = {"textDocument": {"uri": step[1]}, "position": _position(*step[2])}
+            if kind == "inline":
+                params["context"] = {"triggerKind": 2}
+            method = "textDocument/inlineCompletion" if kind == "inline" else "textDocument/completion"
+            pending.append(remote.request(method, params))
+        elif kind == "cancel" and pending:
+            target = pending[-1 - step[1] % len(pending)]
+            remote.notify_raw({"jsonrpc": "2.0", "method": "$/cancelRequest",
+                               "params": {"id": target.msg_id}})  # type: ignore[attr-defined]
+        elif kind == "accept":
+            pending.append(remote.request("workspace/executeCommand",
+                                          {"command": "codestral.accept", "arguments": [step[1]]}))
+        elif kind == "stats":
+            pending.append(remote.request("codestral/stats", None))
+    for fut in pending:
+        try:
+            fut.result(HANG_GUARD)  # every request is answered
+        except JsonRpcException as exc:
+            # Bad positions and closed documents are InvalidParams; superseded requests may be
+            # cancelled. Never an internal error.
+            assert exc.code in (INVALID_PARAMS, CANCELLED), (exc.code, str(exc))
+    stats = remote.request("codestral/stats", None).result(HANG_GUARD)  # still alive and well
+    assert stats is not None and remote.client._server.returncode is None
+    assert "Traceback" not in bytes(remote.client.stderr[-20000:]).decode("utf-8", "replace"), "a server error"

@@ -1,0 +1,637 @@
+"""The server never hangs, dies, leaks or leaks data: every request answered (a result or a proper
+JSON-RPC error), big and odd documents, bursts, bounded caches, engine faults, security defaults.
+
+Most tests drive the real server process on the tiny random model (`tests/conftest.py`); those that
+monkeypatch the engine or look inside the server run it in-process (`tests/inprocess.py`). Timeouts
+here only guard against hangs: nothing asserts a duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import sys
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+
+from server.documents import LspTextDocument, line_starts
+from server.options import Options
+from tests.inprocess import InProcess
+from tests.lsp_client import ROOT, Client, _drain_stderr, inline, insert, open_doc, send_raw, start, stop
+
+IC = "textDocument/inlineCompletion"
+INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = -32600, -32601, -32602, -32603
+PARSE_ERROR, NOT_INITIALIZED, CANCELLED = -32700, -32002, -32800
+HANG_GUARD = 120  # seconds: only so that a hang fails the test instead of stalling the suite
+
+
+def tiny_args(model: Path, *extra: str) -> list[str]:
+    return ["--model", str(model), "--device", "cpu", "--max-tokens", "8", *extra]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def srv(tiny_model_dir: Path):
+    c, _ = await start(tiny_args(tiny_model_dir), init_options={"budgetMs": 0})
+    open_doc(c, "file:///w/warm.py", "def f(x):\n    return ")
+    await asyncio.wait_for(inline(c, "file:///w/warm.py", 1, 11), HANG_GUARD)  # the model is loaded
+    yield c
+    await stop(c)
+
+
+def ic_params(uri: str, line: Any, character: Any) -> dict[str, Any]:
+    return {"textDocument": {"uri": uri}, "position": {"line": line, "character": character},
+            "context": {"triggerKind": 1}}
+
+
+_ids = iter(range(1, 10**9))
+
+
+async def call(c: Client, method: Any, params: Any = None, omit_params: bool = False, **fields: Any) -> Any:
+    """A raw request (fields may be malformed on purpose); its result, or raises its error."""
+    msg_id = f"r{next(_ids)}"
+    msg: dict[str, Any] = {"jsonrpc": "2.0", "id": msg_id, "method": method, **fields}
+    if not omit_params:
+        msg["params"] = params
+    return await send_raw(c, msg, msg_id, timeout=HANG_GUARD)
+
+
+async def error_code(coro: Any) -> int:
+    with pytest.raises(JsonRpcException) as info:
+        await coro
+    return info.value.code
+
+
+async def null_id_answer(c: Client, body: bytes) -> JsonRpcException:
+    """Send a frame that has no usable id: the answer is an error with a null id."""
+    fut: Future[Any] = Future()
+    c.protocol._request_futures[None] = fut
+    await send_raw(c, body)
+    with pytest.raises(JsonRpcException) as info:
+        await asyncio.wait_for(asyncio.wrap_future(fut), HANG_GUARD)
+    return info.value
+
+
+async def alive(c: Client) -> None:
+    stats = await call(c, "codestral/stats", omit_params=True)
+    assert stats is not None
+
+
+# -- invalid params -------------------------------------------------------------------------------
+
+
+async def test_invalid_positions_documents_and_types_get_invalid_params(srv):
+    uri = "file:///w/three.py"
+    open_doc(srv, uri, "abc\ndef f():\n    return ")  # three lines, no final line break
+    open_doc(srv, "file:///w/closed.py", "x = 1\n")
+    srv.text_document_did_close(types.DidCloseTextDocumentParams(
+        text_document=types.TextDocumentIdentifier(uri="file:///w/closed.py")))
+    cases = {
+        "negative line": ic_params(uri, -1, 0),
+        "negative character": ic_params(uri, 0, -5),
+        "line == number of lines": ic_params(uri, 3, 0),
+        "line far past the end": ic_params(uri, 2**31 - 1, 0),
+        "line beyond uinteger": ic_params(uri, 2**40, 0),
+        "unknown document": ic_params("file:///w/never-opened.py", 0, 0),
+        "closed document": ic_params("file:///w/closed.py", 0, 0),
+        "line is a string": ic_params(uri, "1", 0),
+        "character is a float": ic_params(uri, 1, 2.5),
+        "line is a boolean": ic_params(uri, True, 0),
+        "uri is a number": ic_params(7, 0, 0),  # type: ignore[arg-type]
+        "uri is null": ic_params(None, 0, 0),  # type: ignore[arg-type]
+        "position missing": {"textDocument": {"uri": uri}, "context": {"triggerKind": 1}},
+        "params is a list": [uri, 0, 0],
+        "params is null": None,
+    }
+    for name, params in cases.items():
+        assert await error_code(call(srv, IC, params)) == INVALID_PARAMS, name
+    assert await error_code(call(srv, IC, omit_params=True)) == INVALID_PARAMS
+    assert await error_code(call(srv, "textDocument/completion", ic_params(uri, -1, 0))) == INVALID_PARAMS
+    # The message names the problem.
+    with pytest.raises(JsonRpcException, match="past the end"):
+        await call(srv, IC, ic_params(uri, 3, 0))
+    with pytest.raises(JsonRpcException, match="not open"):
+        await call(srv, IC, ic_params("file:///w/closed.py", 0, 0))
+    await alive(srv)
+
+
+async def test_a_character_past_the_end_of_its_line_means_the_line_end(srv):
+    uri = "file:///w/clamp.py"
+    open_doc(srv, uri, "x = 1\ny = 'é😀'\n")  # the last line is empty (line 2)
+    for line, character in ((0, 99), (1, 99), (1, 8), (2, 50), (1, 2**31 - 1)):
+        result = await call(srv, IC, ic_params(uri, line, character))
+        assert isinstance(result.items, list | tuple)  # a result, not an error
+    result = await call(srv, "textDocument/completion", ic_params(uri, 0, 99))
+    assert result is not None
+
+
+# -- unknown methods, malformed frames, bad notifications -----------------------------------------
+
+
+async def test_unknown_methods_and_malformed_frames_are_answered(srv):
+    assert await error_code(call(srv, "codestral/noSuchThing", {})) == METHOD_NOT_FOUND
+    assert await error_code(call(srv, "$/noSuchThing", {"a": 1})) == METHOD_NOT_FOUND
+    assert await error_code(call(srv, 5, {})) == INVALID_REQUEST  # method is not a string
+    assert await error_code(call(srv, ["x"], {})) == INVALID_REQUEST
+    assert await error_code(call(srv, IC, ic_params("file:///w/warm.py", 0, 0), jsonrpc="1.0")) == INVALID_REQUEST
+    assert await error_code(call(srv, "workspace/executeCommand", {"command": "nope", "arguments": []})
+                            ) == INVALID_PARAMS
+    # The accept command without its argument, or with an odd one, is no error.
+    for arguments in ([], [None], [{"x": 1}]):
+        await call(srv, "workspace/executeCommand", {"command": "codestral.accept", "arguments": arguments})
+    srv.protocol.notify("codestral/noSuchNotification", {"x": 1})  # ignored
+    frames = {
+        b"{not json": PARSE_ERROR,
+        b'{"jsonrpc": "2.0", "id": "u", "method": "codestral/stats", "params": "\xff\xfe"}': PARSE_ERROR,
+        b"[1, 2]": INVALID_REQUEST,
+        b'"just a string"': INVALID_REQUEST,
+        b"42": INVALID_REQUEST,
+        b'{"jsonrpc": "2.0"}': INVALID_REQUEST,
+        b'{"jsonrpc": "2.0", "id": {"no": "such id"}, "method": "codestral/stats"}': INVALID_REQUEST,
+    }
+    for body, code in frames.items():
+        assert (await null_id_answer(srv, body)).code == code, body
+    await alive(srv)
+
+
+async def test_notifications_with_bad_params_never_kill_the_server(srv):
+    uri = "file:///w/notify.py"
+    open_doc(srv, uri, "def g(y):\n    return ")
+    bad = [
+        ("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": "v"}}),
+        ("textDocument/didOpen", None),
+        ("textDocument/didChange", {"textDocument": {"uri": uri, "version": 3},
+                                    "contentChanges": [{"range": 5, "text": "zzz"}]}),
+        ("textDocument/didChange", {"textDocument": {"uri": uri, "version": 3}, "contentChanges": "zzz"}),
+        ("textDocument/didChange", {"textDocument": {"uri": "file:///w/not-open.py", "version": 2},
+                                    "contentChanges": [{"text": "whole new text"}]}),
+        ("textDocument/didClose", {"textDocument": {"uri": "file:///w/not-open.py"}}),
+        ("textDocument/didClose", {"textDocument": 5}),
+        ("codestral/didPartiallyAccept", {"id": "c1", "acceptedLength": "many"}),
+        ("codestral/didPartiallyAccept", [1, 2, 3]),
+        ("workspace/didChangeConfiguration", {"settings": {"codestral": {"maxTokens": "lots"}}}),
+        ("$/cancelRequest", {"id": "no-such-request"}),
+        ("$/cancelRequest", {"id": {"nested": True}}),
+    ]
+    for method, params in bad:
+        await send_raw(srv, {"jsonrpc": "2.0", "method": method, "params": params})
+    # A change whose range lies past the end appends; the document is still served.
+    srv.protocol.notify("textDocument/didChange", {
+        "textDocument": {"uri": uri, "version": 4},
+        "contentChanges": [{"range": {"start": {"line": 99, "character": 0}, "end": {"line": 120, "character": 9}},
+                            "text": "\n# appended"}]})
+    result = await call(srv, IC, ic_params(uri, 1, 11))
+    assert isinstance(result.items, list | tuple)
+    with pytest.raises(JsonRpcException, match="not open"):  # the change did not open it
+        await call(srv, IC, ic_params("file:///w/not-open.py", 0, 0))
+    await alive(srv)
+
+
+async def test_requests_before_initialize_and_after_shutdown_are_answered(tmp_path):
+    client = Client()
+    await client.start_io(sys.executable, "-m", "server", "--model", str(tmp_path / "none"), cwd=str(ROOT),
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    drain = asyncio.ensure_future(_drain_stderr(client))
+    try:
+        uri = "file:///w/early.py"
+        assert await error_code(call(client, IC, ic_params(uri, 0, 0))) == NOT_INITIALIZED
+        assert await error_code(call(client, "codestral/stats", omit_params=True)) == NOT_INITIALIZED
+        open_doc(client, uri, "x = ")  # a notification before initialize: dropped
+        await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities()))
+        client.initialized(types.InitializedParams())
+        with pytest.raises(JsonRpcException, match="not open"):
+            await call(client, IC, ic_params(uri, 0, 0))
+        await asyncio.wait_for(client.shutdown_async(None), HANG_GUARD)
+        assert await error_code(call(client, "codestral/stats", omit_params=True)) == INVALID_REQUEST
+        client.exit(None)
+        assert await asyncio.wait_for(client._server.wait(), HANG_GUARD) == 0  # a clean exit
+    finally:
+        await client.stop()
+        drain.cancel()
+
+
+async def test_percent_encoded_uris_find_their_document(srv):
+    uri = "file:///w/my%20file%2Bv2.py"
+    open_doc(srv, uri, "def h(z):\n    return ")
+    result = await call(srv, IC, ic_params(uri, 1, 11))
+    assert isinstance(result.items, list | tuple)
+
+
+# -- big and odd input ----------------------------------------------------------------------------
+
+
+async def test_big_and_odd_documents_are_answered(srv):
+    line = "    total = compute(alpha, beta) + 😀 + '中文'  # note\n"
+    big = "def f():\n" + line * (2_000_000 // len(line))
+    long_line = "x = [" + ", ".join(str(i) for i in range(30_000)) + "]"
+    docs = {
+        "file:///w/big.py": (big, [(0, 8), (big.count("\n"), 0), (big.count("\n") // 2, 20)]),
+        "file:///w/long.py": (f"a = 1\n{long_line}\nb = ", [(1, 50_000), (1, len(long_line)), (2, 4)]),
+        "file:///w/nul.py": ("x = '\x00\x00'\ny = \x00", [(0, 6), (1, 5)]),
+        "file:///w/crlf.py": ("def f(x):\r\n    return \r\n\r\n", [(1, 11), (1, 99), (2, 0)]),
+        "file:///w/lone-cr.py": ("a = 1\rb = 2\rc = ", [(2, 4), (1, 5)]),
+        "file:///w/unicode.py": ("s = '😀😀中文'\nt = 'é' + \ud800\n", [(0, 5), (0, 6), (0, 99), (1, 10)]),
+        "file:///w/separators.js": ("let a = 1;\u2028let b = 2;\x0c\nlet c = ", [(1, 8), (0, 30)]),
+        "file:///w/empty.py": ("", [(0, 0)]),
+    }
+    for uri, (text, positions) in docs.items():
+        open_doc(srv, uri, text, language="javascript" if uri.endswith(".js") else "python")
+        for line_no, character in positions:
+            result = await call(srv, IC, ic_params(uri, line_no, character))
+            assert isinstance(result.items, list | tuple), (uri, line_no, character)
+    # Keystrokes in the 2 MB document, then a suggestion.
+    last = big.count("\n")
+    for i, ch in enumerate("value = "):
+        insert(srv, "file:///w/big.py", 2 + i, last, i, ch)
+    result = await call(srv, IC, ic_params("file:///w/big.py", last, 8))
+    assert isinstance(result.items, list | tuple)
+    result = await call(srv, "textDocument/completion", ic_params("file:///w/big.py", last, 8))
+    assert result is not None
+    await alive(srv)
+
+
+# -- load -----------------------------------------------------------------------------------------
+
+
+async def test_a_burst_of_200_keystrokes_is_all_answered_and_the_server_answers_after(srv):
+    uri = "file:///w/burst.py"
+    open_doc(srv, uri, "def f(x):\n    return \n")
+    futures = []
+    for i in range(200):
+        insert(srv, uri, 2 + i, 1, 11 + i, "x+"[i % 2])
+        futures.append(srv.protocol.send_request_async(IC, types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=1, character=12 + i),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)),
+            msg_id=f"burst-{i}"))
+        if i % 10 == 5:  # the editor gives up on some of them
+            srv.protocol.notify("$/cancelRequest", types.CancelParams(id=f"burst-{i - 1}"))
+    results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), HANG_GUARD * 2)
+    assert len(results) == 200
+    for r in results:
+        if isinstance(r, BaseException):
+            assert isinstance(r, JsonRpcException) and r.code == CANCELLED, repr(r)
+        else:
+            assert isinstance(r.items, list | tuple)
+    assert not isinstance(results[-1], BaseException)  # the newest one is answered
+    ok = await asyncio.wait_for(inline(srv, uri, 1, 211), HANG_GUARD)
+    assert ok is not None
+    await alive(srv)
+
+
+# -- security defaults ----------------------------------------------------------------------------
+
+
+async def test_no_network_listener_and_no_connections_by_default(srv):
+    # After everything above: the server process never listened nor connected anywhere.
+    proc = psutil.Process(srv._server.pid)
+    inet = [conn for conn in proc.net_connections(kind="inet")]
+    assert inet == [], inet
+    children = proc.children(recursive=True)
+    assert all(child.net_connections(kind="inet") == [] for child in children)
+
+
+def test_no_pickle_loading_anywhere():
+    offenders = []
+    for folder in ("server", "engine"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if re.search(r"\btorch\.load\(", line) and "weights_only=True" not in line:
+                    offenders.append(f"{path}:{n}")
+                if re.search(r"\b(pickle|dill|joblib)\.loads?\(", line):
+                    offenders.append(f"{path}:{n}")
+    assert offenders == []
+
+
+def test_folder_models_load_from_safetensors_and_no_remote_code(tiny_model_dir, monkeypatch):
+    import transformers
+
+    from engine.errors import ModelLoadError
+    from engine.loading import ModelSpec, load_model
+
+    seen: dict[str, Any] = {}
+
+    def capture(kind: str):
+        def from_pretrained(source: Any, **kwargs: Any) -> Any:
+            seen[kind] = kwargs
+            if kind == "model":
+                raise RuntimeError("stop here")
+            return real_tokenizer(source, **kwargs)
+        return from_pretrained
+
+    real_tokenizer = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", capture("tokenizer"))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", capture("model"))
+    with pytest.raises(ModelLoadError):
+        load_model(ModelSpec(model=str(tiny_model_dir), device="cpu"))
+    assert seen["model"]["use_safetensors"] is True
+    assert seen["model"]["trust_remote_code"] is False
+    assert seen["tokenizer"]["trust_remote_code"] is False
+    assert Options().trust_remote_code is False and ModelSpec().trust_remote_code is False
+    assert Options().allow_download is False
+
+
+async def test_logs_never_contain_document_text(tiny_model_dir):
+    secret = f"sk_live_{uuid.uuid4().hex}"
+    c, _ = await start(tiny_args(tiny_model_dir, "--log-level", "debug"), init_options={"budgetMs": 0})
+    try:
+        uri = "file:///w/secret.py"
+        open_doc(c, uri, f"API_KEY = '{secret}'\n\ndef connect():\n    return ")
+        await asyncio.wait_for(inline(c, uri, 3, 11), HANG_GUARD)
+        insert(c, uri, 2, 3, 11, f"'{secret}' + ")
+        await call(c, IC, ic_params(uri, 3, 11 + len(secret) + 5))
+        await call(c, "textDocument/completion", ic_params(uri, 0, 11))
+        # Bad messages that carry the secret where the document text goes, or in a bad value.
+        raw = [
+            {"method": "textDocument/didOpen", "params": {"textDocument": {
+                "uri": "file:///w/s2.py", "languageId": "python", "version": secret, "text": secret}}},
+            {"method": "textDocument/didChange", "params": {"textDocument": {"uri": uri, "version": 9},
+                                                           "contentChanges": [{"range": secret, "text": secret}]}},
+            {"method": "textDocument/didChange", "params": {"textDocument": {"uri": "file:///w/closed.py",
+                                                                            "version": 9},
+                                                           "contentChanges": [{"text": secret}]}},
+            {"method": "codestral/noSuchNotification", "params": {"text": secret}},
+            {"method": "codestral/didPartiallyAccept", "params": {"id": "c1", "acceptedLength": secret}},
+        ]
+        for msg in raw:
+            await send_raw(c, {"jsonrpc": "2.0", **msg})
+        for method, params in ((IC, ic_params(uri, secret, 0)), ("codestral/noSuchMethod", {"text": secret}),
+                               (IC, {"textDocument": {"uri": uri, "text": secret}})):
+            with pytest.raises(JsonRpcException):
+                await call(c, method, params)
+        await null_id_answer(c, f'{{"jsonrpc": "2.0", "method": "x", "params": "{secret}'.encode())
+        await alive(c)
+    finally:
+        await stop(c)
+    await asyncio.sleep(0.2)
+    stderr = bytes(c.stderr).decode("utf-8", "replace")
+    assert "DEBUG" in stderr  # the debug log was on
+    assert secret not in stderr
+    assert secret[8:20] not in stderr  # nor a piece of it
+    assert not [m for m in c.logs if secret[8:20] in m.message]
+    assert not [m for m in c.messages if secret[8:20] in m.message]
+
+
+def test_pygls_records_are_withheld_unless_the_flag_is_set():
+    from server.lsplog import WithholdDocumentText
+
+    allowed = False
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(self.format(record))
+
+    handler = Collect()
+    handler.addFilter(WithholdDocumentText(lambda: allowed))
+    logger = logging.getLogger("pygls.protocol.json_rpc")
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        body = json.dumps({"params": {"text": "password = hunter2"}})
+        for allowed in (False, True):
+            records.clear()
+            logger.info("Sending data: %s", body)
+            logger.warning("Failed to handle notification %r: %s", "textDocument/didOpen", {"text": "hunter2"})
+            try:
+                int(json.loads(body)["params"]["text"])  # the message quotes the value
+            except ValueError:
+                logger.exception("Unable to deserialize message")
+            joined = "\n".join(records)
+            assert ("hunter2" in joined) is allowed
+            assert "textDocument/didOpen" in joined and "ValueError" in joined
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+
+# -- a model that fails to load -------------------------------------------------------------------
+
+
+async def test_a_model_that_fails_to_load_explains_on_every_request(tmp_path, tiny_model_dir):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    (broken / "model.safetensors").write_bytes(b"not safetensors at all")
+    for model, why in ((tmp_path / "missing", "does not exist"), (broken, "cannot load")):
+        c, _ = await start(["--model", str(model), "--device", "cpu"])
+        try:
+            open_doc(c, "file:///w/x.py", "x = ")
+            for _ in range(3):
+                with pytest.raises(JsonRpcException, match=why):
+                    await call(c, IC, ic_params("file:///w/x.py", 0, 4))
+            stats = await call(c, "codestral/stats", omit_params=True)
+            assert why in stats.model.error
+            await asyncio.sleep(0.2)
+            assert any(why in m.message for m in c.messages)  # window/showMessage
+        finally:
+            await stop(c)
+
+
+# -- in-process: engine faults, bounded caches, document sync ---------------------------------------
+
+
+@pytest.fixture()
+def local(tiny_model_dir):
+    # No typed-through cache: every request below must reach the engine.
+    ip = InProcess(Options(model=str(tiny_model_dir), device="cpu", budget_ms=0, max_tokens=8,
+                           typed_cache_entries=0))
+    yield ip
+    ip.stop()
+
+
+async def test_engine_faults_fail_one_request_and_the_next_one_works(local, monkeypatch):
+    import torch
+
+    from engine.engine import Engine
+
+    await local.initialize()
+    uri = "file:///w/fault.py"
+    local.open(uri, "def f(x):\n    return ")
+    first = await local.inline(uri, 1, 11)
+    assert "result" in first
+    real = Engine.complete
+    faults = iter([RuntimeError("engine exploded"),
+                   torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")])
+
+    def failing(self: Engine, req: Any) -> Any:
+        fault = next(faults, None)
+        if fault is not None:
+            raise fault
+        return real(self, req)
+
+    monkeypatch.setattr(Engine, "complete", failing)
+    for version, why in ((2, "engine exploded"), (3, "out of memory")):
+        local.change(uri, version, (1, 11), (1, 11), "x" if version == 2 else " ")  # a new prompt each time
+        answer = await local.inline(uri, 1, 12 if version == 2 else 13)
+        assert answer["error"]["code"] == INTERNAL_ERROR and why in answer["error"]["message"]
+        shown = [m["params"]["message"] for m in local.notifications("window/showMessage")]
+        assert any(why in m for m in shown)
+    assert local.server.worker.engine.store.entries == []  # the OOM freed the KV cache
+    after = await local.inline(uri, 1, 13)
+    assert "result" in after and isinstance(after["result"]["items"], list)
+    assert local.server.stats.errors == 2
+
+
+async def test_caches_and_bookkeeping_stay_bounded_over_a_soak():
+    from engine.kvcache import PrefixStore, Sequence
+    from engine.request import FimResult
+    from server.pipeline import Completer, Document
+    from server.stats import Stats
+
+    class FakeWorker:
+        load_error = None
+
+        def __init__(self) -> None:
+            import threading
+
+            self.loaded = threading.Event()
+            self.loaded.set()
+
+        def count_tokens(self, text: str) -> int:
+            return len(text) // 3
+
+        def submit(self, req: Any) -> Future[FimResult]:
+            fut: Future[FimResult] = Future()
+            fut.set_result(FimResult(text="value + 1", finish="stop", prompt_tokens=10))
+            return fut
+
+    stats = Stats()
+    completer = Completer(FakeWorker(), Options(), stats)  # type: ignore[arg-type]
+    for i in range(3000):
+        text = f"def f{i}(x):\n    return {'x' * (i % 7)}"
+        s = await completer.complete(Document(f"file:///w/soak{i}.py", text, "python"), len(text))
+        if s is not None:
+            completer.accepted(s.id)
+    assert len(stats.latencies_ms) <= 2000
+    assert len(stats.shown) <= 1000
+    assert len(completer.typed._entries) <= completer.options.typed_cache_entries
+    assert len(completer.anchors._by_doc) <= 64
+
+    class FakeCache:
+        def __init__(self, n: int) -> None:
+            import torch
+
+            self.layers = [type("L", (), {"keys": torch.zeros(n), "values": torch.zeros(n)})()]
+
+    for budget in (10_000, 10**9):  # bounded in bytes, and in count
+        store = PrefixStore(budget_bytes=budget)
+        for i in range(500):
+            store.put(Sequence(doc=f"d{i}", ids=[i], cache=FakeCache(10 + i % 50)))
+        assert len(store.entries) <= store.max_entries and store.total_bytes() <= store.budget_bytes
+
+    # The server's own bookkeeping, over many documents and keystrokes.
+    ip = InProcess()
+    await ip.initialize(engine=False)
+    for i in range(300):
+        uri = f"file:///w/many{i}.py"
+        ip.open(uri, "x = 1\n")
+        ip.change(uri, 2, (0, 5), (0, 5), "2")
+        if i % 2:
+            ip.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+    for i in range(400):
+        ip.server.show_error(f"codestral-ls: completion failed at {i}")
+    assert len(ip.server.recent) <= 16
+    assert len(ip.server._errors_shown) <= 256
+    assert ip.server.protocol._request_futures == {}  # pygls kept one future per notification
+    assert ip.text("file:///w/many0.py") == "x = 12\n" and ip.text("file:///w/many1.py") is None
+
+
+async def test_document_sync_follows_lsp_line_rules():
+    ip = InProcess()
+    await ip.initialize(engine=False)
+    cases = [
+        # (text, change start, end, new text, expected)
+        ("a\u2028b\nc", (1, 0), (1, 0), "X", "a\u2028b\nXc"),  # U+2028 is no line break in LSP
+        ("a\x0cb\x85c\nd", (1, 1), (1, 1), "Y", "a\x0cb\x85c\ndY"),
+        ("ab\r\ncd\r\n", (1, 2), (1, 2), "!", "ab\r\ncd!\r\n"),
+        ("ab\rcd", (1, 0), (1, 1), "", "ab\rd"),  # a lone CR ends a line
+        ("ab\ncd", (0, 99), (0, 99), "?", "ab?\ncd"),  # past the end of a line: its end
+        ("ab\ncd", (1, 99), (1, 99), "?", "ab\ncd?"),  # also on the last line
+        ("ab\ncd", (7, 0), (9, 0), "!", "ab\ncd!"),  # past the last line: the end
+        ("😀x", (0, 2), (0, 3), "", "😀"),  # UTF-16: the emoji is two units
+        ("😀x", (0, 1), (0, 1), "_", "_😀x"),  # inside a character: before it
+        ("x\x00y", (0, 2), (0, 2), "\x00", "x\x00\x00y"),
+    ]
+    for n, (text, begin, end, new, expected) in enumerate(cases):
+        uri = f"file:///w/sync{n}.txt"
+        ip.open(uri, text)
+        ip.change(uri, 2, begin, end, new)
+        assert ip.text(uri) == expected, (text, begin, end, new)
+    doc = ip.server.open_document("file:///w/sync0.txt")
+    assert isinstance(doc, LspTextDocument) and doc.line_count() == 2
+    assert line_starts("a\r\nb\rc\n") == [0, 3, 5, 7]
+    # Lines counted the LSP way for validation too: U+2028 does not make a second line.
+    ip.open("file:///w/one-line.js", "a\u2028b")
+    answer = await ip.inline("file:///w/one-line.js", 1, 0)
+    assert answer["error"]["code"] == INVALID_PARAMS
+
+
+async def test_utf8_and_utf32_position_encodings():
+    for encoding, units in (("utf-8", 6), ("utf-32", 2)):  # "é😀" then "x"
+        ip = InProcess()
+        await ip.initialize(encodings=[encoding], engine=False)
+        ip.open("file:///w/enc.py", "é😀x")
+        ip.change("file:///w/enc.py", 2, (0, units), (0, units), "|")
+        assert ip.text("file:///w/enc.py") == "é😀|x", encoding
+
+
+def test_a_request_never_splits_or_parses_the_whole_document(monkeypatch):
+    from pygls.workspace import TextDocument
+
+    import server.context as context
+    from server.lsp import create_server
+
+    line = "    value = compute(alpha, beta)  # 中文 😀\n"
+    big = "def f():\n" + line * (2_000_000 // len(line))
+    server = create_server(Options())
+    from pygls.workspace import Workspace
+
+    from server.documents import adopt
+
+    server.protocol._workspace = Workspace(None)
+    adopt(server.protocol._workspace).put_text_document(types.TextDocumentItem(
+        uri="file:///w/big.py", language_id="python", version=1, text=big))
+
+    def forbidden(self: Any) -> Any:
+        raise AssertionError("the whole document was split")
+
+    monkeypatch.setattr(TextDocument, "lines", property(forbidden))
+    last = big.count("\n")
+    doc, offset = server.document("file:///w/big.py", types.Position(line=last - 1, character=18))
+    assert doc.text[offset - 18:offset] == "    value = comput"
+
+    tokenized: list[int] = []
+    parsed: list[int] = []
+    real_parser = context._parser("python")
+
+    class Parser:
+        def parse(self, data: bytes) -> Any:
+            parsed.append(len(data))
+            return real_parser.parse(data)
+
+    monkeypatch.setattr(context, "_parser", lambda language: Parser())
+
+    def count(text: str) -> int:
+        tokenized.append(len(text))
+        return len(text) // 3
+
+    context.build_context(big, offset, "python", count, 512, 128)
+    context.cursor_mode(big, offset, "python")
+    one_line = "x = [" + ";".join(f"f({i})" for i in range(300_000)) + "]"
+    context.build_context(one_line, len(one_line) // 2, "python", count, 512, 128)
+    context.cursor_mode(one_line, len(one_line) // 2, "python")
+    assert max(tokenized) < 10_000
+    assert max(parsed) < 200_000 and len(big) > 1_900_000
