@@ -327,7 +327,8 @@ def plot(result: dict[str, Any], png: Path) -> Path | None:
     ax.set_ylabel("pass@1 (%)")
     ax.set_ylim(0, 110)
     n = summary["pipeline"]["n"]
-    ax.set_title(f"HumanEval {result['set']} infilling, {n} tasks - {result['model']['source']}", fontsize=9)
+    ax.set_title(f"HumanEval {result['set']} infilling, {n} tasks - {result['model']['source']} "
+                 f"on {result['model']['device']}", fontsize=9)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)

@@ -625,7 +625,8 @@ def device_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
-async def run(args: argparse.Namespace, sites: list[Site], typist: Typist, systems: list[str]) -> dict[str, Any]:
+async def run(args: argparse.Namespace, sites: list[Site], typist: Typist, systems: list[str],
+              save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     for name in systems:
         print(f"== {name} ({typist.mode}, {len(sites)} sites)", flush=True)
@@ -635,6 +636,7 @@ async def run(args: argparse.Namespace, sites: list[Site], typist: Typist, syste
             run_ = await asyncio.get_running_loop().run_in_executor(None, run_peer, name, sites, typist, args)
         run_["summary"] = summarize(run_)
         runs[name] = run_
+        save(runs)  # after each system: a long run stopped half-way keeps what it measured
     return runs
 
 
@@ -656,17 +658,23 @@ def main(argv: list[str] | None = None) -> int:
     if not sites:
         raise SystemExit("benchmark: error: no sites found in the given files")
     typist = Typist(args.every_key, 0.0 if args.every_key else args.debounce_ms, args.char_ms, args.pause_ms)
-    t0 = time.perf_counter()
-    runs = asyncio.run(run(args, sites, typist, systems))
-    result = {"benchmark": "typing_replay", "typist": {**asdict(typist), "mode": typist.mode},
-              "device": args.device, "dtype": args.dtype, "quantize": args.quantize, "max_tokens": args.max_tokens,
-              "files": [str(f) for f in files], "n_sites": len(sites),
-              "sites": [{"file": s.file, "line": s.line + 1, "target": s.target} for s in sites],
-              "skipped": skipped, "machine": machine(), "wall_s": round(time.perf_counter() - t0, 1),
-              "systems": runs}
     mode = "everykey" if args.every_key else f"debounce{args.debounce_ms:g}"
     out = args.out or RESULTS_DIR / f"replay_{mode}.json"
-    write_json(out, result)
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {
+        "benchmark": "typing_replay", "typist": {**asdict(typist), "mode": typist.mode},
+        "device": args.device, "dtype": args.dtype, "quantize": args.quantize, "max_tokens": args.max_tokens,
+        "files": [str(f) for f in files], "n_sites": len(sites),
+        "sites": [{"file": s.file, "line": s.line + 1, "target": s.target} for s in sites],
+        "skipped": skipped, "machine": machine()}
+
+    def save(runs: dict[str, Any], complete: bool = False) -> None:
+        write_json(out, {**result, "complete": complete, "wall_s": round(time.perf_counter() - t0, 1),
+                         "systems": runs})
+
+    runs = asyncio.run(run(args, sites, typist, systems, save))
+    save(runs, complete=True)
+    result.update(wall_s=round(time.perf_counter() - t0, 1), systems=runs)
     print()
     print(report(result))
     print(f"results: {out}")

@@ -132,9 +132,8 @@ def load_model(spec: ModelSpec, progress: embedded.Progress | None = None) -> Lo
     if spec.threads:
         torch.set_num_threads(spec.threads)
     dtype = _torch_dtype(spec.dtype, device)
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": spec.trust_remote_code}
-    if isinstance(source, Path):
-        kwargs["use_safetensors"] = True  # never unpickle weights from a folder
+    # Never unpickle weights: a folder or a hub id without safetensors fails to load instead.
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": spec.trust_remote_code, "use_safetensors": True}
     quantize = spec.quantize if spec.quantize != "auto" else ("nf4" if device == "cuda" else "none")
     if device == "cuda" and quantize in ("int8", "nf4"):
         kwargs["quantization_config"] = _bnb_config(quantize, dtype)

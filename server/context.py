@@ -93,7 +93,8 @@ def build_context(text: str, offset: int, language: str, count_tokens: Callable[
     suffix_end = _suffix_end(text, offset, region_end, count_tokens, suffix_tokens)
     suffix = _clip_long_lines(text[offset:suffix_end], keep_end=False)
 
-    mode, indent = _mode_at(text[line_start:offset], text[offset:line_end], node_types, multiline)
+    mode, indent = _mode_at(text[line_start:offset], text[offset:line_end], node_types, multiline,
+                            _next_line(text, line_end))
     return Context(prefix=prefix, suffix=suffix, mode=mode, block_indent=indent, prefix_start=prefix_start)
 
 
@@ -106,12 +107,27 @@ def cursor_mode(text: str, offset: int, language: str, multiline: str = "auto") 
     region_start = _nth_line_offset(text, max(0, cursor_line - 50), line_start, cursor_line)
     _, node_types = _syntax(text, region_start, _offset_after_lines(text, offset, 20), offset, language,
                             max_chars=REGION_CHARS // 8)  # every keystroke: a smaller region
-    return _mode_at(text[line_start:offset], text[offset:line_end], node_types, multiline)
+    return _mode_at(text[line_start:offset], text[offset:line_end], node_types, multiline,
+                    _next_line(text, line_end))
 
 
-def _mode_at(line_before: str, line_after: str, node_types: list[str], multiline: str) -> tuple[Mode, int | None]:
+def _next_line(text: str, line_end: int) -> str:
+    """The line right below the cursor's line ("" at the end of the text)."""
+    if line_end >= len(text):
+        return ""
+    nxt = text.find("\n", line_end + 1, line_end + 1 + MAX_LINE_CHARS)
+    return text[line_end + 1: nxt if nxt >= 0 else line_end + 1 + MAX_LINE_CHARS]
+
+
+def _mode_at(line_before: str, line_after: str, node_types: list[str], multiline: str,
+             next_line: str = "") -> tuple[Mode, int | None]:
     indent = len(line_before) - len(line_before.lstrip())
     mode = _mode(line_before, line_after, node_types, multiline)
+    if mode == "multi" and multiline == "auto" and not line_before.strip() and next_line.strip():
+        # An empty line with code right below at the same depth: the user is inserting one
+        # statement into a block that goes on, not writing the rest of it.
+        if len(next_line) - len(next_line.lstrip()) >= indent:
+            return "single", indent
     if mode == "multi" and line_before.rstrip().endswith(BLOCK_OPENERS):
         return mode, indent + 1  # the body must be indented deeper than its header
     return mode, indent

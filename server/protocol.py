@@ -3,9 +3,10 @@
 pygls drops a request whose params fail validation (a negative position, a wrong type) and a frame
 that is not JSON or not an object: the client waits forever. Here those become JSON-RPC errors:
 InvalidParams with the request's id, or ParseError / InvalidRequest with a null id. A request
-before `initialize` gets ServerNotInitialized, one after `shutdown` InvalidRequest; a notification
-with bad params is dropped with a warning. What is logged names the method and the paths of the bad
-fields, never their values (pygls' own traceback would quote them: document text).
+before `initialize` gets ServerNotInitialized, one after `shutdown` (or a second `initialize`)
+InvalidRequest; a notification with bad params is dropped with a warning. What is logged names the
+method and the paths of the bad fields, never their values (pygls' own traceback would quote them:
+document text). Wrong JSON types are errors, not coerced ("1" is no line number).
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ class AnsweringProtocol(LanguageServerProtocol):
             if self._shutdown:
                 if is_request:
                     send_error(self, message.id, JsonRpcInvalidRequest(f"{method} after shutdown"))
+                return
+            if method == INITIALIZE and self._workspace is not None:  # would drop every open document
+                if is_request:
+                    send_error(self, message.id, JsonRpcInvalidRequest("the server is already initialized"))
                 return
         super().handle_message(message)
 

@@ -113,7 +113,7 @@ def test_gpu_mode_refuses_cleanly_without_cuda(module):
 @needs_data
 def test_quality_runs_on_two_tasks(tmp_path):
     out = tmp_path / "q.json"
-    proc = bench("quality", "--limit", "2", "--out", str(out))
+    proc = bench("quality", "--limit", "2", "--max-tokens", "24", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     summary = result["summary"]
@@ -132,7 +132,9 @@ def test_typing_replay_runs_one_site_on_a_short_file(tmp_path):
     src.write_text(SHORT_FILE)
     out = tmp_path / "r.json"
     systems = "default,hf" + (",llama" if typing_replay.llama_available() else "")
-    proc = bench("typing_replay", "--files", str(src), "--sites", "1", "--systems", systems, "--out", str(out))
+    # A fast typist and a short max_tokens: this checks the plumbing, not the numbers.
+    proc = bench("typing_replay", "--files", str(src), "--sites", "1", "--systems", systems, "--max-tokens", "16",
+                 "--char-ms", "10", "--pause-ms", "60", "--debounce-ms", "30", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["systems"]) == set(systems.split(","))

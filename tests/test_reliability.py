@@ -211,6 +211,10 @@ async def test_requests_before_initialize_and_after_shutdown_are_answered(tmp_pa
         client.initialized(types.InitializedParams())
         with pytest.raises(JsonRpcException, match="not open"):
             await call(client, IC, ic_params(uri, 0, 0))
+        open_doc(client, uri, "x = ")
+        assert await error_code(call(client, "initialize", {"capabilities": {}})) == INVALID_REQUEST
+        with pytest.raises(JsonRpcException, match="does not exist"):  # the document is still open
+            await call(client, IC, ic_params(uri, 0, 4))
         await asyncio.wait_for(client.shutdown_async(None), HANG_GUARD)
         assert await error_code(call(client, "codestral/stats", omit_params=True)) == INVALID_REQUEST
         client.exit(None)
@@ -320,22 +324,24 @@ def test_folder_models_load_from_safetensors_and_no_remote_code(tiny_model_dir, 
 
     seen: dict[str, Any] = {}
 
-    def capture(kind: str):
-        def from_pretrained(source: Any, **kwargs: Any) -> Any:
-            seen[kind] = kwargs
-            if kind == "model":
-                raise RuntimeError("stop here")
-            return real_tokenizer(source, **kwargs)
-        return from_pretrained
+    def tokenizer(source: Any, **kwargs: Any) -> Any:
+        seen["tokenizer"] = kwargs
+        return object()
 
-    real_tokenizer = transformers.AutoTokenizer.from_pretrained
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", capture("tokenizer"))
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", capture("model"))
-    with pytest.raises(ModelLoadError):
-        load_model(ModelSpec(model=str(tiny_model_dir), device="cpu"))
-    assert seen["model"]["use_safetensors"] is True
-    assert seen["model"]["trust_remote_code"] is False
-    assert seen["tokenizer"]["trust_remote_code"] is False
+    def model(source: Any, **kwargs: Any) -> Any:
+        seen["model"] = kwargs
+        raise RuntimeError("stop here")  # nothing is loaded, nothing downloaded
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tokenizer)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model)
+    for spec in (ModelSpec(model=str(tiny_model_dir), device="cpu"),  # a folder
+                 ModelSpec(model="someone/some-model", device="cpu", allow_download=True)):  # a hub id
+        seen.clear()
+        with pytest.raises(ModelLoadError):
+            load_model(spec)
+        assert seen["model"]["use_safetensors"] is True  # never a pickled .bin
+        assert seen["model"]["trust_remote_code"] is False
+        assert seen["tokenizer"]["trust_remote_code"] is False
     assert Options().trust_remote_code is False and ModelSpec().trust_remote_code is False
     assert Options().allow_download is False
 

@@ -128,3 +128,13 @@ def test_options_camel_case_validation_and_bad_values():
     assert len(problems) == 3 and any("int3" in p for p in problems)
     assert parse_options("nonsense")[1]
     assert Options().budget_ms == 100
+
+
+def test_empty_line_inside_a_block_gets_one_line_at_its_end_a_block():
+    def mode(text: str) -> str:
+        off = text.index("|")
+        return cursor_mode(text.replace("|", ""), off, "python")[0]
+
+    assert mode("def f(x):\n    y = 1\n    |\n    return y\n") == "single"  # code continues below
+    assert mode("def f(x):\n    y = 1\n    |\n\ndef g():\n    pass\n") == "multi"  # end of the block
+    assert mode("def f(x):\n    if x:\n        |\n    return x\n") == "multi"  # below is dedented
