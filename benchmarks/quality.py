@@ -19,7 +19,7 @@ Configurations, all on the same model, the same tasks, in one run:
                 context windows, anchored prompt, healing, stop rules, post-processing.
   no_<filter>   the pipeline with one post-processing filter switched off (ablation).
   pipeline_multiline_never   (single-line set) the pipeline with multiline=never.
-  raw           the raw engine: a plain FimRequest of the full prefix / suffix (healing on, no
+  raw           the raw model: a plain FimRequest of the full prefix / suffix (no token healing, no
                 windows, no post-processing), first line of the output ("naive first-line cut").
                 On the multi-line set `raw_full` is the raw output up to the model's end token
                 (or max_tokens) and `raw` its first line.
@@ -194,8 +194,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     async def raw(doc: str, hole: Hole, single: bool) -> tuple[str, Any]:
         stop = StopRule(single_line=True) if single else StopRule(max_lines=10**6)
+        # The naive integration: the plain FIM prompt (no token healing), greedy, first line.
         req = FimRequest(doc=doc, prefix=hole.head, suffix=hole.tail, stop=stop, max_tokens=options.max_tokens,
-                         background=False)
+                         background=False, heal=False)
         result = await asyncio.wrap_future(worker.submit(req))
         return result.text, result
 

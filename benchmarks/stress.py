@@ -150,8 +150,9 @@ async def big_inputs(c: Client) -> dict[str, Any]:
     long_line = "x = [" + ", ".join(str(i) for i in range(30_000)) + "]"
     cases = {
         "2 MB document, last line": ("big.py", big, big.count("\n"), 0),
-        "2 MB document, middle": ("big.py", None, big.count("\n") // 2, 20),
-        "100k-character line": ("long.py", f"a = 1\n{long_line}\nb = ", 1, 50_000),
+        "2 MB document, middle": ("big.py", None, big.count("\n") // 2, 999),  # past the end: the line's end
+        "100k-character line, at its end": ("long.py", f"a = 1\n{long_line}\nb = ", 1, len(long_line)),
+        "100k-character line, middle": ("long.py", None, 1, 50_000),
         "NUL bytes": ("nul.py", "x = '\x00\x00'\ny = \x00", 1, 5),
         "CRLF": ("crlf.py", "def f(x):\r\n    return \r\n", 1, 11),
         "emoji and CJK": ("uni.py", "s = '😀😀中文'\nt = s + ", 1, 8),

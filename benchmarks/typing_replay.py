@@ -519,7 +519,10 @@ def report(result: dict[str, Any]) -> str:
 
         def ratio(key: str, group: str = "latency_ms", s: dict[str, Any] = s) -> str:
             mine, theirs = s[group].get(key), base[group].get(key) if base else None
-            return "-" if not theirs or mine is None else f"{mine / theirs:.2g}x"
+            if not theirs or mine is None:
+                return "-"
+            r = mine / theirs
+            return f"{r:.0f}x" if r >= 10 else f"{r:.2g}x"
 
         rows.append([name, str(s["requests"]), fmt(lat["p50"]), fmt(lat["p95"]), fmt(lat["mean"]),
                      fmt(s["engine_latency_ms"]["p50"]),

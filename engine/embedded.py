@@ -7,13 +7,14 @@ convert it once into a safetensors + tokenizer folder in the user cache; later l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from engine.errors import ModelLoadError
@@ -110,9 +111,26 @@ def ensure_embedded_model(progress: Progress | None = None) -> Path:
     folder = converted_dir()
     if is_converted(folder):
         return folder
-    gguf = gguf_path(progress)
-    convert_gguf_folder(gguf, folder, {"gguf_sha256": GGUF_SHA256, "source": GGUF_NAME}, progress)
+    with conversion_lock():
+        if is_converted(folder):  # another process converted it while we waited
+            return folder
+        gguf = gguf_path(progress)
+        convert_gguf_folder(gguf, folder, {"gguf_sha256": GGUF_SHA256, "source": GGUF_NAME}, progress)
     return folder
+
+
+@contextlib.contextmanager
+def conversion_lock() -> Iterator[None]:
+    """One converter at a time: editors often start several servers at once on first use."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / ".convert.lock", "w") as f:
+        try:
+            import fcntl
+
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except ImportError:  # no flock (Windows): conversions may race, each writes its own tmp
+            pass
+        yield
 
 
 def convert_gguf_folder(gguf: Path, folder: Path, marker: dict[str, str], progress: Progress | None = None) -> None:

@@ -83,7 +83,7 @@ class Engine:
         """The suggestion for `req`; raises `Cancelled` if its cancel token is set meanwhile."""
         t0 = time.perf_counter()
         self._background = None  # a new request always wins over prefetch work
-        prompt = self.encoder.build(req.prefix, req.suffix, req.forced_middle, req.extra_files)
+        prompt = self.encoder.build(req.prefix, req.suffix, req.forced_middle, req.extra_files, heal=req.heal)
         seq, shared = self.store.take(req.doc, prompt.ids)
         state = _Decode(req, prompt, seq, rest=prompt.heal)
         result = FimResult(text="", finish="", prompt_tokens=len(prompt.ids))

@@ -100,7 +100,9 @@ def convert_gguf(path: Path, progress: embedded.Progress | None = None) -> Path:
     if (out / embedded.CONVERTED_MARKER).is_file():
         return out
     try:
-        embedded.convert_gguf_folder(path, out, {"source": str(path)}, progress)
+        with embedded.conversion_lock():
+            if not (out / embedded.CONVERTED_MARKER).is_file():
+                embedded.convert_gguf_folder(path, out, {"source": str(path)}, progress)
     except ModelLoadError:
         raise
     except Exception as exc:  # gguf/transformers raise many kinds for a corrupt file

@@ -99,6 +99,7 @@ class FimRequest:
     stop: StopRule = field(default_factory=StopRule)
     budget_ms: float | None = None
     background: bool = True
+    heal: bool = True  # token healing of the text before the cursor (off: the naive prompt)
     cancel: CancelToken = field(default_factory=CancelToken)
 
 

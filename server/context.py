@@ -23,6 +23,7 @@ LINE_STEP = 32  # fallback window starts snap to multiples of this many lines
 REGION_LINES = 400  # lines parsed around the cursor
 MAX_LINE_CHARS = 2000  # a longer line is cut: context is never a 100k-character line
 REGION_CHARS = 64_000  # and the parsed region never more characters than this before the cursor
+TAIL_STEP = 64  # the window edge inside a too-long line moves in steps of this many characters
 
 # languageId → (module, attribute holding the grammar)
 GRAMMARS: dict[str, tuple[str, str]] = {
@@ -213,8 +214,8 @@ def _prefix_start(text: str, region_start: int, line_start: int, offset: int, bo
             lo = mid + 1
     if lo < len(near):
         return near[lo]
-    # Even the current line is too long: keep its tail.
-    return max(line_start, offset - budget * 3)
+    # Even the current line is too long: keep the tail of it that fits.
+    return _fit_tail(text, line_start, offset, count_tokens, budget)
 
 
 def _suffix_end(text: str, offset: int, region_end: int, count_tokens: Callable[[str], int], budget: int) -> int:
@@ -232,7 +233,39 @@ def _suffix_end(text: str, offset: int, region_end: int, count_tokens: Callable[
     if end > offset:
         return end
     line_end = text.find("\n", offset)
-    return min(len(text) if line_end < 0 else line_end, offset + budget * 3)
+    return _fit_head(text, offset, len(text) if line_end < 0 else line_end, count_tokens, budget)
+
+
+def _fit_tail(text: str, lo: int, offset: int, count_tokens: Callable[[str], int], budget: int) -> int:
+    """Start of the longest tail of text[lo:offset] within the token budget (a line of digits or
+    CJK is about one token per character, or more), snapped to TAIL_STEP so it stays put while
+    the user types."""
+    width = budget * 3
+    for _ in range(8):
+        start = max(lo, offset - width)
+        snapped = -(-start // TAIL_STEP) * TAIL_STEP
+        if start > lo and snapped < offset:
+            start = snapped
+        tokens = count_tokens(text[start:offset])
+        if tokens <= budget:
+            return start
+        width = (offset - start) * budget // tokens  # narrower each round: tokens > budget
+    return offset
+
+
+def _fit_head(text: str, offset: int, hi: int, count_tokens: Callable[[str], int], budget: int) -> int:
+    """End of the longest head of text[offset:hi] within the token budget (see `_fit_tail`)."""
+    width = budget * 3
+    for _ in range(8):
+        end = min(hi, offset + width)
+        snapped = end // TAIL_STEP * TAIL_STEP
+        if end < hi and snapped > offset:
+            end = snapped
+        tokens = count_tokens(text[offset:end])
+        if tokens <= budget:
+            return end
+        width = (end - offset) * budget // tokens
+    return offset
 
 
 def _nth_line_offset(text: str, line: int, line_start: int, cursor_line: int) -> int:

@@ -34,7 +34,7 @@ from server.documents import adopt
 
 log = logging.getLogger(__name__)
 
-# handle_message() ignores a message whose jsonrpc version is wrong: the answer was already sent.
+# What structure_message returns for a message it already answered (or dropped): handled no further.
 _ANSWERED = SimpleNamespace(jsonrpc="answered")
 
 
@@ -119,7 +119,6 @@ class AnsweringProtocol(LanguageServerProtocol):
                     send_error(self, message.id, JsonRpcInvalidRequest("the server is already initialized"))
                 return
         super().handle_message(message)
-
 
     def _send_handler_result(self, future: Any, *, msg_id: Any) -> None:
         # A handler's JsonRpcException (a document that is not open, a line past the end) is an

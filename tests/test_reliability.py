@@ -641,3 +641,20 @@ def test_a_request_never_splits_or_parses_the_whole_document(monkeypatch):
     context.cursor_mode(one_line, len(one_line) // 2, "python")
     assert max(tokenized) < 10_000
     assert max(parsed) < 200_000 and len(big) > 1_900_000
+
+
+def test_a_window_inside_a_huge_line_fits_the_token_budget():
+    from server.context import build_context
+
+    def count(text: str) -> int:  # byte-level: a digit is a token, a CJK character three
+        return len(text.encode("utf-8"))
+
+    for line in ("x = [" + ", ".join(str(i) for i in range(30_000)) + "]", "s = '" + "中文字符" * 20_000 + "'"):
+        text = f"a = 1\n{line}\nb = "
+        starts = set()
+        for k in range(20):  # the cursor moving along the line
+            offset = 6 + len(line) // 2 + k
+            ctx = build_context(text, offset, "python", count, 512, 128)
+            assert 0 < count(ctx.prefix) <= 512 and 0 < count(ctx.suffix) <= 128
+            starts.add(ctx.prefix_start)
+        assert len(starts) <= 2  # the window's edge stays put, for the KV cache

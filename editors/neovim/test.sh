@@ -47,6 +47,8 @@ fi
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 # Keep the user's Neovim state (and lsp.log) out of it.
+# The server's model cache lives under XDG_CACHE_HOME: keep the user's, or every run reconverts the model.
+export CODESTRAL_LS_CACHE="${CODESTRAL_LS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/codestral-ls}"
 export XDG_CONFIG_HOME=$TMP/config XDG_DATA_HOME=$TMP/data XDG_STATE_HOME=$TMP/state XDG_CACHE_HOME=$TMP/cache
 
 passed=0 failed=0 skipped=0
