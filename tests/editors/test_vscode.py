@@ -5,27 +5,17 @@ initializationOptions: inline completion, acceptance, typed-through, settings ch
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.editors.harness import REPO, run_script
+
 SCRIPT = REPO / "editors" / "vscode" / "test.sh"
 TIMEOUT_S = 900
 NODE_MAJOR = 20  # @vscode/vsce 3 and vscode-languageclient 11
-
-
-def _server() -> str:
-    if "CODESTRAL_LS" in os.environ:
-        return os.environ["CODESTRAL_LS"]
-    beside = Path(sys.executable).parent / "codestral-ls"  # the venv running the tests
-    return str(beside if beside.exists() else REPO / ".venv" / "bin" / "codestral-ls")
 
 
 def _node_major(node: str) -> int:
@@ -41,12 +31,5 @@ def test_vscode() -> None:
         pytest.skip("the VS Code extension test needs node and npm on PATH (Node 20+)")
     if (major := _node_major(node)) < NODE_MAJOR:
         pytest.skip(f"the VS Code extension test needs Node {NODE_MAJOR}+, found Node {major}")
-    proc = subprocess.Popen(["bash", str(SCRIPT)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, env=os.environ | {"CODESTRAL_LS": _server()})
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # node and the server too
-        output, _ = proc.communicate()
-        pytest.fail(f"editors/vscode/test.sh ran past {TIMEOUT_S} s:\n{output}")
-    assert proc.returncode == 0, f"editors/vscode/test.sh exited {proc.returncode}:\n{output}"
+    returncode, output = run_script(SCRIPT, timeout=TIMEOUT_S)
+    assert returncode == 0, f"editors/vscode/test.sh exited {returncode}:\n{output}"
