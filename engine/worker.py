@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 
 from engine.errors import Cancelled, EngineError
@@ -23,6 +23,15 @@ log = logging.getLogger(__name__)
 class _Job:
     req: FimRequest
     future: Future[FimResult]
+
+
+def _settle(fut: Future[FimResult], exc: BaseException) -> None:
+    """Fail `fut` unless it is done or cancelled already (its caller may cancel it any time)."""
+    try:
+        if not fut.done():
+            fut.set_exception(exc)
+    except InvalidStateError:
+        pass
 
 
 def out_of_memory(exc: BaseException) -> bool:
@@ -69,8 +78,10 @@ class EngineWorker:
         with self._cv:
             old = self._pending.pop(req.doc, None)
             if old is not None:
-                old.future.set_exception(Cancelled("superseded by a newer request"))
                 self._order.remove(req.doc)
+                # Its caller may have cancelled it already ($/cancelRequest): settling it again
+                # raised here, and left the queue without its job (the engine thread then died).
+                _settle(old.future, Cancelled("superseded by a newer request"))
             if self._running is not None and self._running.req.doc == req.doc:
                 self._running.req.cancel.cancel()
             self._pending[req.doc] = _Job(req, fut)
@@ -118,13 +129,17 @@ class EngineWorker:
             self._fail_all()
             return
         while not self._stop:
-            job = self._next()
-            if job is None:
-                if self._stop:
-                    break
-                self._background_step()
-                continue
-            self._execute(job)
+            try:
+                job = self._next()
+                if job is None:
+                    if self._stop:
+                        break
+                    self._background_step()
+                    continue
+                self._execute(job)
+            except Exception:  # the engine thread never dies: every later request would hang
+                log.exception("engine worker error")
+                self._finish()
         self._fail_all()
 
     def _execute(self, job: _Job) -> None:
@@ -176,5 +191,4 @@ class EngineWorker:
             self._pending.clear()
             self._order.clear()
         for job in jobs:
-            if not job.future.done():
-                job.future.set_exception(EngineError(self.load_error or "engine stopped"))
+            _settle(job.future, EngineError(self.load_error or "engine stopped"))

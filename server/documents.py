@@ -63,7 +63,14 @@ def chars_for_units(line: str, units: int, encoding: str | None) -> int:
     if len(data) <= units * width:
         return len(head)
     decoder = codecs.getincrementaldecoder(codec)("surrogatepass")
-    return len(decoder.decode(data[: units * width], final=False))
+    n = len(decoder.decode(data[: units * width], final=False))
+    # The decoder holds back a high surrogate at the cut, waiting for its pair; a lone one (JSON
+    # can carry "\ud800") is a whole character of one unit.
+    lone_high = n < len(head) and "\ud800" <= head[n] <= "\udbff" and not (
+        n + 1 < len(line) and "\udc00" <= line[n + 1] <= "\udfff")
+    if lone_high and len(head[: n + 1].encode(codec, "surrogatepass")) <= units * width:
+        n += 1
+    return n
 
 
 def without_lone_surrogates(text: str) -> str:

@@ -658,3 +658,40 @@ def test_a_window_inside_a_huge_line_fits_the_token_budget():
             assert 0 < count(ctx.prefix) <= 512 and 0 < count(ctx.suffix) <= 128
             starts.add(ctx.prefix_start)
         assert len(starts) <= 2  # the window's edge stays put, for the KV cache
+
+
+def test_a_cancelled_queued_request_then_a_newer_one_leaves_the_engine_thread_alive():
+    """Found by the fuzz test: `$/cancelRequest` cancels the queued job's future; the next request
+    for that document then failed to supersede it, and the engine thread died (every later request
+    hung)."""
+    import threading
+
+    from engine.request import FimRequest, FimResult
+    from engine.worker import EngineWorker
+
+    started, gate = threading.Event(), threading.Event()
+
+    class FakeEngine:
+        def complete(self, req: FimRequest) -> FimResult:
+            if req.doc == "busy":
+                started.set()
+                gate.wait(HANG_GUARD)
+            return FimResult(text=req.doc, finish="stop", prompt_tokens=1)
+
+        def has_background_work(self) -> bool:
+            return False
+
+    worker = EngineWorker(FakeEngine).start()
+    try:
+        worker.submit(FimRequest(doc="busy", prefix="", suffix=""))
+        assert started.wait(HANG_GUARD)
+        queued = worker.submit(FimRequest(doc="d", prefix="", suffix=""))
+        assert queued.cancel()  # what asyncio.wrap_future does when the LSP request is cancelled
+        newer = worker.submit(FimRequest(doc="d", prefix="", suffix=""))
+        gate.set()
+        assert newer.result(HANG_GUARD).text == "d"
+        assert worker.submit(FimRequest(doc="e", prefix="", suffix="")).result(HANG_GUARD).text == "e"
+        assert worker._thread.is_alive()
+    finally:
+        gate.set()
+        worker.stop()

@@ -138,3 +138,12 @@ def test_empty_line_inside_a_block_gets_one_line_at_its_end_a_block():
     assert mode("def f(x):\n    y = 1\n    |\n    return y\n") == "single"  # code continues below
     assert mode("def f(x):\n    y = 1\n    |\n\ndef g():\n    pass\n") == "multi"  # end of the block
     assert mode("def f(x):\n    if x:\n        |\n    return x\n") == "multi"  # below is dedented
+
+
+def test_utf16_columns_around_astral_characters_and_lone_surrogates():
+    from server.documents import chars_for_units
+
+    line = "𐀀\ud800a"  # an astral character (2 units), a lone surrogate JSON can carry (1), "a"
+    assert [chars_for_units(line, u, "utf-16") for u in range(5)] == [0, 0, 1, 2, 3]
+    assert chars_for_units("a😀b", 2, "utf-16") == 1  # inside the emoji: before it
+    assert chars_for_units("é = 1", 2, "utf-8") == 1
