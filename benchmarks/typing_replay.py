@@ -554,15 +554,8 @@ def plot(result: dict[str, Any], stem: Path) -> list[Path]:
     ax.set_xscale("log")
     ax.set_xlabel("latency per request (ms, log)")
     ax.set_ylabel("fraction of requests")
-    ax.set_title(f"Latency CDF - typing replay, {result['typist']['mode']}, {result['device']}", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    png = stem.with_name(stem.name + "_cdf.png")
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    out.append(png)
+    out.append(_save(plt, fig, ax, f"Latency CDF - typing replay, {result['typist']['mode']}, {result['device']}",
+                     stem.with_name(stem.name + "_cdf.png")))
 
     fig, ax = plt.subplots(figsize=(9, 4))
     for name, run in runs.items():
@@ -584,15 +577,21 @@ def plot(result: dict[str, Any], stem: Path) -> list[Path]:
     ax.set_yscale("log")
     ax.set_xlabel("keystroke (sites one after another)")
     ax.set_ylabel("latency (ms, log)")
-    ax.set_title(f"Per-keystroke latency - {result['typist']['mode']}, {result['device']}", fontsize=10)
+    out.append(_save(plt, fig, ax, f"Per-keystroke latency - {result['typist']['mode']}, {result['device']}",
+                     stem.with_name(stem.name + "_timeline.png")))
+    return out
+
+
+def _save(plt: Any, fig: Any, ax: Any, title: str, png: Path) -> Path:
+    """Title, grid and legend shared by both plots, then write the PNG."""
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    png = stem.with_name(stem.name + "_timeline.png")
+    png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
-    out.append(png)
-    return out
+    return png
 
 
 # -- main -----------------------------------------------------------------------------------------------
