@@ -18,6 +18,8 @@ Configurations, all on the same model, the same tasks, in one run:
                 suggestion, as `codestral-ls complete` shows it): typed-through cache, tree-sitter
                 context windows, anchored prompt, healing, stop rules, post-processing.
   no_<filter>   the pipeline with one post-processing filter switched off (ablation).
+  no_second_opinions   the pipeline with second_opinions=0: a suggestion that cannot fit the code
+                below it (server/fit.py) is dropped instead of replaced by the model's next-best.
   pipeline_multiline_never   (single-line set) the pipeline with multiline=never.
   raw           the raw model: a plain FimRequest of the full prefix / suffix (no token healing, no
                 windows, no post-processing), first line of the output ("naive first-line cut").
@@ -153,7 +155,7 @@ class _NoPrefetch:
 
 
 def config_names(multi: bool, filters: list[str], ablations: bool) -> list[str]:
-    names = ["pipeline"]
+    names = ["pipeline", "no_second_opinions"]
     if not multi:
         names.append("pipeline_multiline_never")
     if ablations:
@@ -174,7 +176,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if not path.is_file():
         raise SystemExit(f"benchmark: error: HumanEval infilling data not found at {path} (use --data DIR)")
     tasks = load_tasks(path)
-    indices = stride_indices(len(tasks), args.limit)
+    indices = [int(i) for i in args.tasks.split(",")] if args.tasks else stride_indices(len(tasks), args.limit)
     options = Options(budget_ms=0, device=args.device, dtype=args.dtype, quantize=args.quantize,
                       max_tokens=args.max_tokens)
     filters = list(FILTERS)
@@ -223,6 +225,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 s = await Completer(proxy, opts, disabled_filters=disabled).complete(doc, offset)  # type: ignore[arg-type]
                 return s.text if s is not None else ""
 
+            middles["no_second_opinions"] = await pipe(options.replace(second_opinions=0))
             if "pipeline_multiline_never" in names:
                 middles["pipeline_multiline_never"] = await pipe(options.replace(multiline="never"))
             for f in filters:
@@ -247,6 +250,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             mark = "".join("+" if passed[k] else "." for k in ("pipeline", "raw"))
             print(f"[{n}/{len(indices)}] {task['task_id']}: pipeline/raw {mark}  "
                   f"({timing['latency_ms']:.0f} ms, raw {timing['raw_ms']:.0f} ms)", flush=True)
+            if args.verbose:
+                for name in ("pipeline", "raw", "canonical"):
+                    print(f"    {name:9} {middles[name]!r}", flush=True)
     finally:
         worker.stop()
         runner.close()
@@ -341,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--limit", type=int, default=60,
                    help="tasks, sampled with a fixed stride over the set (default 60; 0: all)")
+    p.add_argument("--tasks", help="comma-separated task indices instead of the stride subset (debugging)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print each configuration's middle")
     p.add_argument("--multi-line", action="store_true", help="the multi-line infilling set (default single-line)")
     p.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/quality_{single,multi}.json)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")

@@ -18,9 +18,12 @@ if TYPE_CHECKING:
 def load_engine(spec: ModelSpec, options: EngineOptions | None = None, progress: Progress | None = None) -> Engine:
     """Load the model `spec` names and wrap it in an `Engine` (blocking: call it off the event loop)."""
     from engine.engine import Engine
-    from engine.loading import load_model
+    from engine.loading import load_draft, load_model
 
-    return Engine(load_model(spec, progress), options)
+    loaded = load_model(spec, progress)
+    options = options or EngineOptions()
+    draft = load_draft(spec, loaded, options) if options.draft_model else None
+    return Engine(loaded, options, draft)
 
 
 __all__ = ["EngineOptions", "ModelSpec", "load_engine"]

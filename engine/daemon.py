@@ -134,8 +134,9 @@ def request_to_wire(req: FimRequest) -> dict[str, Any]:
     return {"doc": req.doc, "prefix": req.prefix, "suffix": req.suffix, "forced_middle": req.forced_middle,
             "extra_files": [list(f) for f in req.extra_files], "max_tokens": req.max_tokens,
             "stop": {"single_line": req.stop.single_line, "max_lines": req.stop.max_lines,
-                     "block_indent": req.stop.block_indent, "stop_strings": list(req.stop.stop_strings)},
-            "budget_ms": req.budget_ms, "background": req.background}
+                     "block_indent": req.stop.block_indent, "stop_strings": list(req.stop.stop_strings),
+                     "line_comment": req.stop.line_comment},
+            "budget_ms": req.budget_ms, "background": req.background, "heal": req.heal, "avoid": list(req.avoid)}
 
 
 def _typed(d: dict[str, Any], key: str, types: type | tuple[type, ...], default: Any = ...) -> Any:
@@ -161,6 +162,9 @@ def request_from_wire(d: Any) -> FimRequest:
     strings = _typed(stop, "stop_strings", list, [])
     if not all(isinstance(x, str) for x in strings):
         raise ValueError("field 'stop_strings' must be a list of strings")
+    avoid = _typed(d, "avoid", list, [])
+    if not all(isinstance(x, str) for x in avoid):
+        raise ValueError("field 'avoid' must be a list of strings")
     max_tokens = _typed(d, "max_tokens", int, 64)
     if not 0 < max_tokens <= 4096:
         raise ValueError("field 'max_tokens' must be between 1 and 4096")
@@ -172,8 +176,9 @@ def request_from_wire(d: Any) -> FimRequest:
         stop=StopRule(single_line=_typed(stop, "single_line", bool, False),
                       max_lines=_typed(stop, "max_lines", int, 12),
                       block_indent=_typed(stop, "block_indent", (int, type(None)), None),
-                      stop_strings=tuple(strings)),
-        budget_ms=float(budget) if budget is not None else None, background=_typed(d, "background", bool, True))
+                      stop_strings=tuple(strings), line_comment=_typed(stop, "line_comment", str, "")),
+        budget_ms=float(budget) if budget is not None else None, background=_typed(d, "background", bool, True),
+        heal=_typed(d, "heal", bool, True), avoid=tuple(avoid))
 
 
 def result_to_wire(r: FimResult) -> dict[str, Any]:

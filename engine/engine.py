@@ -14,15 +14,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.draft import DraftModel, forward
 from engine.errors import Cancelled
 from engine.fim import FimPrompt
 from engine.heal import HealIndex
-from engine.kvcache import PrefixStore, Sequence
+from engine.kvcache import PrefixStore, Ranking, Sequence
 from engine.loading import LoadedModel
 from engine.options import EngineOptions
 from engine.request import CancelToken, FimRequest, FimResult
 
 log = logging.getLogger(__name__)
+
+RANKED = 1024  # most tokens ranked at a constrained pick, so a replay can re-make it exactly
 
 
 @dataclass
@@ -61,8 +64,10 @@ class _Decode:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, options: EngineOptions | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, options: EngineOptions | None = None,
+                 draft: DraftModel | None = None) -> None:
         self.loaded = loaded
+        self.draft = draft
         self.model = loaded.model
         self.encoder = loaded.encoder
         self.options = options or EngineOptions()
@@ -97,7 +102,7 @@ class Engine:
         except Cancelled:
             # Cancellation lands between forwards: the sequence is a valid cache of its ids.
             seq.next_logits = None
-            del seq.constraints[max(0, len(seq.ids) - seq.prompt_len):]
+            del seq.choices[max(0, len(seq.ids) - seq.prompt_len):]
             self.store.put(seq)
             raise
         # Any other failure may have left a half-updated cache: drop the sequence (not put back).
@@ -122,11 +127,11 @@ class Engine:
         if decoded >= st.req.max_tokens + self.options.background_tokens:
             self._background = None
             return False
-        token = int(st.seq.next_logits.argmax())
+        token, choice = self._choose(st.seq.next_logits, st)
         if token in st.prompt.stop_ids:
             self._background = None
             return False
-        st.seq.constraints.append(None)
+        st.seq.choices.append(choice)
         st.seq.next_logits = self._forward(st.seq, [token])[-1]
         return True
 
@@ -143,37 +148,37 @@ class Engine:
         if shared >= n and n >= seq.prompt_len:
             # The whole prompt is cached and what follows it was decoded greedily: replay it.
             res.reused_tokens = n
-            old_prompt_len, old_constraints = seq.prompt_len, seq.constraints
+            old_prompt_len, old_choices = seq.prompt_len, seq.choices
             seq.prompt_len = n
-            seq.constraints = []
+            seq.choices = []
             pos = n
             while pos < len(seq.ids):
                 token = seq.ids[pos]
-                old = old_constraints[pos - old_prompt_len] if pos - old_prompt_len < len(old_constraints) else ""
-                if not self._still_greedy(token, old, st.rest):
+                old = old_choices[pos - old_prompt_len] if pos - old_prompt_len < len(old_choices) else ()
+                if not self._still_greedy(token, old, st):
                     break
-                seq.constraints.append(st.rest or None)
+                seq.choices.append(old)  # how it ranked does not depend on the constraint
                 res.replayed_tokens += 1
                 if self._accept(st, token):
                     # Stopped inside the cached continuation: keep its tail (with its own
-                    # constraints) for the next keystroke, no model call at all.
-                    seq.constraints += old_constraints[pos + 1 - old_prompt_len:]
+                    # choices) for the next keystroke, no model call at all.
+                    seq.choices += old_choices[pos + 1 - old_prompt_len:]
                     return None
                 pos += 1
             if pos == len(seq.ids) and seq.next_logits is not None:
                 return seq.next_logits
             # Diverged (or no logits kept): re-feed the last valid token to get fresh logits.
-            constraints = seq.constraints[: pos - n]
+            choices = seq.choices[: pos - n]
             last = self._token_at(st, pos - 1)
             seq.truncate(pos - 1)
             res.prefilled_tokens = 1
             logits = self._prefill(seq, [last], st.req.cancel)
-            seq.prompt_len, seq.constraints = n, constraints
+            seq.prompt_len, seq.choices = n, choices
             return logits
         keep = min(shared, n - 1)
         seq.truncate(keep)
         seq.prompt_len = 0
-        seq.constraints = []
+        seq.choices = []
         res.reused_tokens = keep
         res.prefilled_tokens = n - keep
         logits = self._prefill(seq, ids[keep:], st.req.cancel)
@@ -184,17 +189,36 @@ class Engine:
         n = len(st.prompt.ids)
         return st.prompt.ids[pos] if pos < n else st.gen[pos - n]
 
-    def _still_greedy(self, token: int, old: str | None, rest: str) -> bool:
-        """Was cached `token` also the (constrained) greedy choice now?
+    def _still_greedy(self, token: int, old: Ranking | None, st: _Decode) -> bool:
+        """Would cached `token` be chosen now, in state `st`?
 
-        It was the argmax over the tokens allowed by `old`; it is the argmax now if it is allowed
-        by `rest` and `rest` allows a subset of what `old` did.
+        An argmax (`old` None) stays the pick wherever it is permitted. A constrained pick is
+        re-made from its ranking: the best-ranked token permitted now must be `token` (tokens
+        outside the ranking score lower than all in it, so none can win).
         """
         if old is None:
-            return self.heal.consistent(token, rest)
-        if old == "":  # unknown: cached tail without constraint records
-            return False
-        return bool(rest) and rest.startswith(old) and self.heal.consistent(token, rest)
+            return self._permits(st, token)
+        for t in old:
+            if self._permits(st, t):
+                return t == token
+        return False
+
+    def _permits(self, st: _Decode, token: int) -> bool:
+        """May `token` come next: it pays the owed heal text and does not begin an avoided line."""
+        return self.heal.consistent(token, st.rest) and not (st.req.avoid and self._starts_avoided(st, token))
+
+    def _starts_avoided(self, st: _Decode, token: int) -> bool:
+        if st.text.strip():
+            return False  # only the suggestion's first words are steered
+        piece = self.heal.strings[token]
+        if st.rest:
+            piece = piece[len(st.rest):] if piece.startswith(st.rest) else ""
+        content = (st.text + piece).lstrip()
+        return bool(content) and any(a.startswith(content) for a in st.req.avoid)
+
+    def _steering(self, st: _Decode) -> bool:
+        """Is a constraint still in force (heal text owed, or avoided starts not yet passed)?"""
+        return bool(st.rest) or bool(st.req.avoid and not st.text.strip())
 
     def _prefill(self, seq: Sequence, ids: list[int], cancel: CancelToken) -> torch.Tensor:
         chunk = self.options.prefill_chunk
@@ -210,12 +234,11 @@ class Engine:
         seq, res, req = st.seq, st.result, st.req
         assert res is not None
         while True:
-            token = self._choose(logits, st.rest)
+            token, choice = self._choose(logits, st)
             if token in st.prompt.stop_ids:
                 seq.next_logits = logits
                 st.finish = "stop"
                 return
-            constraint = st.rest or None
             if self._accept(st, token):
                 seq.next_logits = logits
                 return
@@ -230,13 +253,13 @@ class Engine:
             if req.cancel.cancelled:
                 seq.next_logits = None
                 raise Cancelled("request superseded")
-            draft = self._draft(seq.ids + [token]) if (self.options.speculation and not st.rest) else []
+            draft = self._draft(st, token) if self.options.speculation and not self._steering(st) else []
             if draft:
-                logits = self._verify(st, token, constraint, draft)
+                logits = self._verify(st, token, choice, draft)
                 if st.finish:
                     return
             else:
-                seq.constraints.append(constraint)
+                seq.choices.append(choice)
                 logits = self._forward(seq, [token])[-1]
                 res.decoded_tokens += 1
 
@@ -254,21 +277,41 @@ class Engine:
             st.finish = "stop"
         return done
 
-    def _choose(self, logits: torch.Tensor, rest: str) -> int:
-        if not rest:
-            return int(logits.argmax())
-        allowed = self.heal.allowed(rest)
-        if not allowed:  # nothing spells the owed text: fall back to free choice
-            return int(logits.argmax())
-        idx = torch.tensor(allowed, device=logits.device)
-        return allowed[int(logits.index_select(0, idx).argmax())]
+    def _choose(self, logits: torch.Tensor, st: _Decode) -> tuple[int, Ranking | None]:
+        """The token to take and how it was chosen (see `Sequence.choices`)."""
+        best = int(logits.argmax())
+        if not self._steering(st) or self._permits(st, best):
+            return best, None
+        if st.rest:
+            allowed = self.heal.allowed(st.rest)
+            if not allowed:  # nothing spells the owed text: fall back to free choice
+                return best, None
+            idx = torch.tensor(allowed, device=logits.device)
+            order = torch.argsort(logits.index_select(0, idx), descending=True).tolist()
+            candidates = [allowed[i] for i in order]
+        else:
+            candidates = torch.topk(logits, min(RANKED, logits.numel())).indices.tolist()
+        # Every candidate starting an avoided line: give up avoiding, keep paying the heal text.
+        token = next((t for t in candidates if self._permits(st, t)), candidates[0])
+        if token == best:
+            return best, None
+        # Rank everything that scored above the pick (capped: past that, a replay re-decodes).
+        above = int((logits > logits[token]).sum()) + 1
+        return token, tuple(torch.topk(logits, min(max(above, 8), RANKED, logits.numel())).indices.tolist())
 
     # -- speculation (prompt lookup) --------------------------------------------------------
 
-    def _draft(self, ids: list[int]) -> list[int]:
-        """Tokens that followed the latest earlier occurrence of the last 3 (or 2) tokens."""
+    def _draft(self, st: _Decode, token: int) -> list[int]:
+        """Tokens likely to follow `token`: copied from the prompt, else from the draft model."""
         if not self.lookup.worth_trying():
             return []
+        ids = st.seq.ids + [token]
+        return self._lookup_draft(ids) or (
+            self.draft.propose(st.req.doc, ids, self.options.draft_model_tokens, st.prompt.stop_ids, st.req.cancel)
+            if self.draft is not None else [])
+
+    def _lookup_draft(self, ids: list[int]) -> list[int]:
+        """Tokens that followed the latest earlier occurrence of the last 3 (or 2) tokens."""
         k = self.options.draft_max
         for n in (3, 2):
             if len(ids) <= n:
@@ -282,12 +325,12 @@ class Engine:
                         return draft
         return []
 
-    def _verify(self, st: _Decode, token: int, constraint: str | None, draft: list[int]) -> torch.Tensor:
+    def _verify(self, st: _Decode, token: int, choice: Ranking | None, draft: list[int]) -> torch.Tensor:
         """Feed `token` + draft in one forward; keep the prefix of the draft greedy agrees with."""
         seq, res = st.seq, st.result
         assert res is not None
         logits = self._forward(seq, [token, *draft], n_logits=len(draft) + 1)
-        seq.constraints.append(constraint)
+        seq.choices.append(choice)
         res.decoded_tokens += 1
         accepted = 0
         for j, d in enumerate(draft):
@@ -295,10 +338,10 @@ class Engine:
             if choice != d:
                 break
             accepted += 1
-            seq.constraints.append(None)
+            seq.choices.append(None)
             if d in st.prompt.stop_ids:
                 accepted -= 1
-                seq.constraints.pop()
+                seq.choices.pop()
                 break
             if self._accept(st, d) or len(st.gen) >= st.req.max_tokens:
                 st.finish = st.finish or "length"
@@ -318,13 +361,5 @@ class Engine:
     # -- the model --------------------------------------------------------------------------
 
     def _forward(self, seq: Sequence, ids: list[int], n_logits: int = 1) -> torch.Tensor:
-        if seq.cache is None:
-            from transformers import DynamicCache
-
-            seq.cache = DynamicCache(config=self.model.config)
-        inp = torch.tensor([ids], device=self.device)
-        with torch.inference_mode():
-            out = self.model(input_ids=inp, past_key_values=seq.cache, use_cache=True, logits_to_keep=n_logits)
-        seq.ids.extend(ids)
         self.forward_calls += 1
-        return out.logits[0].float()
+        return forward(self.model, seq, ids, self.device, n_logits)

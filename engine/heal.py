@@ -2,8 +2,9 @@
 
 When the prompt's last token is taken back (see `fim.FimEncoder.build`), the first decoded tokens
 must spell that text again: a token is allowed while the owed text ("rest") starts with it, or it
-starts with the rest (and carries on past it). Both are needed: indentation "    " before a word
-is tokenized "   " + " return", so the owed four spaces are often paid by a shorter token.
+starts with the rest and carries on past it (but not by more whitespace). Both are needed:
+indentation "    " before a word is tokenized "   " + " return", so the owed four spaces are often
+paid by a shorter token; which shorter ones, `consistent` says.
 """
 
 from __future__ import annotations
@@ -42,7 +43,19 @@ class HealIndex:
         if not rest:
             return True
         s = self.strings[token] if token < len(self.strings) else ""
-        return bool(s) and (s.startswith(rest) or rest.startswith(s))
+        if not s:
+            return False
+        if rest.startswith(s):
+            if s == rest or not rest.isspace():
+                return True
+            # Owed whitespace (an indent) is paid the way a BPE tokenizer splits it before a word:
+            # the newlines, then all spaces but one, then " word". Any other split strands the
+            # model mid-indent (it took 7 of 12 spaces meaning " if" next, which no longer fits).
+            left = rest[len(s):]
+            return left == " " or (s[-1] in "\r\n" and "\n" not in left)
+        # Carrying on past the owed text must not lengthen a run of whitespace: after an
+        # auto-indent, a longer space token would silently re-indent the line.
+        return s.startswith(rest) and not (rest[-1].isspace() and s[len(rest)].isspace())
 
     def advance(self, rest: str, token: int) -> str:
         """What is still owed after `token` was chosen."""

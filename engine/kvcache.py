@@ -15,13 +15,17 @@ from typing import Any
 # destroy its cache for almost no gain.
 MIN_SHARED_TO_TAKE = 32
 
+Ranking = tuple[int, ...]
+
 
 @dataclass
 class Sequence:
     """Token ids whose keys/values are in `cache`.
 
-    ids[:prompt_len] came from a prompt; ids[prompt_len:] were decoded, and constraints[i] is the
-    heal text that was still owed when ids[prompt_len + i] was chosen (None: free greedy choice).
+    ids[:prompt_len] came from a prompt; ids[prompt_len:] were decoded. choices[i] says how
+    ids[prompt_len + i] was chosen: None, it was the argmax; otherwise a constraint (owed heal
+    text) picked it, and choices[i] ranks the top tokens there, best first, so a replay can tell
+    whether it is still the pick under a different constraint (an empty ranking: unknown).
     `next_logits` are the logits after ids[-1], when known.
     """
 
@@ -29,7 +33,7 @@ class Sequence:
     ids: list[int] = field(default_factory=list)
     cache: Any = None
     prompt_len: int = 0
-    constraints: list[str | None] = field(default_factory=list)
+    choices: list[Ranking | None] = field(default_factory=list)
     next_logits: Any = None
     last_used: float = field(default_factory=time.monotonic)
 
@@ -42,7 +46,7 @@ class Sequence:
             self.cache.crop(-drop)
         del self.ids[n:]
         keep_decoded = max(0, n - self.prompt_len)
-        del self.constraints[keep_decoded:]
+        del self.choices[keep_decoded:]
         self.prompt_len = min(self.prompt_len, n)
         self.next_logits = None
 

@@ -7,6 +7,7 @@ asked for, and nothing is downloaded unless the user allowed it. Every failure b
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -166,6 +167,22 @@ def load_model(spec: ModelSpec, progress: embedded.Progress | None = None) -> Lo
              encoder.profile.name)
     return LoadedModel(model, tokenizer, encoder, device, str(dtype).removeprefix("torch."), quantize,
                        description, weight_bytes)
+
+
+def load_draft(spec: ModelSpec, target: LoadedModel, options: Any) -> Any:  # -> engine.draft.DraftModel
+    """The `--draft-model` next to `target`: same device and dtype, same tokenizer (checked)."""
+    from engine.draft import DraftModel
+
+    if options.draft_model in ("embedded", ""):
+        draft_spec = dataclasses.replace(spec, model=None, quantize="none")
+    else:
+        draft_spec = dataclasses.replace(spec, model=options.draft_model, quantize="none")
+    loaded = load_model(draft_spec)
+    DraftModel.check_compatible(target.tokenizer, loaded.tokenizer, target.model.config.vocab_size,
+                                loaded.model.config.vocab_size)
+    log.info("draft model %s (%.0f MB) drafts for %s", loaded.source, loaded.weight_bytes / 2**20, target.source)
+    return DraftModel(loaded.model, loaded.device, budget_bytes=options.kv_budget_bytes // 4,
+                      prefill_chunk=options.prefill_chunk)
 
 
 def _bnb_config(quantize: str, dtype: Any) -> Any:

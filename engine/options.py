@@ -1,4 +1,4 @@
-"""Engine switches, also the A/B flags: --no-kv-reuse, --no-speculation. No torch here."""
+"""Engine switches, also the A/B flags: --no-kv-reuse, --no-speculation, --draft-model. No torch here."""
 
 from __future__ import annotations
 
@@ -11,5 +11,7 @@ class EngineOptions:
     speculation: bool = True  # prompt-lookup drafts, adaptive
     kv_budget_bytes: int = 512 * 2**20
     prefill_chunk: int = 256
-    draft_max: int = 4
+    draft_max: int = 4  # prompt-lookup draft length
+    draft_model: str | None = None  # a small model with the same tokenizer drafting for this one
+    draft_model_tokens: int = 5
     background_tokens: int = 48  # decoded past a stop/budget, for the next keystroke (prefetch)

@@ -1,7 +1,8 @@
 """int8 on CPU: every nn.Linear (lm_head included) swapped for fbgemm's dynamic int8 linear with
 per-channel weight scales. Decode on CPU is bound by memory bandwidth, and int8 weights are a
-quarter of fp32's bytes. Per-channel scales keep the outputs close to fp32 (per-tensor ones did
-not: see benchmarks/quantization.py)."""
+quarter of fp32's bytes. Per-channel weight scales are closer to fp32 than per-tensor ones, but the
+activations are still quantized per tensor at run time, which costs quality: measure it with
+`python -m benchmarks.quality --quantize int8` against the fp32 run (README, "Quantization")."""
 
 from __future__ import annotations
 

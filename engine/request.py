@@ -11,15 +11,17 @@ from dataclasses import dataclass, field
 class StopRule:
     """Where a suggestion ends, judged on the middle's text as it grows.
 
-    single_line: stop at the first line break. Otherwise stop after `max_lines` lines, or before a
-    complete non-blank line indented less than `block_indent` (the end of the block the cursor is
-    in), or at any of `stop_strings`.
+    single_line: stop at the first line break, unless the line was only a comment (starts with
+    `line_comment`): a comment alone says nothing, the code line after it is the suggestion.
+    Otherwise stop after `max_lines` lines, or before a complete non-blank line indented less
+    than `block_indent` (the end of the block the cursor is in), or at any of `stop_strings`.
     """
 
     single_line: bool = False
     max_lines: int = 12
     block_indent: int | None = None
     stop_strings: tuple[str, ...] = ()
+    line_comment: str = ""
 
     def cut(self, text: str) -> tuple[str, bool]:
         """Return (text up to the stop, whether a stop was reached)."""
@@ -34,8 +36,17 @@ class StopRule:
         else:
             done = False
         if self.single_line:
-            i = text.find("\n")
-            return (text[:i], True) if i >= 0 else (text, done)
+            start = 0
+            for _ in range(self.max_lines):
+                i = text.find("\n", start)
+                if i < 0:
+                    break
+                if not (self.line_comment and text[start:i].strip().startswith(self.line_comment)):
+                    return text[:i], True
+                start = i + 1
+            else:
+                return text[:start - 1], True
+            return text, done
         lines = text.split("\n")
         # Only complete lines (followed by a newline) can end the block.
         for n, line in enumerate(lines[:-1]):
@@ -100,6 +111,9 @@ class FimRequest:
     budget_ms: float | None = None
     background: bool = True
     heal: bool = True  # token healing of the text before the cursor (off: the naive prompt)
+    # Lines (stripped) the suggestion must not begin: the token that would start one of them is
+    # passed over for the next best. How a caller asks for a second opinion after rejecting one.
+    avoid: tuple[str, ...] = ()
     cancel: CancelToken = field(default_factory=CancelToken)
 
 

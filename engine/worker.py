@@ -41,6 +41,8 @@ def out_of_memory(exc: BaseException) -> bool:
 
 
 class EngineWorker:
+    steerable = True  # the engine honours FimRequest.avoid
+
     def __init__(self, load: Callable[[], object], on_loaded: Callable[[], None] | None = None) -> None:
         self._load = load
         self._on_loaded = on_loaded

@@ -65,6 +65,7 @@ class Backend(Protocol):
 
     loaded: threading.Event  # set once `submit` and `count_tokens` can be used (or load_error is set)
     load_error: str | None  # why this backend can never answer (bad model, bad configuration)
+    steerable: bool  # honours FimRequest.avoid (a remote API answers the same again)
 
     def submit(self, req: FimRequest) -> Future[FimResult]: ...
 
@@ -329,6 +330,8 @@ class DaemonBackend(_HttpBackend):
     with a new token is picked up), or from $CODESTRAL_LS_ENGINE_TOKEN for an explicit URL.
     """
 
+    steerable = True
+
     label = "engine daemon"
 
     def __init__(self, options: Options) -> None:
@@ -581,6 +584,8 @@ def _api_url(endpoint: str, path: str) -> str:
 
 class RemoteBackend(_HttpBackend):
     """One of `APIS` over HTTP(S); configuration problems become `load_error` (said on every request)."""
+
+    steerable = False
 
     def __init__(self, api: RemoteApi, options: Options) -> None:
         super().__init__(options)

@@ -33,10 +33,14 @@ def _common() -> argparse.ArgumentParser:
     e = p.add_argument_group("engine")
     e.add_argument("--no-kv-reuse", dest="kv_reuse", action="store_false")
     e.add_argument("--no-speculation", dest="speculation", action="store_false")
+    e.add_argument("--draft-model", dest="draft_model", metavar="PATH|embedded",
+                   help="a smaller model with the same tokenizer that drafts tokens for --model to verify (GPU)")
     e.add_argument("--kv-budget-mb", dest="kv_budget_mb", type=int)
     e.add_argument("--budget-ms", dest="budget_ms", type=int, help="answer by then (0: no budget)")
     e.add_argument("--max-tokens", dest="max_tokens", type=int)
     e.add_argument("--multiline", choices=CHOICES["multiline"])
+    e.add_argument("--second-opinions", dest="second_opinions", type=int,
+                   help="replace a suggestion that cannot fit the code after it by the next-best, up to N times")
     e.add_argument("--prefix-tokens", dest="prefix_tokens", type=int)
     e.add_argument("--suffix-tokens", dest="suffix_tokens", type=int)
     b = p.add_argument_group("backend (where requests go; default: the model in this process)")

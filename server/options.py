@@ -21,7 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 # Options that only take effect when the model is (re)loaded.
 MODEL_KEYS = ("model", "device", "dtype", "quantize", "fim_format", "trust_remote_code", "allow_download",
-              "threads", "kv_reuse", "speculation", "kv_budget_mb",
+              "threads", "kv_reuse", "speculation", "draft_model", "kv_budget_mb",
               "backend", "endpoint", "api_key_env", "remote_model", "connect_timeout_ms", "read_timeout_ms")
 
 @dataclass(frozen=True)
@@ -36,10 +36,14 @@ class Options:
     threads: int | None = None
     kv_reuse: bool = True
     speculation: bool = True
+    draft_model: str = ""  # "": none; "embedded" (the 0.5B, for a bigger Qwen2.5-Coder) or a folder
     kv_budget_mb: int = 512
     budget_ms: int = 100  # answer by then with what is decoded; the rest continues in background
     max_tokens: int = 64
     max_lines: int = 12
+    # A suggestion that cannot fit the code after it (server/fit.py) is replaced by the model's
+    # next-best start, at most this many times (each costs a decode); 0: just drop it.
+    second_opinions: int = 3
     multiline: str = "auto"
     prefix_tokens: int = 512
     suffix_tokens: int = 128
@@ -144,4 +148,5 @@ def engine_config(o: Options):  # -> tuple[engine.ModelSpec, engine.EngineOption
 
     spec = ModelSpec(model=o.model, device=o.device, dtype=o.dtype, quantize=o.quantize, fim_format=o.fim_format,
                      trust_remote_code=o.trust_remote_code, allow_download=o.allow_download, threads=o.threads)
-    return spec, EngineOptions(kv_reuse=o.kv_reuse, speculation=o.speculation, kv_budget_bytes=o.kv_budget_mb * 2**20)
+    return spec, EngineOptions(kv_reuse=o.kv_reuse, speculation=o.speculation, kv_budget_bytes=o.kv_budget_mb * 2**20,
+                               draft_model=o.draft_model or None)

@@ -9,16 +9,19 @@ Used by the LSP handlers and by `codestral-ls complete`; knows nothing of LSP ty
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engine.errors import Cancelled, EngineError
-from engine.request import FimRequest, FimResult, StopRule
+from engine.request import CancelToken, FimRequest, FimResult, StopRule
 from server.anchor import Anchors
 from server.context import build_context, cursor_mode, language_for
+from server.fit import LINE_COMMENTS, first_words, misfit
 from server.options import Options
 from server.postprocess import Surroundings, postprocess
 from server.stats import Stats
@@ -27,6 +30,7 @@ from server.typed_cache import Shown, TypedThroughCache
 if TYPE_CHECKING:
     from server.backends import Backend  # engine.worker.EngineWorker or a remote backend
 
+log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 
 
@@ -87,27 +91,46 @@ class Completer:
         placement = self.anchors.place(doc.uri, text, offset, lambda: build_context(
             text, offset, language, self.worker.count_tokens, o.prefix_tokens, o.suffix_tokens, o.multiline))
         ctx = placement.ctx
+        comment = LINE_COMMENTS.get(language, "")
         req = FimRequest(
             doc=doc.uri, prefix=ctx.prefix, suffix=ctx.suffix, forced_middle=placement.forced_middle,
             extra_files=self._extra_files(doc), max_tokens=o.max_tokens,
-            stop=StopRule(single_line=mode == "single", max_lines=o.max_lines, block_indent=block_indent),
+            stop=StopRule(single_line=mode == "single", max_lines=o.max_lines, block_indent=block_indent,
+                          line_comment=comment),
             budget_ms=o.budget_ms or None,
         )
+        surroundings = Surroundings(line_before, line_after, text[offset:offset + 2000],
+                                    tuple(text[max(0, line_start - 1600):line_start].split("\n")[-12:]),
+                                    single_line=mode == "single", line_comment=comment)
+        avoid: list[str] = []
+        while True:
+            result = await self._engine(req)
+            suggestion = postprocess(result.text, surroundings, self.disabled_filters)
+            # Only a finished line is judged (a budget cut is the start of one, still decoding).
+            why = misfit(suggestion, line_before, line_after, surroundings.suffix, language) \
+                if result.finish == "stop" else None
+            if why is None:
+                break
+            # A line that cannot be right here: ask for the model's next-best start instead.
+            log.debug("suggestion rejected (%s); asking for another", why)
+            self.stats.rejected += 1
+            if len(avoid) >= o.second_opinions or not getattr(self.worker, "steerable", False):
+                return self._empty(t0)
+            avoid.append(first_words(suggestion))
+            req = dataclasses.replace(req, avoid=tuple(avoid), cancel=CancelToken())
+        if not suggestion:
+            return self._empty(t0)
+        return self._shown(Suggestion(self._new_id(), suggestion, line, offset, "engine", _ms(t0), result),
+                           doc.uri, line_before, line_after)
+
+    async def _engine(self, req: FimRequest) -> FimResult:
         try:
             result = await asyncio.wrap_future(self.worker.submit(req))
         except asyncio.CancelledError:  # $/cancelRequest: stop the engine (or close the remote stream) too
             req.cancel.cancel()
             raise
         self.stats.add_engine(result)
-
-        surroundings = Surroundings(line_before, line_after, text[offset:offset + 2000],
-                                    tuple(text[max(0, line_start - 400):line_start].split("\n")[-4:]),
-                                    single_line=mode == "single")
-        suggestion = postprocess(result.text, surroundings, self.disabled_filters)
-        if not suggestion:
-            return self._empty(t0)
-        return self._shown(Suggestion(self._new_id(), suggestion, line, offset, "engine", _ms(t0), result),
-                           doc.uri, line_before, line_after)
+        return result
 
     def _shown(self, s: Suggestion, uri: str, line_before: str, line_after: str) -> Suggestion:
         self.typed.remember(Shown(uri, s.line, line_before, line_after, s.text))

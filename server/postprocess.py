@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.request import StopRule
+
 PAIRS = {")": "(", "]": "[", "}": "{"}
 OPENERS = set(PAIRS.values())
 
@@ -20,12 +22,13 @@ class Surroundings:
     suffix: str  # document text after the cursor
     prev_lines: tuple[str, ...]  # a few lines above the cursor's line, nearest last
     single_line: bool
+    line_comment: str = ""  # the language's line comment: a comment-only line does not end a single line
 
 
 def trim_to_line(text: str, s: Surroundings) -> str:
     """Single-line mode ends at the line break; multi-line drops trailing blank lines."""
     if s.single_line:
-        return text.split("\n", 1)[0].rstrip()
+        return StopRule(single_line=True, line_comment=s.line_comment).cut(text)[0].rstrip()
     return text.rstrip()
 
 
@@ -72,14 +75,30 @@ def balance_brackets(text: str, s: Surroundings) -> str:
 
 
 def drop_repetition(text: str, s: Surroundings) -> str:
-    """Empty the suggestion when it only repeats the line above, or loops on one line."""
+    """Drop what only repeats the lines above the cursor, and cut a loop on one line.
+
+    The model sometimes re-writes the lines it was just shown (a docstring, the previous
+    statement) before going on: those leading lines go, what follows them stays.
+    """
     lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
     if not lines:  # nothing but whitespace
         return ""
-    prev = [ln.strip() for ln in s.prev_lines if ln.strip()]
-    current = (s.line_before + lines[0]).strip() if s.line_before.strip() else lines[0]
-    if prev and current == prev[-1] and len(current) > 3:
-        return ""
+    above = [ln.strip() for ln in s.prev_lines if ln.strip()]
+    if s.line_before.strip():
+        # Mid-line: the cursor's line as it would read must not just be the line above.
+        if above and (s.line_before + lines[0]).strip() == above[-1] and len(above[-1]) > 3:
+            return ""
+    else:
+        for k in range(min(len(lines), len(above)), 0, -1):
+            if lines[:k] == above[-k:] and sum(map(len, lines[:k])) > 3:
+                rest = _after_nonblank_lines(text, k).lstrip("\n")
+                if not rest.strip():
+                    return ""
+                # The first kept line goes where the cursor is: its indentation is already there.
+                head, _, tail = rest.partition("\n")
+                head = head[len(s.line_before):] if head.startswith(s.line_before) else head.lstrip()
+                text = head + ("\n" + tail if tail else "")
+                break
     # A line repeated three times in a row is the model looping: keep the first copy.
     out, run = [], 0
     raw = text.split("\n")
@@ -89,6 +108,18 @@ def drop_repetition(text: str, s: Surroundings) -> str:
             return "\n".join(out[:-1]).rstrip()
         out.append(ln)
     return text
+
+
+def _after_nonblank_lines(text: str, k: int) -> str:
+    """`text` after its first `k` non-blank lines, with the indentation of the next line kept."""
+    parts = text.split("\n")
+    seen = 0
+    for i, ln in enumerate(parts):
+        if ln.strip():
+            seen += 1
+            if seen == k:
+                return "\n".join(parts[i + 1:])
+    return ""
 
 
 def drop_empty(text: str, s: Surroundings) -> str:

@@ -25,6 +25,7 @@ class Stats:
     cancelled: int = 0
     errors: int = 0
     typed_through_hits: int = 0
+    rejected: int = 0  # suggestions that could not fit the code after the cursor (server.fit)
     engine_calls: int = 0
     accepted: int = 0
     partially_accepted: int = 0

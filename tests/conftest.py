@@ -21,7 +21,7 @@ CORPUS = [
 ] * 4
 
 
-def build_tiny_model(folder: Path) -> Path:
+def build_tiny_model(folder: Path, seed: int = 0, layers: int = 2) -> Path:
     """A 2-layer random MistralForCausalLM and a byte-level BPE tokenizer with Codestral's
     [SUFFIX]/[PREFIX]/[MIDDLE] control tokens, saved as safetensors."""
     import torch
@@ -39,8 +39,8 @@ def build_tiny_model(folder: Path) -> Path:
                                   initial_alphabet=alphabet, show_progress=False)
     tok.train_from_iterator(CORPUS, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
-    torch.manual_seed(0)
-    config = MistralConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    torch.manual_seed(seed)
+    config = MistralConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                            max_position_embeddings=4096, bos_token_id=fast.bos_token_id,
                            eos_token_id=fast.eos_token_id, tie_word_embeddings=False)

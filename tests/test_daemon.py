@@ -112,12 +112,15 @@ def wait_for(cond: Any, timeout: float = 10) -> None:
 
 def test_wire_format_round_trip_and_validation():
     r = FimRequest(doc="d", prefix="p", suffix="s", forced_middle="f", extra_files=(("a.py", "x"),), max_tokens=9,
-                   stop=StopRule(single_line=False, max_lines=3, block_indent=4, stop_strings=("#",)),
-                   budget_ms=50.0, background=False)
+                   stop=StopRule(single_line=False, max_lines=3, block_indent=4, stop_strings=("#",),
+                                 line_comment="//"),
+                   budget_ms=50.0, background=False, heal=False, avoid=("return x",))
     back = request_from_wire(json.loads(json.dumps(request_to_wire(r))))
     assert (back.doc, back.prefix, back.suffix, back.forced_middle, back.extra_files, back.max_tokens, back.stop,
-            back.budget_ms, back.background) == ("d", "p", "s", "f", (("a.py", "x"),), 9, r.stop, 50.0, False)
+            back.budget_ms, back.background, back.heal, back.avoid) == (
+        "d", "p", "s", "f", (("a.py", "x"),), 9, r.stop, 50.0, False, False, ("return x",))
     for bad in ({"doc": 1, "prefix": "", "suffix": ""}, {"prefix": "", "suffix": ""},
+                {"doc": "", "prefix": "", "suffix": "", "avoid": [1]},
                 {"doc": "", "prefix": "", "suffix": "", "max_tokens": True},
                 {"doc": "", "prefix": "", "suffix": "", "max_tokens": 10**6}):
         with pytest.raises(ValueError):

@@ -101,7 +101,7 @@ def test_speculative_greedy_equals_plain_greedy(tiny_engine, prefix, drafts):
         true_next = greedy[n:n + 3]
         return true_next if drafts == "right" else [(t + 1) % vocab for t in true_next]
 
-    spec._draft = draft
+    spec._lookup_draft = draft
     got = spec.complete(req(prefix=prefix, max_tokens=24, background=False))
     assert got.text == plain.text
     assert got.draft_proposed > 0
@@ -197,3 +197,77 @@ def test_worker_with_a_model_that_failed_to_load_explains_on_every_request(tmp_p
     for _ in range(2):
         with pytest.raises(EngineError, match="does not exist"):
             w.submit(req()).result(5)
+
+
+@pytest.mark.model
+def test_suggestion_after_an_auto_indent_is_code_not_more_spaces(qwen_engine):
+    """Real model, cursor after a 12-space auto-indent where it would rather have dedented: the
+    healed indent must not strand it mid-indent (it used to answer a line of spaces)."""
+    prefix = ("def separate_paren_groups(paren_string):\n    result = []\n    current_string = []\n"
+              "    current_depth = 0\n\n    for c in paren_string:\n        if c == '(':\n"
+              "            current_depth += 1\n            current_string.append(c)\n        elif c == ')':\n"
+              "            current_depth -= 1\n            current_string.append(c)\n\n            ")
+    suffix = ("\n                result.append(''.join(current_string))\n                current_string.clear()\n"
+              "\n    return result\n")
+    r = fresh(qwen_engine).complete(FimRequest(doc="p", prefix=prefix, suffix=suffix,
+                                               stop=StopRule(single_line=True), background=False))
+    assert r.text.startswith("if ") and r.text.rstrip().endswith(":"), repr(r.text)
+
+
+def test_avoid_steers_the_first_words_and_leaves_the_greedy_cache_honest(tiny_engine):
+    """A rejected start is passed over for the next best; the plain request afterwards still gets
+    the plain greedy answer (the steered continuation in the cache is not replayed as greedy)."""
+    e = fresh(tiny_engine, speculation=False)
+    stop = StopRule(single_line=True)
+    plain = e.complete(req(prefix="def f():\n    ", stop=stop, max_tokens=8, background=False))
+    assert plain.text.strip()
+    steered = e.complete(req(prefix="def f():\n    ", stop=stop, max_tokens=8, background=False,
+                             avoid=(plain.text.strip(),)))
+    assert steered.text.strip() and steered.text.strip() != plain.text.strip()
+    assert not plain.text.strip().startswith(steered.text.strip())
+    again = e.complete(req(prefix="def f():\n    ", stop=stop, max_tokens=8, background=False))
+    assert again.text == plain.text
+    cold = fresh(tiny_engine, kv_reuse=False).complete(
+        req(prefix="def f():\n    ", stop=stop, max_tokens=8, background=False, avoid=(plain.text.strip(),)))
+    assert cold.text == steered.text
+
+
+@pytest.mark.parametrize("drafter", ["same", "other"])
+def test_draft_model_greedy_equals_plain_greedy(tiny_engine, tiny_model_dir, tmp_path_factory, drafter):
+    """--draft-model: a model with the same tokenizer proposes, the target verifies. With the
+    target itself as drafter every draft is accepted (fewer target forwards); with another random
+    model most are rejected. The text is plain greedy's either way."""
+    from engine.draft import DraftModel
+    from engine.loading import load_draft
+    from tests.conftest import build_tiny_model
+
+    folder = tiny_model_dir if drafter == "same" else build_tiny_model(tmp_path_factory.mktemp("draft"), seed=1,
+                                                                        layers=1)
+    spec = ModelSpec(model=str(tiny_model_dir), device="cpu")
+    opts = EngineOptions(kv_reuse=False, draft_model=str(folder))
+    draft = load_draft(spec, tiny_engine.loaded, opts)
+    assert isinstance(draft, DraftModel)
+    for prefix in (PREFIX, "def f():\n    "):
+        plain_engine = fresh(tiny_engine, speculation=False, kv_reuse=False)
+        plain = plain_engine.complete(req(prefix=prefix, max_tokens=24, background=False))
+        spec_engine = Engine(tiny_engine.loaded, opts, draft)
+        spec_engine._lookup_draft = lambda ids: []  # the draft model alone
+        got = spec_engine.complete(req(prefix=prefix, max_tokens=24, background=False))
+        assert got.text == plain.text
+        assert got.draft_proposed > 0
+        if drafter == "same":
+            assert got.draft_accepted > 0 and spec_engine.forward_calls < plain_engine.forward_calls
+
+
+def test_draft_model_with_another_tokenizer_is_refused(tiny_engine, tiny_model_dir):
+    from engine.errors import ModelLoadError
+    from engine.loading import load_draft
+
+    class Other:
+        def get_vocab(self):
+            return {"a": 0}
+
+    loaded = type("L", (), {"tokenizer": Other(), "model": tiny_engine.model, "source": "x"})()
+    with pytest.raises(ModelLoadError, match="same tokenizer"):
+        load_draft(ModelSpec(model=str(tiny_model_dir), device="cpu"), loaded,
+                   EngineOptions(draft_model=str(tiny_model_dir)))

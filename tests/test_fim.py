@@ -7,6 +7,7 @@ from transformers import AutoTokenizer
 
 from engine.embedded import converted_dir
 from engine.fim import CODESTRAL, QWEN, FimEncoder, detect_profile
+from engine.heal import HealIndex
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,23 @@ def test_healing_moves_last_prefix_token_into_owed_text(qwen_tok):
     assert text.endswith("<|fim_middle|>")
     # The prompt holds the prefix without the healed token; the model must spell it first.
     assert text.removeprefix("<|fim_prefix|>").split("<|fim_suffix|>")[0] + p.heal == prefix
+
+
+def test_owed_indent_is_paid_the_way_the_tokenizer_splits_it(qwen_tok):
+    """After an auto-indent of 12 spaces the model may spell 12, or 11 then " word"; never a split
+    that strands it mid-indent (7 spaces, then " if" no longer fits) nor a longer indent."""
+    heal = HealIndex.build(qwen_tok, len(qwen_tok))
+    v = qwen_tok.get_vocab()
+    space = {n: v["Ġ" * n] for n in (1, 7, 11, 12, 15) if "Ġ" * n in v}
+    assert 11 in space and 7 in space
+    rest = " " * 12
+    assert heal.consistent(space[11], rest)
+    assert not heal.consistent(space[7], rest)
+    if 15 in space:
+        assert not heal.consistent(space[15], rest)
+    assert heal.consistent(v["Ġif"], " ")
+    # Mid-word healing keeps both directions: a shorter piece or a longer word.
+    assert heal.consistent(v["pa"], "path") and heal.consistent(v["path"], "pa")
 
 
 def test_prompt_is_stable_while_typing_at_an_anchor(qwen_tok):

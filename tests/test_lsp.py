@@ -146,3 +146,24 @@ async def test_model_that_fails_to_load_explains_on_every_request(tmp_path):
         assert any("does not exist" in m.message for m in c.messages)  # window/showMessage
     finally:
         await stop(c)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_line_that_cannot_fit_the_code_below_is_replaced_by_one_that_does(client):
+    """The model's first idea for the empty first line is the `return result` already below; the
+    user gets the line the code needs instead, and the stats count the rejection."""
+    uri = "file:///work/prefixes.py"
+    head = 'def all_prefixes(string):\n    """Return list of all prefixes from shortest to longest"""\n    '
+    open_doc(client, uri, head + "\n    for i in range(len(string)):\n        result.append(string[:i+1])\n"
+             "    return result\n")
+    before = await stats(client)
+    result = await inline(client, uri, 2, 4)
+    assert result.items[0].insert_text == "result = []"
+    assert (await stats(client))["rejected"] >= before["rejected"] + 1
+    # Python needs a block header before a deeper-indented line.
+    uri = "file:///work/between.py"
+    open_doc(client, uri, "def between(names, a, b):\n    i = names.index(a)\n    j = names.index(b)\n    \n"
+             "        return names[i + 1:j]\n    else:\n        return names[j + 1:i]\n")
+    result = await inline(client, uri, 3, 4)
+    text = result.items[0].insert_text
+    assert text.startswith("if ") and text.endswith(":"), text

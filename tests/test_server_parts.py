@@ -3,8 +3,10 @@ cache, options. No model needed."""
 
 from __future__ import annotations
 
+from engine.request import StopRule
 from server.anchor import Anchors
 from server.context import build_context, cursor_mode
+from server.fit import misfit
 from server.options import Options, parse_options
 from server.postprocess import FILTERS, Surroundings, postprocess
 from server.typed_cache import Shown, TypedThroughCache
@@ -74,6 +76,11 @@ def test_postprocess_drops_repeated_previous_line_and_loops():
     assert postprocess("return a + b", surround("    ", prev=("    return a + b",))) == ""
     looped = "x += 1\nx += 1\nx += 1\nx += 1"
     assert postprocess(looped, surround("", single=False)) == "x += 1"
+    # The model re-writing the docstring it was just shown, then the real line: only that stays.
+    doc = ('    """Prefixes of a string.', "    >>> prefixes('ab')", "    ['a', 'ab']", '    """', "")
+    rewritten = '"""Prefixes of a string.\n    >>> prefixes(\'ab\')\n    [\'a\', \'ab\']\n    """\n    result = []'
+    assert postprocess(rewritten, surround("    ", prev=doc, single=False)) == "result = []"
+    assert postprocess(rewritten.rsplit("\n", 1)[0], surround("    ", prev=doc, single=False)) == ""
 
 
 def test_postprocess_multiline_drops_lines_already_below():
@@ -147,3 +154,35 @@ def test_utf16_columns_around_astral_characters_and_lone_surrogates():
     assert [chars_for_units(line, u, "utf-16") for u in range(5)] == [0, 0, 1, 2, 3]
     assert chars_for_units("a😀b", 2, "utf-16") == 1  # inside the emoji: before it
     assert chars_for_units("é = 1", 2, "utf-8") == 1
+
+
+def test_misfit_rejects_lines_that_cannot_be_right_before_the_code_below():
+    body = "    x = f()\n    return x\n"
+    # The next line already says it.
+    assert misfit("x = f()", "    ", "", "\n" + body, "python") == "repeats the next line"
+    # A return with more statements of its block below it.
+    assert misfit("return None", "    ", "", "\n" + body, "python") == "unreachable code follows it"
+    assert misfit("return None", "        ", "", "\n    else:\n        pass\n", "python") is None
+    # The next line is deeper: Python needs a block header here.
+    deeper = "\n        total += v\n    return total\n"
+    assert "opens no block" in misfit("total = 0", "    ", "", deeper, "python")
+    assert misfit("for v in values:", "    ", "", deeper, "python") is None
+    # A block header with nothing indented under it.
+    assert "not inside it" in misfit("if x:", "    ", "", "\n" + body, "python")
+    assert misfit("d = {'a':", "    ", "", "\n" + body, "python") is None
+    assert misfit("for v in values:  # each", "    ", "", deeper, "python") is None
+    assert misfit("total = sum(", "    ", "", deeper, "python") is None  # an open bracket continues
+    assert misfit("total = 0", "    ", "", deeper, "javascript") is None  # braces, not indentation
+    # Only whole lines are judged: mid-line text, or code after the cursor, is left alone.
+    assert misfit("x = f()", "    y = ", "", "\n" + body, "python") is None
+    assert misfit("x = f()", "    ", ")", ")\n" + body, "python") is None
+    assert misfit("y = 2", "    ", "", "\n" + body, "python") is None
+
+
+def test_a_comment_alone_does_not_end_a_single_line_suggestion():
+    rule = StopRule(single_line=True, line_comment="#")
+    assert rule.cut("# sort them\n    lst.sort()\n    return lst") == ("# sort them\n    lst.sort()", True)
+    assert rule.cut("lst.sort()\n    return lst") == ("lst.sort()", True)
+    assert StopRule(single_line=True).cut("# sort them\n    lst.sort()\n") == ("# sort them", True)
+    s = Surroundings("    ", "", "\n", (), single_line=True, line_comment="#")
+    assert postprocess("# sort them\n    lst.sort()\n    x", s) == "# sort them\n    lst.sort()"
