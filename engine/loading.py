@@ -177,7 +177,10 @@ def load_draft(spec: ModelSpec, target: LoadedModel, options: Any) -> Any:  # ->
         draft_spec = dataclasses.replace(spec, model=None, quantize="none")
     else:
         draft_spec = dataclasses.replace(spec, model=options.draft_model, quantize="none")
-    loaded = load_model(draft_spec)
+    try:
+        loaded = load_model(draft_spec)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"--draft-model: {exc}") from None
     DraftModel.check_compatible(target.tokenizer, loaded.tokenizer, target.model.config.vocab_size,
                                 loaded.model.config.vocab_size)
     log.info("draft model %s (%.0f MB) drafts for %s", loaded.source, loaded.weight_bytes / 2**20, target.source)

@@ -30,6 +30,7 @@ def test_help_lists_the_commands():
     (["--model", "/nonexistent/model"], "does not exist"),
     (["--model", "someone/some-model"], "--allow-download"),
     (["--quantize", "nf4", "--device", "cpu"], "nf4 needs a CUDA device"),
+    (["--draft-model", "/nonexistent/draft"], "--draft-model: "),
 ])
 def test_bad_model_choice_is_one_clear_line(args, message):
     r = run("complete", *args, "server/samples/sample.py:8:11")

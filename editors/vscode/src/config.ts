@@ -16,6 +16,8 @@ export const SERVER_KEYS = [
   "disabledLanguages",
   "prefixTokens",
   "suffixTokens",
+  "secondOpinions",
+  "draftModel",
 ] as const;
 
 export type ServerKey = (typeof SERVER_KEYS)[number];
