@@ -127,6 +127,19 @@ def test_quality_runs_on_two_tasks(tmp_path):
 
 
 @pytest.mark.model
+@needs_data
+def test_quantization_compares_recipes_with_fp32(tmp_path):
+    out = tmp_path / "quant.json"
+    proc = bench("quantization", "--holes", "1", "--steps", "2", "--recipes", "fp32,int8-keep-down_proj",
+                 "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = {r["recipe"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) == {"fp32", "int8-keep-down_proj"}
+    assert results["fp32"]["same_as_fp32"] == 1 and results["int8-keep-down_proj"]["decode_ms_per_token"] > 0
+    assert "first line = fp32's" in proc.stdout
+
+
+@pytest.mark.model
 def test_typing_replay_runs_one_site_on_a_short_file(tmp_path):
     src = tmp_path / "short.py"
     src.write_text(SHORT_FILE)

@@ -1,0 +1,99 @@
+"""CPU int8 recipes side by side: decode speed and how often the suggestion stays fp32's.
+
+For each recipe the embedded model is loaded, optionally quantized with `engine.quantize` (fbgemm
+dynamic int8, per-channel weights) leaving the named layers in fp32, and measured in one run:
+
+  decode ms/token   1-token forwards after a 200-token cached prompt (the keystroke's inner loop)
+  same as fp32      HumanEval single-line holes (stride subset) whose greedy first line equals the
+                    fp32 model's (plain engine request, healing on, no post-processing)
+
+The pass@1 of a recipe through the whole pipeline is `python -m benchmarks.quality --quantize int8`.
+
+    python -m benchmarks.quantization --holes 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS_DIR, machine, stride_indices, table, write_json
+from benchmarks.quality import SETS, data_dir, load_tasks, make_hole
+
+# recipe name -> layers kept in fp32 (None: no quantization at all)
+RECIPES: dict[str, tuple[str, ...] | None] = {
+    "fp32": None,
+    "int8-all": (),
+    "int8-keep-down_proj": ("down_proj",),  # the engine's int8 (engine.quantize.KEEP_FP32)
+    "int8-keep-lm_head": ("lm_head",),
+    "int8-keep-down_proj-lm_head": ("down_proj", "lm_head"),
+}
+
+
+def measure(name: str, keep: tuple[str, ...] | None, holes: list[tuple[str, str]], steps: int) -> dict[str, Any]:
+    from engine import EngineOptions, ModelSpec
+    from engine.engine import Engine
+    from engine.kvcache import Sequence
+    from engine.loading import load_model
+    from engine.quantize import quantize_int8_cpu
+    from engine.request import CancelToken, FimRequest, StopRule
+
+    loaded = load_model(ModelSpec(device="cpu"))
+    if keep is not None:
+        quantize_int8_cpu(loaded.model, skip=keep)
+    engine = Engine(loaded, EngineOptions(kv_reuse=False, speculation=False))
+    seq = Sequence(doc="speed")
+    engine._prefill(seq, list(range(1000, 1200)), CancelToken())
+    engine._forward(seq, [1200])  # warm-up
+    t0 = time.perf_counter()
+    for i in range(steps):
+        engine._forward(seq, [1300 + i])
+    ms = (time.perf_counter() - t0) / steps * 1000
+    texts = []
+    for n, (head, tail) in enumerate(holes):
+        r = engine.complete(FimRequest(doc=f"h{n}", prefix=head, suffix=tail, stop=StopRule(single_line=True),
+                                       max_tokens=32, background=False))
+        texts.append(r.text)
+    return {"recipe": name, "keep_fp32": list(keep) if keep is not None else None,
+            "decode_ms_per_token": round(ms, 1), "texts": texts}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quantization", description=__doc__.split("\n\n")[0])
+    p.add_argument("--holes", type=int, default=24, help="HumanEval single-line holes (stride subset, default 24)")
+    p.add_argument("--steps", type=int, default=15, help="timed decode steps per recipe (default 15)")
+    p.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, from {', '.join(RECIPES)}")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "quantization_cpu.json")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    names = [n for n in args.recipes.split(",") if n]
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown or "fp32" not in names:
+        raise SystemExit(f"benchmark: error: recipes must include fp32 and be among {', '.join(RECIPES)}")
+    tasks = load_tasks(data_dir() / SETS[False])
+    holes = [(h.head, h.tail) for h in (make_hole(tasks[i]) for i in stride_indices(len(tasks), args.holes))]
+    results = []
+    for name in ["fp32"] + [n for n in names if n != "fp32"]:
+        results.append(measure(name, RECIPES[name], holes, args.steps))
+        print(f"{name}: {results[-1]['decode_ms_per_token']} ms/token", flush=True)
+        gc.collect()
+    ref = results[0]["texts"]
+    rows = []
+    for r in results:
+        r["same_as_fp32"] = sum(a == b for a, b in zip(r["texts"], ref, strict=True))
+        rows.append([r["recipe"], f"{r['decode_ms_per_token']:.1f}",
+                     f"{results[0]['decode_ms_per_token'] / r['decode_ms_per_token']:.2f}x",
+                     f"{r['same_as_fp32']}/{len(holes)}"])
+    print()
+    print(table(rows, ["recipe", "decode ms/token", "speed vs fp32", "first line = fp32's"]))
+    write_json(args.out, {"benchmark": "quantization", "holes": len(holes), "machine": machine(), "results": results})
+    print(f"results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
