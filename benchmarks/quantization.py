@@ -8,8 +8,11 @@ dynamic int8, per-channel weights) leaving the named layers in fp32, and measure
                     fp32 model's (plain engine request, healing on, no post-processing)
 
 The pass@1 of a recipe through the whole pipeline is `python -m benchmarks.quality --quantize int8`.
+`--kernels` times torch's weight-only int8/int4 CPU kernels on one MLP-sized layer against fp32 (why
+the engine does not use them).
 
     python -m benchmarks.quantization --holes 24
+    python -m benchmarks.quantization --kernels
 """
 
 from __future__ import annotations
@@ -62,13 +65,48 @@ def measure(name: str, keep: tuple[str, ...] | None, holes: list[tuple[str, str]
             "decode_ms_per_token": round(ms, 1), "texts": texts}
 
 
+def kernel_timings(rows_n: int = 4864, cols: int = 896, reps: int = 200) -> list[list[str]]:
+    """One decode-step matmul (batch 1) of a rows_n x cols layer: fp32 vs torch's weight-only kernels."""
+    import torch
+
+    torch.manual_seed(0)
+    x, w = torch.randn(1, cols), torch.randn(rows_n, cols)
+
+    def timed(f: Any) -> float:
+        for _ in range(10):
+            f()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            f()
+        return (time.perf_counter() - t0) / reps * 1e6
+
+    out = [["fp32 linear", f"{timed(lambda: torch.nn.functional.linear(x, w)):.0f}"]]
+    scale = w.abs().amax(1) / 127
+    w8 = torch.round(w / scale[:, None]).to(torch.int8)
+    out.append(["_weight_int8pack_mm", f"{timed(lambda: torch.ops.aten._weight_int8pack_mm(x, w8, scale)):.0f}"])
+    group = 32
+    wg = w.reshape(rows_n, cols // group, group)
+    lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+    step = (hi - lo).clamp(min=1e-6) / 15
+    q = torch.clamp(torch.round((wg - lo) / step), 0, 15).to(torch.int32).reshape(rows_n, cols)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    zeros = torch.cat([step, lo + step * 8], -1).transpose(0, 1).contiguous()
+    out.append([f"_weight_int4pack_mm_for_cpu (group {group})",
+                f"{timed(lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, zeros)):.0f}"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quantization", description=__doc__.split("\n\n")[0])
     p.add_argument("--holes", type=int, default=24, help="HumanEval single-line holes (stride subset, default 24)")
     p.add_argument("--steps", type=int, default=15, help="timed decode steps per recipe (default 15)")
     p.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, from {', '.join(RECIPES)}")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "quantization_cpu.json")
+    p.add_argument("--kernels", action="store_true", help="only time the weight-only kernels on one layer")
     args = p.parse_args(argv)
+    if args.kernels:
+        print(table(kernel_timings(), ["4864x896 layer, batch 1", "us per call"]))
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     names = [n for n in args.recipes.split(",") if n]
     unknown = [n for n in names if n not in RECIPES]
