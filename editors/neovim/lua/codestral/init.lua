@@ -7,7 +7,7 @@ local M = {}
 
 M.defaults = {
   cmd = { 'codestral-ls' },
-  init_options = {}, -- model, device, dtype, quantize, budgetMs, maxTokens, multiline, disabledLanguages
+  init_options = {}, -- model, device, dtype, quantize, budgetMs, maxTokens, multiline, secondOpinions, disabledLanguages
   filetypes = {
     'python', 'javascript', 'javascriptreact', 'typescript', 'typescriptreact',
     'go', 'rust', 'java', 'c', 'cpp', 'lua', 'sh',
