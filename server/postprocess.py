@@ -80,17 +80,19 @@ def drop_repetition(text: str, s: Surroundings) -> str:
     The model sometimes re-writes the lines it was just shown (a docstring, the previous
     statement) before going on: those leading lines go, what follows them stays.
     """
-    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
-    if not lines:  # nothing but whitespace
+    if not text.strip():  # nothing but whitespace
         return ""
-    above = [ln.strip() for ln in s.prev_lines if ln.strip()]
+    # Lines as they would read in the document, indentation included: `return False` one level
+    # out from the same line above is a different statement, not a repeat.
+    lines = [ln.rstrip() for ln in (s.line_before + text).split("\n") if ln.strip()]
+    above = [ln.rstrip() for ln in s.prev_lines if ln.strip()]
     if s.line_before.strip():
         # Mid-line: the cursor's line as it would read must not just be the line above.
-        if above and (s.line_before + lines[0]).strip() == above[-1] and len(above[-1]) > 3:
+        if above and lines[0] == above[-1] and len(above[-1].strip()) > 3:
             return ""
     else:
         for k in range(min(len(lines), len(above)), 0, -1):
-            if lines[:k] == above[-k:] and sum(map(len, lines[:k])) > 3:
+            if lines[:k] == above[-k:] and sum(len(ln.strip()) for ln in lines[:k]) > 3:
                 rest = _after_nonblank_lines(text, k).lstrip("\n")
                 if not rest.strip():
                     return ""

@@ -74,6 +74,8 @@ def test_postprocess_cuts_overlap_and_balances_brackets():
 
 def test_postprocess_drops_repeated_previous_line_and_loops():
     assert postprocess("return a + b", surround("    ", prev=("    return a + b",))) == ""
+    # The same words one level out are another statement: the function's own last line.
+    assert postprocess("return False", surround("    ", prev=("        return False",))) == "return False"
     looped = "x += 1\nx += 1\nx += 1\nx += 1"
     assert postprocess(looped, surround("", single=False)) == "x += 1"
     # The model re-writing the docstring it was just shown, then the real line: only that stays.
