@@ -141,6 +141,15 @@ def pyplot() -> Any | None:
     return plt
 
 
+def save_figure(plt: Any, fig: Any, png: Path) -> Path:
+    """Lay out `fig`, write it to `png` (folders made) and close it."""
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
 def fmt(value: float | int | None, digits: int = 0) -> str:
     if value is None:
         return "-"

@@ -61,6 +61,7 @@ from benchmarks.common import (
     machine,
     pyplot,
     refuse_if_unusable,
+    save_figure,
     stride_indices,
     table,
     write_json,
@@ -336,11 +337,7 @@ def plot(result: dict[str, Any], png: Path) -> Path | None:
     n = summary["pipeline"]["n"]
     ax.set_title(f"HumanEval {result['set']} infilling, {n} tasks - {result['model']['source']} "
                  f"on {result['model']['device']}", fontsize=9)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    return save_figure(plt, fig, png)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,6 +64,7 @@ from benchmarks.common import (
     peak_rss_mib,
     pyplot,
     refuse_if_unusable,
+    save_figure,
     table,
     write_json,
 )
@@ -587,11 +588,7 @@ def _save(plt: Any, fig: Any, ax: Any, title: str, png: Path) -> Path:
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    return save_figure(plt, fig, png)
 
 
 # -- main -----------------------------------------------------------------------------------------------
