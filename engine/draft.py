@@ -15,21 +15,9 @@ from typing import Any
 import torch
 
 from engine.errors import Cancelled, ModelLoadError
+from engine.forward import forward, prefill
 from engine.kvcache import PrefixStore, Sequence
 from engine.request import CancelToken
-
-
-def forward(model: Any, seq: Sequence, ids: list[int], device: torch.device, n_logits: int = 1) -> torch.Tensor:
-    """Feed `ids` after `seq`'s cached tokens; the logits of the last `n_logits` positions."""
-    if seq.cache is None:
-        from transformers import DynamicCache
-
-        seq.cache = DynamicCache(config=model.config)
-    inp = torch.tensor([ids], device=device)
-    with torch.inference_mode():
-        out = model(input_ids=inp, past_key_values=seq.cache, use_cache=True, logits_to_keep=n_logits)
-    seq.ids.extend(ids)
-    return out.logits[0].float()
 
 
 class DraftModel:
@@ -63,21 +51,15 @@ class DraftModel:
 
     def _propose(self, seq: Sequence, pending: list[int], k: int, stop_ids: frozenset[int],
                  cancel: CancelToken) -> list[int]:
-        while True:
-            if cancel.cancelled:
-                raise Cancelled("request superseded")
-            chunk, pending = pending[: self.prefill_chunk], pending[self.prefill_chunk:]
-            logits = self._forward(seq, chunk)
-            if not pending:
-                break
+        logits = prefill(self._forward, seq, pending, self.prefill_chunk, cancel)
         out: list[int] = []
         while len(out) < k:
-            token = int(logits[-1].argmax())
+            token = int(logits.argmax())
             if token in stop_ids:
                 break
             out.append(token)
             if len(out) < k:
-                logits = self._forward(seq, [token])
+                logits = self._forward(seq, [token])[-1]
         self._keep(seq)
         return out
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.draft import DraftModel, forward
+from engine.draft import DraftModel
 from engine.errors import Cancelled
 from engine.fim import FimPrompt
+from engine.forward import forward, prefill
 from engine.heal import HealIndex
 from engine.kvcache import PrefixStore, Ranking, Sequence
 from engine.loading import LoadedModel
@@ -221,14 +222,7 @@ class Engine:
         return bool(st.rest) or bool(st.req.avoid and not st.text.strip())
 
     def _prefill(self, seq: Sequence, ids: list[int], cancel: CancelToken) -> torch.Tensor:
-        chunk = self.options.prefill_chunk
-        logits = None
-        for i in range(0, len(ids), chunk):
-            if cancel.cancelled:
-                raise Cancelled("request cancelled during prefill")
-            logits = self._forward(seq, ids[i:i + chunk])
-        assert logits is not None
-        return logits[-1]
+        return prefill(self._forward, seq, ids, self.options.prefill_chunk, cancel)
 
     def _decode(self, st: _Decode, logits: torch.Tensor, deadline: float | None) -> None:
         seq, res, req = st.seq, st.result, st.req

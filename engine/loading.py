@@ -173,10 +173,8 @@ def load_draft(spec: ModelSpec, target: LoadedModel, options: Any) -> Any:  # ->
     """The `--draft-model` next to `target`: same device and dtype, same tokenizer (checked)."""
     from engine.draft import DraftModel
 
-    if options.draft_model in ("embedded", ""):
-        draft_spec = dataclasses.replace(spec, model=None, quantize="none")
-    else:
-        draft_spec = dataclasses.replace(spec, model=options.draft_model, quantize="none")
+    model = None if options.draft_model == "embedded" else options.draft_model
+    draft_spec = dataclasses.replace(spec, model=model, quantize="none")
     try:
         loaded = load_model(draft_spec)
     except ModelLoadError as exc:
