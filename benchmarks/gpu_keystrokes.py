@@ -39,10 +39,9 @@ HBM_GBPS = {"H100": 3350, "H200": 4800}
 
 def build(arch: str, dtype: str, quantize: str, tokenizer_dir: Path, workdir: Path):
     import torch
+    from codestral_ls.engine.fim import FimEncoder, detect_profile
+    from codestral_ls.engine.loading import LoadedModel, ModelSpec, load_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from engine.fim import FimEncoder, detect_profile
-    from engine.loading import LoadedModel, ModelSpec, load_model
 
     model_type, kw = ARCHS[arch]
     config = AutoConfig.for_model(model_type, max_position_embeddings=32768, **kw)
@@ -85,10 +84,9 @@ def sites(text: str, n: int) -> list[tuple[int, str]]:
 
 def run(args: argparse.Namespace) -> dict:
     import torch
-
-    from engine.engine import Engine
-    from engine.options import EngineOptions
-    from engine.request import FimRequest, StopRule
+    from codestral_ls.engine.engine import Engine
+    from codestral_ls.engine.options import EngineOptions
+    from codestral_ls.engine.request import FimRequest, StopRule
 
     loaded = build(args.arch, args.dtype, args.quantize, Path(args.tokenizer), Path(args.workdir))
     text = (ROOT / "engine" / "engine.py").read_text()

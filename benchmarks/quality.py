@@ -166,12 +166,12 @@ def config_names(multi: bool, filters: list[str], ablations: bool) -> list[str]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from engine import load_engine
-    from engine.request import FimRequest, StopRule
-    from engine.worker import EngineWorker
-    from server.options import Options, engine_config
-    from server.pipeline import Completer, Document
-    from server.postprocess import FILTERS
+    from codestral_ls.engine import load_engine
+    from codestral_ls.engine.request import FimRequest, StopRule
+    from codestral_ls.engine.worker import EngineWorker
+    from codestral_ls.server.options import Options, engine_config
+    from codestral_ls.server.pipeline import Completer, Document
+    from codestral_ls.server.postprocess import FILTERS
 
     path = Path(args.data or data_dir()) / SETS[args.multi_line]
     if not path.is_file():

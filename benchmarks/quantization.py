@@ -38,12 +38,12 @@ RECIPES: dict[str, tuple[str, ...] | None] = {
 
 
 def measure(name: str, keep: tuple[str, ...] | None, holes: list[tuple[str, str]], steps: int) -> dict[str, Any]:
-    from engine import EngineOptions, ModelSpec
-    from engine.engine import Engine
-    from engine.kvcache import Sequence
-    from engine.loading import load_model
-    from engine.quantize import quantize_int8_cpu
-    from engine.request import CancelToken, FimRequest, StopRule
+    from codestral_ls.engine import EngineOptions, ModelSpec
+    from codestral_ls.engine.engine import Engine
+    from codestral_ls.engine.kvcache import Sequence
+    from codestral_ls.engine.loading import load_model
+    from codestral_ls.engine.quantize import quantize_int8_cpu
+    from codestral_ls.engine.request import CancelToken, FimRequest, StopRule
 
     loaded = load_model(ModelSpec(device="cpu"))
     if keep is not None:

@@ -382,7 +382,7 @@ class PeerSystem(System):
         self.docs[uri] = (doc[:off] + text + doc[off:], language)
 
     async def suggest(self, uri: str, line: int, col: int) -> tuple[str | None, dict[str, Any]]:
-        from server.context import build_context
+        from codestral_ls.server.context import build_context
 
         doc, language = self.docs[uri]
         off = _offset(doc, line, col)
@@ -399,9 +399,8 @@ def _offset(text: str, line: int, col: int) -> int:
 
 
 def _llama_peer(device: str, max_tokens: int) -> PeerSystem:
+    from codestral_ls.engine.embedded import gguf_path
     from llama_cpp import Llama
-
-    from engine.embedded import gguf_path
 
     llm = Llama(model_path=str(gguf_path()), n_threads=2, n_ctx=2048, n_gpu_layers=-1 if device == "cuda" else 0,
                 verbose=False, seed=0)
@@ -420,9 +419,8 @@ def _llama_peer(device: str, max_tokens: int) -> PeerSystem:
 
 def _hf_peer(device: str, dtype: str, quantize: str, max_tokens: int) -> PeerSystem:
     import torch
+    from codestral_ls.engine.loading import ModelSpec, load_model
     from transformers import StoppingCriteria, StoppingCriteriaList
-
-    from engine.loading import ModelSpec, load_model
 
     lm = load_model(ModelSpec(device=device, dtype=dtype, quantize=quantize))
     model, encoder = lm.model, lm.encoder

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine.loading import ModelSpec
-from engine.options import EngineOptions
+from codestral_ls.engine.loading import ModelSpec
+from codestral_ls.engine.options import EngineOptions
 
 if TYPE_CHECKING:
-    from engine.embedded import Progress
-    from engine.engine import Engine
+    from codestral_ls.engine.embedded import Progress
+    from codestral_ls.engine.engine import Engine
 
 
 def load_engine(spec: ModelSpec, options: EngineOptions | None = None, progress: Progress | None = None) -> Engine:
     """Load the model `spec` names and wrap it in an `Engine` (blocking: call it off the event loop)."""
-    from engine.engine import Engine
-    from engine.loading import load_draft, load_model
+    from codestral_ls.engine.engine import Engine
+    from codestral_ls.engine.loading import load_draft, load_model
 
     loaded = load_model(spec, progress)
     options = options or EngineOptions()

@@ -46,8 +46,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.errors import Cancelled, EngineError
-from engine.request import FimRequest, FimResult, StopRule
+from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.request import FimRequest, FimResult, StopRule
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class _Worker(Protocol):  # engine.worker.EngineWorker, or a stand-in in tests
 
 def daemon_file() -> Path:
     """Where the running daemon says how to reach it: <cache dir>/engine.serve/daemon.json."""
-    from engine.embedded import cache_dir
+    from codestral_ls.engine.embedded import cache_dir
 
     return cache_dir() / "engine.serve" / "daemon.json"
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from engine.errors import Cancelled, ModelLoadError
-from engine.forward import forward, prefill
-from engine.kvcache import PrefixStore, Sequence
-from engine.request import CancelToken
+from codestral_ls.engine.errors import Cancelled, ModelLoadError
+from codestral_ls.engine.forward import forward, prefill
+from codestral_ls.engine.kvcache import PrefixStore, Sequence
+from codestral_ls.engine.request import CancelToken
 
 
 class DraftModel:

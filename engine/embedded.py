@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from engine.errors import ModelLoadError
+from codestral_ls.engine.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

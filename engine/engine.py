@@ -13,16 +13,15 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-
-from engine.draft import DraftModel
-from engine.errors import Cancelled
-from engine.fim import FimPrompt
-from engine.forward import forward, prefill
-from engine.heal import HealIndex
-from engine.kvcache import PrefixStore, Ranking, Sequence
-from engine.loading import LoadedModel
-from engine.options import EngineOptions
-from engine.request import CancelToken, FimRequest, FimResult
+from codestral_ls.engine.draft import DraftModel
+from codestral_ls.engine.errors import Cancelled
+from codestral_ls.engine.fim import FimPrompt
+from codestral_ls.engine.forward import forward, prefill
+from codestral_ls.engine.heal import HealIndex
+from codestral_ls.engine.kvcache import PrefixStore, Ranking, Sequence
+from codestral_ls.engine.loading import LoadedModel
+from codestral_ls.engine.options import EngineOptions
+from codestral_ls.engine.request import CancelToken, FimRequest, FimResult
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
-from engine.errors import Cancelled
-from engine.kvcache import Sequence
-from engine.request import CancelToken
+from codestral_ls.engine.errors import Cancelled
+from codestral_ls.engine.kvcache import Sequence
+from codestral_ls.engine.request import CancelToken
 
 
 def forward(model: Any, seq: Sequence, ids: list[int], device: torch.device, n_logits: int = 1) -> torch.Tensor:

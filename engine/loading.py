@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import embedded
-from engine.errors import ModelLoadError
-from engine.fim import FimEncoder, detect_profile
+from codestral_ls.engine import embedded
+from codestral_ls.engine.errors import ModelLoadError
+from codestral_ls.engine.fim import FimEncoder, detect_profile
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def load_model(spec: ModelSpec, progress: embedded.Progress | None = None) -> Lo
         model.to(device)
     model.eval()
     if device == "cpu" and quantize == "int8":
-        from engine.quantize import quantize_int8_cpu
+        from codestral_ls.engine.quantize import quantize_int8_cpu
 
         quantize_int8_cpu(model)
     try:
@@ -171,7 +171,7 @@ def load_model(spec: ModelSpec, progress: embedded.Progress | None = None) -> Lo
 
 def load_draft(spec: ModelSpec, target: LoadedModel, options: Any) -> Any:  # -> engine.draft.DraftModel
     """The `--draft-model` next to `target`: same device and dtype, same tokenizer (checked)."""
-    from engine.draft import DraftModel
+    from codestral_ls.engine.draft import DraftModel
 
     model = None if options.draft_model == "embedded" else options.draft_model
     draft_spec = dataclasses.replace(spec, model=model, quantize="none")

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 
-from engine.errors import Cancelled, EngineError
-from engine.request import FimRequest, FimResult
+from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.request import FimRequest, FimResult
 
 log = logging.getLogger(__name__)
 

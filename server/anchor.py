@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.context import Context
+from codestral_ls.server.context import Context
 
 MAX_TYPED = 400  # past this many typed characters a fresh anchor is cheaper than a long middle
 MAX_DOCS = 64  # anchors kept, most recently re-anchored documents first (a client may never close)

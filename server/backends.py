@@ -42,7 +42,7 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from engine.daemon import (
+from codestral_ls.engine.daemon import (
     LOOPBACK,
     TOKEN_ENV,
     daemon_file,
@@ -51,9 +51,9 @@ from engine.daemon import (
     request_to_wire,
     result_from_wire,
 )
-from engine.errors import Cancelled, EngineError
-from engine.request import FimRequest, FimResult
-from server.options import Options
+from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.request import FimRequest, FimResult
+from codestral_ls.server.options import Options
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from server import __version__
-from server.options import CHOICES, Options, cli_overrides, engine_config, parse_options
+from codestral_ls.server import __version__
+from codestral_ls.server.options import CHOICES, Options, cli_overrides, engine_config, parse_options
 
 log = logging.getLogger("codestral-ls")
 
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(options: Options, raw: dict[str, Any]) -> int:
-    from server.lsp import create_server
-    from server.lsplog import install_lsp_log_handler
+    from codestral_ls.server.lsp import create_server
+    from codestral_ls.server.lsplog import install_lsp_log_handler
 
     # stdout belongs to the protocol: anything else that writes there goes to stderr instead.
     protocol_out = sys.stdout.buffer
@@ -139,9 +139,9 @@ def _parse_where(where: str) -> tuple[Path, int, int]:
 
 
 def complete(options: Options, where: str, language: str | None, as_json: bool) -> int:
-    from engine.errors import EngineError
-    from engine.worker import EngineWorker
-    from server.pipeline import Completer, Document
+    from codestral_ls.engine.errors import EngineError
+    from codestral_ls.engine.worker import EngineWorker
+    from codestral_ls.server.pipeline import Completer, Document
 
     path, line_no, col_no = _parse_where(where)
     try:
@@ -160,11 +160,11 @@ def complete(options: Options, where: str, language: str | None, as_json: bool) 
 
     t_load = time.perf_counter()
     if options.backend == "local":
-        from engine import load_engine
+        from codestral_ls.engine import load_engine
 
         worker = EngineWorker(lambda: load_engine(*engine_config(options), progress=_stderr_progress)).start()
     else:  # the engine daemon or a remote API
-        from server.backends import create_backend
+        from codestral_ls.server.backends import create_backend
 
         worker = create_backend(options)  # type: ignore[assignment]
     worker.loaded.wait()
@@ -224,8 +224,8 @@ def doctor(options: Options) -> int:
     cuda = torch.cuda.is_available()
     row("cuda", torch.cuda.get_device_name(0) if cuda else "not available")
     row("cpu threads", torch.get_num_threads())
-    from engine import embedded
-    from engine.errors import EngineError
+    from codestral_ls.engine import embedded
+    from codestral_ls.engine.errors import EngineError
 
     row("cache dir", embedded.cache_dir())
     if options.model is None:
@@ -233,7 +233,7 @@ def doctor(options: Options) -> int:
         row("model", f"{embedded.EMBEDDED_NAME}; converted: {converted}")
     else:
         row("model", options.model)
-    from engine import load_engine
+    from codestral_ls.engine import load_engine
 
     t0 = time.perf_counter()
     try:
@@ -245,7 +245,7 @@ def doctor(options: Options) -> int:
     row("device", f"{engine.loaded.device} ({engine.loaded.dtype}, quantize={engine.loaded.quantize})")
     row("FIM format", engine.encoder.profile.name)
     row("weights", f"{engine.loaded.weight_bytes / 2**20:.0f} MiB")
-    from engine.request import FimRequest, StopRule
+    from codestral_ls.engine.request import FimRequest, StopRule
 
     r = engine.complete(FimRequest(doc="doctor", prefix="def add(a, b):\n    return ", suffix="\n",
                                    stop=StopRule(single_line=True), max_tokens=16))
@@ -255,8 +255,8 @@ def doctor(options: Options) -> int:
 
 def engine_command(options: Options, args: argparse.Namespace) -> int:
     """`engine serve`: the shared daemon (engine/daemon.py); `engine status`: is one running."""
-    from engine.daemon import DaemonError, ensure_not_running
-    from engine.daemon import serve as serve_daemon
+    from codestral_ls.engine.daemon import DaemonError, ensure_not_running
+    from codestral_ls.engine.daemon import serve as serve_daemon
 
     if args.engine_command == "status":
         return engine_status()
@@ -266,8 +266,8 @@ def engine_command(options: Options, args: argparse.Namespace) -> int:
         ensure_not_running()  # before loading a model for nothing
     except DaemonError as exc:
         raise CliError(str(exc)) from None
-    from engine import load_engine
-    from engine.worker import EngineWorker
+    from codestral_ls.engine import load_engine
+    from codestral_ls.engine.worker import EngineWorker
 
     worker = EngineWorker(lambda: load_engine(*engine_config(options), progress=_stderr_progress),
                           on_loaded=lambda: log.info("model ready") if worker.load_error is None else None).start()
@@ -281,7 +281,7 @@ def engine_command(options: Options, args: argparse.Namespace) -> int:
 def engine_status() -> int:
     import urllib.request
 
-    from engine.daemon import daemon_file, pid_alive, read_daemon_file
+    from codestral_ls.engine.daemon import daemon_file, pid_alive, read_daemon_file
 
     file = daemon_file()
     try:

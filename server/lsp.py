@@ -11,18 +11,17 @@ import asyncio
 import logging
 from typing import Any
 
+from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.worker import EngineWorker
+from codestral_ls.server import __version__
+from codestral_ls.server.documents import LspTextDocument, adopt
+from codestral_ls.server.options import Options, engine_config, model_changed, parse_options
+from codestral_ls.server.pipeline import Completer, Document, Suggestion
+from codestral_ls.server.protocol import AnsweringProtocol, answer_unreadable_frame
+from codestral_ls.server.stats import Stats
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInternalError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
-
-from engine.errors import Cancelled, EngineError
-from engine.worker import EngineWorker
-from server import __version__
-from server.documents import LspTextDocument, adopt
-from server.options import Options, engine_config, model_changed, parse_options
-from server.pipeline import Completer, Document, Suggestion
-from server.protocol import AnsweringProtocol, answer_unreadable_frame
-from server.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ class CodestralServer(LanguageServer):
         if self.worker is not None:
             self.worker.stop()
         if self.options.backend != "local":  # an engine daemon or a remote API: no model in this process
-            from server.backends import create_backend
+            from codestral_ls.server.backends import create_backend
 
             self.worker = create_backend(self.options)  # type: ignore[assignment]
             self.completer = Completer(self.worker, self.options, self.stats, self.other_documents)
@@ -70,7 +69,7 @@ class CodestralServer(LanguageServer):
                                           types.WorkDoneProgressReport(message=message, percentage=percent))
 
         def load():  # runs on the engine thread
-            from engine import load_engine
+            from codestral_ls.engine import load_engine
 
             return load_engine(*engine_config(self.options), progress=report)
 

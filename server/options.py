@@ -144,7 +144,7 @@ def model_changed(a: Options, b: Options) -> bool:
 
 def engine_config(o: Options):  # -> tuple[engine.ModelSpec, engine.EngineOptions]
     """The engine's view of the options."""
-    from engine import EngineOptions, ModelSpec
+    from codestral_ls.engine import EngineOptions, ModelSpec
 
     spec = ModelSpec(model=o.model, device=o.device, dtype=o.dtype, quantize=o.quantize, fim_format=o.fim_format,
                      trust_remote_code=o.trust_remote_code, allow_download=o.allow_download, threads=o.threads)

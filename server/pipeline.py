@@ -17,18 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from engine.errors import Cancelled, EngineError
-from engine.request import CancelToken, FimRequest, FimResult, StopRule
-from server.anchor import Anchors
-from server.context import build_context, cursor_mode, language_for
-from server.fit import LINE_COMMENTS, first_words, misfit
-from server.options import Options
-from server.postprocess import Surroundings, postprocess
-from server.stats import Stats
-from server.typed_cache import Shown, TypedThroughCache
+from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.request import CancelToken, FimRequest, FimResult, StopRule
+from codestral_ls.server.anchor import Anchors
+from codestral_ls.server.context import build_context, cursor_mode, language_for
+from codestral_ls.server.fit import LINE_COMMENTS, first_words, misfit
+from codestral_ls.server.options import Options
+from codestral_ls.server.postprocess import Surroundings, postprocess
+from codestral_ls.server.stats import Stats
+from codestral_ls.server.typed_cache import Shown, TypedThroughCache
 
 if TYPE_CHECKING:
-    from server.backends import Backend  # engine.worker.EngineWorker or a remote backend
+    from codestral_ls.server.backends import Backend  # engine.worker.EngineWorker or a remote backend
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)

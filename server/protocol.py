@@ -18,6 +18,7 @@ from typing import Any
 
 from cattrs import transform_error
 from cattrs.errors import BaseValidationError
+from codestral_ls.server.documents import adopt
 from lsprotocol.types import EXIT, INITIALIZE, ResponseErrorMessage
 from pygls.exceptions import (
     JsonRpcException,
@@ -29,8 +30,6 @@ from pygls.exceptions import (
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage, JsonRPCResponseMessage
 from pygls.workspace import Workspace
-
-from server.documents import adopt
 
 log = logging.getLogger(__name__)
 

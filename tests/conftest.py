@@ -60,7 +60,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir: Path):
-    from engine import EngineOptions, ModelSpec, load_engine
+    from codestral_ls.engine import EngineOptions, ModelSpec, load_engine
 
     return load_engine(ModelSpec(model=str(tiny_model_dir), device="cpu"), EngineOptions())
 
@@ -68,7 +68,7 @@ def tiny_engine(tiny_model_dir: Path):
 @pytest.fixture(scope="session")
 def qwen_engine():
     """The embedded Qwen2.5-Coder-0.5B, loaded once per test session."""
-    from engine import EngineOptions, ModelSpec, load_engine
+    from codestral_ls.engine import EngineOptions, ModelSpec, load_engine
 
     return load_engine(ModelSpec(), EngineOptions())
 

@@ -9,10 +9,9 @@ import itertools
 import json
 from typing import Any
 
+from codestral_ls.server.lsp import CodestralServer, create_server
+from codestral_ls.server.options import Options
 from pygls.exceptions import JsonRpcException
-
-from server.lsp import CodestralServer, create_server
-from server.options import Options
 
 
 class _Writer:

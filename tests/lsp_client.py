@@ -42,7 +42,7 @@ class Client(LanguageClient):
 async def start(args: list[str], init_options: dict | None = None, encodings: list[str] | None = None,
                 env: dict[str, str] | None = None) -> tuple[Client, types.InitializeResult]:
     client = Client()
-    await client.start_io(sys.executable, "-m", "server", *args, cwd=str(ROOT),
+    await client.start_io(sys.executable, "-m", "codestral_ls.server", *args, cwd=str(ROOT),
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     # pygls pipes the server's stderr (its log): read it all the time, or a chatty server blocks
     # on a full pipe. It is echoed to our stderr too (pytest shows it for a failing test).

@@ -7,16 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from engine import embedded
-from engine.errors import ModelLoadError
+from codestral_ls.engine import embedded
+from codestral_ls.engine.errors import ModelLoadError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "codestral_ls.server", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def test_help_lists_the_commands():
@@ -43,7 +42,8 @@ def test_bad_model_choice_is_one_clear_line(args, message):
 def test_corrupt_gguf_is_one_clear_line(tmp_path, monkeypatch):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\x00" * 100)
-    cmd = [sys.executable, "-m", "server", "complete", "--model", str(bad), "server/samples/sample.py:8:11"]
+    cmd = [sys.executable, "-m", "codestral_ls.server", "complete", "--model", str(bad),
+           "server/samples/sample.py:8:11"]
     r = subprocess.run(cmd,
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**__import__("os").environ, "CODESTRAL_LS_CACHE": str(tmp_path / "cache")})

@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pygls.exceptions import JsonRpcException
-
-from engine.daemon import (
+from codestral_ls.engine.daemon import (
     DaemonInfo,
     EngineDaemon,
     daemon_file,
@@ -30,10 +28,12 @@ from engine.daemon import (
     request_to_wire,
     write_daemon_file,
 )
-from engine.errors import Cancelled, EngineError
-from engine.request import FimRequest, FimResult, StopRule
-from server.backends import DaemonBackend
-from server.options import Options
+from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.request import FimRequest, FimResult, StopRule
+from codestral_ls.server.backends import DaemonBackend
+from codestral_ls.server.options import Options
+from pygls.exceptions import JsonRpcException
+
 from tests.lsp_client import ROOT, inline, insert, open_doc, start, stop
 
 TOKEN = "test-token-abc"
@@ -223,7 +223,7 @@ def test_no_daemon_is_a_clear_error(tmp_path, monkeypatch):
 
 def start_daemon(model: Path, cache: Path, port: int = 0) -> tuple[subprocess.Popen[bytes], DaemonInfo]:
     file = cache / "engine.serve" / "daemon.json"
-    proc = subprocess.Popen([sys.executable, "-m", "server", "engine", "serve", "--model", str(model),
+    proc = subprocess.Popen([sys.executable, "-m", "codestral_ls.server", "engine", "serve", "--model", str(model),
                              "--device", "cpu", "--port", str(port), "--log-level", "warning"],
                             cwd=ROOT, env={**os.environ, "CODESTRAL_LS_CACHE": str(cache), "PYTHONPATH": str(ROOT)})
     end = time.monotonic() + 120
@@ -318,7 +318,7 @@ def _get(info: DaemonInfo, path: str) -> dict[str, Any]:
 
 
 def test_a_second_daemon_is_refused_before_loading_anything(daemon):
-    from engine.daemon import DaemonError, ensure_not_running
+    from codestral_ls.engine.daemon import DaemonError, ensure_not_running
 
     httpd, _ = daemon
     ensure_not_running()  # the file names this very process: not "another" daemon

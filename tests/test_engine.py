@@ -8,13 +8,12 @@ import time
 
 import pytest
 import torch
-
-from engine import EngineOptions, ModelSpec, load_engine
-from engine.engine import Engine
-from engine.errors import Cancelled, EngineError
-from engine.kvcache import Sequence, common_prefix
-from engine.request import FimRequest, StopRule
-from engine.worker import EngineWorker
+from codestral_ls.engine import EngineOptions, ModelSpec, load_engine
+from codestral_ls.engine.engine import Engine
+from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.kvcache import Sequence, common_prefix
+from codestral_ls.engine.request import FimRequest, StopRule
+from codestral_ls.engine.worker import EngineWorker
 
 PREFIX = "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n\n\ndef add(a, b):\n    ret"
 SUFFIX = "\n\n\nfor i in range(10):\n    print(add(i, i))\n"
@@ -237,8 +236,9 @@ def test_draft_model_greedy_equals_plain_greedy(tiny_engine, tiny_model_dir, tmp
     """--draft-model: a model with the same tokenizer proposes, the target verifies. With the
     target itself as drafter every draft is accepted (fewer target forwards); with another random
     model most are rejected. The text is plain greedy's either way."""
-    from engine.draft import DraftModel
-    from engine.loading import load_draft
+    from codestral_ls.engine.draft import DraftModel
+    from codestral_ls.engine.loading import load_draft
+
     from tests.conftest import build_tiny_model
 
     folder = tiny_model_dir if drafter == "same" else build_tiny_model(tmp_path_factory.mktemp("draft"), seed=1,
@@ -260,8 +260,8 @@ def test_draft_model_greedy_equals_plain_greedy(tiny_engine, tiny_model_dir, tmp
 
 
 def test_draft_model_with_another_tokenizer_is_refused(tiny_engine, tiny_model_dir):
-    from engine.errors import ModelLoadError
-    from engine.loading import load_draft
+    from codestral_ls.engine.errors import ModelLoadError
+    from codestral_ls.engine.loading import load_draft
 
     class Other:
         def get_vocab(self):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from codestral_ls.engine.embedded import converted_dir
+from codestral_ls.engine.fim import CODESTRAL, QWEN, FimEncoder, detect_profile
+from codestral_ls.engine.heal import HealIndex
 from transformers import AutoTokenizer
-
-from engine.embedded import converted_dir
-from engine.fim import CODESTRAL, QWEN, FimEncoder, detect_profile
-from engine.heal import HealIndex
 
 
 @pytest.fixture(scope="module")

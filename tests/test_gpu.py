@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-
-from engine import EngineOptions, ModelSpec, load_engine
-from engine.request import FimRequest, StopRule
+from codestral_ls.engine import EngineOptions, ModelSpec, load_engine
+from codestral_ls.engine.request import FimRequest, StopRule
 
 pytestmark = pytest.mark.gpu
 

@@ -22,11 +22,11 @@ from typing import Any
 import psutil
 import pytest
 import pytest_asyncio
+from codestral_ls.server.documents import LspTextDocument, line_starts
+from codestral_ls.server.options import Options
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
-from server.documents import LspTextDocument, line_starts
-from server.options import Options
 from tests.inprocess import InProcess
 from tests.lsp_client import ROOT, Client, _drain_stderr, inline, insert, open_doc, send_raw, start, stop
 
@@ -199,7 +199,7 @@ async def test_notifications_with_bad_params_never_kill_the_server(srv):
 
 async def test_requests_before_initialize_and_after_shutdown_are_answered(tmp_path):
     client = Client()
-    await client.start_io(sys.executable, "-m", "server", "--model", str(tmp_path / "none"), cwd=str(ROOT),
+    await client.start_io(sys.executable, "-m", "codestral_ls.server", "--model", str(tmp_path / "none"), cwd=str(ROOT),
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     drain = asyncio.ensure_future(_drain_stderr(client))
     try:
@@ -318,9 +318,8 @@ def test_no_pickle_loading_anywhere():
 
 def test_folder_models_load_from_safetensors_and_no_remote_code(tiny_model_dir, monkeypatch):
     import transformers
-
-    from engine.errors import ModelLoadError
-    from engine.loading import ModelSpec, load_model
+    from codestral_ls.engine.errors import ModelLoadError
+    from codestral_ls.engine.loading import ModelSpec, load_model
 
     seen: dict[str, Any] = {}
 
@@ -388,7 +387,7 @@ async def test_logs_never_contain_document_text(tiny_model_dir):
 
 
 def test_pygls_records_are_withheld_unless_the_flag_is_set():
-    from server.lsplog import WithholdDocumentText
+    from codestral_ls.server.lsplog import WithholdDocumentText
 
     allowed = False
     records: list[str] = []
@@ -460,8 +459,7 @@ def local(tiny_model_dir):
 
 async def test_engine_faults_fail_one_request_and_the_next_one_works(local, monkeypatch):
     import torch
-
-    from engine.engine import Engine
+    from codestral_ls.engine.engine import Engine
 
     await local.initialize()
     uri = "file:///w/fault.py"
@@ -492,10 +490,10 @@ async def test_engine_faults_fail_one_request_and_the_next_one_works(local, monk
 
 
 async def test_caches_and_bookkeeping_stay_bounded_over_a_soak():
-    from engine.kvcache import PrefixStore, Sequence
-    from engine.request import FimResult
-    from server.pipeline import Completer, Document
-    from server.stats import Stats
+    from codestral_ls.engine.kvcache import PrefixStore, Sequence
+    from codestral_ls.engine.request import FimResult
+    from codestral_ls.server.pipeline import Completer, Document
+    from codestral_ls.server.stats import Stats
 
     class FakeWorker:
         load_error = None
@@ -595,17 +593,15 @@ async def test_utf8_and_utf32_position_encodings():
 
 
 def test_a_request_never_splits_or_parses_the_whole_document(monkeypatch):
+    import codestral_ls.server.context as context
+    from codestral_ls.server.lsp import create_server
     from pygls.workspace import TextDocument
-
-    import server.context as context
-    from server.lsp import create_server
 
     line = "    value = compute(alpha, beta)  # 中文 😀\n"
     big = "def f():\n" + line * (2_000_000 // len(line))
     server = create_server(Options())
+    from codestral_ls.server.documents import adopt
     from pygls.workspace import Workspace
-
-    from server.documents import adopt
 
     server.protocol._workspace = Workspace(None)
     adopt(server.protocol._workspace).put_text_document(types.TextDocumentItem(
@@ -644,7 +640,7 @@ def test_a_request_never_splits_or_parses_the_whole_document(monkeypatch):
 
 
 def test_a_window_inside_a_huge_line_fits_the_token_budget():
-    from server.context import build_context
+    from codestral_ls.server.context import build_context
 
     def count(text: str) -> int:  # byte-level: a digit is a token, a CJK character three
         return len(text.encode("utf-8"))
@@ -666,8 +662,8 @@ def test_a_cancelled_queued_request_then_a_newer_one_leaves_the_engine_thread_al
     hung)."""
     import threading
 
-    from engine.request import FimRequest, FimResult
-    from engine.worker import EngineWorker
+    from codestral_ls.engine.request import FimRequest, FimResult
+    from codestral_ls.engine.worker import EngineWorker
 
     started, gate = threading.Event(), threading.Event()
 

@@ -16,13 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.request import FimRequest, StopRule
+from codestral_ls.server.backends import APIS, RemoteBackend, approx_tokens, create_backend
+from codestral_ls.server.options import Options, parse_options
+from codestral_ls.server.pipeline import Completer, Document
 from pygls.exceptions import JsonRpcException
 
-from engine.errors import Cancelled, EngineError
-from engine.request import FimRequest, StopRule
-from server.backends import APIS, RemoteBackend, approx_tokens, create_backend
-from server.options import Options, parse_options
-from server.pipeline import Completer, Document
 from tests.lsp_client import inline, open_doc, start, stop
 
 KEY = "sk-test-0123456789abcdef"  # a fake key: it must never show up in an error message

@@ -3,13 +3,13 @@ cache, options. No model needed."""
 
 from __future__ import annotations
 
-from engine.request import StopRule
-from server.anchor import Anchors
-from server.context import build_context, cursor_mode
-from server.fit import misfit
-from server.options import Options, parse_options
-from server.postprocess import FILTERS, Surroundings, postprocess
-from server.typed_cache import Shown, TypedThroughCache
+from codestral_ls.engine.request import StopRule
+from codestral_ls.server.anchor import Anchors
+from codestral_ls.server.context import build_context, cursor_mode
+from codestral_ls.server.fit import misfit
+from codestral_ls.server.options import Options, parse_options
+from codestral_ls.server.postprocess import FILTERS, Surroundings, postprocess
+from codestral_ls.server.typed_cache import Shown, TypedThroughCache
 
 
 def count(text: str) -> int:
@@ -150,7 +150,7 @@ def test_empty_line_inside_a_block_gets_one_line_at_its_end_a_block():
 
 
 def test_utf16_columns_around_astral_characters_and_lone_surrogates():
-    from server.documents import chars_for_units
+    from codestral_ls.server.documents import chars_for_units
 
     line = "𐀀\ud800a"  # an astral character (2 units), a lone surrogate JSON can carry (1), "a"
     assert [chars_for_units(line, u, "utf-16") for u in range(5)] == [0, 0, 1, 2, 3]

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from codestral_ls.server.options import ALIASES, parse_options
 from lsprotocol import types
 
-from server.options import ALIASES, parse_options
 from tests.lsp_client import Client, open_doc, stop
 
 REPO = Path(__file__).resolve().parents[2]
