@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +16,11 @@ class StopRule:
     `line_comment`): a comment alone says nothing, the code line after it is the suggestion.
     Otherwise stop after `max_lines` lines, or before a complete non-blank line indented less
     than `block_indent` (the end of the block the cursor is in), or at any of `stop_strings`.
+
+    `line_deadline` (a `time.monotonic()` instant) is the latency budget of a multi-line
+    suggestion: once it has passed, the suggestion ends after its last complete line, if one with
+    code in it was decoded. A budget never cuts a line: what an editor shows first stays on screen
+    until the user types, and half a line there is a bad suggestion, not a fast one.
     """
 
     single_line: bool = False
@@ -22,6 +28,7 @@ class StopRule:
     block_indent: int | None = None
     stop_strings: tuple[str, ...] = ()
     line_comment: str = ""
+    line_deadline: float | None = None
 
     def cut(self, text: str) -> tuple[str, bool]:
         """Return (text up to the stop, whether a stop was reached)."""
@@ -56,6 +63,10 @@ class StopRule:
                     return "\n".join(lines[:n]), True
             if n + 1 >= self.max_lines:
                 return "\n".join(lines[: n + 1]), True
+        if not done and self.line_deadline is not None and time.monotonic() >= self.line_deadline:
+            whole = text[:text.rfind("\n") + 1].rstrip("\n")
+            if whole.strip():
+                return whole, True
         return text, done
 
 
