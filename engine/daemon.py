@@ -10,6 +10,7 @@ Wire protocol (HTTP/1.0, JSON, loopback by default). Every request carries
     GET  /v1/health     {"ok": true, "loaded": bool, "load_error": str|null, "pid": int, "model": {...}}
     GET  /v1/stats      counters (requests, clients, cancelled, ...)
     GET  /v1/tokenizer  the model's tokenizer as `tokenizers` JSON (clients count tokens exactly); 503 while loading
+    POST /v1/prefetch   {"client": str, "request": {FimRequest fields}} → 202 {}: warmed when the worker is idle
     POST /v1/fim        {"client": str, "request": {FimRequest fields}}
         → 200, application/x-ndjson, one JSON object per line, ended by the daemon closing the connection:
           {"event": "wait"}  every HEARTBEAT_S while the request is queued or running
@@ -66,6 +67,8 @@ class _Worker(Protocol):  # engine.worker.EngineWorker, or a stand-in in tests
     load_error: str | None
 
     def submit(self, req: FimRequest) -> Future[FimResult]: ...
+
+    def prefetch(self, req: FimRequest) -> None: ...
 
 
 # -- discovery file -------------------------------------------------------------------------------
@@ -206,7 +209,7 @@ class EngineDaemon(ThreadingHTTPServer):
         self.heartbeat_s = HEARTBEAT_S
         self.lock = threading.Lock()
         self.counters = {"requests": 0, "completed": 0, "cancelled": 0, "client_gone": 0, "errors": 0,
-                         "refused": 0}
+                         "refused": 0, "prefetches": 0}
         self.clients: set[str] = set()
         self._tokenizer_json: str | None = None
         super().__init__(address, _Handler)
@@ -310,7 +313,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         if not self._authorized():
             return
-        if self.path != "/v1/fim":
+        if self.path not in ("/v1/fim", "/v1/prefetch"):
             self._json(404, {"error": f"no such endpoint {self.path}"})
             return
         try:
@@ -324,6 +327,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         req.doc = f"{client}:{req.doc}"  # per-client namespace: windows never supersede each other
         s = self.server
+        if self.path == "/v1/prefetch":
+            s.count("prefetches")
+            s.worker.prefetch(req)
+            self._json(202, {})
+            return
         with s.lock:
             s.counters["requests"] += 1
             s.clients.add(client)

@@ -1,7 +1,6 @@
 """Where FIM requests go: the in-process engine, a shared engine daemon, or a remote serving engine.
 
-Every backend satisfies `Backend`, the part of `engine.worker.EngineWorker` the pipeline uses, so
-the context window, anchoring and post-processing are the same whichever one answers:
+Every backend satisfies `engine.backend.Backend` (submit, prefetch, count_tokens, stop), so the context window, anchoring and post-processing are the same whichever one answers:
 
     local     EngineWorker: the model in this process (server/lsp.py builds it, with load progress)
     daemon    DaemonBackend: `codestral-ls engine serve` on this machine (engine/daemon.py)
@@ -38,10 +37,11 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from codestral_ls.engine.backend import Backend, Job, NewestPerDocument, settle
 from codestral_ls.engine.daemon import (
     LOOPBACK,
     TOKEN_ENV,
@@ -58,20 +58,6 @@ from codestral_ls.server.options import Options
 log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 3.5
-
-
-class Backend(Protocol):
-    """What the pipeline needs from whatever answers FIM requests."""
-
-    loaded: threading.Event  # set once `submit` and `count_tokens` can be used (or load_error is set)
-    load_error: str | None  # why this backend can never answer (bad model, bad configuration)
-    steerable: bool  # honours FimRequest.avoid (a remote API answers the same again)
-
-    def submit(self, req: FimRequest) -> Future[FimResult]: ...
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def stop(self) -> None: ...
 
 
 def approx_tokens(text: str) -> int:
@@ -94,12 +80,6 @@ def create_backend(options: Options) -> Backend:
 # -- the HTTP plumbing shared by every remote backend -----------------------------------------------
 
 
-@dataclass
-class _Job:
-    req: FimRequest
-    future: Future[FimResult]
-
-
 class _HttpBackend:
     label = "remote backend"  # names the backend in every message
 
@@ -113,8 +93,8 @@ class _HttpBackend:
         self._secret = ""  # scrubbed from every message
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="codestral-remote")
         self._lock = threading.Lock()
-        self._newest: dict[str, _Job] = {}
-        self._live: dict[int, _Job] = {}
+        self._newest = NewestPerDocument()
+        self._live: dict[int, Job] = {}
         self._stopped = False
 
     # -- Backend --
@@ -127,51 +107,49 @@ class _HttpBackend:
         if self.load_error is not None or self._stopped:
             fut.set_exception(EngineError(self.load_error or f"{self.label}: stopped"))
             return fut
-        job = _Job(req, fut)
+        job = Job(req, fut)
         # A caller cancelling the future (asyncio cancellation) cancels the request: closes its socket.
         fut.add_done_callback(lambda f: req.cancel.cancel() if f.cancelled() else None)
         with self._lock:
             if self._stopped:
                 fut.set_exception(EngineError(f"{self.label}: stopped"))
                 return fut
-            old = self._newest.get(req.doc)
-            self._newest[req.doc] = job
+            self._newest.add(job)  # fails and hangs up the older request for this document
             self._live[id(job)] = job
             self._pool.submit(self._run, job)  # under the lock: never after stop() shut the pool
-        if old is not None:
-            _settle(old.future, exc=Cancelled("superseded by a newer request"))
-            old.req.cancel.cancel()
         return fut
+
+    def prefetch(self, req: FimRequest) -> None:
+        """Remote APIs have no prompt cache we can warm without paying for a completion: ignored."""
 
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
             jobs = list(self._live.values())
         for job in jobs:
-            _settle(job.future, exc=EngineError(f"{self.label}: stopped"))
+            settle(job.future, exc=EngineError(f"{self.label}: stopped"))
             job.req.cancel.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- running one request --
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: Job) -> None:
         req = job.req
         try:
             if req.cancel.cancelled or job.future.done():
                 raise Cancelled("superseded by a newer request")
-            _settle(job.future, result=self._call(req))
+            settle(job.future, result=self._call(req))
         except Cancelled as exc:
-            _settle(job.future, exc=exc)
+            settle(job.future, exc=exc)
         except EngineError as exc:
-            _settle(job.future, exc=type(exc)(self._scrub(str(exc))))
+            settle(job.future, exc=type(exc)(self._scrub(str(exc))))
         except Exception as exc:  # a fault fails this request, never the backend
             log.error("%s: %s", self.label, self._scrub(f"{type(exc).__name__}: {exc}"))
-            _settle(job.future, exc=EngineError(self._scrub(f"{self.label}: {type(exc).__name__}: {exc}")))
+            settle(job.future, exc=EngineError(self._scrub(f"{self.label}: {type(exc).__name__}: {exc}")))
         finally:
             with self._lock:
                 self._live.pop(id(job), None)
-                if self._newest.get(req.doc) is job:
-                    del self._newest[req.doc]
+                self._newest.done(job)
 
     def _call(self, req: FimRequest) -> FimResult:
         raise NotImplementedError
@@ -262,17 +240,6 @@ class _HttpBackend:
         return text.replace(self._secret, "***") if self._secret else text
 
 
-def _settle(fut: Future[FimResult], result: FimResult | None = None, exc: BaseException | None = None) -> None:
-    """Resolve `fut` unless it already is (superseded, cancelled, stopped): first answer wins."""
-    try:
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)  # type: ignore[arg-type]
-    except InvalidStateError:
-        pass
-
-
 def _origin(url: str) -> str:
     """scheme://host:port, without credentials, path or query: safe to show."""
     u = urllib.parse.urlsplit(url)
@@ -347,6 +314,29 @@ class DaemonBackend(_HttpBackend):
             self.loaded.set()
             return
         threading.Thread(target=self._first_contact, name="codestral-daemon-hello", daemon=True).start()
+
+    def prefetch(self, req: FimRequest) -> None:
+        """Passed to the daemon's worker (POST /v1/prefetch), which warms it when idle."""
+        if self.load_error is not None or self._stopped:
+            return
+        try:
+            self._pool.submit(self._send_prefetch, req)
+        except RuntimeError:  # stopped meanwhile: the pool refuses work
+            pass
+
+    def _send_prefetch(self, req: FimRequest) -> None:
+        try:
+            url, token = self._locate()
+            body = json.dumps({"client": self.client_id, "request": request_to_wire(req)}).encode()
+            conn, resp = self._open(req, "POST", url + "/v1/prefetch", body,
+                                    {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+            try:
+                self._read(req, conn, resp.read, _origin(url))
+            finally:
+                resp.close()
+                conn.close()
+        except EngineError as exc:  # a warm-up that cannot be sent costs nothing
+            log.debug("engine daemon: prefetch not sent: %s", exc)
 
     def count_tokens(self, text: str) -> int:
         tok = self._tokenizer

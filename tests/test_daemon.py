@@ -50,9 +50,13 @@ class FakeWorker:
         self.loaded.set()
         self.load_error: str | None = None
         self.seen: list[FimRequest] = []
+        self.prefetched: list[FimRequest] = []
         self.answer_after = 0.0
         self._lock = threading.Lock()
         self._held: dict[str, tuple[FimRequest, Future[FimResult]]] = {}
+
+    def prefetch(self, req: FimRequest) -> None:
+        self.prefetched.append(req)
 
     def submit(self, req: FimRequest) -> Future[FimResult]:
         fut: Future[FimResult] = Future()
@@ -193,6 +197,20 @@ def test_cancel_and_supersede_cross_the_boundary(daemon):
         wait_for(lambda: worker.seen[1].cancel.cancelled)
         wait_for(lambda: httpd.counters["client_gone"] + httpd.counters["cancelled"] >= 2)
         assert b.submit(req(doc="file:///w/b.py", forced_middle="7")).result(10).text.endswith("|x = 7")
+    finally:
+        b.stop()
+
+
+def test_prefetch_passes_through_to_the_daemons_worker(daemon):
+    httpd, worker = daemon
+    b = client()
+    try:
+        b.prefetch(req(prefix="warm me"))
+        wait_for(lambda: len(worker.prefetched) == 1)
+        assert worker.prefetched[0].prefix == "warm me"
+        assert worker.prefetched[0].doc == f"{b.client_id}:file:///w/a.py"
+        assert worker.seen == []  # a warm-up is no request: nothing answered, nothing superseded
+        assert httpd.counters["prefetches"] == 1
     finally:
         b.stop()
 

@@ -154,6 +154,18 @@ def test_request_shape_auth_and_answer(name, api, monkeypatch):
                         "options": {"num_predict": 32, "temperature": 0, "stop": ["\n"]}}
 
 
+def test_a_prefetch_sends_nothing_to_a_remote_api(api, monkeypatch):
+    monkeypatch.setenv("MISTRAL_API_KEY", KEY)
+    api.answer = CASES["mistral"][2]
+    b = backend("mistral", api)
+    try:
+        b.prefetch(request(doc="file:///w/warm.py"))
+        assert b.submit(request()).result(10).text == " + b"
+    finally:
+        b.stop()
+    assert [s.path for s in api.seen] == ["/v1/fim/completions"]  # the real request only
+
+
 def test_multiline_stop_rule_cuts_the_returned_text(api, monkeypatch):
     monkeypatch.setenv("MISTRAL_API_KEY", KEY)
     api.answer = {"choices": [{"message": {"content": "a + b\n    x = 1\n    y = 2\n"}, "finish_reason": "length"}]}
