@@ -1,4 +1,4 @@
-"""Suggestion quality: HumanEval infilling pass@1 through the whole keystroke pipeline vs the raw model.
+"""Suggestion quality: HumanEval infilling pass@1 of what an editor shows, the server with default options.
 
 Each task's hole is one whole line (single-line set) or several (multi-line set). An editor shows it
 as an empty line the user just opened, so the document is
@@ -6,34 +6,38 @@ as an empty line the user just opened, so the document is
     prompt + INDENT + <cursor> + "\\n" + suffix
 
 where INDENT is the leading whitespace of the canonical solution's first line: what an editor's
-auto-indent puts there before the user types anything (`--cursor line-start` puts the cursor at
-column 0 instead, INDENT empty: the suggestion must then bring its own indentation). The
-suggestion goes at the cursor and the task passes when
-`prompt + INDENT + suggestion + "\\n" + suffix + test + check(entry_point)` runs without error in a
-fresh Python subprocess (timeout 10 s).
+auto-indent puts there before the user types anything. Both cursor placements run in one run:
+`indent` (after the auto-indent) and `col0` (column 0 of the opened line, INDENT empty: the
+suggestion must bring its own indentation). The suggestion is accepted at the cursor (an LSP item's
+range, if any, is replaced) and the task passes when the document + test + check(entry_point) runs
+without error in a fresh Python subprocess (timeout 10 s).
 
-Configurations, all on the same model, the same tasks, in one run:
+Configurations, on the same model and the same tasks, in one run, phase after phase (one model in
+memory at a time, so no phase takes CPU from another):
 
-  pipeline      `server.pipeline.Completer` with default options except budget_ms=0 (the whole
-                suggestion, as `codestral-ls complete` shows it): typed-through cache, tree-sitter
-                context windows, anchored prompt, healing, stop rules, post-processing.
-  no_<filter>   the pipeline with one post-processing filter switched off (ablation).
-  no_second_opinions   the pipeline with second_opinions=0: a suggestion that cannot fit the code
-                below it (server/fit.py) is dropped instead of replaced by the model's next-best.
-  pipeline_multiline_never   (single-line set) the pipeline with multiline=never.
-  raw           the raw model: a plain FimRequest of the full prefix / suffix (no token healing, no
-                windows, no post-processing), first line of the output ("naive first-line cut").
-                On the multi-line set `raw_full` is the raw output up to the model's end token
-                (or max_tokens) and `raw` its first line.
-  canonical     the reference middle (checks the harness: must be 100%).
-  empty         an empty line (the floor: tasks whose hole does not matter to the tests).
+  headline    lsp          the `codestral-ls` process with default options (no flags, no
+                           initializationOptions) over stdio, a generic LSP client: didOpen of the
+                           task's document, ONE textDocument/inlineCompletion at the cursor, the
+                           first answer is the suggestion, didClose. What an editor shows.
+  peer        llama        llama.cpp (llama-cpp-python) on the same GGUF as the embedded model:
+                           Qwen's FIM prompt of the whole prefix / suffix, greedy, first line (what a
+                           llama.vim user gets). Multi-line set: also `llama_full`, its whole output.
+  ablation    pipeline_budget0     `server.pipeline.Completer` in this process, default options but
+                           budget_ms=0 (the whole suggestion, as `codestral-ls complete` shows it);
+                           background prefetch off (it never changes a greedy answer).
+              no_second_opinions   the same with second_opinions=0 (cursor indent only).
+              multiline_never      the same with multiline=never (single-line set, cursor indent only).
+              no_<filter>          the same with one post-processing filter off (cursor indent only).
+              raw                  the raw model: a plain FimRequest of the full prefix / suffix (no
+                                   healing, no windows, no post-processing), first line; multi-line
+                                   set: also `raw_full`, up to the end token or max_tokens.
+  check       canonical    the reference middle (checks the harness: must be 100 %).
+              empty        an empty line (the floor: tasks whose hole does not matter to the tests).
 
-Ablations and multiline=never cost almost nothing: the engine's KV cache replays the pipeline's
-cached greedy continuation for the identical prompt. Background prefetch is switched off here
-(it never changes a greedy suggestion; it would only steal CPU from the next task).
+Names in the JSON and the table are `<config>@<cursor>`. Only `lsp@*` are headline figures.
 
-    python -m benchmarks.quality --limit 100 --out benchmarks/results/quality_single.json
-    python -m benchmarks.quality --multi-line --limit 40 --out benchmarks/results/quality_multi.json
+    python -m benchmarks.quality --limit 60 --out benchmarks/results/quality_single_defaults.json
+    python -m benchmarks.quality --multi-line --limit 40 --out benchmarks/results/quality_multi_defaults.json
 """
 
 from __future__ import annotations
@@ -49,25 +53,38 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
     RESULTS_DIR,
     ROOT,
+    LspServer,
     add_device_args,
+    apply_item,
     fmt,
+    latency_summary,
+    llama_gguf,
+    llama_problem,
+    load_average,
     machine,
+    peak_rss_mib,
     pyplot,
+    qwen_fim_prompt,
     refuse_if_unusable,
     save_figure,
     stride_indices,
     table,
+    utf16_position,
     write_json,
 )
 
 SETS = {False: "HumanEval-SingleLineInfilling.jsonl.gz", True: "HumanEval-MultiLineInfilling.jsonl.gz"}
+CURSORS = {"indent": "after the auto-indent", "col0": "at column 0"}
+DEFAULT_MAX_TOKENS = 64  # the server's default max_tokens
 
 
 def data_dir() -> Path:
@@ -97,11 +114,18 @@ class Hole:
     tail: str  # "\n" + suffix: everything after it
 
     def program(self, middle: str, task: dict[str, Any]) -> str:
-        return self.head + middle + self.tail + "\n" + task["test"] + f"\ncheck({task['entry_point']})\n"
+        return self.document(middle) + "\n" + task["test"] + f"\ncheck({task['entry_point']})\n"
+
+    def document(self, middle: str) -> str:
+        return self.head + middle + self.tail
+
+
+def program_of(document: str, task: dict[str, Any]) -> str:
+    return document + "\n" + task["test"] + f"\ncheck({task['entry_point']})\n"
 
 
 def make_hole(task: dict[str, Any], cursor: str = "indent") -> Hole:
-    """`cursor` "indent": after the auto-indent (the default); "line-start": at column 0 of the empty line."""
+    """`cursor` "indent": after the auto-indent (the default); "col0" (or "line-start"): at column 0."""
     solution = task["canonical_solution"]
     first = solution.split("\n", 1)[0]
     indent = first[: len(first) - len(first.lstrip(" \t"))] if cursor == "indent" else ""
@@ -115,6 +139,13 @@ def canonical_middle(task: dict[str, Any], hole: Hole) -> str:
     solution = task["canonical_solution"]
     indent = len(hole.head) - len(task["prompt"])
     return solution[indent:].removesuffix("\n")
+
+
+def same_code(a: str, b: str) -> bool:
+    """Equal line for line, ignoring indentation, trailing spaces and blank lines (the `exact` column)."""
+    def norm(s: str) -> list[str]:
+        return [line.strip() for line in s.split("\n") if line.strip()]
+    return norm(a) == norm(b)
 
 
 class TestRunner:
@@ -155,17 +186,114 @@ class _NoPrefetch:
         return self._worker.submit(dataclasses.replace(req, background=False))
 
 
-def config_names(multi: bool, filters: list[str], ablations: bool) -> list[str]:
-    names = ["pipeline", "no_second_opinions"]
-    if not multi:
-        names.append("pipeline_multiline_never")
-    if ablations:
-        names += [f"no_{f}" for f in filters]
-    names += ["raw", "raw_full"] if multi else ["raw"]
-    return [*names, "canonical", "empty"]
+# -- configurations ------------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Config:
+    name: str  # "<config>@<cursor>"
+    kind: str  # headline | peer | ablation | check
+    label: str
+
+
+def config_list(args: argparse.Namespace, filters: list[str]) -> list[Config]:
+    multi = args.multi_line
+    out: list[Config] = []
+    for c in args.cursors:
+        where = CURSORS[c]
+        if args.lsp:
+            first = "first answer (first line or block)" if multi else "first answer"
+            out.append(Config(f"lsp@{c}", "headline", f"LSP server, default options, {first}, cursor {where}"))
+        if args.llama:
+            out.append(Config(f"llama@{c}", "peer", f"llama.cpp, same GGUF, FIM, greedy, first line, cursor {where}"))
+            if multi:
+                out.append(Config(f"llama_full@{c}", "peer", f"llama.cpp, whole output, cursor {where}"))
+        if args.inprocess:
+            out.append(Config(f"pipeline_budget0@{c}", "ablation", f"ablation: pipeline, budgetMs 0, cursor {where}"))
+            if c == "indent":
+                out.append(Config("no_second_opinions@indent", "ablation",
+                                  "ablation: pipeline, budgetMs 0, secondOpinions 0"))
+                if not multi:
+                    out.append(Config("multiline_never@indent", "ablation",
+                                      "ablation: pipeline, budgetMs 0, multiline never"))
+                if args.ablations:
+                    out += [Config(f"no_{f}@indent", "ablation", f"ablation: pipeline, budgetMs 0, without {f}")
+                            for f in filters]
+            out.append(Config(f"raw@{c}", "ablation", f"ablation: raw model, plain FIM, first line, cursor {where}"))
+            if multi:
+                out.append(Config(f"raw_full@{c}", "ablation", f"ablation: raw model, whole output, cursor {where}"))
+        out.append(Config(f"canonical@{c}", "check", "the reference solution (harness check: 100 %)"))
+    out.append(Config("empty@indent", "check", "an empty line (the floor)"))
+    order = ("headline", "peer", "ablation", "check")
+    return sorted(out, key=lambda cfg: order.index(cfg.kind))  # stable: cursors stay in order within a kind
+
+
+def server_flags(args: argparse.Namespace) -> list[str]:
+    """The headline server's flags: none unless a model / device other than the defaults was asked for."""
+    flags = []
+    if args.model:
+        flags += ["--model", args.model]
+    if args.device != "cpu":
+        flags += ["--device", args.device]
+    if args.dtype != "auto":
+        flags += ["--dtype", args.dtype]
+    if args.quantize != "none":
+        flags += ["--quantize", args.quantize]
+    if args.max_tokens != DEFAULT_MAX_TOKENS:
+        flags += ["--max-tokens", str(args.max_tokens)]
+    return flags
+
+
+# -- phases: each returns {(task index, config name): (document after accepting, latency ms | None, extra)} --
+
+Answers = dict[tuple[int, str], dict[str, Any]]
+
+
+async def lsp_phase(args: argparse.Namespace, tasks: list[dict[str, Any]],
+                    indices: list[int]) -> tuple[Answers, dict[str, Any]]:
+    """The server with its defaults, a generic client, one request per task and cursor, the first answer."""
+    server = LspServer(server_flags(args))
+    load_s = await server.start()
+    print(f"lsp: server up (flags {server.flags or 'none'}), model loaded in {load_s:.1f} s", flush=True)
+    out: Answers = {}
+    try:
+        # One throwaway request elsewhere: the very first forward pass allocates (slow once per process).
+        server.open("file:///humaneval/warmup.py", "def add(a, b):\n    \n\nprint(add(1, 2))\n")
+        await server.inline("file:///humaneval/warmup.py", 1, 4)
+        server.close("file:///humaneval/warmup.py")
+        for n, i in enumerate(indices, start=1):
+            task = tasks[i]
+            # Alternate which cursor goes first: the second one may find the shared prefix in the KV cache.
+            order = args.cursors if n % 2 else list(reversed(args.cursors))
+            marks = []
+            for c in order:
+                hole = make_hole(task, c)
+                uri = f"file:///humaneval/{task['task_id'].replace('/', '_')}_{c}.py"
+                line, char = utf16_position(hole.text, hole.offset)
+                server.open(uri, hole.text)
+                t0 = time.perf_counter()
+                try:
+                    item = await server.inline(uri, line, char)
+                    error = None
+                except Exception as exc:  # an error answer shows nothing
+                    item, error = None, str(exc)[:200]
+                ms = (time.perf_counter() - t0) * 1000
+                server.close(uri)
+                out[(i, f"lsp@{c}")] = {"document": apply_item(hole.text, hole.offset, item),
+                                        "latency_ms": round(ms, 1), "item": item, "error": error,
+                                        "first": c == order[0],
+                                        "load1": load_average()}
+                marks.append(f"{c} {ms:.0f} ms {(item or {}).get('text', '')!r:.40}")
+            print(f"[lsp {n}/{len(indices)}] {task['task_id']}: " + "; ".join(marks), flush=True)
+        stats = await server.stats()
+        rss = peak_rss_mib(server.pid())
+    finally:
+        await server.stop()
+    return out, {"flags": server.flags, "load_s": round(load_s, 1), "peak_rss_mib": rss, "server_stats": stats}
+
+
+async def inprocess_phase(args: argparse.Namespace, tasks: list[dict[str, Any]], indices: list[int],
+                          names: set[str]) -> tuple[Answers, dict[str, Any]]:
     from codestral_ls.engine import load_engine
     from codestral_ls.engine.request import FimRequest, StopRule
     from codestral_ls.engine.worker import EngineWorker
@@ -173,18 +301,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from codestral_ls.server.pipeline import Completer, Document
     from codestral_ls.server.postprocess import FILTERS
 
-    path = Path(args.data or data_dir()) / SETS[args.multi_line]
-    if not path.is_file():
-        raise SystemExit(f"benchmark: error: HumanEval infilling data not found at {path} (use --data DIR)")
-    tasks = load_tasks(path)
-    indices = [int(i) for i in args.tasks.split(",")] if args.tasks else stride_indices(len(tasks), args.limit)
-    options = Options(budget_ms=0, device=args.device, dtype=args.dtype, quantize=args.quantize,
+    options = Options(model=args.model, budget_ms=0, device=args.device, dtype=args.dtype, quantize=args.quantize,
                       max_tokens=args.max_tokens)
-    filters = list(FILTERS)
-    names = config_names(args.multi_line, filters, not args.no_ablations)
-    print(f"quality: {path.name}, {len(indices)} of {len(tasks)} tasks (stride), configs: {', '.join(names)}",
-          flush=True)
-
     t_load = time.perf_counter()
     worker = EngineWorker(lambda: load_engine(*engine_config(options))).start()
     await asyncio.get_running_loop().run_in_executor(None, worker.loaded.wait)
@@ -193,129 +311,244 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     load_s = time.perf_counter() - t_load
     engine = worker.engine
     proxy = _NoPrefetch(worker)
-    runner = TestRunner(args.timeout)
+    out: Answers = {}
 
-    async def raw(doc: str, hole: Hole, single: bool) -> tuple[str, Any]:
+    async def pipe(doc: Any, offset: int, opts: Options, disabled: frozenset[str] = frozenset()) -> tuple[str, float]:
+        t0 = time.perf_counter()
+        s = await Completer(proxy, opts, disabled_filters=disabled).complete(doc, offset)  # type: ignore[arg-type]
+        return (s.text if s is not None else ""), (time.perf_counter() - t0) * 1000
+
+    async def raw(uri: str, hole: Hole, single: bool) -> tuple[str, float]:
         stop = StopRule(single_line=True) if single else StopRule(max_lines=10**6)
-        # The naive integration: the plain FIM prompt (no token healing), greedy, first line.
-        req = FimRequest(doc=doc, prefix=hole.head, suffix=hole.tail, stop=stop, max_tokens=options.max_tokens,
-                         background=False, heal=False)
+        # The naive integration: the plain FIM prompt (no token healing), greedy.
+        req = FimRequest(doc=uri + "#raw", prefix=hole.head, suffix=hole.tail, stop=stop,
+                         max_tokens=options.max_tokens, background=False, heal=False)
         result = await asyncio.wrap_future(worker.submit(req))
-        return result.text, result
+        return result.text, result.elapsed_ms
 
-    records: list[dict[str, Any]] = []
-    t_run = time.perf_counter()
     try:
         for n, i in enumerate(indices, start=1):
             task = tasks[i]
-            hole = make_hole(task, args.cursor)
-            uri = f"file:///humaneval/{task['task_id'].replace('/', '_')}.py"
-            doc = Document(uri, hole.text, "python")
-            middles: dict[str, str] = {}
-            timing: dict[str, Any] = {}
-            t0 = time.perf_counter()
-            s = await Completer(proxy, options).complete(doc, hole.offset)  # type: ignore[arg-type]
-            middles["pipeline"] = s.text if s is not None else ""
-            timing["latency_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-            if s is not None and s.result is not None:
-                r = s.result
-                timing.update(prompt_tokens=r.prompt_tokens, decoded_tokens=r.decoded_tokens, engine_text=r.text)
-
-            async def pipe(opts: Options, disabled: frozenset[str] = frozenset(), doc: Document = doc,
-                           offset: int = hole.offset) -> str:
-                s = await Completer(proxy, opts, disabled_filters=disabled).complete(doc, offset)  # type: ignore[arg-type]
-                return s.text if s is not None else ""
-
-            middles["no_second_opinions"] = await pipe(options.replace(second_opinions=0))
-            if "pipeline_multiline_never" in names:
-                middles["pipeline_multiline_never"] = await pipe(options.replace(multiline="never"))
-            for f in filters:
-                if f"no_{f}" in names:
-                    middles[f"no_{f}"] = await pipe(options, frozenset({f}))
-            raw_doc = uri + "#raw"
-            if args.multi_line:
-                full, res = await raw(raw_doc, hole, single=False)
-                middles["raw_full"] = full
-                middles["raw"] = full.split("\n", 1)[0].rstrip()
-            else:
-                first, res = await raw(raw_doc, hole, single=True)
-                middles["raw"] = first
-            timing["raw_ms"] = round(res.elapsed_ms, 1)
-            middles["canonical"] = canonical_middle(task, hole)
-            middles["empty"] = ""
-            passed = {name: runner.passes(hole.program(middles[name], task)) for name in names}
-            want = middles["canonical"].strip()
-            records.append({"index": i, "task_id": task["task_id"], "passed": passed,
-                            "exact": {name: middles[name].strip() == want for name in names},
-                            "middles": {k: v for k, v in middles.items() if k in names}, **timing})
-            mark = "".join("+" if passed[k] else "." for k in ("pipeline", "raw"))
-            print(f"[{n}/{len(indices)}] {task['task_id']}: pipeline/raw {mark}  "
-                  f"({timing['latency_ms']:.0f} ms, raw {timing['raw_ms']:.0f} ms)", flush=True)
-            if args.verbose:
-                for name in ("pipeline", "raw", "canonical"):
-                    print(f"    {name:9} {middles[name]!r}", flush=True)
+            marks = []
+            for c in args.cursors:
+                hole = make_hole(task, c)
+                uri = f"file:///humaneval/{task['task_id'].replace('/', '_')}_{c}.py"
+                doc = Document(uri, hole.text, "python")
+                variants: list[tuple[str, Options, frozenset[str]]] = [("pipeline_budget0", options, frozenset())]
+                variants += [("no_second_opinions", options.replace(second_opinions=0), frozenset()),
+                             ("multiline_never", options.replace(multiline="never"), frozenset())]
+                variants += [(f"no_{f}", options, frozenset({f})) for f in FILTERS]
+                for name, opts, disabled in variants:
+                    if f"{name}@{c}" in names:
+                        middle, ms = await pipe(doc, hole.offset, opts, disabled)
+                        out[(i, f"{name}@{c}")] = {"document": hole.document(middle), "latency_ms": round(ms, 1),
+                                                   "middle": middle}
+                if f"raw@{c}" in names:
+                    text, ms = await raw(uri, hole, single=not args.multi_line)
+                    first = text.split("\n", 1)[0].rstrip()
+                    out[(i, f"raw@{c}")] = {"document": hole.document(first), "latency_ms": round(ms, 1),
+                                            "middle": first}
+                    if args.multi_line:
+                        out[(i, f"raw_full@{c}")] = {"document": hole.document(text), "latency_ms": round(ms, 1),
+                                                     "middle": text}
+                marks.append(f"{c} {out[(i, f'pipeline_budget0@{c}')]['latency_ms']:.0f} ms")
+            print(f"[pipeline {n}/{len(indices)}] {task['task_id']}: " + "; ".join(marks), flush=True)
     finally:
         worker.stop()
+    model = {"source": engine.loaded.source, "device": engine.loaded.device, "dtype": engine.loaded.dtype,
+             "quantize": engine.loaded.quantize, "fim": engine.encoder.profile.name}
+    return out, {"options": dataclasses.asdict(options), "load_s": round(load_s, 1), "model": model,
+                 "peak_rss_mib": peak_rss_mib()}
+
+
+def llama_main(gguf: str, prompts: list[tuple[str, str]], max_tokens: int, first_line: bool, device: str,
+               n_ctx: int = 4096) -> dict[str, Any]:
+    """Runs in a child process: llama.cpp on each (prefix, suffix); its own peak RSS is reported."""
+    from llama_cpp import Llama
+
+    t0 = time.perf_counter()
+    llm = Llama(model_path=gguf, n_threads=2, n_ctx=n_ctx, n_gpu_layers=-1 if device == "cuda" else 0,
+                verbose=False, seed=0)
+    load_s = time.perf_counter() - t0
+    print(f"llama: loaded {Path(gguf).name} in {load_s:.1f} s", flush=True)
+    answers = []
+    for k, (prefix, suffix) in enumerate(prompts, start=1):
+        t = time.perf_counter()
+        res = llm.create_completion(qwen_fim_prompt(prefix, suffix), max_tokens=max_tokens, temperature=0.0,
+                                    top_k=1, top_p=1.0, repeat_penalty=1.0, stop=["\n"] if first_line else None)
+        ms = (time.perf_counter() - t) * 1000
+        answers.append({"text": res["choices"][0]["text"], "latency_ms": round(ms, 1)})
+        if k % 10 == 0 or k == len(prompts):
+            print(f"[llama {k}/{len(prompts)}] {ms:.0f} ms", flush=True)
+    return {"answers": answers, "load_s": round(load_s, 1), "peak_rss_mib": peak_rss_mib(), "gguf": gguf}
+
+
+def llama_phase(args: argparse.Namespace, tasks: list[dict[str, Any]],
+                indices: list[int]) -> tuple[Answers, dict[str, Any]]:
+    keys = [(i, c) for i in indices for c in args.cursors]
+    holes = {(i, c): make_hole(tasks[i], c) for i, c in keys}
+    prompts = [(holes[k].head, holes[k].tail) for k in keys]
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        res = pool.submit(llama_main, llama_gguf(args.model), prompts, args.max_tokens, not args.multi_line,
+                          args.device).result()
+    out: Answers = {}
+    for (i, c), a in zip(keys, res.pop("answers"), strict=True):
+        hole = holes[(i, c)]
+        first = a["text"].split("\n", 1)[0].rstrip()
+        out[(i, f"llama@{c}")] = {"document": hole.document(first), "latency_ms": a["latency_ms"], "middle": first}
+        if args.multi_line:
+            out[(i, f"llama_full@{c}")] = {"document": hole.document(a["text"]), "latency_ms": a["latency_ms"],
+                                           "middle": a["text"]}
+    return out, res
+
+
+# -- the run -------------------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from codestral_ls.server.postprocess import FILTERS
+
+    path = Path(args.data or data_dir()) / SETS[args.multi_line]
+    if not path.is_file():
+        raise SystemExit(f"benchmark: error: HumanEval infilling data not found at {path} (use --data DIR)")
+    tasks = load_tasks(path)
+    indices = [int(i) for i in args.tasks.split(",")] if args.tasks else stride_indices(len(tasks), args.limit)
+    configs = config_list(args, list(FILTERS))
+    names = {c.name for c in configs}
+    print(f"quality: {path.name}, {len(indices)} of {len(tasks)} tasks (stride), cursors {', '.join(args.cursors)}, "
+          f"configs: {', '.join(c.name for c in configs)}", flush=True)
+    if args.skipped:
+        print(f"skipped: {'; '.join(args.skipped)}", flush=True)
+
+    answers: Answers = {}
+    phases: dict[str, Any] = {}
+    t_run = time.perf_counter()
+    if args.lsp:
+        t = time.perf_counter()
+        got, phases["lsp"] = await lsp_phase(args, tasks, indices)
+        phases["lsp"]["run_s"] = round(time.perf_counter() - t, 1)
+        answers.update(got)
+    if args.inprocess:
+        t = time.perf_counter()
+        got, phases["inprocess"] = await inprocess_phase(args, tasks, indices, names)
+        phases["inprocess"]["run_s"] = round(time.perf_counter() - t, 1)
+        answers.update(got)
+    if args.llama:
+        t = time.perf_counter()
+        got, phases["llama"] = await asyncio.get_running_loop().run_in_executor(None, llama_phase, args, tasks,
+                                                                                 indices)
+        phases["llama"]["run_s"] = round(time.perf_counter() - t, 1)
+        answers.update(got)
+
+    runner = TestRunner(args.timeout)
+    records: list[dict[str, Any]] = []
+    try:
+        for i in indices:
+            task = tasks[i]
+            for c in args.cursors:
+                hole = make_hole(task, c)
+                answers[(i, f"canonical@{c}")] = {"document": hole.document(canonical_middle(task, hole))}
+            answers[(i, "empty@indent")] = {"document": make_hole(task, "indent").document("")}
+            reference = answers[(i, f"canonical@{args.cursors[0]}")]["document"]
+            rec: dict[str, Any] = {"index": i, "task_id": task["task_id"], "passed": {}, "exact": {},
+                                   "answers": {}}
+            for cfg in configs:
+                a = answers[(i, cfg.name)]
+                rec["passed"][cfg.name] = runner.passes(program_of(a["document"], task))
+                rec["exact"][cfg.name] = same_code(a["document"], reference)
+                if cfg.kind != "check":
+                    rec["answers"][cfg.name] = {k: v for k, v in a.items() if k != "document"}
+            records.append(rec)
+            if args.verbose:
+                print(f"{task['task_id']}: " + " ".join(f"{n}{'+' if p else '.'}" for n, p in rec["passed"].items()))
+    finally:
         runner.close()
 
     summary: dict[str, dict[str, Any]] = {}
-    for name in names:
-        k = sum(r["passed"][name] for r in records)
-        ex = sum(r["exact"][name] for r in records)
+    for cfg in configs:
         n = len(records)
-        summary[name] = {"passed": k, "n": n, "pass@1": round(100 * k / n, 1) if n else None,
-                         "exact": round(100 * ex / n, 1) if n else None}
-    lat = [r["latency_ms"] for r in records]
+        k = sum(r["passed"][cfg.name] for r in records)
+        ex = sum(r["exact"][cfg.name] for r in records)
+        lat = [r["answers"][cfg.name]["latency_ms"] for r in records
+               if r["answers"].get(cfg.name, {}).get("latency_ms") is not None]
+        summary[cfg.name] = {"kind": cfg.kind, "label": cfg.label, "passed": k, "n": n,
+                             "pass@1": round(100 * k / n, 1) if n else None,
+                             "exact": round(100 * ex / n, 1) if n else None,
+                             "latency_ms": latency_summary(lat) if lat else None}
+    model = phases.get("inprocess", {}).get("model") or {"source": args.model or "embedded Qwen2.5-Coder-0.5B",
+                                                         "device": args.device}
     return {
         "benchmark": "quality",
+        "version": 2,
         "set": "multi-line" if args.multi_line else "single-line",
-        "cursor": args.cursor,
+        "cursors": args.cursors,
         "data": path.name,
         "limit": args.limit,
         "indices": indices,
         "n_tasks_total": len(tasks),
-        "options": dataclasses.asdict(options),
-        "model": {"source": engine.loaded.source, "device": engine.loaded.device, "dtype": engine.loaded.dtype,
-                  "quantize": engine.loaded.quantize, "fim": engine.encoder.profile.name},
+        "max_tokens": args.max_tokens,
+        "model": model,
         "machine": machine(),
-        "load_s": round(load_s, 1),
+        "skipped": args.skipped,
+        "phases": phases,
         "run_s": round(time.perf_counter() - t_run, 1),
-        "pipeline_latency_ms_mean": round(sum(lat) / len(lat), 1) if lat else None,
         "summary": summary,
-        "target": target_verdict(summary, args.multi_line),
+        "target": target_verdict(summary, args.cursors),
         "tasks": records,
     }
 
 
-def target_verdict(summary: dict[str, dict[str, Any]], multi: bool) -> dict[str, Any]:
-    pipe, raw = summary["pipeline"]["pass@1"], summary["raw"]["pass@1"]
-    delta = None if pipe is None or raw is None else round(pipe - raw, 1)
-    out: dict[str, Any] = {"pipeline_minus_raw_points": delta}
-    if not multi:
-        out["goal"] = "pipeline >= raw + 10 points (single-line)"
-        out["met"] = delta is not None and delta >= 10
+def target_verdict(summary: dict[str, dict[str, Any]], cursors: list[str]) -> dict[str, Any]:
+    """Issue #13's target: the LSP's first answer within 2 points of the unbudgeted pipeline, per cursor."""
+    out: dict[str, Any] = {"goal": "lsp (defaults, first answer) >= pipeline_budget0 - 2 points, each cursor"}
+    for c in cursors:
+        lsp, pipe = summary.get(f"lsp@{c}"), summary.get(f"pipeline_budget0@{c}")
+        if lsp is None or pipe is None or lsp["pass@1"] is None or pipe["pass@1"] is None:
+            continue
+        delta = round(lsp["pass@1"] - pipe["pass@1"], 1)
+        out[c] = {"lsp_minus_pipeline_points": delta, "met": delta >= -2}
     return out
 
 
 def report(result: dict[str, Any]) -> str:
     summary = result["summary"]
-    raw = summary["raw"]["pass@1"]
+    if result.get("version", 1) < 2:  # a result of the older layout (pipeline/raw, one cursor)
+        return _report_v1(result)
     rows = []
     for name, s in summary.items():
-        delta = None if s["pass@1"] is None or raw is None else s["pass@1"] - raw
-        rows.append([name, fmt(s["pass@1"], 1), f"{s['passed']}/{s['n']}", fmt(s["exact"], 1),
-                     "" if name == "raw" or delta is None else f"{delta:+.1f}"])
-    lines = [f"HumanEval {result['set']} infilling, {summary['pipeline']['n']} tasks, "
-             f"cursor {result.get('cursor', 'indent')} (stride subset of {result['n_tasks_total']}), "
+        lat = s.get("latency_ms") or {}
+        rows.append([name, s["kind"], fmt(s["pass@1"], 1), f"{s['passed']}/{s['n']}", fmt(s["exact"], 1),
+                     fmt(lat.get("p50")), fmt(lat.get("p95")), s["label"]])
+    n = next(iter(summary.values()))["n"] if summary else 0
+    lines = [f"HumanEval {result['set']} infilling, {n} tasks (stride subset of {result['n_tasks_total']}), "
+             f"cursors {', '.join(result['cursors'])}, "
              f"model {result['model']['source']} on {result['model']['device']}",
-             table(rows, ["config", "pass@1 %", "passed", "exact %", "vs raw (points)"])]
-    t = result["target"]
-    if "goal" in t:
-        lines.append(f"target {t['goal']}: {'MET' if t['met'] else 'NOT met'} "
-                     f"({t['pipeline_minus_raw_points']:+.1f} points)")
-    lines.append(f"pipeline latency mean {fmt(result['pipeline_latency_ms_mean'])} ms (budget_ms=0); "
-                 f"model load {result['load_s']} s; run {result['run_s']} s")
+             table(rows, ["config", "kind", "pass@1 %", "passed", "exact %", "p50 ms", "p95 ms", "what"])]
+    for c, v in result["target"].items():
+        if isinstance(v, dict):
+            lines.append(f"target @{c} (lsp >= pipeline_budget0 - 2): {'MET' if v['met'] else 'NOT met'} "
+                         f"({v['lsp_minus_pipeline_points']:+.1f} points)")
+    for c in result["cursors"]:
+        lsp, llama = summary.get(f"lsp@{c}"), summary.get(f"llama@{c}")
+        if lsp and llama:
+            lines.append(f"@{c}: lsp {fmt(lsp['pass@1'], 1)} % vs llama.cpp {fmt(llama['pass@1'], 1)} % "
+                         f"({lsp['pass@1'] - llama['pass@1']:+.1f} points)")
+    if result.get("skipped"):
+        lines.append("skipped: " + "; ".join(result["skipped"]))
+    phases = ", ".join(f"{k} {v.get('run_s')} s" for k, v in result.get("phases", {}).items())
+    lines.append(f"run {result['run_s']} s ({phases})")
     return "\n".join(lines)
+
+
+def _report_v1(result: dict[str, Any]) -> str:
+    summary = result["summary"]
+    rows = [[name, fmt(s["pass@1"], 1), f"{s['passed']}/{s['n']}", fmt(s["exact"], 1)] for name, s in summary.items()]
+    return "\n".join([f"HumanEval {result['set']} infilling (older layout: in-process pipeline, budget_ms=0), "
+                      f"cursor {result.get('cursor', 'indent')}",
+                      table(rows, ["config", "pass@1 %", "passed", "exact %"])])
+
+
+KIND_COLORS = {"headline": "tab:blue", "peer": "tab:orange", "ablation": "tab:green", "check": "tab:gray"}
 
 
 def plot(result: dict[str, Any], png: Path) -> Path | None:
@@ -325,18 +558,17 @@ def plot(result: dict[str, Any], png: Path) -> Path | None:
     summary = result["summary"]
     names = list(summary)
     values = [summary[n]["pass@1"] or 0 for n in names]
-    colors = ["tab:blue" if n.startswith("pipeline") else "tab:orange" if n.startswith("raw")
-              else "tab:gray" if n in ("canonical", "empty") else "tab:green" for n in names]
+    kinds = [summary[n].get("kind", "ablation") for n in names]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(names)), 4))
-    bars = ax.bar(range(len(names)), values, color=colors)
+    bars = ax.bar(range(len(names)), values, color=[KIND_COLORS.get(k, "tab:green") for k in kinds])
     for b, v in zip(bars, values, strict=True):
         ax.text(b.get_x() + b.get_width() / 2, v + 1, f"{v:.1f}", ha="center", fontsize=8)
     ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("pass@1 (%)")
     ax.set_ylim(0, 110)
-    n = summary["pipeline"]["n"]
-    ax.set_title(f"HumanEval {result['set']} infilling, {n} tasks - {result['model']['source']} "
-                 f"on {result['model']['device']}", fontsize=9)
+    n = summary[names[0]]["n"] if names else 0
+    ax.set_title(f"HumanEval {result['set']} infilling, {n} tasks - blue: LSP defaults (headline), orange: "
+                 f"llama.cpp, green: ablations", fontsize=9)
     return save_figure(plt, fig, png)
 
 
@@ -345,16 +577,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=60,
                    help="tasks, sampled with a fixed stride over the set (default 60; 0: all)")
     p.add_argument("--tasks", help="comma-separated task indices instead of the stride subset (debugging)")
-    p.add_argument("-v", "--verbose", action="store_true", help="print each configuration's middle")
+    p.add_argument("-v", "--verbose", action="store_true", help="print each task's pass/fail per configuration")
     p.add_argument("--multi-line", action="store_true", help="the multi-line infilling set (default single-line)")
     p.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/quality_{single,multi}.json)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    p.add_argument("--no-ablations", action="store_true", help="skip the per-filter ablations")
     p.add_argument("--data", help="folder with the HumanEval-*LineInfilling.jsonl.gz files")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per test program (default 10)")
-    p.add_argument("--cursor", choices=("indent", "line-start"), default="indent",
-                   help="where the cursor sits on the empty hole line: after the auto-indent (default) or at column 0")
-    p.add_argument("--max-tokens", type=int, default=64, help="max decoded tokens (the server's default: 64)")
+    p.add_argument("--cursor", choices=("both", "indent", "col0", "line-start"), default="both",
+                   help="cursor on the empty hole line: after the auto-indent, at column 0 (line-start), or both "
+                        "(default)")
+    p.add_argument("--no-lsp", dest="lsp", action="store_false", help="skip the headline (the LSP server)")
+    p.add_argument("--no-llama", dest="llama", action="store_false", help="skip the llama.cpp peer")
+    p.add_argument("--no-inprocess", dest="inprocess", action="store_false",
+                   help="skip the in-process ablations (pipeline with budget_ms=0, raw model)")
+    p.add_argument("--no-ablations", dest="ablations", action="store_false",
+                   help="skip the per-filter ablations (keep pipeline_budget0, no_second_opinions, raw)")
+    p.add_argument("--model", help="a model other than the embedded one (server --model; tests use a tiny one); "
+                                   "llama.cpp runs only when it is a .gguf")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                   help=f"max decoded tokens (the server's default: {DEFAULT_MAX_TOKENS}; another value is passed "
+                        "to the server as a flag)")
     add_device_args(p)
     return p
 
@@ -363,6 +605,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     refuse_if_unusable(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.cursors = ["indent", "col0"] if args.cursor == "both" else ["col0" if args.cursor == "line-start"
+                                                                     else args.cursor]
+    args.skipped = []
+    if args.llama and (problem := llama_problem(args.model)):
+        args.llama = False
+        args.skipped.append(f"llama.cpp peer: {problem}")
     result = asyncio.run(run(args))
     out = args.out or RESULTS_DIR / f"quality_{'multi' if args.multi_line else 'single'}.json"
     write_json(out, result)
