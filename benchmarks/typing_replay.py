@@ -383,10 +383,12 @@ class PeerSystem(System):
 
     async def suggest(self, uri: str, line: int, col: int) -> tuple[str | None, dict[str, Any]]:
         from codestral_ls.server.context import build_context
+        from codestral_ls.server.cursor import read_cursor
 
         doc, language = self.docs[uri]
         off = _offset(doc, line, col)
-        ctx = build_context(doc, off, language, self.count_tokens, self.prefix_tokens, self.suffix_tokens, "never")
+        ctx = build_context(read_cursor(doc, off, language, "never"), self.count_tokens, self.prefix_tokens,
+                            self.suffix_tokens)
         text = self.complete(ctx.prefix, ctx.suffix).split("\n", 1)[0].rstrip()
         return (text or None), {"source": "engine"}
 

@@ -4,6 +4,8 @@ The prompt is cut where the current edit began (the anchor); what was typed sinc
 the engine as `forced_middle`. As long as the text before the anchor and after the cursor is
 unchanged, every keystroke produces the same prompt plus a growing middle, so the engine's KV
 cache (prefix *and* suffix) survives — essential for prefix-suffix-middle models like Qwen.
+The anchor compares document text (any line ending); the middle goes to the model in LF form, as
+the context windows do.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class Anchor:
     offset: int  # where the edit began
     ctx: Context  # context computed at the anchor
     raw_prefix: str  # document text [ctx.prefix_start, offset)
-    raw_suffix: str  # document text after the anchor that the suffix window covered
+    raw_suffix: str  # document text after the anchor that the suffix window covered (to ctx.suffix_end)
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,10 @@ class Anchors:
             typed = text[a.offset:offset]
             same_suffix = text[offset:offset + len(a.raw_suffix)] == a.raw_suffix
             if same_prefix and same_suffix:
-                return Placement(a.ctx, typed, anchored=True)
+                return Placement(a.ctx, typed.replace("\r\n", "\n"), anchored=True)
         ctx: Context = fresh_context()
         self._by_doc.pop(uri, None)
-        self._by_doc[uri] = Anchor(offset, ctx, text[ctx.prefix_start:offset], text[offset:offset + len(ctx.suffix)])
+        self._by_doc[uri] = Anchor(offset, ctx, text[ctx.prefix_start:offset], text[offset:ctx.suffix_end])
         while len(self._by_doc) > MAX_DOCS:
             del self._by_doc[next(iter(self._by_doc))]
         return Placement(ctx, "", anchored=False)

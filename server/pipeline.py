@@ -1,9 +1,15 @@
 """The keystroke path, one straight line:
 
     document + cursor → typed-through cache? → context (anchored) → FimRequest → engine worker
-    → postprocess → Suggestion
+    → postprocess + fit (second opinions) → Suggestion
 
 Used by the LSP handlers and by `codestral-ls complete`; knows nothing of LSP types.
+
+What an editor shows first stays on screen until the user types, so the first answer at a place is
+a finished suggestion: the whole line in single-line mode; in multi-line mode the lines decoded
+when the latency budget runs out (at least one whole line) — and then the rest of the block is
+decoded as a follow-up whose result `on_grow` announces (the LSP layer tells clients that opted
+in). `warm` prefills the prompt of a place the user is about to type at, at the lowest priority.
 """
 
 from __future__ import annotations
@@ -20,18 +26,22 @@ from typing import TYPE_CHECKING
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import CancelToken, FimRequest, FimResult, StopRule
 from codestral_ls.server.anchor import Anchors
-from codestral_ls.server.context import build_context, cursor_mode, language_for
-from codestral_ls.server.fit import LINE_COMMENTS, first_words, misfit
+from codestral_ls.server.context import build_context
+from codestral_ls.server.cursor import Cursor, language_for, read_cursor
 from codestral_ls.server.options import Options
-from codestral_ls.server.postprocess import Surroundings, postprocess
+from codestral_ls.server.postprocess import first_words, misfit, postprocess, replaced_after
+from codestral_ls.server.speed import DeviceSpeed
 from codestral_ls.server.stats import Stats
 from codestral_ls.server.typed_cache import Shown, TypedThroughCache
 
 if TYPE_CHECKING:
-    from codestral_ls.server.backends import Backend  # engine.worker.EngineWorker or a remote backend
+    from codestral_ls.engine.backend import Backend
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
+
+# A request whose prompt needed at most this many new tokens found it cached (warm).
+WARM_TOKENS = 2
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,15 @@ class Suggestion:
     source: str  # "engine" or "typed-through"
     latency_ms: float
     result: FimResult | None = None
+    replace_after: int = 0  # characters after the cursor that `text` replaces (auto-closed brackets)
+
+
+@dataclass
+class _Ask:
+    """One place to complete at: the engine request and what judging its answer needs."""
+
+    req: FimRequest
+    cursor: Cursor
 
 
 class Completer:
@@ -63,65 +82,139 @@ class Completer:
         self.typed = TypedThroughCache(options.typed_cache_entries)
         self.other_documents = other_documents or (lambda uri: [])
         self.disabled_filters = disabled_filters
+        self.speed = DeviceSpeed()
+        self.declined = ""  # why the last request got no suggestion (shown by our clients)
+        self._growing: dict[str, asyncio.Task[None]] = {}  # follow-up decode per document
 
-    async def complete(self, doc: Document, offset: int) -> Suggestion | None:
-        """The suggestion at `offset`, or None. Raises Cancelled when superseded."""
+    async def complete(self, doc: Document, offset: int,
+                       on_grow: Callable[[Suggestion], None] | None = None) -> Suggestion | None:
+        """The suggestion at `offset`, or None (`declined` says why). Raises Cancelled when superseded.
+
+        `on_grow` is called once if a multi-line suggestion cut by the latency budget is later
+        decoded further: with the longer suggestion, which a new request here then answers at once.
+        """
         t0 = time.perf_counter()
         self.stats.requests += 1
-        text = doc.text
-        line = text.count("\n", 0, offset)
-        line_start = text.rfind("\n", 0, offset) + 1
-        line_end = text.find("\n", offset)
-        line_before, line_after = text[line_start:offset], text[offset:len(text) if line_end < 0 else line_end]
+        self._stop_growing(doc.uri)
         language = language_for(doc.language_id, doc.uri)
         if language in self.options.disabled_languages:
-            return None
+            return self._empty(t0, f"completions are off for {language}")
+        cursor = read_cursor(doc.text, offset, language, self.options.multiline)  # the one cursor analysis
+        line = cursor.line
 
-        rest = self.typed.lookup(doc.uri, line, line_before, line_after)
+        rest = self.typed.lookup(doc.uri, cursor)
         if rest is not None:
             self.stats.typed_through_hits += 1
-            return self._shown(Suggestion(self._new_id(), rest, line, offset, "typed-through", _ms(t0)),
-                               doc.uri, line_before, line_after)
+            return self._shown(Suggestion(self._new_id(), rest.text, line, offset, "typed-through", _ms(t0),
+                                          replace_after=rest.replace_after), doc.uri, cursor)
 
-        await self._ready()
-        mode, block_indent = cursor_mode(text, offset, language, self.options.multiline)
+        ready = self._ready()
+        if ready:
+            return self._empty(t0, ready)
+        ask = self._ask(doc, cursor)
+        if ask is None:
+            return self._empty(t0, "no suggestion inside a word")
+        suggestion, replace, result = await self._answer(ask)
+        if not suggestion:
+            return self._empty(t0, "the model had nothing that fits here")
+        shown = self._shown(Suggestion(self._new_id(), suggestion, line, offset, "engine", _ms(t0), result,
+                                       replace_after=replace), doc.uri, cursor)
+        deadline = ask.req.stop.line_deadline
+        if deadline is not None and result is not None and result.finish == "stop" and time.monotonic() >= deadline:
+            # The budget ended the block early: decode the rest while the user reads the first lines.
+            self._grow(doc.uri, ask, shown, on_grow)
+        return shown
+
+    def warm(self, doc: Document, offset: int) -> bool:
+        """Prefill the prompt at `offset` while the user is not typing (preempted by any request).
+
+        Returns whether warm-up work was queued. The next request there finds its prompt cached.
+        """
+        if self._ready():
+            return False
+        language = language_for(doc.language_id, doc.uri)
+        if language in self.options.disabled_languages:
+            return False
+        ask = self._ask(doc, read_cursor(doc.text, offset, language, self.options.multiline))
+        if ask is None:
+            return False
+        self.stats.warm_ups += 1
+        self.worker.prefetch(dataclasses.replace(ask.req, stop=dataclasses.replace(ask.req.stop, line_deadline=None)))
+        return True
+
+    # -- phases -----------------------------------------------------------------------------
+
+    def _ask(self, doc: Document, cursor: Cursor) -> _Ask | None:
+        """The engine request at the cursor (anchored prompt, windows sized to the device), or None."""
+        o, mode = self.options, cursor.mode
         if mode == "none":
-            return self._empty(t0)
-        o = self.options
-        placement = self.anchors.place(doc.uri, text, offset, lambda: build_context(
-            text, offset, language, self.worker.count_tokens, o.prefix_tokens, o.suffix_tokens, o.multiline))
+            return None
+        if not self.speed.device:  # the local engine's device; unknown (a fallback target) for the others
+            loaded = getattr(getattr(self.worker, "engine", None), "loaded", None)
+            self.speed.device = str(getattr(loaded, "device", "") or "").split(":")[0]
+        prefix_tokens, suffix_tokens = self.speed.windows(o.prefix_tokens, o.suffix_tokens, o.cold_target_ms)
+        placement = self.anchors.place(doc.uri, doc.text, cursor.offset, lambda: build_context(
+            cursor, self.worker.count_tokens, prefix_tokens, suffix_tokens))
         ctx = placement.ctx
-        comment = LINE_COMMENTS.get(language, "")
+        # A budget only shortens a block by whole lines; a single line is always finished.
+        deadline = time.monotonic() + o.budget_ms / 1000 if o.budget_ms and mode == "multi" else None
         req = FimRequest(
             doc=doc.uri, prefix=ctx.prefix, suffix=ctx.suffix, forced_middle=placement.forced_middle,
             extra_files=self._extra_files(doc), max_tokens=o.max_tokens,
-            stop=StopRule(single_line=mode == "single", max_lines=o.max_lines, block_indent=block_indent,
-                          line_comment=comment),
-            budget_ms=o.budget_ms or None,
+            stop=StopRule(single_line=mode == "single", max_lines=o.max_lines, block_indent=cursor.block_indent,
+                          line_comment=cursor.line_comment, line_deadline=deadline),
         )
-        surroundings = Surroundings(line_before, line_after, text[offset:offset + 2000],
-                                    tuple(text[max(0, line_start - 1600):line_start].split("\n")[-12:]),
-                                    single_line=mode == "single", line_comment=comment)
-        avoid: list[str] = []
+        return _Ask(req, cursor)
+
+    async def _answer(self, ask: _Ask) -> tuple[str, int, FimResult | None]:
+        """Ask the engine; a line that cannot fit the code after it is replaced by the next-best start.
+
+        Returns the suggestion in the document's line ending, the number of characters after the
+        cursor it replaces, and the engine's result.
+        """
+        req, avoid = ask.req, []
         while True:
             result = await self._engine(req)
-            suggestion = postprocess(result.text, surroundings, self.disabled_filters)
-            # Only a finished line is judged (a budget cut is the start of one, still decoding).
-            why = misfit(suggestion, line_before, line_after, surroundings.suffix, language) \
-                if result.finish == "stop" else None
+            suggestion = postprocess(result.text, ask.cursor, self.disabled_filters)
+            # Only a finished line is judged (a cut one is the start of one, still decoding).
+            why = misfit(suggestion, ask.cursor) if result.finish == "stop" else None
             if why is None:
-                break
+                return ask.cursor.in_document(suggestion), replaced_after(suggestion, ask.cursor), result
             # A line that cannot be right here: ask for the model's next-best start instead.
             log.debug("suggestion rejected (%s); asking for another", why)
             self.stats.rejected += 1
-            if len(avoid) >= o.second_opinions or not getattr(self.worker, "steerable", False):
-                return self._empty(t0)
+            if len(avoid) >= self.options.second_opinions or not getattr(self.worker, "steerable", False):
+                return "", 0, result
             avoid.append(first_words(suggestion))
             req = dataclasses.replace(req, avoid=tuple(avoid), cancel=CancelToken())
-        if not suggestion:
-            return self._empty(t0)
-        return self._shown(Suggestion(self._new_id(), suggestion, line, offset, "engine", _ms(t0), result),
-                           doc.uri, line_before, line_after)
+
+    def _grow(self, uri: str, ask: _Ask, shown: Suggestion, on_grow: Callable[[Suggestion], None] | None) -> None:
+        """Decode the rest of a budget-cut block; remember it and announce it if it says more."""
+        req = dataclasses.replace(ask.req, stop=dataclasses.replace(ask.req.stop, line_deadline=None),
+                                  cancel=CancelToken())
+        grown = dataclasses.replace(ask, req=req)
+
+        async def follow_up() -> None:
+            try:
+                text, replace, result = await self._answer(grown)
+            except (Cancelled, EngineError, asyncio.CancelledError):
+                return  # the user typed (a newer request won) or the engine failed: nothing to add
+            if not text or text == shown.text or not text.startswith(shown.text):
+                return
+            self.stats.grown += 1
+            longer = self._shown(dataclasses.replace(shown, id=self._new_id(), text=text, result=result,
+                                                     replace_after=replace), uri, ask.cursor)
+            if on_grow is not None:
+                on_grow(longer)
+
+        task = asyncio.get_running_loop().create_task(follow_up())
+        self._growing[uri] = task
+        task.add_done_callback(lambda t: self._growing.pop(uri, None) if self._growing.get(uri) is t else None)
+
+    def _stop_growing(self, uri: str) -> None:
+        task = self._growing.pop(uri, None)
+        if task is not None:
+            task.cancel()
 
     async def _engine(self, req: FimRequest) -> FimResult:
         try:
@@ -130,10 +223,14 @@ class Completer:
             req.cancel.cancel()
             raise
         self.stats.add_engine(result)
+        if result.prompt_tokens and result.prefilled_tokens <= WARM_TOKENS:
+            self.stats.warm_prompts += 1
+        self.speed.observe(result)
         return result
 
-    def _shown(self, s: Suggestion, uri: str, line_before: str, line_after: str) -> Suggestion:
-        self.typed.remember(Shown(uri, s.line, line_before, line_after, s.text))
+    def _shown(self, s: Suggestion, uri: str, cursor: Cursor) -> Suggestion:
+        self.typed.remember(Shown.at(uri, cursor, s.text, s.replace_after))
+        self.declined = ""
         self.stats.suggestions += 1
         self.stats.latencies_ms.append(s.latency_ms)
         self.stats.shown[s.id] = len(s.text)
@@ -141,16 +238,19 @@ class Completer:
             self.stats.shown.pop(next(iter(self.stats.shown)))
         return s
 
-    def _empty(self, t0: float) -> None:
+    def _empty(self, t0: float, why: str) -> None:
+        self.declined = why
         self.stats.empty += 1
         self.stats.latencies_ms.append(_ms(t0))
         return None
 
-    async def _ready(self) -> None:
+    def _ready(self) -> str:
+        """Why no request can run now ("" when one can). Never waits: a loading model answers empty."""
         if not self.worker.loaded.is_set():
-            await asyncio.get_running_loop().run_in_executor(None, self.worker.loaded.wait)
+            return "the model is still loading"
         if self.worker.load_error is not None:
             raise EngineError(self.worker.load_error)
+        return ""
 
     def _extra_files(self, doc: Document) -> tuple[tuple[str, str], ...]:
         budget = self.options.extra_context_tokens * 3  # characters, roughly 3 per token
@@ -175,6 +275,7 @@ class Completer:
             self.stats.accepted_chars += max(0, chars)
 
     def forget(self, uri: str) -> None:
+        self._stop_growing(uri)
         self.anchors.forget(uri)
         self.typed.forget(uri)
 

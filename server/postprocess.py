@@ -1,49 +1,110 @@
-"""Turn the model's middle into a suggestion a user would accept.
+"""Judge the model's middle: repair it into a suggestion a user would accept, or say why it cannot
+be right where the cursor is.
 
-Each filter is a plain function `(text, Surroundings) -> text`; `FILTERS` lists them in order and
+Repairs are plain functions `(text, Cursor) -> text`; `FILTERS` lists them in order and
 `postprocess` can switch any off, so the quality benchmark can measure each one's effect.
+`replaced_after` says how many auto-closed characters after the cursor a suggestion takes the
+place of (an editor replaces them on accept). `misfit` names why a finished suggestion cannot be
+right before the code that follows; the pipeline then asks for the model's next-best start.
+
+Rules it keeps: one bracket counter (`scan`) for every judgement, aware of strings and line
+comments; a judgement reads the `Cursor`, never the document again; texts here are in LF form.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from codestral_ls.engine.request import StopRule
+from codestral_ls.server.cursor import Cursor
 
 PAIRS = {")": "(", "]": "[", "}": "{"}
 OPENERS = set(PAIRS.values())
+QUOTES = "\"'`"
+AUTO_CLOSED = ")]}" + QUOTES  # what an editor inserts after the cursor when the user opens a pair
 
 
-@dataclass(frozen=True)
-class Surroundings:
-    line_before: str  # current line up to the cursor (typed text included)
-    line_after: str  # current line after the cursor
-    suffix: str  # document text after the cursor
-    prev_lines: tuple[str, ...]  # a few lines above the cursor's line, nearest last
-    single_line: bool
-    line_comment: str = ""  # the language's line comment: a comment-only line does not end a single line
+# -- the bracket counter --------------------------------------------------------------------------
 
 
-def trim_to_line(text: str, s: Surroundings) -> str:
+@dataclass
+class Brackets:
+    """What `scan` found in a piece of code."""
+
+    open: list[str] = field(default_factory=list)  # openers still unclosed, innermost last
+    unmatched: list[int] = field(default_factory=list)  # positions of closers that close nothing
+    quote: str | None = None  # the quote of a string still open at the end
+    comment: int | None = None  # where a line comment on the last line starts
+
+    @property
+    def depth(self) -> int:
+        """Openers left open minus closers too many."""
+        return len(self.open) - len(self.unmatched)
+
+    @property
+    def badness(self) -> int:
+        """How far the code is from balanced: open and stray brackets, an unclosed string."""
+        return len(self.open) + len(self.unmatched) + (self.quote is not None)
+
+
+def scan(code: str, line_comment: str = "") -> Brackets:
+    """Brackets of `code`, skipping strings and line comments. A closer that does not match the
+    innermost open bracket closes nothing."""
+    b = Brackets()
+    i, n = 0, len(code)
+    while i < n:
+        c = code[i]
+        if b.quote:
+            if c == "\\":
+                i += 1  # the escaped character
+            elif c == b.quote:
+                b.quote = None
+        elif c == "\n":
+            b.comment = None
+        elif line_comment and code.startswith(line_comment, i):
+            b.comment = i
+            end = code.find("\n", i)
+            if end < 0:
+                break
+            i = end
+            continue
+        elif c in QUOTES:
+            b.quote = c
+        elif c in OPENERS:
+            b.open.append(c)
+        elif c in PAIRS:
+            if b.open and b.open[-1] == PAIRS[c]:
+                b.open.pop()
+            else:
+                b.unmatched.append(i)
+        i += 1
+    return b
+
+
+# -- repairs --------------------------------------------------------------------------------------
+
+
+def trim_to_line(text: str, c: Cursor) -> str:
     """Single-line mode ends at the line break; multi-line drops trailing blank lines."""
-    if s.single_line:
-        return StopRule(single_line=True, line_comment=s.line_comment).cut(text)[0].rstrip()
+    if c.single_line:
+        return StopRule(single_line=True, line_comment=c.line_comment).cut(text)[0].rstrip()
     return text.rstrip()
 
 
-def drop_suffix_overlap(text: str, s: Surroundings) -> str:
-    """Drop the end of the suggestion that repeats what already follows the cursor."""
-    after = s.line_after.strip()
-    if after:
-        # e.g. `foo(a, b))` before `)`: the closing text is already there.
-        for k in range(min(len(after), len(text)), 0, -1):
-            if text.endswith(after[:k]) and (k == len(after) or not after[:k].isalnum()):
-                return text[: len(text) - k].rstrip() if k < len(text) else ""
-        return text
+def drop_suffix_overlap(text: str, c: Cursor) -> str:
+    """Drop the end of the suggestion that repeats what already follows the cursor.
+
+    A repeated closing bracket goes only when the line reads better without it: in `foo(` before
+    `)`, `bar(1)` keeps its `)` (it closes `bar(`), `a, b)` loses it (the `)` after the cursor
+    closes `foo(` already).
+    """
+    if c.after.strip():
+        return _closing(text, c)[0]
     if "\n" in text:
         # Multi-line: drop trailing lines that equal the lines after the cursor.
-        following = [ln.rstrip() for ln in s.suffix.lstrip("\n").split("\n") if ln.strip()][:8]
+        following = [ln.rstrip() for ln in c.suffix.lstrip("\n").split("\n") if ln.strip()][:8]
         lines = text.split("\n")
         if following:
             for i in range(1, len(lines)):
@@ -53,28 +114,14 @@ def drop_suffix_overlap(text: str, s: Surroundings) -> str:
     return text
 
 
-def balance_brackets(text: str, s: Surroundings) -> str:
+def balance_brackets(text: str, c: Cursor) -> str:
     """Cut at the first closing bracket that opens nowhere (not in the suggestion nor the line)."""
-    stack = [c for c in _unclosed(s.line_before)]
-    in_str: str | None = None
-    for i, c in enumerate(text):
-        if in_str:
-            if c == in_str and (i == 0 or text[i - 1] != "\\"):
-                in_str = None
-            continue
-        if c in "\"'`":
-            in_str = c
-        elif c in OPENERS:
-            stack.append(c)
-        elif c in PAIRS:
-            if stack and stack[-1] == PAIRS[c]:
-                stack.pop()
-            else:
-                return text[:i].rstrip()
-    return text
+    b = scan(c.before + text, c.line_comment)
+    stray = [i - len(c.before) for i in b.unmatched if i >= len(c.before)]
+    return text[:stray[0]].rstrip() if stray else text
 
 
-def drop_repetition(text: str, s: Surroundings) -> str:
+def drop_repetition(text: str, c: Cursor) -> str:
     """Drop what only repeats the lines above the cursor, and cut a loop on one line.
 
     The model sometimes re-writes the lines it was just shown (a docstring, the previous
@@ -84,9 +131,9 @@ def drop_repetition(text: str, s: Surroundings) -> str:
         return ""
     # Lines as they would read in the document, indentation included: `return False` one level
     # out from the same line above is a different statement, not a repeat.
-    lines = [ln.rstrip() for ln in (s.line_before + text).split("\n") if ln.strip()]
-    above = [ln.rstrip() for ln in s.prev_lines if ln.strip()]
-    if s.line_before.strip():
+    lines = [ln.rstrip() for ln in (c.before + text).split("\n") if ln.strip()]
+    above = [ln.rstrip() for ln in c.prev_lines if ln.strip()]
+    if c.before.strip():
         # Mid-line: the cursor's line as it would read must not just be the line above.
         if above and lines[0] == above[-1] and len(above[-1].strip()) > 3:
             return ""
@@ -98,7 +145,7 @@ def drop_repetition(text: str, s: Surroundings) -> str:
                     return ""
                 # The first kept line goes where the cursor is: its indentation is already there.
                 head, _, tail = rest.partition("\n")
-                head = head[len(s.line_before):] if head.startswith(s.line_before) else head.lstrip()
+                head = head[len(c.before):] if head.startswith(c.before) else head.lstrip()
                 text = head + ("\n" + tail if tail else "")
                 break
     # A line repeated three times in a row is the model looping: keep the first copy.
@@ -124,11 +171,11 @@ def _after_nonblank_lines(text: str, k: int) -> str:
     return ""
 
 
-def drop_empty(text: str, s: Surroundings) -> str:
+def drop_empty(text: str, c: Cursor) -> str:
     return text if text.strip() else ""
 
 
-Filter = Callable[[str, Surroundings], str]
+Filter = Callable[[str, Cursor], str]
 FILTERS: dict[str, Filter] = {
     "trim_to_line": trim_to_line,
     "drop_suffix_overlap": drop_suffix_overlap,
@@ -138,20 +185,106 @@ FILTERS: dict[str, Filter] = {
 }
 
 
-def postprocess(text: str, s: Surroundings, disabled: frozenset[str] = frozenset()) -> str:
+def postprocess(text: str, c: Cursor, disabled: frozenset[str] = frozenset()) -> str:
     for name, f in FILTERS.items():
         if name not in disabled:
-            text = f(text, s)
+            text = f(text, c)
         if not text:
             return ""
     return text
 
 
-def _unclosed(line: str) -> list[str]:
-    stack: list[str] = []
-    for c in line:
-        if c in OPENERS:
-            stack.append(c)
-        elif c in PAIRS and stack and stack[-1] == PAIRS[c]:
-            stack.pop()
-    return stack
+def replaced_after(text: str, c: Cursor) -> int:
+    """How many characters right after the cursor the suggestion takes the place of: auto-closed
+    brackets and quotes it closes itself (`a, b) + 1` in `foo(` before `)`). 0: a plain insert."""
+    return _closing(text, c)[1] if text and c.after.strip() else 0
+
+
+def _closing(text: str, c: Cursor) -> tuple[str, int]:
+    """The suggestion and the number of characters after the cursor it replaces, chosen so that
+    the cursor's line reads as balanced as it can: drop a repeated end, keep it, or replace the
+    auto-closed characters. On a tie the earlier way wins, in that order."""
+    after = c.after.strip()
+    choices: list[tuple[str, int]] = []
+    # e.g. `foo(a, b))` before `)`: the closing text is already there.
+    for k in range(min(len(after), len(text)), 0, -1):
+        if text.endswith(after[:k]) and (k == len(after) or not after[:k].isalnum()):
+            if not any(ch in AUTO_CLOSED for ch in after[:k]):
+                return (text[: len(text) - k].rstrip() if k < len(text) else ""), 0  # `;`, `else`: no bracket
+            choices.append((text[: len(text) - k].rstrip() if k < len(text) else "", 0))
+            break
+    choices.append((text, 0))
+    lead = len(c.after) - len(c.after.lstrip(" \t"))
+    run = lead
+    while run < len(c.after) and c.after[run] in AUTO_CLOSED:
+        run += 1
+        choices.append((text, run))
+
+    def badness(choice: tuple[str, int]) -> int:
+        middle, replace = choice
+        return scan(c.before + middle + c.after[replace:], c.line_comment).badness
+
+    return min(choices, key=badness)  # min keeps the first of equals
+
+
+# -- does a finished suggestion fit the code around it? -----------------------------------------
+
+# Statements after which nothing else in the same block can run.
+_TERMINAL = re.compile(r"(return|raise|throw|break|continue)\b")
+# Lines at the block's indent that may legally follow a terminal statement.
+_CONTINUES = re.compile(r"(else|elif|except|finally|case|default|catch)\b|[})\]#]|//|/\*|\*")
+# Languages where a deeper next line means the current line must open a block.
+_INDENTED_BLOCKS = {"python": ":"}
+
+
+@dataclass(frozen=True)
+class Line:
+    text: str  # stripped
+    indent: int
+
+
+def misfit(suggestion: str, c: Cursor) -> str | None:
+    """Why `suggestion` cannot be right before the code after the cursor (None: nothing against it).
+
+    Only judged when the suggestion ends a line of its own: cursor after indentation (or on an
+    empty line) and nothing else on the line after it.
+    """
+    if not suggestion.strip() or c.before.strip() or c.after.strip():
+        return None
+    lines = suggestion.split("\n")
+    first = lines[0]
+    last = Line(lines[-1].strip(), _indent(lines[-1]) if len(lines) > 1 else len(c.before) + _indent(first))
+    following = _next_code_line(c.suffix.split("\n", 1)[1] if "\n" in c.suffix else "")
+    if following is None or not last.text:
+        return None
+    if len(lines) == 1 and last.text == following.text and any(ch.isalnum() for ch in last.text):
+        return "repeats the next line"
+    if (_TERMINAL.match(last.text) and following.indent == last.indent
+            and not _CONTINUES.match(following.text)):
+        return "unreachable code follows it"
+    opener = _INDENTED_BLOCKS.get(c.language)
+    if opener:
+        b = scan(last.text, c.line_comment)
+        code = last.text[:b.comment].rstrip() if b.comment is not None else last.text
+        opens = code.endswith((opener, "\\", ",")) or b.depth > 0  # an open bracket continues
+        if following.indent > last.indent and not opens:
+            return "the next line is indented deeper, but this line opens no block"
+        if following.indent <= last.indent and code.endswith(opener) and b.depth <= 0:
+            return "it opens a block, but the next line is not inside it"
+    return None
+
+
+def first_words(suggestion: str) -> str:
+    """What `FimRequest.avoid` gets for a rejected suggestion: its first line, stripped."""
+    return suggestion.split("\n", 1)[0].strip()
+
+
+def _next_code_line(text: str) -> Line | None:
+    for raw in text.split("\n", 50)[:50]:
+        if raw.strip():
+            return Line(raw.strip(), _indent(raw))
+    return None
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))

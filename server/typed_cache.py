@@ -1,14 +1,20 @@
 """Typed-through cache: while the user types what the ghost text shows, answer without the model.
 
-An entry remembers a suggestion shown at a place (document, line, text before the cursor on that
-line, text after it). A later request on that line whose text before the cursor is the remembered
-text plus a prefix of the suggestion gets the rest of the suggestion.
+An entry remembers a suggestion shown at a place: the document, the line, the text before the
+cursor on that line, the text after it, and the text around the line (`AROUND_CHARS` above and
+below). A later request on that line whose text before the cursor is the remembered text plus a
+prefix of the suggestion gets the rest of the suggestion — only while the text around the line is
+unchanged: after an edit above or below (a rename, inserted lines) the suggestion may be stale.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+
+from codestral_ls.server.cursor import Cursor
+
+AROUND_CHARS = 4000  # text above and below the line that must be unchanged for a typed-through answer
 
 
 @dataclass(frozen=True)
@@ -17,7 +23,23 @@ class Shown:
     line: int
     line_before: str
     line_after: str
-    suggestion: str
+    suggestion: str  # in the document's line ending
+    above: str = ""  # document text right above the line (up to AROUND_CHARS)
+    below: str = ""  # ... and right below it, from the line's break on
+    replace_after: int = 0  # characters after the cursor the suggestion replaces
+
+    @staticmethod
+    def at(uri: str, c: Cursor, suggestion: str, replace_after: int = 0) -> Shown:
+        above, below = _around(c)
+        return Shown(uri, c.line, c.before, c.after, suggestion, above, below, replace_after)
+
+
+@dataclass(frozen=True)
+class Rest:
+    """The part of a shown suggestion not typed yet."""
+
+    text: str
+    replace_after: int
 
 
 class TypedThroughCache:
@@ -35,22 +57,32 @@ class TypedThroughCache:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
-    def lookup(self, uri: str, line: int, line_before: str, line_after: str) -> str | None:
+    def lookup(self, uri: str, c: Cursor) -> Rest | None:
         """The rest of a shown suggestion the user is typing through, if any."""
+        around = None
         # Newest first: the latest suggestion on this line is the one on screen.
         for key in reversed(self._entries):
             shown = self._entries[key]
-            if shown.uri != uri or shown.line != line or shown.line_after != line_after:
+            if shown.uri != uri or shown.line != c.line or shown.line_after != c.after:
                 continue
-            if not line_before.startswith(shown.line_before):
+            if not c.before.startswith(shown.line_before):
                 continue
-            typed = line_before[len(shown.line_before):]
-            if typed and shown.suggestion.startswith(typed) and len(typed) < len(shown.suggestion):
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return shown.suggestion[len(typed):]
+            typed = c.before[len(shown.line_before):]
+            if not (typed and shown.suggestion.startswith(typed) and len(typed) < len(shown.suggestion)):
+                continue
+            around = around or _around(c)
+            if around != (shown.above, shown.below):
+                continue  # the code around the line changed since: the suggestion may not fit it
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return Rest(shown.suggestion[len(typed):], shown.replace_after)
         return None
 
     def forget(self, uri: str) -> None:
         for key in [k for k in self._entries if k[0] == uri]:
             del self._entries[key]
+
+
+def _around(c: Cursor) -> tuple[str, str]:
+    return (c.text[max(0, c.line_start - AROUND_CHARS):c.line_start],
+            c.text[c.line_end:c.line_end + AROUND_CHARS])

@@ -594,6 +594,7 @@ async def test_utf8_and_utf32_position_encodings():
 
 def test_a_request_never_splits_or_parses_the_whole_document(monkeypatch):
     import codestral_ls.server.context as context
+    import codestral_ls.server.cursor as cursor
     from codestral_ls.server.lsp import create_server
     from pygls.workspace import TextDocument
 
@@ -617,30 +618,31 @@ def test_a_request_never_splits_or_parses_the_whole_document(monkeypatch):
 
     tokenized: list[int] = []
     parsed: list[int] = []
-    real_parser = context._parser("python")
+    real_parser = cursor._parser("python")
 
     class Parser:
         def parse(self, data: bytes) -> Any:
             parsed.append(len(data))
             return real_parser.parse(data)
 
-    monkeypatch.setattr(context, "_parser", lambda language: Parser())
+    monkeypatch.setattr(cursor, "_parser", lambda language: Parser())
 
     def count(text: str) -> int:
         tokenized.append(len(text))
         return len(text) // 3
 
-    context.build_context(big, offset, "python", count, 512, 128)
-    context.cursor_mode(big, offset, "python")
+    context.build_context(cursor.read_cursor(big, offset, "python"), count, 512, 128)
+    assert cursor.read_cursor(big, offset, "python").mode
     one_line = "x = [" + ";".join(f"f({i})" for i in range(300_000)) + "]"
-    context.build_context(one_line, len(one_line) // 2, "python", count, 512, 128)
-    context.cursor_mode(one_line, len(one_line) // 2, "python")
+    context.build_context(cursor.read_cursor(one_line, len(one_line) // 2, "python"), count, 512, 128)
+    assert cursor.read_cursor(one_line, len(one_line) // 2, "python").mode
     assert max(tokenized) < 10_000
     assert max(parsed) < 200_000 and len(big) > 1_900_000
 
 
 def test_a_window_inside_a_huge_line_fits_the_token_budget():
     from codestral_ls.server.context import build_context
+    from codestral_ls.server.cursor import read_cursor
 
     def count(text: str) -> int:  # byte-level: a digit is a token, a CJK character three
         return len(text.encode("utf-8"))
@@ -650,7 +652,7 @@ def test_a_window_inside_a_huge_line_fits_the_token_budget():
         starts = set()
         for k in range(20):  # the cursor moving along the line
             offset = 6 + len(line) // 2 + k
-            ctx = build_context(text, offset, "python", count, 512, 128)
+            ctx = build_context(read_cursor(text, offset, "python"), count, 512, 128)
             assert 0 < count(ctx.prefix) <= 512 and 0 < count(ctx.suffix) <= 128
             starts.add(ctx.prefix_start)
         assert len(starts) <= 2  # the window's edge stays put, for the KV cache

@@ -3,17 +3,29 @@ cache, options. No model needed."""
 
 from __future__ import annotations
 
+import pytest
 from codestral_ls.engine.request import StopRule
+from codestral_ls.server import cursor as cursor_module
 from codestral_ls.server.anchor import Anchors
-from codestral_ls.server.context import build_context, cursor_mode
-from codestral_ls.server.fit import misfit
+from codestral_ls.server.context import build_context
+from codestral_ls.server.cursor import Cursor, read_cursor
 from codestral_ls.server.options import Options, parse_options
-from codestral_ls.server.postprocess import FILTERS, Surroundings, postprocess
+from codestral_ls.server.postprocess import FILTERS, misfit, postprocess, replaced_after
 from codestral_ls.server.typed_cache import Shown, TypedThroughCache
 
 
 def count(text: str) -> int:
     return max(1, len(text) // 4) if text else 0
+
+
+def at(text: str, language: str = "python", multiline: str = "auto", marker: str = "|") -> Cursor:
+    """The cursor where `marker` is in `text` (the marker removed)."""
+    off = text.index(marker)
+    return read_cursor(text[:off] + text[off + len(marker):], off, language, multiline)
+
+
+def context(text: str, offset: int, prefix_tokens: int, suffix_tokens: int):
+    return build_context(read_cursor(text, offset, "python"), count, prefix_tokens, suffix_tokens)
 
 
 PY = ("import os\n\n\ndef load(path):\n    with open(path) as f:\n        return f.read()\n\n\n"
@@ -22,10 +34,10 @@ PY = ("import os\n\n\ndef load(path):\n    with open(path) as f:\n        return
 
 def test_context_windows_and_mode():
     off = PY.index("data = ") + len("data = ")
-    ctx = build_context(PY, off, "python", count, prefix_tokens=512, suffix_tokens=64)
+    ctx = context(PY, off, prefix_tokens=512, suffix_tokens=64)
     assert PY[:off].endswith(ctx.prefix) and ctx.prefix.startswith("import os")
     assert PY[off:].startswith(ctx.suffix) and "print(data)" in ctx.suffix
-    assert ctx.mode == "single"
+    assert read_cursor(PY, off, "python").mode == "single"
 
 
 def test_prefix_window_starts_at_a_top_level_boundary_and_stays_put_while_typing():
@@ -34,7 +46,7 @@ def test_prefix_window_starts_at_a_top_level_boundary_and_stays_put_while_typing
     starts = set()
     for extra in ("", "t", "to", "tot", "total"):
         t = text + extra
-        ctx = build_context(t, len(t), "python", count, prefix_tokens=200, suffix_tokens=32)
+        ctx = context(t, len(t), prefix_tokens=200, suffix_tokens=32)
         assert count(ctx.prefix) <= 200
         assert ctx.prefix.startswith("def f")  # a top-level definition starts the window
         starts.add(ctx.prefix_start)
@@ -43,33 +55,80 @@ def test_prefix_window_starts_at_a_top_level_boundary_and_stays_put_while_typing
 
 def test_huge_line_is_windowed_not_swallowed():
     text = "x = '" + "a" * 100_000 + "'\ny = "
-    ctx = build_context(text, len(text), "python", count, prefix_tokens=256, suffix_tokens=32)
+    ctx = context(text, len(text), prefix_tokens=256, suffix_tokens=32)
     assert len(ctx.prefix) < 5000
 
 
 def test_modes_from_the_cursor_place():
-    def mode(text: str, marker: str = "|") -> str:
-        off = text.index(marker)
-        return cursor_mode(text.replace(marker, ""), off, "python")[0]
+    def mode(text: str, language: str = "python") -> str:
+        return at(text, language).mode
 
     assert mode("def f(x):\n    |\n") == "multi"  # empty line in a body
     assert mode("def f(x):|\n") == "multi"  # after a block opener
     assert mode("x = foo(|)\n") == "single"  # inside an argument list
     assert mode("x = fo|o\n") == "none"  # mid-word
     assert mode("s = 'hello |'\n") == "single"  # in a string
-    assert mode("function f() {|\n", "|") in ("multi", "single")
+    # After a brace that opens a body: a block, indented deeper than the header.
+    opened = at("function f() {|\n}\n", "javascript")
+    assert (opened.mode, opened.block_indent) == ("multi", 1)
+    assert mode("const x = f(a, |);\n", "javascript") == "single"  # inside the call's arguments
+    assert mode("// see |\n", "javascript") == "single"  # in a comment
 
 
-def surround(line_before: str, line_after: str = "", suffix: str = "", single: bool = True,
-             prev: tuple[str, ...] = ()) -> Surroundings:
-    return Surroundings(line_before, line_after, suffix or line_after, prev, single)
+def test_one_parse_per_request(monkeypatch):
+    """Mode, block indent and the context windows come from one tree-sitter parse."""
+    parses = []
+    real = cursor_module._parser("python")
+
+    class Counting:
+        def parse(self, data: bytes):
+            parses.append(len(data))
+            return real.parse(data)
+
+    monkeypatch.setattr(cursor_module, "_parser", lambda language: Counting())
+    c = at(PY.replace("data = ", "data = |"))
+    assert c.mode == "single" and c.block_indent == 4
+    build_context(c, count, 512, 64)
+    assert len(parses) == 1
+
+
+def surround(line_before: str, line_after: str = "", below: str = "", single: bool = True,
+             prev: tuple[str, ...] = ()) -> Cursor:
+    """A cursor between `line_before` and `line_after`, lines `prev` above it and `below` after
+    its line; single- or multi-line mode by the option."""
+    above = "".join(ln + "\n" for ln in prev)
+    return at(above + line_before + "|" + line_after + below, multiline="never" if single else "always")
 
 
 def test_postprocess_cuts_overlap_and_balances_brackets():
-    assert postprocess("a + b)", surround("    print(add(", ")")) == "a + b"
+    assert postprocess("a + b)", surround("    print(add(", "))")) == "a + b"  # both closers already there
     assert postprocess("x, y))\nfoo()", surround("f(g(")) == "x, y))"
     assert postprocess("x)]", surround("f(")) == "x)"
     assert postprocess("   \n", surround("x = ")) == ""
+
+
+def test_a_closer_the_suggestion_needs_is_kept():
+    """Issue 16: `bar(1)` in `foo(` before `)` lost its own `)`, leaving `foo(bar(1)` in the buffer."""
+    assert postprocess("bar(1)", surround("x = foo(", ")")) == "bar(1)"
+    assert postprocess("get(a)", surround("if check(", "):")) == "get(a)"
+    assert postprocess("a + b)", surround("    print(add(", ")")) == "a + b)"  # `add(` closed, `print(` by `)`
+    # A closer the text after the cursor already has still goes.
+    assert postprocess("a, b)", surround("x = foo(", ")")) == "a, b"
+    assert postprocess("a):", surround("if check(", "):")) == "a"
+    assert postprocess("x;", surround("    return ", ";")) == "x"  # no bracket: as before
+    assert postprocess('hello")', surround('print("', '")')) == "hello"
+
+
+def test_a_suggestion_that_closes_the_auto_closed_bracket_itself_replaces_it():
+    """`a, b) + 1` in `foo(` before the editor's `)`: inserted as is the line would read
+    `foo(a, b) + 1)`; the item replaces the `)` after the cursor instead."""
+    c = surround("x = foo(", ")")
+    assert replaced_after(postprocess("a, b) + 1", c), c) == 1
+    assert replaced_after(postprocess("bar(1)", c), c) == 0  # a plain insert
+    assert replaced_after(postprocess("a, b)", c), c) == 0  # the repeat was dropped instead
+    assert replaced_after('x"] + y', surround('d["', '"]')) == 2  # the quote and the bracket
+    assert replaced_after('hi", end="")', surround('print("', '")')) == 0  # the repeat was dropped instead
+    assert replaced_after("a", surround("f(", "")) == 0
 
 
 def test_postprocess_drops_repeated_previous_line_and_loops():
@@ -86,12 +145,13 @@ def test_postprocess_drops_repeated_previous_line_and_loops():
 
 
 def test_postprocess_multiline_drops_lines_already_below():
-    s = Surroundings("    ", "", "\n    return total\n", ("def f(v):",), False)
+    s = surround("    ", "", "\n    return total\n", False, ("def f(v):",))
     assert postprocess("total = sum(v)\n    return total", s) == "total = sum(v)"
 
 
 def test_every_filter_can_be_switched_off():
-    s = surround("    print(add(", ")")
+    s = surround("    x = add(", ")")
+    assert postprocess("a + b)", s) == "a + b"
     assert postprocess("a + b)", s, frozenset({"drop_suffix_overlap", "balance_brackets"})) == "a + b)"
     assert set(FILTERS) >= {"trim_to_line", "drop_suffix_overlap", "balance_brackets", "drop_repetition"}
 
@@ -102,7 +162,7 @@ def test_anchor_keeps_the_prompt_while_typing_and_moves_when_the_cursor_leaves()
     off = text.index("return ") + 7
 
     def ctx(t, o):
-        return lambda: build_context(t, o, "python", count, 256, 64)
+        return lambda: context(t, o, 256, 64)
 
     first = anchors.place("u", text, off, ctx(text, off))
     assert not first.anchored and first.forced_middle == ""
@@ -118,14 +178,42 @@ def test_anchor_keeps_the_prompt_while_typing_and_moves_when_the_cursor_leaves()
 
 def test_typed_through_cache():
     cache = TypedThroughCache(4)
-    cache.remember(Shown("u", 3, "    return ", "", "a + b"))
-    assert cache.lookup("u", 3, "    return a", "") == " + b"
-    assert cache.lookup("u", 3, "    return a +", "") == " b"
-    assert cache.lookup("u", 3, "    return x", "") is None
-    assert cache.lookup("u", 4, "    return a", "") is None
+    doc = "def f(a, b):\n    x = 1\n    y = 2\n    return |\n"
+    cache.remember(Shown.at("u", at(doc), "a + b"))
+
+    def rest(typed: str, text: str = doc) -> str | None:
+        found = cache.lookup("u", at(text.replace("|", typed + "|")))
+        return found.text if found else None
+
+    assert rest("a") == " + b"
+    assert rest("a +") == " b"
+    assert rest("x") is None
+    assert rest("a", doc.replace("    x = 1\n", "")) is None  # another line now
+    filler = "".join(f"v{i} = {i}\n" for i in range(10))
     for i in range(10):
-        cache.remember(Shown("u", 10 + i, "", "", "zz"))
-    assert cache.lookup("u", 3, "    return a", "") is None  # evicted (LRU, 4 entries)
+        cache.remember(Shown.at("u", at(filler + f"v{i} = |"), "zz"))
+    assert rest("a") is None  # evicted (LRU, 4 entries)
+
+
+def test_typed_through_answers_go_stale_when_the_code_around_changes():
+    """Issue 16: the cache was keyed by the line alone. Rename `total` above, come back, type `r`:
+    the old `eturn total` came back. Insert lines above: another line with the same indent at
+    that line number matched."""
+    cache = TypedThroughCache()
+    doc = "def f(v):\n    total = 0\n    for x in v:\n        total += x\n    |\n"
+    cache.remember(Shown.at("u", at(doc), "return total"))
+    assert cache.lookup("u", at(doc.replace("|", "r|"))).text == "eturn total"  # the user types it
+    renamed = doc.replace("total", "sum")
+    assert cache.lookup("u", at(renamed.replace("|", "r|"))) is None
+    # Lines inserted above: line 4 is now an empty line in the middle of the function.
+    shifted = "import os\n\ndef f(v):\n    total = 0\n    |\n    for x in v:\n        total += x\n"
+    assert (at(shifted).line, at(shifted).before, at(shifted).after) == (4, "    ", "")
+    assert cache.lookup("u", at(shifted.replace("|", "r|"))) is None
+    # An edit far away (past the window around the line) does not matter.
+    far = "# " + "x" * 5000 + "\n" + doc
+    cache.remember(Shown.at("u", at(far), "return total"))
+    edited_far = far.replace("# x", "# y", 1)
+    assert cache.lookup("u", at(edited_far.replace("|", "r|"))).text == "eturn total"
 
 
 def test_options_camel_case_validation_and_bad_values():
@@ -141,8 +229,7 @@ def test_options_camel_case_validation_and_bad_values():
 
 def test_empty_line_inside_a_block_gets_one_line_at_its_end_a_block():
     def mode(text: str) -> str:
-        off = text.index("|")
-        return cursor_mode(text.replace("|", ""), off, "python")[0]
+        return at(text).mode
 
     assert mode("def f(x):\n    y = 1\n    |\n    return y\n") == "single"  # code continues below
     assert mode("def f(x):\n    y = 1\n    |\n\ndef g():\n    pass\n") == "multi"  # end of the block
@@ -159,26 +246,30 @@ def test_utf16_columns_around_astral_characters_and_lone_surrogates():
 
 
 def test_misfit_rejects_lines_that_cannot_be_right_before_the_code_below():
+    def misfit_(suggestion: str, line_before: str, line_after: str, suffix: str, language: str) -> str | None:
+        assert suffix.startswith(line_after)
+        return misfit(suggestion, at(line_before + "|" + suffix, language))
+
     body = "    x = f()\n    return x\n"
     # The next line already says it.
-    assert misfit("x = f()", "    ", "", "\n" + body, "python") == "repeats the next line"
+    assert misfit_("x = f()", "    ", "", "\n" + body, "python") == "repeats the next line"
     # A return with more statements of its block below it.
-    assert misfit("return None", "    ", "", "\n" + body, "python") == "unreachable code follows it"
-    assert misfit("return None", "        ", "", "\n    else:\n        pass\n", "python") is None
+    assert misfit_("return None", "    ", "", "\n" + body, "python") == "unreachable code follows it"
+    assert misfit_("return None", "        ", "", "\n    else:\n        pass\n", "python") is None
     # The next line is deeper: Python needs a block header here.
     deeper = "\n        total += v\n    return total\n"
-    assert "opens no block" in misfit("total = 0", "    ", "", deeper, "python")
-    assert misfit("for v in values:", "    ", "", deeper, "python") is None
+    assert "opens no block" in misfit_("total = 0", "    ", "", deeper, "python")
+    assert misfit_("for v in values:", "    ", "", deeper, "python") is None
     # A block header with nothing indented under it.
-    assert "not inside it" in misfit("if x:", "    ", "", "\n" + body, "python")
-    assert misfit("d = {'a':", "    ", "", "\n" + body, "python") is None
-    assert misfit("for v in values:  # each", "    ", "", deeper, "python") is None
-    assert misfit("total = sum(", "    ", "", deeper, "python") is None  # an open bracket continues
-    assert misfit("total = 0", "    ", "", deeper, "javascript") is None  # braces, not indentation
+    assert "not inside it" in misfit_("if x:", "    ", "", "\n" + body, "python")
+    assert misfit_("d = {'a':", "    ", "", "\n" + body, "python") is None
+    assert misfit_("for v in values:  # each", "    ", "", deeper, "python") is None
+    assert misfit_("total = sum(", "    ", "", deeper, "python") is None  # an open bracket continues
+    assert misfit_("total = 0", "    ", "", deeper, "javascript") is None  # braces, not indentation
     # Only whole lines are judged: mid-line text, or code after the cursor, is left alone.
-    assert misfit("x = f()", "    y = ", "", "\n" + body, "python") is None
-    assert misfit("x = f()", "    ", ")", ")\n" + body, "python") is None
-    assert misfit("y = 2", "    ", "", "\n" + body, "python") is None
+    assert misfit_("x = f()", "    y = ", "", "\n" + body, "python") is None
+    assert misfit_("x = f()", "    ", ")", ")\n" + body, "python") is None
+    assert misfit_("y = 2", "    ", "", "\n" + body, "python") is None
 
 
 def test_a_comment_alone_does_not_end_a_single_line_suggestion():
@@ -186,5 +277,48 @@ def test_a_comment_alone_does_not_end_a_single_line_suggestion():
     assert rule.cut("# sort them\n    lst.sort()\n    return lst") == ("# sort them\n    lst.sort()", True)
     assert rule.cut("lst.sort()\n    return lst") == ("lst.sort()", True)
     assert StopRule(single_line=True).cut("# sort them\n    lst.sort()\n") == ("# sort them", True)
-    s = Surroundings("    ", "", "\n", (), single_line=True, line_comment="#")
+    s = surround("    ", "", "\n", single=True)
+    assert s.line_comment == "#"
     assert postprocess("# sort them\n    lst.sort()\n    x", s) == "# sort them\n    lst.sort()"
+
+
+# -- CRLF documents (issue 16) -------------------------------------------------------------------
+
+CRLF_CASES = ["def f(x):\n    |\n", "def f(x):|\n    pass\n", "x = foo(|)\n",
+              "def f(x):\n    y = 1\n    |\n    return y\n", "s = 'a |'\nprint(s)\n", "|"]
+
+
+@pytest.mark.parametrize("doc", CRLF_CASES)
+def test_a_crlf_document_reads_like_the_lf_one(doc):
+    """`"\\r"` was left in the text after the cursor: a CRLF line got `single` where LF got `multi`."""
+    lf, crlf = at(doc), at(doc.replace("\n", "\r\n"))
+    assert (crlf.mode, crlf.block_indent) == (lf.mode, lf.block_indent)
+    assert (crlf.before, crlf.after, crlf.next_line, crlf.suffix) == (lf.before, lf.after, lf.next_line, lf.suffix)
+    assert [ln for ln in crlf.prev_lines] == [ln for ln in lf.prev_lines]
+    assert crlf.newline == ("\r\n" if "\n" in doc else "\n") and lf.newline == "\n"
+    # The model sees the LF text either way.
+    a = build_context(lf, count, 256, 64)
+    b = build_context(crlf, count, 256, 64)
+    assert (a.prefix, a.suffix) == (b.prefix, b.suffix)
+
+
+def test_suggestions_get_the_document_line_ending():
+    c = at("def f(x):\r\n    |\r\n")
+    assert c.in_document("if x:\n        return 1\n    return 2") == "if x:\r\n        return 1\r\n    return 2"
+    assert at("def f(x):\n    |\n").in_document("a\nb") == "a\nb"
+    assert at("x = 1\r\ny = |").newline == "\r\n"  # the last line: the break above says
+
+
+def test_a_crlf_anchor_keeps_the_prompt_and_sends_an_lf_middle():
+    anchors = Anchors()
+    text = "def f(a):\r\n    \r\n\r\nprint(f(1))\r\n"
+    off = text.index("    ") + 4
+    first = anchors.place("u", text, off, lambda: build_context(read_cursor(text, off, "python"), count, 256, 64))
+    assert "\r" not in first.ctx.prefix + first.ctx.suffix
+    typed = text[:off] + "x = 1\r\n    " + text[off:]
+    second = anchors.place("u", typed, off + 11, lambda: build_context(read_cursor(typed, off + 11, "python"),
+                                                                       count, 256, 64))
+    assert second.anchored and second.forced_middle == "x = 1\n    "
+    below = typed.replace("f(1)", "f(2)")  # the suffix window's end, raw CRLF text, is checked too
+    assert not anchors.place("u", below, off + 11, lambda: build_context(read_cursor(below, off + 11, "python"),
+                                                                         count, 256, 64)).anchored
