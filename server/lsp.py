@@ -207,9 +207,15 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
         s = await ls.suggest(params.text_document.uri, params.position)
         if s is None:
             return types.InlineCompletionList(items=[])
-        here = types.Range(start=params.position, end=params.position)
+        end = params.position
+        if s.replace_after:  # the text takes the place of auto-closed brackets after the cursor
+            doc = ls.open_document(params.text_document.uri)
+            replaced = doc.source[s.offset:s.offset + s.replace_after] if doc else ""
+            if replaced and "\n" not in replaced and "\r" not in replaced:
+                end = types.Position(line=end.line, character=end.character + _units(replaced, ls))
+        # A plain insert still gets its empty range: without one VS Code replaces the word at the cursor.
         return types.InlineCompletionList(items=[types.InlineCompletionItem(
-            insert_text=s.text, range=here,
+            insert_text=s.text, range=types.Range(start=params.position, end=end),
             command=types.Command(title="codestral: accepted", command=ACCEPT_COMMAND, arguments=[s.id]))])
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", " "]))
