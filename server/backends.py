@@ -1,6 +1,8 @@
 """Where FIM requests go: the in-process engine, a shared engine daemon, or a remote serving engine.
 
-Every backend satisfies `engine.backend.Backend` (submit, prefetch, count_tokens, stop), so the context window, anchoring and post-processing are the same whichever one answers:
+Every backend satisfies `engine.backend.Backend` (submit, prefetch, count_tokens, stop), so the
+context window, anchoring and post-processing are the same whichever one answers; `open_backend`
+is the one way to open any of them from options:
 
     local     EngineWorker: the model in this process (server/lsp.py builds it, with load progress)
     daemon    DaemonBackend: `codestral-ls engine serve` on this machine (engine/daemon.py)
@@ -51,6 +53,7 @@ from codestral_ls.engine.daemon import (
     request_to_wire,
     result_from_wire,
 )
+from codestral_ls.engine.embedded import Progress
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import FimRequest, FimResult
 from codestral_ls.server.options import Options
@@ -64,17 +67,31 @@ def approx_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
-def create_backend(options: Options) -> Backend:
-    """The backend `options.backend` names, started; never raises (a bad setup is its load_error).
+def open_backend(options: Options, progress: Progress | None = None,
+                 on_loaded: Callable[[], None] | None = None) -> Backend:
+    """The backend `options.backend` names, started: the one way to open any backend.
 
-    `local` is built by the caller (it needs the load progress reporting): not here.
+    Never raises: a bad setup is its `load_error`. `progress(message, percent)` hears the model
+    load (local only, on the engine thread); `on_loaded` runs once the backend can answer (or not).
     """
+    if options.backend == "local":
+        from codestral_ls.engine import load_engine
+        from codestral_ls.engine.worker import EngineWorker
+        from codestral_ls.server.options import engine_config
+
+        return EngineWorker(lambda: load_engine(*engine_config(options), progress=progress),
+                            on_loaded=on_loaded).start()
+    backend: _HttpBackend
     if options.backend == "daemon":
-        return DaemonBackend(options)
-    api = APIS.get(options.backend)
-    if api is None:
-        raise ValueError(f"no remote backend named {options.backend!r}")
-    return RemoteBackend(api, options)
+        backend = DaemonBackend(options)
+    elif (api := APIS.get(options.backend)) is not None:
+        backend = RemoteBackend(api, options)
+    else:
+        raise ValueError(f"no backend named {options.backend!r}")
+    if on_loaded is not None:
+        threading.Thread(target=lambda: (backend.loaded.wait(), on_loaded()), daemon=True,
+                         name="codestral-backend-loaded").start()
+    return backend
 
 
 # -- the HTTP plumbing shared by every remote backend -----------------------------------------------

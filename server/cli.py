@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from codestral_ls.server import __version__
-from codestral_ls.server.options import CHOICES, Options, cli_overrides, engine_config, parse_options
+from codestral_ls.server.options import (
+    Options,
+    add_cli_arguments,
+    cli_overrides,
+    engine_config,
+    parse_options,
+    read_user_config,
+)
 
 log = logging.getLogger("codestral-ls")
 
@@ -20,41 +27,10 @@ log = logging.getLogger("codestral-ls")
 def _common() -> argparse.ArgumentParser:
     # SUPPRESS: a flag given before the sub-command is not reset by the sub-parser's defaults.
     p = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help="Hugging Face folder, .gguf file or hub id (default: embedded Qwen2.5-Coder-0.5B)")
-    g.add_argument("--device", choices=CHOICES["device"])
-    g.add_argument("--dtype", choices=CHOICES["dtype"])
-    g.add_argument("--quantize", choices=CHOICES["quantize"], help="int8 (CPU or CUDA), nf4 (CUDA)")
-    g.add_argument("--fim-format", dest="fim_format", choices=CHOICES["fim_format"])
-    g.add_argument("--threads", type=int, help="CPU threads for torch")
-    g.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true")
-    g.add_argument("--allow-download", dest="allow_download", action="store_true",
-                   help="allow fetching --model from the Hugging Face hub")
-    e = p.add_argument_group("engine")
-    e.add_argument("--no-kv-reuse", dest="kv_reuse", action="store_false")
-    e.add_argument("--no-speculation", dest="speculation", action="store_false")
-    e.add_argument("--draft-model", dest="draft_model", metavar="PATH|embedded",
-                   help="a smaller model with the same tokenizer that drafts tokens for --model to verify (GPU)")
-    e.add_argument("--kv-budget-mb", dest="kv_budget_mb", type=int)
-    e.add_argument("--budget-ms", dest="budget_ms", type=int, help="answer by then (0: no budget)")
-    e.add_argument("--max-tokens", dest="max_tokens", type=int)
-    e.add_argument("--multiline", choices=CHOICES["multiline"])
-    e.add_argument("--second-opinions", dest="second_opinions", type=int,
-                   help="replace a suggestion that cannot fit the code after it by the next-best, up to N times")
-    e.add_argument("--prefix-tokens", dest="prefix_tokens", type=int)
-    e.add_argument("--suffix-tokens", dest="suffix_tokens", type=int)
-    b = p.add_argument_group("backend (where requests go; default: the model in this process)")
-    b.add_argument("--engine", metavar="URL|auto",
-                   help="send requests to a shared `codestral-ls engine serve` daemon (auto: the one this user runs)")
-    b.add_argument("--backend", choices=CHOICES["backend"])
-    b.add_argument("--endpoint", metavar="URL", help="the backend's base URL (default: its usual one)")
-    b.add_argument("--remote-model", dest="remote_model", metavar="NAME", help="model name sent to a remote API")
-    b.add_argument("--api-key-env", dest="api_key_env", metavar="VAR", help="environment variable holding the API key")
-    b.add_argument("--connect-timeout-ms", dest="connect_timeout_ms", type=int)
-    b.add_argument("--read-timeout-ms", dest="read_timeout_ms", type=int)
+    add_cli_arguments(p)  # one flag per option of server/options.py
+    p.add_argument("--engine", metavar="URL|auto",
+                   help="shorthand for --backend daemon --endpoint URL|auto: a shared `codestral-ls engine serve`")
     p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-document-text", dest="log_document_text", action="store_true",
-                   help="debug: allow document text in logs")
     return p
 
 
@@ -96,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write("codestral-ls: error: --engine means --backend daemon\n")
             return 2
         raw |= {"backend": "daemon", "endpoint": args.engine}
-    options, problems = parse_options(raw)
+    # The user's config file, then the flags: both trusted (server/options.py); an editor's
+    # settings come later, over LSP, and cannot change what runs code, loads files or sends data.
+    config, config_problems = read_user_config()
+    base, more = parse_options(config)
+    for problem in config_problems + more:
+        log.warning("config file: %s", problem)
+    options, problems = parse_options(raw, base)
     try:
         if problems:
             raise CliError("; ".join(problems))
@@ -140,7 +122,7 @@ def _parse_where(where: str) -> tuple[Path, int, int]:
 
 def complete(options: Options, where: str, language: str | None, as_json: bool) -> int:
     from codestral_ls.engine.errors import EngineError
-    from codestral_ls.engine.worker import EngineWorker
+    from codestral_ls.server.backends import open_backend
     from codestral_ls.server.pipeline import Completer, Document
 
     path, line_no, col_no = _parse_where(where)
@@ -159,14 +141,7 @@ def complete(options: Options, where: str, language: str | None, as_json: bool) 
     offset = sum(len(ln) + 1 for ln in lines[: line_no - 1]) + col_no - 1
 
     t_load = time.perf_counter()
-    if options.backend == "local":
-        from codestral_ls.engine import load_engine
-
-        worker = EngineWorker(lambda: load_engine(*engine_config(options), progress=_stderr_progress)).start()
-    else:  # the engine daemon or a remote API
-        from codestral_ls.server.backends import create_backend
-
-        worker = create_backend(options)  # type: ignore[assignment]
+    worker = open_backend(options, progress=_stderr_progress)
     worker.loaded.wait()
     if worker.load_error is not None:
         raise CliError(worker.load_error)
@@ -244,6 +219,9 @@ def doctor(options: Options) -> int:
     row("model loads", f"yes, in {time.perf_counter() - t0:.1f} s ({engine.loaded.source})")
     row("device", f"{engine.loaded.device} ({engine.loaded.dtype}, quantize={engine.loaded.quantize})")
     row("FIM format", engine.encoder.profile.name)
+    from codestral_ls.engine.tokenizer import tokenizer_name
+
+    row("tokenizer", tokenizer_name(engine.loaded.tokenizer))
     row("weights", f"{engine.loaded.weight_bytes / 2**20:.0f} MiB")
     from codestral_ls.engine.request import FimRequest, StopRule
 
@@ -266,11 +244,10 @@ def engine_command(options: Options, args: argparse.Namespace) -> int:
         ensure_not_running()  # before loading a model for nothing
     except DaemonError as exc:
         raise CliError(str(exc)) from None
-    from codestral_ls.engine import load_engine
-    from codestral_ls.engine.worker import EngineWorker
+    from codestral_ls.server.backends import open_backend
 
-    worker = EngineWorker(lambda: load_engine(*engine_config(options), progress=_stderr_progress),
-                          on_loaded=lambda: log.info("model ready") if worker.load_error is None else None).start()
+    worker = open_backend(options, progress=_stderr_progress,
+                          on_loaded=lambda: log.info("model ready") if worker.load_error is None else None)
     try:
         return serve_daemon(worker, args.host, args.port)
     except DaemonError as exc:

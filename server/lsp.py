@@ -11,11 +11,11 @@ import asyncio
 import logging
 from typing import Any
 
+from codestral_ls.engine.backend import Backend
 from codestral_ls.engine.errors import Cancelled, EngineError
-from codestral_ls.engine.worker import EngineWorker
 from codestral_ls.server import __version__
 from codestral_ls.server.documents import LspTextDocument, adopt
-from codestral_ls.server.options import Options, engine_config, model_changed, parse_options
+from codestral_ls.server.options import Options, model_changed, parse_client_options, parse_options
 from codestral_ls.server.pipeline import Completer, Document, Suggestion
 from codestral_ls.server.protocol import AnsweringProtocol, answer_unreadable_frame
 from codestral_ls.server.stats import Stats
@@ -37,7 +37,7 @@ class CodestralServer(LanguageServer):
         self.options = options
         self.cli_raw = cli_raw or {}  # command-line flags win over client settings
         self.stats = Stats()
-        self.worker: EngineWorker | None = None
+        self.worker: Backend | None = None
         self.completer: Completer | None = None
         self.recent: list[str] = []  # URIs, most recently edited last
         self._errors_shown: set[str] = set()
@@ -46,34 +46,26 @@ class CodestralServer(LanguageServer):
     # -- model lifecycle --------------------------------------------------------------------
 
     def start_engine(self) -> None:
+        from codestral_ls.server.backends import open_backend
+
         if self.worker is not None:
             self.worker.stop()
-        if self.options.backend != "local":  # an engine daemon or a remote API: no model in this process
-            from codestral_ls.server.backends import create_backend
-
-            self.worker = create_backend(self.options)  # type: ignore[assignment]
-            self.completer = Completer(self.worker, self.options, self.stats, self.other_documents)
-            if self.worker.load_error:
-                self.show_error(f"codestral-ls: {self.worker.load_error}")
-            return
         loop = asyncio.get_event_loop()
-        progress_ok = bool(self.client_capabilities.window and self.client_capabilities.window.work_done_progress)
+        # Load progress only where a model loads in this process (a daemon or a remote API: none).
+        progress_ok = self.options.backend == "local" and bool(
+            self.client_capabilities.window and self.client_capabilities.window.work_done_progress)
         if progress_ok:
             self.work_done_progress.create(LOAD_PROGRESS_TOKEN)
             self.work_done_progress.begin(LOAD_PROGRESS_TOKEN, types.WorkDoneProgressBegin(
                 title="codestral-ls", message="loading model", percentage=0))
 
-        def report(message: str, percent: int) -> None:
+        def report(message: str, percent: int) -> None:  # runs on the engine thread
             if progress_ok:
                 loop.call_soon_threadsafe(self.work_done_progress.report, LOAD_PROGRESS_TOKEN,
                                           types.WorkDoneProgressReport(message=message, percentage=percent))
 
-        def load():  # runs on the engine thread
-            from codestral_ls.engine import load_engine
-
-            return load_engine(*engine_config(self.options), progress=report)
-
-        self.worker = EngineWorker(load, on_loaded=lambda: loop.call_soon_threadsafe(self._loaded, progress_ok)).start()
+        self.worker = open_backend(self.options, progress=report,
+                                   on_loaded=lambda: loop.call_soon_threadsafe(self._loaded, progress_ok))
         self.completer = Completer(self.worker, self.options, self.stats, self.other_documents)
 
     def _loaded(self, progress_ok: bool) -> None:
@@ -84,12 +76,12 @@ class CodestralServer(LanguageServer):
                 message=f"failed: {error}" if error else "model ready"))
         if error:
             self.show_error(f"codestral-ls: {error}")
-        else:
-            engine = self.worker.engine
-            log.info("model ready: %s on %s", engine.loaded.source, engine.loaded.device)  # type: ignore[union-attr]
+        elif (engine := self.worker.engine) is not None:
+            log.info("model ready: %s on %s", engine.loaded.source, engine.loaded.device)
 
     def apply_settings(self, raw: Any) -> None:
-        options, problems = parse_options(raw, self.options)
+        # Options that run code, load files or send data are refused from the editor (server/options.py).
+        options, problems = parse_client_options(raw, self.options)
         options, _ = parse_options(self.cli_raw, options)
         for p in problems:
             self.show_error(f"codestral-ls settings: {p}", kind=types.MessageType.Warning)

@@ -1,111 +1,184 @@
-"""Every option the server accepts, typed and defaulted, with the camelCase names editors send.
+"""Every option the server accepts: one typed table from which everything else is derived.
 
-The same options come from command-line flags and from LSP `initializationOptions` /
-`workspace/didChangeConfiguration` (section "codestral"); they are validated once here and the
-rest of the server only sees an `Options`.
+`Options` is the table (as jedi-language-server's one options model). Each field carries an `Opt`
+in its metadata: help text, group, choices, whether it takes effect only when the engine is
+(re)started, and whether it is *trusted*: it runs code, reads files or sends data elsewhere.
+Derived from it: the command-line flags (`add_cli_arguments`), the camelCase init-option aliases
+(`ALIASES`), the engine's `ModelSpec`/`EngineOptions` (`engine_config`, by field name) and the
+README's options table (`markdown_table`, checked by a test).
+
+Where options come from, weakest first: defaults, the user's config file (`user_config_file`),
+the editor's `initializationOptions` / `workspace/didChangeConfiguration` (section "codestral"),
+command-line flags. Trusted options never come from the editor: a client that forwards workspace
+settings would let a cloned repository run code, load files or send the user's code and keys to
+its own endpoint. `parse_client_options` refuses them with a problem to show; the rest applies.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "device": ("auto", "cpu", "cuda"),
-    "dtype": ("auto", "float32", "bfloat16", "float16"),
-    "quantize": ("auto", "none", "int8", "nf4"),
-    "fim_format": ("auto", "codestral", "qwen", "qwen-spm", "starcoder2", "deepseek", "codellama"),
-    "multiline": ("auto", "never", "always"),
-    "backend": ("local", "daemon", "mistral", "openai", "llamacpp", "ollama"),
-}
-# Options that only take effect when the model is (re)loaded.
-MODEL_KEYS = ("model", "device", "dtype", "quantize", "fim_format", "trust_remote_code", "allow_download",
-              "threads", "kv_reuse", "speculation", "draft_model", "kv_budget_mb",
-              "backend", "endpoint", "api_key_env", "remote_model", "connect_timeout_ms", "read_timeout_ms")
+from codestral_ls.engine.fim import PROFILES
+from codestral_ls.engine.loading import DEVICES, DTYPES, QUANTIZE
+
+# Why an option is trusted: said in the refusal and the docs.
+RUNS_CODE = "runs code"
+READS_FILES = "loads files"
+SENDS_DATA = "sends data elsewhere"
+
+BACKENDS = ("local", "daemon", "mistral", "openai", "llamacpp", "ollama")
+# Never sent to any backend as extra context: names of files that commonly hold credentials.
+SECRET_FILES = (".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*",
+                "id_ed25519*", ".netrc", ".npmrc", ".pypirc", "*.keystore", "credentials*", "secrets.*",
+                ".git-credentials", "*.tfvars", "*.kdbx")
+
+
+@dataclass(frozen=True)
+class Opt:
+    help: str
+    group: str  # model | engine | context | backend | privacy
+    choices: tuple[str, ...] = ()
+    reload: bool = False  # takes effect when the engine/backend is (re)started
+    trusted: str = ""  # RUNS_CODE / READS_FILES / SENDS_DATA: command line or user config only
+    metavar: str | None = None
+
+
+def opt(default: Any, help: str, group: str, **kw: Any) -> Any:  # noqa: A002 - argparse's word
+    return field(default=default, metadata={"opt": Opt(help, group, **kw)})
+
 
 @dataclass(frozen=True)
 class Options:
-    model: str | None = None  # None: the embedded Qwen2.5-Coder-0.5B
-    device: str = "auto"
-    dtype: str = "auto"
-    quantize: str = "none"
-    fim_format: str = "auto"
-    trust_remote_code: bool = False
-    allow_download: bool = False
-    threads: int | None = None
-    kv_reuse: bool = True
-    speculation: bool = True
-    draft_model: str = ""  # "": none; "embedded" (the 0.5B, for a bigger Qwen2.5-Coder) or a folder
-    kv_budget_mb: int = 512
-    budget_ms: int = 100  # answer by then with what is decoded; the rest continues in background
-    max_tokens: int = 64
-    max_lines: int = 12
+    # -- model ----------------------------------------------------------------------------------
+    model: str | None = opt(None, "a local Hugging Face folder, a .gguf file or a hub id (downloaded only with "
+                            "allowDownload); default: the embedded Qwen2.5-Coder-0.5B", "model", reload=True,
+                            trusted=READS_FILES, metavar="PATH|FILE.gguf|org/name")
+    device: str = opt("auto", "where the model runs", "model", choices=DEVICES, reload=True)
+    dtype: str = opt("auto", "auto: bf16 on CUDA, fp32 on CPU", "model", choices=DTYPES, reload=True)
+    quantize: str = opt("none", "int8: bitsandbytes on CUDA, dynamic int8 on CPU; nf4: CUDA only", "model",
+                        choices=QUANTIZE, reload=True)
+    fim_format: str = opt("auto", "FIM control tokens; auto: detected from the tokenizer", "model",
+                          choices=("auto", *PROFILES), reload=True)
+    trust_remote_code: bool = opt(False, "let transformers run the model folder's own Python code", "model",
+                                  reload=True, trusted=RUNS_CODE)
+    allow_download: bool = opt(False, "allow fetching --model from the Hugging Face hub", "model", reload=True,
+                               trusted=SENDS_DATA)
+    threads: int | None = opt(None, "CPU threads for the model (default: torch's)", "model", reload=True)
+    # -- engine ---------------------------------------------------------------------------------
+    kv_reuse: bool = opt(True, "reuse cached prompt prefixes (A/B switch)", "engine", reload=True)
+    speculation: bool = opt(True, "prompt-lookup speculative decoding (A/B switch)", "engine", reload=True)
+    draft_model: str = opt("", "a smaller model with the same tokenizer drafting for --model (GPU); "
+                           "embedded: the 0.5B", "engine", reload=True, trusted=READS_FILES,
+                           metavar="PATH|embedded")
+    kv_budget_mb: int = opt(512, "byte budget of the KV cache store", "engine", reload=True)
+    # Latency budget of a multi-line suggestion: by then it ends after its last complete line and
+    # the rest of the block follows (codestral/suggestionUpdated). A single line is always whole.
+    budget_ms: int = opt(100, "latency budget of a multi-line suggestion: by then it ends after its last "
+                         "complete line, the rest follows (0: wait for all of it)", "engine")
+    max_tokens: int = opt(64, "most tokens in one suggestion", "engine")
+    max_lines: int = opt(12, "most lines in one suggestion", "engine")
     # A suggestion that cannot fit the code after it (server/fit.py) is replaced by the model's
     # next-best start, at most this many times (each costs a decode); 0: just drop it.
-    second_opinions: int = 3
-    multiline: str = "auto"
-    prefix_tokens: int = 512
-    suffix_tokens: int = 128
-    extra_context_tokens: int = 256  # from other open documents
-    typed_cache_entries: int = 256
-    disabled_languages: tuple[str, ...] = ()
-    log_document_text: bool = False  # debug only: logs never hold code otherwise
-    # Where requests go (server/backends.py): the in-process model, an engine daemon, or a remote API.
-    backend: str = "local"
-    endpoint: str = ""  # daemon: URL or "auto"; remote: base URL ("" = the backend's default)
-    api_key_env: str = ""  # name of the environment variable holding the API key ("" = backend default)
-    remote_model: str = ""  # model name sent to the remote API ("" = backend default)
-    connect_timeout_ms: int = 3000  # 0: none
-    read_timeout_ms: int = 15000  # longest silence while waiting for an answer; 0: none
+    second_opinions: int = opt(3, "replace a suggestion that cannot fit the code after it by the next-best, "
+                               "up to N times (0: drop it)", "engine")
+    multiline: str = opt("auto", "multi-line suggestions", "engine", choices=("auto", "never", "always"))
+    # -- context --------------------------------------------------------------------------------
+    # Context windows in tokens; 0: sized to the measured prefill speed so that a cold prompt takes
+    # about coldTargetMs (server/speed.py). 0 there: the device's default (CPU 2000, CUDA 300).
+    prefix_tokens: int = opt(0, "tokens of text before the cursor (0: sized to the prefill speed)", "context")
+    suffix_tokens: int = opt(0, "tokens of text after the cursor (0: sized to the prefill speed)", "context")
+    cold_target_ms: int = opt(0, "time a cold prompt may take, sizing the windows (0: the device's default)",
+                              "context")
+    extra_context_tokens: int = opt(256, "tokens from other open documents", "context")
+    typed_cache_entries: int = opt(256, "suggestions kept for typing through them", "context")
+    disabled_languages: tuple[str, ...] = opt((), "language ids never completed nor sent as context", "context",
+                                              metavar="LANGUAGE")
+    # -- privacy --------------------------------------------------------------------------------
+    secret_files: tuple[str, ...] = opt(SECRET_FILES, "file name patterns never sent to any backend as extra "
+                                        "context (replaces the default list)", "privacy", trusted=SENDS_DATA,
+                                        metavar="GLOB")
+    log_document_text: bool = opt(False, "debug: allow document text in logs", "privacy")
+    # -- backend: where requests go (engine/backend.py) -------------------------------------------
+    backend: str = opt("local", "where requests go: the model in this process, an engine daemon or a remote API",
+                       "backend", choices=BACKENDS, reload=True, trusted=SENDS_DATA)
+    endpoint: str = opt("", "daemon: URL or auto; remote: base URL (default: the backend's usual one)", "backend",
+                        reload=True, trusted=SENDS_DATA, metavar="URL")
+    api_key_env: str = opt("", "environment variable holding the API key (default: the backend's)", "backend",
+                           reload=True, trusted=SENDS_DATA, metavar="VAR")
+    remote_model: str = opt("", "model name sent to a remote API (default: the backend's)", "backend",
+                            reload=True, trusted=SENDS_DATA, metavar="NAME")
+    allow_plain_http_key: bool = opt(False, "send the API key over plain http to a host other than this machine",
+                                     "backend", reload=True, trusted=SENDS_DATA)
+    ca_bundle: str = opt("", "PEM file of certificate authorities for https (default: the system's, or "
+                         "$SSL_CERT_FILE)", "backend", reload=True, trusted=READS_FILES, metavar="FILE")
+    connect_timeout_ms: int = opt(3000, "connecting to a backend (0: no limit)", "backend", reload=True)
+    read_timeout_ms: int = opt(15000, "longest silence while waiting for an answer (0: no limit)", "backend",
+                               reload=True)
+    request_timeout_ms: int = opt(30000, "longest a whole remote request may take (0: no limit)", "backend",
+                                  reload=True)
 
     def replace(self, **changes: Any) -> Options:
         return dataclasses.replace(self, **changes)
 
-def _camel(name: str) -> str:
+
+def meta(name: str) -> Opt:
+    return Options.__dataclass_fields__[name].metadata["opt"]
+
+
+def camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(w.title() for w in rest)
 
-ALIASES = {_camel(f.name): f.name for f in fields(Options)} | {f.name: f.name for f in fields(Options)}
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    typ = type(default)
+FIELDS = {f.name: f for f in fields(Options)}
+ALIASES = {camel(n): n for n in FIELDS} | {n: n for n in FIELDS}
+CHOICES = {n: meta(n).choices for n in FIELDS if meta(n).choices}
+TRUSTED = {n: meta(n).trusted for n in FIELDS if meta(n).trusted}
+MODEL_KEYS = tuple(n for n in FIELDS if meta(n).reload)  # only take effect when the engine (re)starts
+
+
+def _coerce(name: str, value: Any) -> Any:
+    f = FIELDS[name]
+    typ = f.type if isinstance(f.type, str) else str(f.type)
+    label = camel(name)
     if name == "model":
         if value in (None, "", "embedded"):
             return None
         if not isinstance(value, str):
             raise ValueError(f"option model must be a string path or hub id, got {value!r}")
         return value
-    if name == "threads":
+    if typ == "int | None":
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"option threads must be a positive integer, got {value!r}")
+            raise ValueError(f"option {label} must be a positive integer, got {value!r}")
         return value
-    if name == "disabled_languages":
+    if typ.startswith("tuple"):
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"option disabledLanguages must be a list of language ids, got {value!r}")
+            raise ValueError(f"option {label} must be a list of strings, got {value!r}")
         return tuple(value)
-    if typ is bool:
+    if typ == "bool":
         if not isinstance(value, bool):
-            raise ValueError(f"option {_camel(name)} must be true or false, got {value!r}")
+            raise ValueError(f"option {label} must be true or false, got {value!r}")
         return value
-    if typ is int:
+    if typ == "int":
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"option {_camel(name)} must be a non-negative integer, got {value!r}")
+            raise ValueError(f"option {label} must be a non-negative integer, got {value!r}")
         return value
     if not isinstance(value, str):
-        raise ValueError(f"option {_camel(name)} must be a string, got {value!r}")
-    if name in CHOICES and value not in CHOICES[name]:
-        raise ValueError(f"option {_camel(name)} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+        raise ValueError(f"option {label} must be a string, got {value!r}")
+    choices = meta(name).choices
+    if choices and value not in choices:
+        raise ValueError(f"option {label} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
-def parse_options(raw: Any, base: Options | None = None) -> tuple[Options, list[str]]:
-    """Merge a client's options object into `base`; returns (options, problems).
 
-    A bad value is reported and ignored rather than refusing the whole configuration, so one typo
-    never leaves the user without completions. Unknown keys are reported too.
-    """
+def _parse(raw: Any, base: Options | None, trusted: bool) -> tuple[Options, list[str]]:
     base = base or Options()
     if raw is None:
         return base, []
@@ -115,38 +188,152 @@ def parse_options(raw: Any, base: Options | None = None) -> tuple[Options, list[
         return base, [f"options must be a JSON object, got {type(raw).__name__}"]
     changes: dict[str, Any] = {}
     problems: list[str] = []
-    defaults = {f.name: getattr(base, f.name) for f in fields(Options)}
-    reference = Options()
     for key, value in raw.items():
         name = ALIASES.get(key)
         if name is None:
             problems.append(f"unknown option {key!r}")
             continue
         try:
-            changes[name] = _coerce(name, value, getattr(reference, name) if name != "model" else defaults[name])
+            value = _coerce(name, value)
         except ValueError as exc:
             problems.append(str(exc))
+            continue
+        if not trusted and name in TRUSTED:
+            if value != getattr(base, name):  # an editor sending the value in force changes nothing
+                problems.append(refusal(name))
+            continue
+        changes[name] = value
     return base.replace(**changes), problems
+
+
+def refusal(name: str) -> str:
+    return (f"option {camel(name)} {TRUSTED[name]}, so it is only taken from the command line or "
+            f"{user_config_file()}, never from editor or workspace settings: ignored")
+
+
+def parse_options(raw: Any, base: Options | None = None) -> tuple[Options, list[str]]:
+    """Merge trusted options (command line, user config file) into `base`; returns (options, problems).
+
+    A bad value is reported and ignored rather than refusing the whole configuration, so one typo
+    never leaves the user without completions. Unknown keys are reported too.
+    """
+    return _parse(raw, base, trusted=True)
+
+
+def parse_client_options(raw: Any, base: Options | None = None) -> tuple[Options, list[str]]:
+    """As `parse_options`, for settings from the editor (initializationOptions, didChangeConfiguration):
+    trusted options are refused (a problem each) unless they repeat the value in force."""
+    return _parse(raw, base, trusted=False)
+
+
+# -- the user's config file -------------------------------------------------------------------------
+
+
+def user_config_file() -> Path:
+    """$CODESTRAL_LS_CONFIG, else <user config dir>/codestral-ls/config.toml (~/.config on Linux)."""
+    env = os.environ.get("CODESTRAL_LS_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("codestral-ls", appauthor=False)) / "config.toml"
+
+
+def read_user_config(path: Path | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The config file's options (the same keys as the flags' names, camelCase or snake_case),
+    or {} when there is none; problems say why a file was not read."""
+    path = path or user_config_file()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}, []
+    except OSError as exc:
+        return {}, [f"cannot read {path}: {exc.strerror or exc}"]
+    try:
+        st = path.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return {}, [f"{path} is not owned by you or is writable by others: ignored"]
+        raw = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return {}, [f"{path} is not valid TOML: {exc}"]
+    raw = raw.get("codestral", raw) if isinstance(raw.get("codestral"), dict) else raw
+    return raw, []
+
+
+# -- derived: command-line flags, the engine's options, the docs -----------------------------------
+
+
+def flag(name: str) -> str:
+    f = FIELDS[name]
+    if str(f.type) == "bool" and f.default is True:
+        return "--no-" + name.replace("_", "-")
+    return "--" + name.replace("_", "-")
+
+
+GROUP_TITLES = {"model": "model", "engine": "engine", "context": "context",
+                "privacy": "privacy", "backend": "backend (where requests go; default: the model in this process)"}
+
+
+def add_cli_arguments(parser: Any) -> None:
+    """One flag per option, in groups (argparse parser, `argument_default=SUPPRESS` expected)."""
+    groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
+    for name, f in FIELDS.items():
+        m = meta(name)
+        g = groups[m.group]
+        typ = str(f.type)
+        kw: dict[str, Any] = {"dest": name, "help": m.help + (f" [{m.trusted}]" if m.trusted else "")}
+        if typ == "bool":
+            kw["action"] = "store_false" if f.default else "store_true"
+        elif typ.startswith("tuple"):
+            kw |= {"action": "append", "metavar": m.metavar}
+        else:
+            kw["type"] = int if "int" in typ else str
+            if m.choices:
+                kw["choices"] = m.choices
+            elif m.metavar:
+                kw["metavar"] = m.metavar
+        g.add_argument(flag(name), **kw)
+
 
 def cli_overrides(args: Any) -> dict[str, Any]:
     """Options given on the command line (argparse namespace), those not left at None."""
     out = {}
-    for f in fields(Options):
-        value = getattr(args, f.name, None)
+    for name in FIELDS:
+        value = getattr(args, name, None)
         if value is not None:
-            out[_camel(f.name)] = list(value) if isinstance(value, tuple) else value
+            out[camel(name)] = list(value) if isinstance(value, tuple) else value
     return out
+
 
 def model_changed(a: Options, b: Options) -> bool:
     return any(getattr(a, k) != getattr(b, k) for k in MODEL_KEYS)
 
 
-
 def engine_config(o: Options):  # -> tuple[engine.ModelSpec, engine.EngineOptions]
-    """The engine's view of the options."""
+    """The engine's view of the options: its dataclasses' fields, taken from ours by name."""
     from codestral_ls.engine import EngineOptions, ModelSpec
 
-    spec = ModelSpec(model=o.model, device=o.device, dtype=o.dtype, quantize=o.quantize, fim_format=o.fim_format,
-                     trust_remote_code=o.trust_remote_code, allow_download=o.allow_download, threads=o.threads)
-    return spec, EngineOptions(kv_reuse=o.kv_reuse, speculation=o.speculation, kv_budget_bytes=o.kv_budget_mb * 2**20,
-                               draft_model=o.draft_model or None)
+    spec = ModelSpec(**{f.name: getattr(o, f.name) for f in fields(ModelSpec) if f.name in FIELDS})
+    same = {f.name: getattr(o, f.name) for f in fields(EngineOptions) if f.name in FIELDS}
+    return spec, EngineOptions(**{**same, "kv_budget_bytes": o.kv_budget_mb * 2**20,
+                                  "draft_model": o.draft_model or None})
+
+
+def markdown_table() -> str:
+    """The README's options table (tests/test_cli.py checks the README holds exactly this)."""
+    rows = ["| flag | init option / config key | default | meaning |", "|---|---|---|---|"]
+    for name, f in FIELDS.items():
+        m = meta(name)
+        arg = ("|".join(m.choices) if m.choices else m.metavar or ("" if str(f.type) == "bool" else "N"))
+        arg = arg.replace("|", "\\|")
+        default = f.default
+        shown = ("embedded" if default is None and name == "model" else "" if default in (None, "", ())
+                 else "…" if name == "secret_files" else str(default).lower() if isinstance(default, bool)
+                 else str(default))
+        trust = f" **Command line or config file only ({m.trusted}).**" if m.trusted else ""
+        rows.append(f"| `{flag(name)}{' ' + arg if arg else ''}` | `{camel(name)}` | {shown} | {m.help}.{trust} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m codestral_ls.server.options: the README table
+    print(markdown_table())

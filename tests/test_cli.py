@@ -81,3 +81,49 @@ def test_doctor_reports_a_loading_model():
     r = run("doctor")
     assert r.returncode == 0, r.stderr
     assert "model loads" in r.stdout and "yes" in r.stdout and "FIM format" in r.stdout
+
+
+# -- one options table: flags, config file and docs derived from server/options.py --------------------
+
+
+def test_every_option_has_its_flag_and_the_readme_holds_the_table():
+    from codestral_ls.server.cli import build_parser
+    from codestral_ls.server.options import FIELDS, flag, markdown_table
+
+    help_text = build_parser().format_help()
+    for name in FIELDS:
+        assert flag(name) in help_text, name
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert markdown_table() in readme, "README's options table is stale: python -m codestral_ls.server.options"
+
+
+def test_the_user_config_file_is_trusted_and_the_command_line_wins(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('model = "/nonexistent/from-config"\nmaxTokens = 9\n', encoding="utf-8")
+    config.chmod(0o600)
+    env = {**__import__("os").environ, "CODESTRAL_LS_CONFIG": str(config)}
+
+    def complete(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "codestral_ls.server", "complete", *flags,
+                               "server/samples/sample.py:8:11"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, env=env)
+
+    r = complete()
+    assert r.returncode == 2 and "/nonexistent/from-config does not exist" in r.stderr
+    r = complete("--model", "/nonexistent/from-flag")
+    assert r.returncode == 2 and "/nonexistent/from-flag does not exist" in r.stderr
+
+
+def test_a_config_file_others_can_write_is_ignored(tmp_path):
+    from codestral_ls.server.options import read_user_config
+
+    config = tmp_path / "config.toml"
+    config.write_text('backend = "openai"\n', encoding="utf-8")
+    config.chmod(0o600)
+    assert read_user_config(config) == ({"backend": "openai"}, [])
+    config.chmod(0o666)
+    raw, problems = read_user_config(config)
+    assert raw == {} and "writable by others" in problems[0]
+    config.write_text("backend = \n", encoding="utf-8")
+    config.chmod(0o600)
+    assert "not valid TOML" in read_user_config(config)[1][0]

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import FimRequest, StopRule
-from codestral_ls.server.backends import APIS, RemoteBackend, approx_tokens, create_backend
+from codestral_ls.server.backends import APIS, RemoteBackend, approx_tokens, open_backend
 from codestral_ls.server.options import Options, parse_options
 from codestral_ls.server.pipeline import Completer, Document
+from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
 from tests.lsp_client import inline, open_doc, start, stop
@@ -91,7 +92,7 @@ def api() -> Iterator[FakeApi]:
 def backend(name: str, api: FakeApi, **opts: Any) -> RemoteBackend:
     options, problems = parse_options({"backend": name, "endpoint": api.url, **opts})
     assert not problems
-    b = create_backend(options)
+    b = open_backend(options)
     assert isinstance(b, RemoteBackend)
     return b
 
@@ -193,15 +194,15 @@ def test_endpoint_forms_and_defaults(monkeypatch):
 
 def test_missing_key_or_model_is_a_clear_load_error(monkeypatch):
     monkeypatch.delenv("MISTRAL_API_KEY", raising=False)
-    b = create_backend(Options(backend="mistral"))
+    b = open_backend(Options(backend="mistral"))
     assert b.loaded.is_set() and "MISTRAL_API_KEY" in (b.load_error or "")
     with pytest.raises(EngineError, match="MISTRAL_API_KEY"):
         b.submit(request()).result(5)
-    b = create_backend(Options(backend="openai", endpoint="http://127.0.0.1:9"))
+    b = open_backend(Options(backend="openai", endpoint="http://127.0.0.1:9"))
     assert "remoteModel" in (b.load_error or "")
-    b = create_backend(Options(backend="llamacpp", endpoint="ftp://127.0.0.1:9"))
+    b = open_backend(Options(backend="llamacpp", endpoint="ftp://127.0.0.1:9"))
     assert "http://" in (b.load_error or "")
-    b = create_backend(Options(backend="ollama", endpoint="http://127.0.0.1:9", api_key_env="NO_SUCH_VAR_HERE"))
+    b = open_backend(Options(backend="ollama", endpoint="http://127.0.0.1:9", api_key_env="NO_SUCH_VAR_HERE"))
     assert "NO_SUCH_VAR_HERE" in (b.load_error or "")
 
 
@@ -247,7 +248,7 @@ def test_connection_refused_is_a_clear_error():
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    b = create_backend(Options(backend="llamacpp", endpoint=f"http://127.0.0.1:{port}"))
+    b = open_backend(Options(backend="llamacpp", endpoint=f"http://127.0.0.1:{port}"))
     try:
         with pytest.raises(EngineError, match="llamacpp backend: cannot connect to .* connection refused"):
             b.submit(request()).result(10)
@@ -341,3 +342,45 @@ async def test_lsp_server_with_a_remote_backend(api):
         assert (await inline(c, "file:///w/n.py", 1, 11)).items[0].insert_text == "a * b"  # still working
     finally:
         await stop(c)
+
+
+# -- options that send data elsewhere never come from the editor (issue 16) ---------------------------
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_workspace_settings_cannot_send_code_elsewhere(api, tiny_model_dir):
+    """What was tried from outside: initializationOptions (then didChangeConfiguration) carrying
+    backend/endpoint/trustRemoteCode made the server send the document to that endpoint. They are
+    refused with a message; the other settings (disabledLanguages here) still apply."""
+    api.answer = CASES["openai"][2]
+    hostile = {"backend": "openai", "endpoint": api.url, "remoteModel": "x", "trustRemoteCode": True,
+               "apiKeyEnv": "HOME", "model": "evil/model", "allowDownload": True}
+    c, _ = await start(["--model", str(tiny_model_dir), "--device", "cpu"],
+                       init_options={**hostile, "disabledLanguages": ["python"]})
+    try:
+        open_doc(c, "file:///w/a.py", "def add(a, b):\n    return \n")
+        assert not (await inline(c, "file:///w/a.py", 1, 11)).items  # python disabled: that part applied
+        c.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"codestral": {**hostile, "disabledLanguages": []}}))
+        await inline(c, "file:///w/a.py", 1, 11)  # answered by the local tiny model
+        await asyncio.sleep(0.2)
+    finally:
+        await stop(c)
+    assert api.seen == []  # nothing ever reached the endpoint
+    refused = [m.message for m in c.messages if "never from editor or workspace settings" in m.message]
+    for key in hostile:
+        assert any(f"option {key} " in m for m in refused), (key, refused)
+    assert all(m.type == types.MessageType.Warning for m in c.messages if m.message in refused)
+
+
+def test_trusted_options_are_marked_and_refused_only_from_the_client():
+    from codestral_ls.server.options import TRUSTED, parse_client_options
+
+    for key in ("trust_remote_code", "model", "draft_model", "allow_download", "backend", "endpoint", "api_key_env",
+                "remote_model", "ca_bundle", "allow_plain_http_key", "secret_files"):
+        assert key in TRUSTED, key
+    o, problems = parse_options({"backend": "openai", "endpoint": "http://10.0.0.1:8000"})  # command line
+    assert problems == [] and o.backend == "openai"
+    o2, problems = parse_client_options({"backend": "mistral", "maxTokens": 9, "model": "embedded"}, o)
+    assert o2.backend == "openai" and o2.max_tokens == 9  # refused, the rest kept
+    assert len(problems) == 1 and "backend" in problems[0]  # `model` repeats the value in force: no message
