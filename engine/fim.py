@@ -4,9 +4,16 @@ Strings are never concatenated with control tokens and re-tokenized: each piece 
 on its own and the control tokens are inserted as ids, so a prompt can never be confused by text
 that happens to spell a control token, and the token layout is exactly the family's training one.
 
+SentencePiece families (Codestral, CodeLlama) follow their reference encoders (mistral-common's
+`encode_fim`, Meta's `infilling_prompt_tokens`): the prefix starts the text, so it keeps the dummy
+"▁" that `encode()` puts in front; the suffix (and text typed after the prefix) is encoded without
+it. Mistral models get their tokenizer from mistral-common (`tokenizer.MistralCommonTokenizer`).
+
 `build()` returns the prompt ids plus the `heal` text: the last token of the text before the
 cursor is taken back out of the prompt and the model is constrained to regenerate it, so a cursor
-in the middle of a word (or after indentation) does not force an unnatural token boundary.
+in the middle of a word (or after indentation) does not force an unnatural token boundary. With
+nothing typed, the prompt is exactly the family's prompt minus that token, and `heal` is exactly
+its text (decoded piece by piece, so a SentencePiece "▁return" owes " return").
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 Order = Literal["spm", "psm"]
+# mistral-common's `_encode_infilling` and Meta's CodeLlama `encode_infilling` both cut off "☺".
+SENTINEL = "☺"
 
 
 class Tokenizer(Protocol):
@@ -37,7 +46,8 @@ class FimProfile:
     bos: bool = False
     file_sep_token: str | None = None
     repo_name_token: str | None = None
-    # SentencePiece tokenizers prepend a space to every encode(); strip it for infill pieces.
+    # SentencePiece tokenizers prepend a space to every encode(): the prefix keeps it (it starts
+    # the text, as in the family's reference encoder), the suffix and typed text drop it.
     strip_dummy_prefix: bool = False
 
 
@@ -147,6 +157,9 @@ class FimEncoder:
         eos = getattr(self.tokenizer, "eos_token_id", None)
         if isinstance(eos, int):
             self.stop_ids = self.stop_ids | {eos}
+        if hasattr(self.tokenizer, "encode_infilling"):
+            # mistral-common: every control piece ([INST], [control_57] ...) ends the middle; none is code.
+            self.stop_ids = self.stop_ids | set(self.tokenizer.all_special_ids)
         self._dummy = self._dummy_prefix_ids() if self.profile.strip_dummy_prefix else []
 
     def _dummy_prefix_ids(self) -> list[int]:
@@ -154,16 +167,22 @@ class FimEncoder:
         probe = "\x01"
         return self._encode(probe)[:-1] or []
 
+    def encode_start(self, text: str) -> list[int]:
+        """Encode text that starts the document's text (the prefix): SentencePiece's dummy "▁" stays."""
+        return self._encode(text) if text else []
+
     def encode_text(self, text: str) -> list[int]:
         """Encode a piece of infill text with no special tokens and no dummy prefix space."""
         if not text:
             return []
         if not self._dummy:
             return self._encode(text)
-        # mistral-common's trick: encode behind a sentinel and cut the sentinel's tokens off.
-        sentinel = "\x01"
-        base = self._encode(sentinel)
-        ids = self._encode(sentinel + text)
+        infilling = getattr(self.tokenizer, "encode_infilling", None)
+        if infilling is not None:  # mistral-common's own suffix encoding: the reference itself
+            return list(infilling(text))
+        # The reference encoders' trick: encode behind a sentinel and cut the sentinel's tokens off.
+        base = self._encode(SENTINEL)
+        ids = self._encode(SENTINEL + text)
         return ids[len(base):] if ids[: len(base)] == base else ids
 
     def _encode(self, text: str) -> list[int]:
@@ -181,16 +200,25 @@ class FimEncoder:
         stay byte-identical across keystrokes while the user types at an anchored position.
         """
         p = self.profile
-        prefix_ids = self.encode_text(prefix)
+        # The prefix starts the text; for SentencePiece it keeps its dummy "▁" (see module docstring).
+        prefix_ids = self.encode_start(prefix) if self._dummy else self.encode_text(prefix)
         heal_text = ""
+        middle_text = forced_middle
         if heal and prefix_ids:
             # The prefix's last token always moves into the middle, typed text or not, so the
             # prompt before the middle is the same at every keystroke of an anchored edit.
             last = self.decode(prefix_ids[-1:])
             if "\ufffd" not in last:  # never split a multi-byte character
                 prefix_ids.pop()
-                forced_middle = last + forced_middle
-        middle_ids = self.encode_text(forced_middle)
+                middle_text = last + forced_middle
+                if not forced_middle:
+                    heal_text = last  # exactly the piece taken out, not a re-encoding of its text
+        if heal_text:
+            middle_ids: list[int] = []
+        elif not prefix and self._dummy:
+            middle_ids = self.encode_start(middle_text)  # typed text is the start of the text
+        else:
+            middle_ids = self.encode_text(middle_text)
         if heal and middle_ids:
             heal_text = self.decode(middle_ids[-1:])
             if "\ufffd" in heal_text:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from codestral_ls.engine import embedded
+from codestral_ls.engine import embedded, mistral_format
 from codestral_ls.engine.errors import ModelLoadError
 from codestral_ls.engine.fim import FimEncoder, detect_profile
 
@@ -80,6 +80,8 @@ def resolve_source(spec: ModelSpec, progress: embedded.Progress | None = None) -
             raise ModelLoadError(f"model file {path} does not exist")
         return convert_gguf(path, progress), f"{path.name} (GGUF)"
     if path.exists():
+        if mistral_format.is_mistral_layout(path):  # consolidated.safetensors + params.json
+            return path, f"{path} (Mistral layout)"
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is not a Hugging Face model folder (no config.json) nor a .gguf file")
         return path, str(path)
@@ -144,8 +146,11 @@ def load_model(spec: ModelSpec, progress: embedded.Progress | None = None) -> Lo
     if progress:
         progress(f"loading {description}", 95)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        # Mistral models tokenize with mistral-common when they ship its file (tokenizer.model.v3).
+        tokenizer = mistral_format.load_tokenizer(source) or AutoTokenizer.from_pretrained(
+            source, trust_remote_code=spec.trust_remote_code)
+        model = (mistral_format.load_model(source, **kwargs) if mistral_format.is_mistral_layout(source)
+                 else AutoModelForCausalLM.from_pretrained(source, **kwargs))
     except ModelLoadError:
         raise
     except Exception as exc:
