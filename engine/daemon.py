@@ -55,6 +55,12 @@ log = logging.getLogger(__name__)
 TOKEN_ENV = "CODESTRAL_LS_ENGINE_TOKEN"  # a fixed token for the daemon and its clients (else random)
 HEARTBEAT_S = 2.0
 MAX_BODY = 16 * 2**20
+# A local process must not be able to hold the daemon: at most MAX_HANDLERS connections at once
+# (more are closed at once), and each must have sent a request with the right token within
+# AUTH_DEADLINE_S of connecting, or it is closed. Reads and writes time out after IO_TIMEOUT_S.
+MAX_HANDLERS = 64
+AUTH_DEADLINE_S = 5.0
+IO_TIMEOUT_S = 30.0
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -98,14 +104,41 @@ def format_host(host: str) -> str:
 
 
 def read_daemon_file(path: Path) -> DaemonInfo | None:
-    """The file's contents; None when there is none; ValueError when it is unreadable."""
+    """The file's contents; None when there is none; ValueError when it is unreadable or untrusted.
+
+    Trusted only when the file and its folder are this user's and nobody else can write them (the
+    file: nor read it): another local user could otherwise plant a file that sends our requests
+    (the user's code) to their own server. No symlinks followed.
+    """
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return DaemonInfo(host=str(raw["host"]), port=int(raw["port"]), token=str(raw["token"]), pid=int(raw["pid"]))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc} (a symlink is refused)") from None
+    try:
+        _check_private(path.parent, os.lstat(path.parent), folder=True)
+        _check_private(path, os.fstat(fd), folder=False)
+        with os.fdopen(fd, encoding="utf-8") as f:
+            fd = -1
+            raw = json.loads(f.read(65536))
+        return DaemonInfo(host=str(raw["host"]), port=int(raw["port"]), token=str(raw["token"]), pid=int(raw["pid"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _check_private(path: Path, st: os.stat_result, folder: bool) -> None:
+    import stat
+
+    if st.st_uid != os.getuid():
+        raise ValueError(f"{path} belongs to uid {st.st_uid}, not to you: not trusted")
+    if not (stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)):
+        raise ValueError(f"{path} is not a {'folder' if folder else 'regular file'}: not trusted")
+    if st.st_mode & (0o022 if folder else 0o077):
+        raise ValueError(f"{path} is open to other users (mode {stat.S_IMODE(st.st_mode):o}): not trusted")
 
 
 def write_daemon_file(path: Path, info: DaemonInfo) -> None:
@@ -113,7 +146,7 @@ def write_daemon_file(path: Path, info: DaemonInfo) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path.parent, 0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump({**asdict(info), "url": info.url}, f)
     os.chmod(tmp, 0o600)
@@ -121,12 +154,11 @@ def write_daemon_file(path: Path, info: DaemonInfo) -> None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether `pid` is a live process of this user (another user's process is not our daemon)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -212,7 +244,27 @@ class EngineDaemon(ThreadingHTTPServer):
                          "refused": 0, "prefetches": 0}
         self.clients: set[str] = set()
         self._tokenizer_json: str | None = None
+        self.auth_deadline_s = AUTH_DEADLINE_S
+        self.handlers = threading.BoundedSemaphore(MAX_HANDLERS)
+        self.counters["turned_away"] = 0
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.handlers.acquire(blocking=False):  # every handler busy: no thread for this one
+            self.count("turned_away")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.handlers.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.handlers.release()
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)  # HTTPServer's would resolve our own name (slow DNS)
@@ -248,6 +300,27 @@ class EngineDaemon(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: EngineDaemon
     server_version = "codestral-ls-engine"
+    timeout = IO_TIMEOUT_S  # socket timeout (StreamRequestHandler.setup)
+
+    def handle(self) -> None:
+        # Hang up on a connection that has not authenticated in time (one that sends nothing,
+        # or a byte now and then, would hold this thread for ever).
+        self._authenticated = False
+        watchdog = threading.Timer(self.server.auth_deadline_s, self._hang_up_unless_authenticated)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            super().handle()
+        except OSError:  # hung up on, or the client went away
+            self.close_connection = True
+        finally:
+            watchdog.cancel()
+
+    def _hang_up_unless_authenticated(self) -> None:
+        if not self._authenticated:
+            self.server.count("refused")
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("%s %s", self.address_string(), format % args)  # request line and status, never headers
@@ -269,6 +342,7 @@ class _Handler(BaseHTTPRequestHandler):
         given = self.headers.get("Authorization", "")
         expected = f"Bearer {self.server.token}"
         if hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode()):
+            self._authenticated = True
             return True
         self.server.count("refused")
         self._json(401, {"error": "missing or wrong token"})
