@@ -1,6 +1,12 @@
-"""FIM prompt layouts, built as token ids, per family."""
+"""FIM prompt layouts, built as token ids, per family. Codestral against mistral-common's own
+encoder: tests/test_codestral.py; Qwen2.5-Coder here, against its model card's prompt string on the
+embedded model's real tokenizer."""
 
 from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
 
 import pytest
 from codestral_ls.engine.embedded import converted_dir
@@ -41,6 +47,29 @@ def test_qwen_layout_is_prefix_suffix_middle(qwen_tok):
                      v["<|fim_middle|>"]]
     for stop in ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>"):
         assert v[stop] in p.stop_ids
+
+
+def test_qwen_prompt_equals_the_model_card_string_on_the_real_tokenizer(qwen_tok):
+    """Qwen2.5-Coder's card: `<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>` tokenized
+    whole. Ours is built from pieces: the ids must be the same for real code (HumanEval), CRLF, tabs,
+    emoji/CJK, empty sides; with healing, the same minus the healed last prefix token."""
+    enc = FimEncoder(qwen_tok, detect_profile(qwen_tok))
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "human-eval-infilling"
+    with gzip.open(data / "HumanEval-SingleLineInfilling.jsonl.gz", "rt") as f:
+        cases = [(r["prompt"], r["suffix"]) for r in map(json.loads, f)][::10]
+    cases += [(p.replace("\n", "\r\n"), s.replace("    ", "\t")) for p, s in cases[:20]]
+    cases += [("x = '漢字😀", "'\n"), ("", "\n"), ("def f():\n    ", ""), ("a  ", "b")]
+    v = qwen_tok.get_vocab()
+    for prefix, suffix in cases:
+        ref = qwen_tok.encode(f"<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>", add_special_tokens=False)
+        assert enc.build(prefix, suffix, heal=False).ids == ref, (prefix[-30:], suffix[:30])
+        healed = enc.build(prefix, suffix)
+        cut = ref.index(v["<|fim_suffix|>"]) - 1  # the last prefix token
+        if prefix and "\ufffd" not in enc.decode(ref[cut:cut + 1]):
+            assert healed.ids == ref[:cut] + ref[cut + 1:], prefix[-30:]
+            assert healed.heal == enc.decode(ref[cut:cut + 1])
+        else:
+            assert healed.ids == ref and healed.heal == ""
 
 
 def test_text_that_spells_a_control_token_stays_text(qwen_tok):
