@@ -16,6 +16,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+DEFAULT_MAX_TOKENS = 64  # the server's default max_tokens
 
 
 def stride_indices(total: int, limit: int | None) -> list[int]:
@@ -33,6 +34,23 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
                    help="model dtype (auto: float32 on CPU, bfloat16 on CUDA)")
     g.add_argument("--quantize", choices=("none", "int8", "nf4"), default="none",
                    help="weight quantization: int8 (CPU/CUDA), nf4 (CUDA, bitsandbytes)")
+
+
+def server_flags(args: argparse.Namespace) -> list[str]:
+    """The flags a headline server gets: none, unless a model or device other than the defaults was asked
+    for (`--model`, `--device`, `--dtype`, `--quantize`, `--max-tokens` of the benchmark's own command line)."""
+    flags = []
+    if getattr(args, "model", None):
+        flags += ["--model", args.model]
+    if args.device != "cpu":
+        flags += ["--device", args.device]
+    if args.dtype != "auto":
+        flags += ["--dtype", args.dtype]
+    if args.quantize != "none":
+        flags += ["--quantize", args.quantize]
+    if args.max_tokens != DEFAULT_MAX_TOKENS:
+        flags += ["--max-tokens", str(args.max_tokens)]
+    return flags
 
 
 def device_problem(device: str, quantize: str) -> str | None:

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    DEFAULT_MAX_TOKENS,
     RESULTS_DIR,
     ROOT,
     LspServer,
@@ -76,6 +77,7 @@ from benchmarks.common import (
     qwen_fim_prompt,
     refuse_if_unusable,
     save_figure,
+    server_flags,
     stride_indices,
     table,
     utf16_position,
@@ -84,7 +86,6 @@ from benchmarks.common import (
 
 SETS = {False: "HumanEval-SingleLineInfilling.jsonl.gz", True: "HumanEval-MultiLineInfilling.jsonl.gz"}
 CURSORS = {"indent": "after the auto-indent", "col0": "at column 0"}
-DEFAULT_MAX_TOKENS = 64  # the server's default max_tokens
 
 
 def data_dir() -> Path:
@@ -226,22 +227,6 @@ def config_list(args: argparse.Namespace, filters: list[str]) -> list[Config]:
     out.append(Config("empty@indent", "check", "an empty line (the floor)"))
     order = ("headline", "peer", "ablation", "check")
     return sorted(out, key=lambda cfg: order.index(cfg.kind))  # stable: cursors stay in order within a kind
-
-
-def server_flags(args: argparse.Namespace) -> list[str]:
-    """The headline server's flags: none unless a model / device other than the defaults was asked for."""
-    flags = []
-    if args.model:
-        flags += ["--model", args.model]
-    if args.device != "cpu":
-        flags += ["--device", args.device]
-    if args.dtype != "auto":
-        flags += ["--dtype", args.dtype]
-    if args.quantize != "none":
-        flags += ["--quantize", args.quantize]
-    if args.max_tokens != DEFAULT_MAX_TOKENS:
-        flags += ["--max-tokens", str(args.max_tokens)]
-    return flags
 
 
 # -- phases: each returns {(task index, config name): (document after accepting, latency ms | None, extra)} --

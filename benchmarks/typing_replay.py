@@ -1,46 +1,56 @@
-"""Typing replay: retype real lines key by key and measure what a user would feel.
+"""Typing replay: arrive at a line, read, retype it key by key, and measure what a user would feel.
 
 Sites are whole lines of real source files (stdlib `textwrap.py`, `shlex.py`; a JavaScript file from
 an npm package when one is on the machine), picked with a fixed stride among lines of moderate
 length that are code (not comments, not docstrings). At a site the line is blanked to its
-indentation (an editor's auto-indent on a new line) and the cursor put after it; then the line's
-text is typed one key at a time.
+indentation (an editor's auto-indent on a new line) and the cursor put after it.
 
-The simulated typist types ~80 ms per character and pauses (default 400 ms) after a word boundary
-(any character that is not a letter, digit or `_`). A suggestion is requested
+The simulated user **arrives** at the site: the editor asks for a suggestion there (and our own
+clients send `codestral/didFocus` with the cursor), then the user **reads** for `--read-ms` (default
+2000 ms) before the first key (`--read-ms 0`: back to back, the old mode: only the 400 ms pause of a
+word boundary). Then the line is typed one key at a time, ~80 ms per character and a pause (default
+400 ms) after a word boundary (any character that is not a letter, digit or `_`). A suggestion is
+requested
 
-  --every-key        after every key (and when the line is opened), or
+  --every-key        at arrival and after every key, or
   --debounce-ms 150  only when the typist pauses at least that long (editors debounce like this):
-                     when the line is opened and after word boundaries, 150 ms after the key.
+                     at arrival and after word boundaries, 150 ms after the key.
 
-Time is real: the gaps between keys are slept (so a server's background prefetch gets the idle
-time it would get), and each request is awaited before the next key unless the key is due later
-(closed loop: no request is ever superseded). When a suggestion equals the rest of the line the
-typist accepts it (Tab): the rest counts as characters saved and the site ends.
+Time is real: the gaps are slept (a server's background work gets the idle time it would get), and
+each request is awaited before the next key unless the key is due later (closed loop: no request is
+ever superseded). A client that opted in (client capability
+`experimental.codestral.suggestionUpdates`) asks again whenever the server sends
+`codestral/suggestionUpdated` for the document, as our editor clients do. When the first line of a
+suggestion equals the rest of the line the typist accepts it: the rest counts as characters saved
+and the site ends.
 
 Systems, one after another on the same sites and schedule:
 
-  default   the real server over stdio (tests/lsp_client.py), everything on.
-  plain     the real server with `--no-kv-reuse --no-speculation --budget-ms 0`.
-  llama     llama.cpp (llama-cpp-python) on the same GGUF, n_threads=2, n_ctx=2048, the same FIM
-            prompt text in Qwen PSM format, greedy, its built-in prompt-prefix reuse, stop at \\n.
+  default   headline: the real server over stdio with **default options** (no flags), driven like our
+            editor clients (suggestion updates opted in, didFocus sent).
+  generic   the same server and options, a generic LSP client (no opt-in, no didFocus).
+  plain     ablation: the server with `--no-kv-reuse --no-speculation --budget-ms 0`, our client.
+  llama     llama.cpp (llama-cpp-python) on the same GGUF, n_threads=2, n_ctx=2048, the FIM prompt text
+            in Qwen PSM format, greedy, its built-in prompt-prefix reuse, stop at \n (what llama.vim shows).
   hf        plain `transformers` `model.generate` per request: same prompt ids
-            (`encoder.build(prefix, suffix, heal=False)`), greedy, same max_new_tokens, stop at \\n.
+            (`encoder.build(prefix, suffix, heal=False)`), greedy, same max_new_tokens, stop at \n.
 
-Both servers run with `--multiline never` so every system answers the current line only (the
-peers stop at a newline); the peers get the same context windows (prefix 512 / suffix 128 tokens,
-cut by `server.context.build_context`). Peers run in their own process so that each one's peak RSS
-(VmHWM) is its own; the servers' peak RSS is read from /proc/<server pid>/status.
+The peers get fixed context windows (prefix 512 / suffix 128 tokens, cut by
+`server.context.build_context`) and run in their own process so that each one's peak RSS (VmHWM) is
+its own; the servers' peak RSS is read from /proc/<server pid>/status.
 
-    python -m benchmarks.typing_replay --debounce-ms 150 --out benchmarks/results/replay_debounce.json
-    python -m benchmarks.typing_replay --every-key --systems default,llama --out benchmarks/results/replay_everykey.json
+Per system: keystroke latency p50/p95, characters saved, and the time from arriving at a site to the
+first suggestion on screen (median over sites; a site that never showed one counts as never), with
+whether that suggestion was the rest of the real line.
+
+    python -m benchmarks.typing_replay --out benchmarks/results/replay_read2000.json
+    python -m benchmarks.typing_replay --read-ms 0 --out benchmarks/results/replay_backtoback.json
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import io
 import os
 import sysconfig
@@ -54,23 +64,36 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    DEFAULT_MAX_TOKENS,
     RESULTS_DIR,
-    ROOT,
+    LspServer,
     add_device_args,
     fmt,
     latency_summary,
+    llama_gguf,
+    llama_problem,
     load_average,
     machine,
     peak_rss_mib,
+    plain,
     pyplot,
+    qwen_fim_prompt,
     refuse_if_unusable,
     save_figure,
+    server_flags,
     table,
     write_json,
 )
 
-SYSTEMS = ("default", "plain", "llama", "hf")
-SERVER_ARGS = {"default": [], "plain": ["--no-kv-reuse", "--no-speculation", "--budget-ms", "0"]}
+SYSTEMS = ("default", "generic", "plain", "llama", "hf")
+SERVER_ARGS = {"default": [], "generic": [], "plain": ["--no-kv-reuse", "--no-speculation", "--budget-ms", "0"]}
+LABELS = {
+    "default": "headline: server defaults, our client (updates, didFocus)",
+    "generic": "server defaults, generic LSP client",
+    "plain": "ablation: --no-kv-reuse --no-speculation --budget-ms 0",
+    "llama": "peer: llama.cpp, same GGUF, first line",
+    "hf": "peer: transformers generate, first line",
+}
 PY_FILES = ("textwrap.py", "shlex.py")
 # Hand-written JavaScript shipped with npm itself (present wherever node/npm is installed).
 JS_CANDIDATES = ("npm/node_modules/semver/classes/comparator.js", "npm/node_modules/ini/lib/ini.js")
@@ -166,6 +189,7 @@ class Typist:
     debounce_ms: float
     char_ms: float = 80.0
     pause_ms: float = 400.0
+    read_ms: float = 2000.0  # at a new site, before the first key (0: back to back, `pause_ms` as after a word)
 
     def gap_after(self, ch: str) -> float:
         """Milliseconds between this key and the next."""
@@ -175,8 +199,14 @@ class Typist:
         return self.every_key or gap_before > self.debounce_ms
 
     @property
+    def first_gap(self) -> float:
+        """Milliseconds from arriving at a site to the first key."""
+        return self.read_ms if self.read_ms > 0 else self.pause_ms
+
+    @property
     def mode(self) -> str:
-        return "every-key" if self.every_key else f"debounce-{self.debounce_ms:g}ms"
+        asks = "every-key" if self.every_key else f"debounce-{self.debounce_ms:g}ms"
+        return f"read-{self.read_ms:g}ms, {asks}" if self.read_ms > 0 else f"back-to-back, {asks}"
 
 
 class System:
@@ -193,8 +223,25 @@ class System:
     async def suggest(self, uri: str, line: int, col: int) -> tuple[str | None, dict[str, Any]]:
         raise NotImplementedError
 
+    async def focus(self, uri: str, line: int, col: int) -> None:
+        """The cursor landed at a new site (only our own clients tell the server)."""
+
+    async def idle(self, until: float, uri: str) -> bool:
+        """Wait until loop time `until`; True when it ended early because the suggestion at `uri` grew."""
+        await asyncio.sleep(max(0.0, until - asyncio.get_running_loop().time()))
+        return False
+
+
+def first_line(text: str | None) -> str:
+    return (text or "").split("\n", 1)[0].rstrip()
+
 
 async def replay_site(system: System, site: Site, typist: Typist, index: int) -> dict[str, Any]:
+    """Arrive at the site (the editor asks there), read, then type the line key by key.
+
+    A suggestion whose first line is the rest of the real line is accepted (Tab, or accept-line for a
+    block): the rest counts as characters saved and the site ends.
+    """
     uri = f"file:///replay/{index}/{Path(site.file).name}"
     await system.open(uri, site.text, site.language)
     loop = asyncio.get_running_loop()
@@ -202,33 +249,59 @@ async def replay_site(system: System, site: Site, typist: Typist, index: int) ->
     target = site.target
     requests: list[dict[str, Any]] = []
     saved = 0
-    key_time = loop.time()
-    gap = typist.pause_ms  # the line was just opened: a natural pause
+    arrived = loop.time()
+    await system.focus(uri, site.line, col0)
+    key_time = arrived
+    gap = typist.first_gap
     pos = 0
+    first: dict[str, Any] | None = None  # the first non-empty suggestion at the site
+    correct_ms: float | None = None  # arrival → a suggestion that is the rest of the line
+
+    async def ask(trigger: str) -> bool:
+        """One request at the cursor; True when the typist accepts it."""
+        nonlocal first, correct_ms, saved
+        t0 = time.perf_counter()
+        suggestion, info = await system.suggest(uri, site.line, col0 + pos)
+        latency = (time.perf_counter() - t0) * 1000
+        since = (loop.time() - arrived) * 1000
+        rest = target[pos:]
+        line = first_line(suggestion)
+        exact = bool(line) and line == rest.rstrip()
+        requests.append({"pos": pos, "trigger": trigger, "latency_ms": round(latency, 1), "since_arrival_ms":
+                         round(since, 1), "suggestion": suggestion, "exact": exact,
+                         "multi_line": "\n" in (suggestion or "").rstrip("\n"),
+                         "prefix_ok": bool(line) and rest.startswith(line),
+                         "in_time": latency <= max(gap - (0 if typist.every_key else typist.debounce_ms), 0),
+                         "load1": load_average(), **info})
+        if line and first is None:
+            first = {"ms": round(since, 1), "pos": pos, "exact": exact, "text": suggestion}
+        if exact and correct_ms is None:
+            correct_ms = round(since, 1)
+        if exact:
+            await system.insert(uri, site.line, col0 + pos, rest)
+            saved = len(rest)
+        return exact
+
     while pos < len(target):
         if typist.requests_at(gap):
             if not typist.every_key:
                 await asyncio.sleep(max(0.0, key_time + typist.debounce_ms / 1000 - loop.time()))
-            t0 = time.perf_counter()
-            suggestion, info = await system.suggest(uri, site.line, col0 + pos)
-            latency = (time.perf_counter() - t0) * 1000
-            rest = target[pos:]
-            exact = bool(suggestion) and suggestion.rstrip() == rest.rstrip()
-            requests.append({"pos": pos, "latency_ms": round(latency, 1), "suggestion": suggestion, "exact": exact,
-                             "prefix_ok": bool(suggestion) and rest.startswith(suggestion.rstrip()),
-                             "in_time": latency <= max(gap - (0 if typist.every_key else typist.debounce_ms), 0),
-                             "load1": load_average(), **info})
-            if exact:
-                await system.insert(uri, site.line, col0 + pos, rest)
-                saved = len(rest)
+            if await ask("arrival" if pos == 0 else "key"):
                 break
-        await asyncio.sleep(max(0.0, key_time + gap / 1000 - loop.time()))
+        # Until the next key: our clients ask again whenever the server says the suggestion grew.
+        accepted = False
+        while await system.idle(key_time + gap / 1000, uri):
+            if accepted := await ask("update"):
+                break
+        if accepted:
+            break
         await system.insert(uri, site.line, col0 + pos, target[pos])
         key_time = loop.time()
         gap = typist.gap_after(target[pos])
         pos += 1
     return {"file": Path(site.file).name, "line": site.line + 1, "target": target, "chars": len(target),
-            "saved": saved, "accepted": saved > 0, "requests": requests}
+            "saved": saved, "accepted": saved > 0, "first_suggestion": first, "correct_ms": correct_ms,
+            "requests": requests}
 
 
 WARMUP_TEXT = "def add(a, b):\n    \n\n\nprint(add(1, 2))\n"
@@ -247,8 +320,11 @@ async def replay_all(system: System, sites: list[Site], typist: Typist,
     for k, site in enumerate(sites):
         r = await replay_site(system, site, typist, k)
         lat = [q["latency_ms"] for q in r["requests"]]
+        f = r["first_suggestion"]
+        seen = "none" if f is None else f"{f['ms']:.0f} ms ({'right' if f['exact'] else 'wrong'})"
         progress(f"  [{system.name}] {r['file']}:{r['line']} {len(r['requests'])} requests, "
-                 f"p50 {fmt(latency_summary(lat)['p50'])} ms, saved {r['saved']}/{r['chars']} chars")
+                 f"p50 {fmt(latency_summary(lat)['p50'])} ms, first suggestion {seen}, "
+                 f"saved {r['saved']}/{r['chars']} chars")
         out.append(r)
     return out
 
@@ -256,76 +332,64 @@ async def replay_all(system: System, sites: list[Site], typist: Typist,
 # -- the server over stdio -----------------------------------------------------------------------------
 
 
-def _lsp_client() -> Any:
-    spec = importlib.util.spec_from_file_location("codestral_bench_lsp_client", ROOT / "tests" / "lsp_client.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 STAT_KEYS = ("requests", "typed_through_hits", "engine_calls", "prompt_tokens", "reused_tokens",
              "replayed_tokens", "decoded_tokens", "empty", "cancelled", "errors")
 
 
-def _plain(obj: Any) -> Any:
-    """A JSON result as plain dicts (pygls may hand back attribute objects for unknown methods)."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if hasattr(obj, "_asdict"):  # namedtuple
-        return {k: _plain(v) for k, v in obj._asdict().items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if hasattr(obj, "__dict__") and not isinstance(obj, type):
-        return {k: _plain(v) for k, v in vars(obj).items()}
-    return obj
-
-
 class ServerSystem(System):
-    def __init__(self, name: str, args: list[str]) -> None:
+    """The real server over stdio. `ours`: the client opts in to suggestion updates and sends didFocus,
+    as our editor clients do; otherwise a generic LSP client."""
+
+    def __init__(self, name: str, flags: list[str], ours: bool) -> None:
         self.name = name
-        self.args = args
-        self.lsp = _lsp_client()
-        self.client: Any = None
-        self.versions: dict[str, int] = {}
+        self.server = LspServer(flags, suggestion_updates=ours)
+        self.ours = ours
         self.last: dict[str, Any] = {}
         self.load_s = 0.0
 
+    @property
+    def args(self) -> list[str]:
+        return self.server.flags
+
     async def start(self) -> None:
-        t0 = time.perf_counter()
-        self.client, _ = await self.lsp.start(self.args)
-        while True:  # the model loads after `initialized`; wait so the first request is not the load
-            snap = await self.stats()
-            model = snap.get("model") or {}
-            if "error" in model:
-                raise RuntimeError(f"{self.name} server: model did not load: {model['error']}")
-            if model:
-                break
-            await asyncio.sleep(0.5)
-        self.load_s = time.perf_counter() - t0
+        self.load_s = await self.server.start()
         await warm_up(self)
         self.last = await self.stats()
 
     async def stats(self) -> dict[str, Any]:
-        return _plain(await self.client.protocol.send_request_async("codestral/stats", {}))
+        return await self.server.stats()
 
     async def open(self, uri: str, text: str, language: str) -> None:
-        self.versions[uri] = 1
-        self.lsp.open_doc(self.client, uri, text, language)
+        self.server.open(uri, text, language)
 
     async def insert(self, uri: str, line: int, col: int, text: str) -> None:
-        self.versions[uri] += 1
-        self.lsp.insert(self.client, uri, self.versions[uri], line, col, text)
+        self.server.insert(uri, line, col, text)
+
+    async def focus(self, uri: str, line: int, col: int) -> None:
+        if self.ours:
+            self.server.focus(uri, line, col)
+
+    async def idle(self, until: float, uri: str) -> bool:
+        if not self.ours:
+            return await super().idle(until, uri)
+        loop = asyncio.get_running_loop()
+        while (left := until - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(self.server.updated.wait(), left)
+            except TimeoutError:
+                return False
+            self.server.updated.clear()
+            if any(_update_uri(u) in (uri, None) for u in self.server.updates[-8:]):
+                return True
+        return False
 
     async def suggest(self, uri: str, line: int, col: int) -> tuple[str | None, dict[str, Any]]:
         try:
-            result = await self.lsp.inline(self.client, uri, line, col)
+            item = await self.server.inline(uri, line, col)
         except Exception as exc:  # an error answer is a result too: no suggestion, counted
             self.last = await self.stats()
             return None, {"source": "error", "error": str(exc)[:200]}
-        items = (result if isinstance(result, list) else result.items) if result is not None else []
-        text = items[0].insert_text if items else None
-        text = text if isinstance(text, str) else getattr(text, "value", None)
+        text = item["text"] if item is not None else None
         snap = await self.stats()
         delta = {k: (snap.get(k) or 0) - (self.last.get(k) or 0) for k in STAT_KEYS}
         self.last = snap
@@ -335,27 +399,34 @@ class ServerSystem(System):
         return text, {"source": source, **info}
 
     def pid(self) -> int | None:
-        server = getattr(self.client, "_server", None)
-        return getattr(server, "pid", None)
+        return self.server.pid()
 
     async def stop(self) -> None:
-        if self.client is not None:
-            await self.lsp.stop(self.client)
+        await self.server.stop()
 
 
-async def run_server(name: str, sites: list[Site], typist: Typist, extra: list[str]) -> dict[str, Any]:
-    system = ServerSystem(name, ["--log-level", "warning", "--multiline", "never", *SERVER_ARGS[name], *extra])
+def _update_uri(params: dict[str, Any]) -> str | None:
+    doc = params.get("textDocument") or params.get("text_document") or {}
+    return doc.get("uri") if isinstance(doc, dict) else None
+
+
+async def run_server(name: str, sites: list[Site], typist: Typist, flags: list[str]) -> dict[str, Any]:
+    system = ServerSystem(name, [*SERVER_ARGS[name], *flags], ours=name != "generic")
     t0 = time.perf_counter()
     await system.start()
-    print(f"{name}: server up, model loaded in {system.load_s:.1f} s", flush=True)
+    print(f"{name}: server up (flags {system.args or 'none'}), model loaded in {system.load_s:.1f} s", flush=True)
     try:
         records = await replay_all(system, sites, typist)
         stats = await system.stats()
         rss = peak_rss_mib(system.pid())
     finally:
         await system.stop()
-    return {"system": name, "args": system.args, "load_s": round(system.load_s, 1), "peak_rss_mib": rss,
-            "server_stats": stats, "sites": records, "wall_s": round(time.perf_counter() - t0, 1)}
+    caps = getattr(system.server.init_result, "capabilities", None)
+    experimental = plain(getattr(caps, "experimental", None))  # does the server advertise its updates?
+    return {"system": name, "label": LABELS[name], "args": system.args, "client": "ours" if system.ours else "generic",
+            "load_s": round(system.load_s, 1), "peak_rss_mib": rss, "server_stats": stats,
+            "updates_received": len(system.server.updates), "server_experimental": experimental,
+            "sites": records, "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 # -- peers (each in its own process) ------------------------------------------------------------------
@@ -400,17 +471,15 @@ def _offset(text: str, line: int, col: int) -> int:
     return start + col
 
 
-def _llama_peer(device: str, max_tokens: int) -> PeerSystem:
-    from codestral_ls.engine.embedded import gguf_path
+def _llama_peer(device: str, max_tokens: int, model: str | None) -> PeerSystem:
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf_path()), n_threads=2, n_ctx=2048, n_gpu_layers=-1 if device == "cuda" else 0,
+    llm = Llama(model_path=llama_gguf(model), n_threads=2, n_ctx=2048, n_gpu_layers=-1 if device == "cuda" else 0,
                 verbose=False, seed=0)
 
     def complete(prefix: str, suffix: str) -> str:
-        prompt = f"<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>"
-        out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1, top_p=1.0,
-                                    repeat_penalty=1.0, stop=["\n"])
+        out = llm.create_completion(qwen_fim_prompt(prefix, suffix), max_tokens=max_tokens, temperature=0.0,
+                                    top_k=1, top_p=1.0, repeat_penalty=1.0, stop=["\n"])
         return out["choices"][0]["text"]
 
     def count(text: str) -> int:
@@ -419,12 +488,12 @@ def _llama_peer(device: str, max_tokens: int) -> PeerSystem:
     return PeerSystem("llama", complete, count)
 
 
-def _hf_peer(device: str, dtype: str, quantize: str, max_tokens: int) -> PeerSystem:
+def _hf_peer(device: str, dtype: str, quantize: str, max_tokens: int, model: str | None) -> PeerSystem:
     import torch
     from codestral_ls.engine.loading import ModelSpec, load_model
     from transformers import StoppingCriteria, StoppingCriteriaList
 
-    lm = load_model(ModelSpec(device=device, dtype=dtype, quantize=quantize))
+    lm = load_model(ModelSpec(model=model, device=device, dtype=dtype, quantize=quantize))
     model, encoder = lm.model, lm.encoder
     vocab = lm.tokenizer.get_vocab()
     newline_ids = {i for tok, i in vocab.items() if "\n" in lm.tokenizer.convert_tokens_to_string([tok])}
@@ -447,11 +516,12 @@ def _hf_peer(device: str, dtype: str, quantize: str, max_tokens: int) -> PeerSys
 
 
 def peer_main(name: str, sites: list[Site], typist: Typist, device: str, dtype: str, quantize: str,
-              max_tokens: int) -> dict[str, Any]:
+              max_tokens: int, model: str | None = None) -> dict[str, Any]:
     """Runs in a child process: load the peer, replay every site, report its own peak RSS."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
-    system = _llama_peer(device, max_tokens) if name == "llama" else _hf_peer(device, dtype, quantize, max_tokens)
+    system = (_llama_peer(device, max_tokens, model) if name == "llama"
+              else _hf_peer(device, dtype, quantize, max_tokens, model))
     load_s = time.perf_counter() - t0
     print(f"{name}: loaded in {load_s:.1f} s", flush=True)
 
@@ -460,43 +530,68 @@ def peer_main(name: str, sites: list[Site], typist: Typist, device: str, dtype: 
         return await replay_all(system, sites, typist, progress=lambda s: print(s, flush=True))
 
     records = asyncio.run(go())
-    return {"system": name, "load_s": round(load_s, 1), "peak_rss_mib": peak_rss_mib(), "sites": records,
+    return {"system": name, "label": LABELS[name], "load_s": round(load_s, 1), "peak_rss_mib": peak_rss_mib(),
+            "sites": records,
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def run_peer(name: str, sites: list[Site], typist: Typist, args: argparse.Namespace) -> dict[str, Any]:
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        fut = pool.submit(peer_main, name, sites, typist, args.device, args.dtype, args.quantize, args.max_tokens)
+        fut = pool.submit(peer_main, name, sites, typist, args.device, args.dtype, args.quantize, args.max_tokens,
+                          args.model)
         return fut.result()
 
 
-def llama_available() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None
+def llama_available(model: str | None = None) -> bool:
+    return llama_problem(model) is None
 
 
 # -- summary ---------------------------------------------------------------------------------------------
 
 
+def _median_ms(values: list[float]) -> float | None:
+    """Median of per-site times, a site that never got there counting as never (inf)."""
+    if not values:
+        return None
+    s = sorted(values)
+    return s[(len(s) - 1) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
+
+
 def summarize(run: dict[str, Any]) -> dict[str, Any]:
-    reqs = [q for s in run["sites"] for q in s["requests"]]
-    lat = [q["latency_ms"] for q in reqs]
-    engine_lat = [q["latency_ms"] for q in reqs if q.get("source") == "engine"]
+    sites = run["sites"]
+    reqs = [q for s in sites for q in s["requests"]]
+    asked = [q for q in reqs if q.get("trigger", "key") != "update"]  # arrival and keystroke requests
+    lat = [q["latency_ms"] for q in asked]
+    engine_lat = [q["latency_ms"] for q in asked if q.get("source") == "engine"]
     loads = [q["load1"] for q in reqs if q.get("load1") is not None]
-    chars = sum(s["chars"] for s in run["sites"])
-    saved = sum(s["saved"] for s in run["sites"])
+    chars = sum(s["chars"] for s in sites)
+    saved = sum(s["saved"] for s in sites)
+    firsts = [s.get("first_suggestion") for s in sites]
+    inf = float("inf")
     out: dict[str, Any] = {
-        "requests": len(reqs),
+        "requests": len(asked),
+        "update_requests": len(reqs) - len(asked),
+        "updates_received": run.get("updates_received"),
         "latency_ms": latency_summary(lat),
         "engine_latency_ms": latency_summary(engine_lat),
         "exact_line_rate": round(sum(q["exact"] for q in reqs) / len(reqs), 3) if reqs else None,
         "useful_rate": round(sum(q["prefix_ok"] for q in reqs) / len(reqs), 3) if reqs else None,
-        "in_time_rate": round(sum(q["in_time"] for q in reqs) / len(reqs), 3) if reqs else None,
+        "in_time_rate": round(sum(q["in_time"] for q in asked) / len(asked), 3) if asked else None,
         "load1_mean": round(sum(loads) / len(loads), 2) if loads else None,
         "chars": chars,
         "chars_saved": saved,
         "chars_saved_rate": round(saved / chars, 3) if chars else None,
-        "lines_accepted": sum(s["accepted"] for s in run["sites"]),
-        "sites": len(run["sites"]),
+        "lines_accepted": sum(s["accepted"] for s in sites),
+        "sites": len(sites),
+        # Arrival at a site → the first non-empty suggestion on screen (median; never = inf).
+        "site_first_suggestion_ms": _median_ms([f["ms"] if f else inf for f in firsts]),
+        "site_first_suggestion_right_rate": round(sum(bool(f and f["exact"]) for f in firsts) / len(sites), 3)
+        if sites else None,
+        "site_first_suggestion_at_arrival_rate": round(sum(bool(f and f["pos"] == 0) for f in firsts) / len(sites), 3)
+        if sites else None,
+        # Arrival → a suggestion that is the rest of the real line (median; never = inf).
+        "site_right_line_ms": _median_ms([s["correct_ms"] if s.get("correct_ms") is not None else inf
+                                          for s in sites]),
         "peak_rss_mib": run.get("peak_rss_mib"),
         "load_s": run.get("load_s"),
         "wall_s": run.get("wall_s"),
@@ -510,35 +605,38 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _ms(value: float | None) -> str:
+    return "never" if value == float("inf") else fmt(value)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
 def report(result: dict[str, Any]) -> str:
     runs = result["systems"]
-    base = runs.get("default", {}).get("summary")
     rows = []
     for name, run in runs.items():
         s = run["summary"]
         lat = s["latency_ms"]
-
-        def ratio(key: str, group: str = "latency_ms", s: dict[str, Any] = s) -> str:
-            mine, theirs = s[group].get(key), base[group].get(key) if base else None
-            if not theirs or mine is None:
-                return "-"
-            r = mine / theirs
-            return f"{r:.0f}x" if r >= 10 else f"{r:.2g}x"
-
-        rows.append([name, str(s["requests"]), fmt(lat["p50"]), fmt(lat["p95"]), fmt(lat["mean"]),
-                     fmt(s["engine_latency_ms"]["p50"]),
-                     f"{ratio('p50')} / {ratio('p50', 'engine_latency_ms')} / {ratio('mean')}",
-                     fmt(100 * s["typed_through_hit_rate"], 0) + "%" if s.get("typed_through_hit_rate") is not None
-                     else "-",
-                     fmt(100 * s["kv_reuse_ratio"], 0) + "%" if s.get("kv_reuse_ratio") is not None else "-",
-                     fmt(100 * (s["exact_line_rate"] or 0), 0) + "%",
+        updates = "-" if s.get("updates_received") is None else f"{s['updates_received']}/{s.get('update_requests', 0)}"
+        rows.append([name, str(s["requests"]), fmt(lat["p50"]), fmt(lat["p95"]),
                      f"{s['chars_saved']}/{s['chars']} ({fmt(100 * (s['chars_saved_rate'] or 0), 0)}%)",
-                     fmt(s["peak_rss_mib"]), fmt(s.get("load1_mean"), 1)])
-    header = ["system", "reqs", "p50 ms", "p95 ms", "mean ms", "engine p50", "x default: p50/engine p50/mean",
-              "typed-thru", "kv reuse", "exact line", "chars saved", "peak RSS MiB", "load"]
+                     _ms(s.get("site_first_suggestion_ms")), _pct(s.get("site_first_suggestion_right_rate")),
+                     _ms(s.get("site_right_line_ms")), updates, fmt(s["engine_latency_ms"]["p50"]),
+                     _pct(s.get("typed_through_hit_rate")), _pct(s.get("kv_reuse_ratio")),
+                     fmt(s["peak_rss_mib"]), fmt(s.get("load1_mean"), 1), run.get("label", name)])
+    header = ["system", "reqs", "p50 ms", "p95 ms", "chars saved", "site->1st sugg. ms", "1st right",
+              "site->right line ms", "updates recv/asked", "engine p50", "typed-thru", "kv reuse", "peak RSS MiB",
+              "load", "what"]
     files = ", ".join(sorted({s["file"] for r in runs.values() for s in r["sites"]}))
-    return "\n".join([f"typing replay, {result['typist']['mode']}, {result['n_sites']} sites ({files}), "
-                      f"device {result['device']}", table(rows, header)])
+    lines = [f"typing replay, {result['typist']['mode']}, {result['n_sites']} sites ({files}), "
+             f"device {result['device']}", table(rows, header),
+             "p50/p95: arrival and keystroke requests (re-requests on suggestionUpdated not counted); "
+             "site->...: median over sites from arriving at the site, 'never' when most sites never got one"]
+    if result.get("skipped"):
+        lines.append("skipped: " + "; ".join(result["skipped"]))
+    return "\n".join(lines)
 
 
 def plot(result: dict[str, Any], stem: Path) -> list[Path]:
@@ -603,12 +701,19 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--every-key", action="store_true", help="request after every key")
     mode.add_argument("--debounce-ms", type=float, default=150.0,
                       help="request only after the typist pauses this long (default 150)")
+    p.add_argument("--read-ms", type=float, default=2000.0,
+                   help="the user reads this long at a new site before the first key (default 2000; "
+                        "0: back to back, only the word-boundary pause)")
     p.add_argument("--char-ms", type=float, default=80.0, help="typing speed, ms per character (default 80)")
     p.add_argument("--pause-ms", type=float, default=400.0, help="pause after a word boundary (default 400)")
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help=f"comma-separated, in order (default {','.join(SYSTEMS)}); llama is skipped if "
                         "llama_cpp is not installed")
-    p.add_argument("--max-tokens", type=int, default=64, help="max decoded tokens, all systems (default 64)")
+    p.add_argument("--model", help="a model other than the embedded one (server --model, hf peer; tests use a tiny "
+                                   "one); llama.cpp runs only when it is a .gguf")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                   help=f"max decoded tokens, all systems (default {DEFAULT_MAX_TOKENS}, the server's; another value "
+                        "is passed to the servers as a flag)")
     p.add_argument("--min-chars", type=int, default=16, help="shortest line picked as a site (default 16)")
     p.add_argument("--max-chars", type=int, default=48, help="longest line picked as a site (default 48)")
     p.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/replay_<mode>.json)")
@@ -617,20 +722,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def device_flags(args: argparse.Namespace) -> list[str]:
-    flags = ["--device", args.device, "--quantize", args.quantize, "--max-tokens", str(args.max_tokens)]
-    if args.dtype != "auto":
-        flags += ["--dtype", args.dtype]
-    return flags
-
-
 async def run(args: argparse.Namespace, sites: list[Site], typist: Typist, systems: list[str],
               save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     for name in systems:
-        print(f"== {name} ({typist.mode}, {len(sites)} sites)", flush=True)
+        print(f"== {name}: {LABELS[name]} ({typist.mode}, {len(sites)} sites)", flush=True)
         if name in SERVER_ARGS:
-            run_ = await run_server(name, sites, typist, device_flags(args))
+            run_ = await run_server(name, sites, typist, server_flags(args))
         else:
             run_ = await asyncio.get_running_loop().run_in_executor(None, run_peer, name, sites, typist, args)
         run_["summary"] = summarize(run_)
@@ -648,22 +746,24 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"benchmark: error: unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
     skipped = []
-    if "llama" in systems and not llama_available():
+    if "llama" in systems and (problem := llama_problem(args.model)):
         systems.remove("llama")
-        skipped.append("llama (llama_cpp not importable: pip install 'codestral-ls[bench]')")
+        skipped.append(f"llama.cpp peer: {problem}")
         print(f"skipping {skipped[-1]}")
     files = args.files or default_files()
     sites = [s for f in files for s in pick_sites(Path(f), args.sites, args.min_chars, args.max_chars)]
     if not sites:
         raise SystemExit("benchmark: error: no sites found in the given files")
-    typist = Typist(args.every_key, 0.0 if args.every_key else args.debounce_ms, args.char_ms, args.pause_ms)
-    mode = "everykey" if args.every_key else f"debounce{args.debounce_ms:g}"
+    typist = Typist(args.every_key, 0.0 if args.every_key else args.debounce_ms, args.char_ms, args.pause_ms,
+                    args.read_ms)
+    mode = ("everykey" if args.every_key else f"debounce{args.debounce_ms:g}") + (
+        f"_read{args.read_ms:g}" if args.read_ms > 0 else "_backtoback")
     out = args.out or RESULTS_DIR / f"replay_{mode}.json"
     t0 = time.perf_counter()
     result: dict[str, Any] = {
-        "benchmark": "typing_replay", "typist": {**asdict(typist), "mode": typist.mode},
+        "benchmark": "typing_replay", "version": 2, "typist": {**asdict(typist), "mode": typist.mode},
         "device": args.device, "dtype": args.dtype, "quantize": args.quantize, "max_tokens": args.max_tokens,
-        "files": [str(f) for f in files], "n_sites": len(sites),
+        "model": args.model, "files": [str(f) for f in files], "n_sites": len(sites),
         "sites": [{"file": s.file, "line": s.line + 1, "target": s.target} for s in sites],
         "skipped": skipped, "machine": machine()}
 
