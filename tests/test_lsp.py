@@ -21,10 +21,21 @@ pytestmark = pytest.mark.model
 ADD = "def add(a, b):\n    return \n"
 
 
+async def loaded(c, timeout: float = 600) -> None:
+    """Wait for the end of the model load's `$/progress`: until then requests are answered empty."""
+    async def ended() -> None:
+        while not any((v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None)) == "end"
+                      for v in c.progress):
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(ended(), timeout)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def client():
     c, init = await start([], init_options={"budgetMs": 0})
     c.init_result = init
+    await loaded(c)
     yield c
     await stop(c)
 
@@ -142,6 +153,7 @@ async def test_utf8_is_used_when_offered():
     c, init = await start([], init_options={"budgetMs": 0}, encodings=["utf-8", "utf-16"])
     try:
         assert init.capabilities.position_encoding == types.PositionEncodingKind.Utf8
+        await loaded(c)
         uri = "file:///work/u8.py"
         line = "é = 1; print(é + "  # é is 2 bytes in UTF-8
         open_doc(c, uri, line)
@@ -155,6 +167,7 @@ async def test_utf8_is_used_when_offered():
 async def test_model_that_fails_to_load_explains_on_every_request(tmp_path):
     c, _ = await start(["--model", str(tmp_path / "nope")])
     try:
+        await loaded(c)
         open_doc(c, "file:///x.py", "x = ")
         for _ in range(2):
             with pytest.raises(JsonRpcException, match="does not exist"):
