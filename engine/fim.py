@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from codestral_ls.engine.tokenizer import piece_decoder
+
 Order = Literal["spm", "psm"]
 # mistral-common's `_encode_infilling` and Meta's CodeLlama `encode_infilling` both cut off "☺".
 SENTINEL = "☺"
@@ -161,6 +163,8 @@ class FimEncoder:
             # mistral-common: every control piece ([INST], [control_57] ...) ends the middle; none is code.
             self.stop_ids = self.stop_ids | set(self.tokenizer.all_special_ids)
         self._dummy = self._dummy_prefix_ids() if self.profile.strip_dummy_prefix else []
+        # A Hugging Face SentencePiece decoder drops a lone piece's leading space: decode pieces.
+        self._pieces = piece_decoder(self.tokenizer)
 
     def _dummy_prefix_ids(self) -> list[int]:
         # What encode() puts before any text (a lone "▁" for SentencePiece); measured, not assumed.
@@ -190,6 +194,9 @@ class FimEncoder:
         return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
     def decode(self, ids: list[int]) -> str:
+        """Exact text of `ids`, a leading SentencePiece space included (healing owes it)."""
+        if self._pieces is not None:
+            return self._pieces(ids)
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def build(self, prefix: str, suffix: str, forced_middle: str = "",

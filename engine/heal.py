@@ -4,7 +4,8 @@ When the prompt's last token is taken back (see `fim.FimEncoder.build`), the fir
 must spell that text again: a token is allowed while the owed text ("rest") starts with it, or it
 starts with the rest and carries on past it (but not by more whitespace). Both are needed:
 indentation "    " before a word is tokenized "   " + " return", so the owed four spaces are often
-paid by a shorter token; which shorter ones, `consistent` says.
+paid by a shorter token; which shorter ones, `consistent` says. Every string is the token's exact
+text: a SentencePiece "▁return" is " return" (its tokenizer's own decoder would drop the space).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+
+from codestral_ls.engine.tokenizer import piece_decoder
 
 
 @dataclass
@@ -24,8 +27,10 @@ class HealIndex:
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         special |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
         n = min(vocab_size, len(tokenizer))
-        strings = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False,
-                                         clean_up_tokenization_spaces=False)
+        pieces = piece_decoder(tokenizer)  # SentencePiece: a lone piece keeps its leading space
+        strings = ([pieces([i]) for i in range(n)] if pieces is not None else
+                   tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False,
+                                          clean_up_tokenization_spaces=False))
         strings += [""] * (vocab_size - n)
         index: dict[str, list[int]] = defaultdict(list)
         for i, s in enumerate(strings):

@@ -18,6 +18,7 @@ Rules it keeps:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +29,33 @@ from codestral_ls.engine.errors import ModelLoadError
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 # mistral-common's sentinel for encoding text with no dummy prefix (`_encode_infilling`).
 INFILL_SENTINEL = "☺"
+
+
+def piece_bytes(piece: str) -> bytes:
+    """A SentencePiece piece's bytes: "▁" is a space, `<0x0A>` is the byte 0x0A."""
+    m = _BYTE_PIECE.fullmatch(piece)
+    return bytes([int(m.group(1), 16)]) if m else piece.replace("▁", " ").encode("utf-8")
+
+
+def piece_decoder(tokenizer: Any) -> Callable[[list[int]], str] | None:
+    """Exact decoding for a Hugging Face SentencePiece-style tokenizer (CodeLlama, a converted Mistral
+    one): its decoder strips the first piece's leading space, so decode the pieces ourselves. None for
+    a tokenizer that needs no help (byte-level BPE; mistral-common's, which decodes exactly itself)."""
+    if isinstance(tokenizer, MistralCommonTokenizer) or not hasattr(tokenizer, "convert_ids_to_tokens"):
+        return None
+    try:
+        ids = tokenizer.encode("a", add_special_tokens=False)
+        first = tokenizer.convert_ids_to_tokens(ids[:1])
+    except Exception:  # an exotic tokenizer: leave its own decoder in charge
+        return None
+    if not first or not isinstance(first[0], str) or not first[0].startswith("▁"):
+        return None
+
+    def decode(ids: list[int]) -> str:
+        pieces = tokenizer.convert_ids_to_tokens(list(ids))
+        return b"".join(piece_bytes(p) for p in pieces if p is not None).decode("utf-8", errors="replace")
+
+    return decode
 
 
 def find_mistral_tokenizer(folder: Path) -> Path | None:
@@ -116,14 +144,7 @@ class MistralCommonTokenizer:
 
     @cached_property
     def _piece_bytes(self) -> list[bytes]:
-        out = []
-        for i, piece in enumerate(self._pieces):
-            m = _BYTE_PIECE.fullmatch(piece)
-            if m and not self.sp.is_special(i):
-                out.append(bytes([int(m.group(1), 16)]))
-            else:
-                out.append(piece.replace("▁", " ").encode("utf-8"))
-        return out
+        return [p.encode("utf-8") if self.sp.is_special(i) else piece_bytes(p) for i, p in enumerate(self._pieces)]
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False, **_: object) -> str:
         """Exact text of `ids`: each piece as written, a leading "▁" included."""

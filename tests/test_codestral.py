@@ -162,6 +162,28 @@ def test_text_that_spells_control_tokens_stays_text(enc):
     assert p.ids.count(2) == 0 and p.ids.count(1) == 1
 
 
+def test_hugging_face_sentencepiece_tokenizers_decode_pieces_exactly(v3):
+    """A Hugging Face tokenizer.json of this vocabulary, with the Llama/Mistral decoder (its `Strip`
+    drops a first piece's space): the FIM encoder and the heal index decode pieces themselves."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = v3.get_vocab()
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens([AddedToken(v3.decode([i]), special=True, normalized=False) for i in range(1, 20)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    ret, four = vocab["▁return"], vocab["▁▁▁▁"]
+    assert fast.decode([ret]) == "return" and fast.decode([four]) == "   "  # the trap, on this path too
+    enc = FimEncoder(fast, detect_profile(fast))
+    assert enc.profile is CODESTRAL
+    assert enc.decode([ret]) == " return" and enc.decode([four, vocab["<0x0A>"]]) == "    \n"
+    heal = HealIndex.build(fast, len(fast))
+    assert heal.strings[ret] == " return" and heal.strings[four] == "    "
+
+
 # -- a tiny random Codestral: both layouts -------------------------------------------------------
 
 
