@@ -176,10 +176,11 @@ class Completer:
         while True:
             result = await self._engine(req)
             suggestion = postprocess(result.text, ask.cursor, self.disabled_filters)
+            replace = replaced_after(suggestion, ask.cursor)
             # Only a finished line is judged (a cut one is the start of one, still decoding).
-            why = misfit(suggestion, ask.cursor) if result.finish == "stop" else None
+            why = misfit(suggestion, ask.cursor, replace, self.disabled_filters) if result.finish == "stop" else None
             if why is None:
-                return ask.cursor.in_document(suggestion), replaced_after(suggestion, ask.cursor), result
+                return ask.cursor.in_document(suggestion), replace, result
             # A line that cannot be right here: ask for the model's next-best start instead.
             log.debug("suggestion rejected (%s); asking for another", why)
             self.stats.rejected += 1

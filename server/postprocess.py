@@ -5,20 +5,27 @@ Repairs are plain functions `(text, Cursor) -> text`; `FILTERS` lists them in or
 `postprocess` can switch any off, so the quality benchmark can measure each one's effect.
 `replaced_after` says how many auto-closed characters after the cursor a suggestion takes the
 place of (an editor replaces them on accept). `misfit` names why a finished suggestion cannot be
-right before the code that follows; the pipeline then asks for the model's next-best start.
+right before the code that follows: a line that the code below contradicts, or a syntax error the
+document did not have (`adds_syntax_error`, one more tree-sitter parse of the cursor's region);
+the pipeline then asks for the model's next-best start.
 
 Rules it keeps: one bracket counter (`scan`) for every judgement, aware of strings and line
-comments; a judgement reads the `Cursor`, never the document again; texts here are in LF form.
+comments; a judgement reads the `Cursor` (and its one parse), never the whole document again;
+texts here are in LF form.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from codestral_ls.engine.request import StopRule
-from codestral_ls.server.cursor import Cursor
+from codestral_ls.server.cursor import Cursor, _parser
+
+log = logging.getLogger(__name__)
 
 PAIRS = {")": "(", "]": "[", "}": "{"}
 OPENERS = set(PAIRS.values())
@@ -243,12 +250,21 @@ class Line:
     indent: int
 
 
-def misfit(suggestion: str, c: Cursor) -> str | None:
-    """Why `suggestion` cannot be right before the code after the cursor (None: nothing against it).
+PARSE_CHECK = "parse_check"  # in `misfit`'s `disabled`: no syntax check (the benchmarks' ablation)
 
-    Only judged when the suggestion ends a line of its own: cursor after indentation (or on an
-    empty line) and nothing else on the line after it.
-    """
+
+def misfit(suggestion: str, c: Cursor, replace_after: int = 0, disabled: frozenset[str] = frozenset()) -> str | None:
+    """Why `suggestion` (replacing `replace_after` characters after the cursor) cannot be right
+    where the cursor is (None: nothing against it)."""
+    why = _line_misfit(suggestion, c)
+    if why is None and PARSE_CHECK not in disabled and adds_syntax_error(suggestion, c, replace_after):
+        why = "it adds a syntax error"
+    return why
+
+
+def _line_misfit(suggestion: str, c: Cursor) -> str | None:
+    """Reasons read from the lines around a suggestion that ends a line of its own: cursor after
+    indentation (or on an empty line) and nothing else on the line after it."""
     if not suggestion.strip() or c.before.strip() or c.after.strip():
         return None
     lines = suggestion.split("\n")
@@ -288,3 +304,77 @@ def _next_code_line(text: str) -> Line | None:
 
 def _indent(line: str) -> int:
     return len(line) - len(line.lstrip(" \t"))
+
+
+# -- does it parse? -----------------------------------------------------------------------------
+
+
+def adds_syntax_error(suggestion: str, c: Cursor, replace_after: int = 0) -> bool:
+    """Whether the document with the suggestion in it has a syntax error (a tree-sitter ERROR or
+    MISSING node) that it did not have, starting on the lines from the cursor's line to the one
+    after the suggestion's last line.
+
+    An error is the same one as before when its kind and place (shifted by the insertion) are: an
+    error of the document's own stays, and the error of the incomplete code at the cursor (`x = ;`)
+    must go — a suggestion that leaves it, in another shape, adds one. Errors starting elsewhere
+    are not counted: a suggestion that opens a block (`if (x) {`) leaves a closing brace missing
+    at the end of the file until the user writes the block, and an unclosed bracket far above
+    makes the parser's recovery of the whole region change with any edit. Python's grammar
+    accepts a block header with no body, so a block cut short by the latency budget passes too.
+    """
+    syntax = c.syntax
+    parser = _parser(c.language)
+    if syntax.tree is None or parser is None or not suggestion.strip():
+        return False
+    data, at = syntax.data, syntax.cursor_byte
+    inserted = c.in_document(suggestion).encode("utf-8", "surrogatepass")
+    replaced = len(c.text[c.offset:c.offset + replace_after].encode("utf-8", "surrogatepass"))
+    changed = data[:at] + inserted + data[at + replaced:]
+    try:
+        tree = parser.parse(changed)
+    except Exception as exc:  # never lose a suggestion to the checker itself
+        log.warning("tree-sitter parse failed: %s", exc)
+        return False
+    if not tree.root_node.has_error:
+        return False
+    line_start = max(0, at - len(c.before.encode("utf-8", "surrogatepass")))
+    delta = len(inserted) - replaced
+
+    def shifted(pos: int) -> int:
+        return pos if pos < at else max(at + len(inserted), pos + delta)
+
+    had = {(kind, shifted(start), shifted(end))
+           for kind, start, end in _errors(c.language, syntax.tree, line_start, _lines_end(data, at + replaced, 2))}
+    has = _errors(c.language, tree, line_start, _lines_end(changed, at + len(inserted), 2))
+    return any(error not in had for error in has)
+
+
+@functools.cache
+def _error_query(language: str):  # -> tree_sitter.Query
+    import tree_sitter
+
+    return tree_sitter.Query(_parser(language).language, "(ERROR) @error (MISSING) @missing")
+
+
+def _errors(language: str, tree, start: int, end: int) -> list[tuple[str, int, int]]:  # noqa: ANN001
+    """(kind, start, end) of the ERROR and MISSING nodes of `tree` within bytes [start, end]."""
+    import tree_sitter
+
+    if not tree.root_node.has_error:
+        return []
+    cursor = tree_sitter.QueryCursor(_error_query(language))
+    cursor.set_byte_range(start, end)
+    return [("missing " + n.type if n.is_missing else n.type, n.start_byte, n.end_byte)
+            for nodes in cursor.captures(tree.root_node).values() for n in nodes
+            if start <= n.start_byte and n.end_byte <= end]
+
+
+def _lines_end(data: bytes, pos: int, lines: int) -> int:
+    """The end of the `lines`-th line from the one holding byte `pos` (1: that line's own end)."""
+    end = pos
+    for _ in range(lines):
+        nl = data.find(b"\n", end)
+        if nl < 0:
+            return len(data)
+        end = nl + 1
+    return end

@@ -258,6 +258,13 @@ async def test_what_the_editor_gets_for_closers_crlf_and_stale_typed_through(api
         assert item.insert_text == "bar(1)"
         assert item.range.start == item.range.end == types.Position(line=0, character=8)
 
+        # A suggestion that would add a syntax error is not shown (this backend has no next-best).
+        open_doc(c, "file:///w/broken.py", "def f(a, b):\n    x = \n    return x\n")
+        api.answer = "a b c"
+        assert not (await inline(c, "file:///w/broken.py", 1, 8)).items
+        api.answer = "a * b"
+        assert (await inline(c, "file:///w/broken.py", 1, 8)).items[0].insert_text == "a * b"
+
         # A CRLF document gets CRLF line ends in a multi-line suggestion.
         open_doc(c, "file:///w/crlf.py", "def f(x):\r\n    \r\n")
         api.answer = "if x:\n        return 1\n    return 2"

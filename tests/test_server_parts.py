@@ -10,7 +10,7 @@ from codestral_ls.server.anchor import Anchors
 from codestral_ls.server.context import build_context
 from codestral_ls.server.cursor import Cursor, read_cursor
 from codestral_ls.server.options import Options, parse_options
-from codestral_ls.server.postprocess import FILTERS, misfit, postprocess, replaced_after
+from codestral_ls.server.postprocess import FILTERS, PARSE_CHECK, adds_syntax_error, misfit, postprocess, replaced_after
 from codestral_ls.server.typed_cache import Shown, TypedThroughCache
 
 
@@ -247,8 +247,8 @@ def test_utf16_columns_around_astral_characters_and_lone_surrogates():
 
 def test_misfit_rejects_lines_that_cannot_be_right_before_the_code_below():
     def misfit_(suggestion: str, line_before: str, line_after: str, suffix: str, language: str) -> str | None:
-        assert suffix.startswith(line_after)
-        return misfit(suggestion, at(line_before + "|" + suffix, language))
+        assert suffix.startswith(line_after)  # the rules read from the lines (these are fragments: no parse check)
+        return misfit(suggestion, at(line_before + "|" + suffix, language), disabled=frozenset({PARSE_CHECK}))
 
     body = "    x = f()\n    return x\n"
     # The next line already says it.
@@ -322,3 +322,77 @@ def test_a_crlf_anchor_keeps_the_prompt_and_sends_an_lf_middle():
     below = typed.replace("f(1)", "f(2)")  # the suffix window's end, raw CRLF text, is checked too
     assert not anchors.place("u", below, off + 11, lambda: build_context(read_cursor(below, off + 11, "python"),
                                                                          count, 256, 64)).anchored
+
+
+# -- the parse check (issue 18) --------------------------------------------------------------------
+
+# (language, document with `|` at the cursor, a suggestion that fits, one that adds a syntax error)
+PARSE_CASES = [
+    ("python", "def f(a, b):\n    return |\n", "a + b", "a +"),
+    ("python", "def f(a, b):\n    x = |\n    return x\n", "a * b", "1 2"),
+    ("python", "def f(a):\n    if |\n        return 1\n", "a > 0:", "a >:"),
+    ("python", "x = foo(|)\n", "a, b", "a, b)) + 1"),
+    ("python", "def f(a, b):\r\n    |\r\n", "if a:\n        return 1\n    return b", "if a:\n        return 1)"),
+    ("javascript", "function f() {\n  const x = foo(|);\n}\n", "a, b", "a, b) + 1"),
+    ("typescript", "function f(a: number): number {\n  const x: number = |;\n  return x;\n}\n", "a * 2", "a as"),
+    ("typescriptreact", "const A = () => <div>{|}</div>;\n", "items.map((i) => <b>{i}</b>)",
+     "items.map((i) => <b>{i}</b>))"),
+    ("go", "package main\n\nfunc f(a int) int {\n\tx := |\n\treturn x\n}\n", "g(a, 1)", "g(a, 1"),
+    ("rust", "fn f() -> Vec<i32> {\n    let x = |;\n    x\n}\n", "vec![1, 2]", "vec![1, 2"),
+    ("java", "class A {\n  int f(int a, int b) {\n    int x = |;\n    return x;\n  }\n}\n", "a * b", "a +* b"),
+    ("c", "int f(int a) {\n    int x = |;\n    return x;\n}\n", "g(a)", "g(a))"),
+    ("cpp", "int f(std::vector<int> v) {\n    auto n = |;\n    return n;\n}\n", "v.size()", "v.size("),
+]
+
+
+@pytest.mark.parametrize(("language", "doc", "fits", "broken"), PARSE_CASES, ids=[c[0] for c in PARSE_CASES])
+def test_a_suggestion_that_adds_a_syntax_error_is_rejected(language, doc, fits, broken):
+    c = at(doc, language)
+    assert not adds_syntax_error(fits, c)
+    assert adds_syntax_error(broken, c)
+    assert misfit(broken, c) == "it adds a syntax error"
+    assert misfit(broken, c, disabled=frozenset({PARSE_CHECK})) is None  # the benchmarks' ablation
+
+
+def test_the_parse_check_leaves_errors_that_are_not_the_suggestions_alone():
+    # A block opened on its own line: its closing brace is missing far below, until written.
+    assert not adds_syntax_error("if (x) {", at("function f(x) {\n  |\n  return 1;\n}\n", "javascript"))
+    # An unclosed bracket far above changes how the parser recovers the whole region.
+    assert not adds_syntax_error("a + b", at("x = (\n\ndef f(a, b):\n    return |\n"))
+    # The user's own error on another line stays what it was.
+    assert not adds_syntax_error("a + b", at("def f(a, b):\n    y = = 2\n    return |\n"))
+    # A block cut short by the latency budget (Python accepts a header without a body).
+    assert not adds_syntax_error("for x in v:", at("def f(v):\n    |\n"))
+    # The replaced auto-closed `)` is gone from the checked text.
+    c = at("x = foo(|)\n")
+    assert adds_syntax_error("a, b) + 1", c) and not adds_syntax_error("a, b) + 1", c, replace_after=1)
+    assert not adds_syntax_error("anything at all (", at("no grammar |", "plaintext"))
+
+
+def test_the_parse_check_passes_every_line_of_real_files_put_back():
+    """Blank a line of a real file, suggest the line it had: the file is whole again, so nothing
+    may count as a new syntax error (our own Python, the VS Code client's TypeScript)."""
+    import random
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    rng = random.Random(7)
+    files = [(p, "python") for p in sorted((root / "server").glob("*.py"))]
+    files += [(p, "typescript") for p in sorted((root / "editors" / "vscode" / "src").glob("*.ts"))]
+    checked = 0
+    for path, language in files:
+        text = path.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        starts = [0]
+        for ln in lines:
+            starts.append(starts[-1] + len(ln) + 1)
+        for i in rng.sample(range(len(lines)), min(12, len(lines))):
+            content = lines[i].strip()
+            if len(content) < 4:
+                continue
+            indent = lines[i][:len(lines[i]) - len(lines[i].lstrip())]
+            doc = text[:starts[i]] + indent + text[starts[i] + len(lines[i]):]
+            c = read_cursor(doc, starts[i] + len(indent), language)
+            assert not adds_syntax_error(content, c), f"{path.name}:{i + 1}: {content}"
+            checked += 1
+    assert checked > 100
