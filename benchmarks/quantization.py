@@ -45,11 +45,11 @@ def measure(name: str, keep: tuple[str, ...] | None, holes: list[tuple[str, str]
     from codestral_ls.engine.quantize import quantize_int8_cpu
     from codestral_ls.engine.request import CancelToken, FimRequest, StopRule
 
-    loaded = load_model(ModelSpec(device="cpu"))
+    loaded = load_model(ModelSpec(device="cpu", runner="torch"))  # torch's own int8 kernels are measured
     if keep is not None:
         quantize_int8_cpu(loaded.model, skip=keep)
     engine = Engine(loaded, EngineOptions(kv_reuse=False, speculation=False))
-    seq = Sequence(doc="speed")
+    seq = Sequence()
     engine._prefill(seq, list(range(1000, 1200)), CancelToken())
     engine._forward(seq, [1200])  # warm-up
     t0 = time.perf_counter()

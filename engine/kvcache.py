@@ -1,15 +1,26 @@
 """KV state of recent prompts, found by longest common token prefix (SGLang's radix idea, flat).
 
-Each entry is one token sequence with its transformers `DynamicCache`: a prompt followed by the
-tokens decoded after it. A new prompt takes the entry sharing its longest prefix, crops it there
-and prefills only the rest. Entries are evicted least-recently-used to a byte budget.
+A `Sequence` is what a cache holds: token ids and the runner's keys/values for exactly those ids
+(`KV`, a torch DynamicCache or a llama.cpp sequence slot). An `Entry` of the `PrefixStore` is a
+sequence plus what the engine learnt decoding it: which ids were prompt, how each decoded token
+was chosen, and the logits after the last one. A new prompt takes the entry sharing its longest
+prefix, crops it there and prefills only the rest.
+
+Rules: entries are evicted least-recently-used to a byte budget and an entry limit, but the most
+recent entry is never evicted (it is the one the next keystroke needs); when it alone is over the
+budget that is logged and counted in `oversized`. Growth after `put` (background decoding) is
+brought back under the budget by calling `evict` again. An evicted entry releases its runner
+state at once (a llama.cpp slot is a bounded resource).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 # Below this many shared tokens an entry of another document is left alone: taking it would
 # destroy its cache for almost no gain.
@@ -18,47 +29,77 @@ MIN_SHARED_TO_TAKE = 32
 Ranking = tuple[int, ...]
 
 
-@dataclass
-class Sequence:
-    """Token ids whose keys/values are in `cache`.
+class KV(Protocol):
+    """A runner's keys/values for one sequence."""
 
-    ids[:prompt_len] came from a prompt; ids[prompt_len:] were decoded. choices[i] says how
-    ids[prompt_len + i] was chosen: None, it was the argmax; otherwise a constraint (owed heal
-    text) picked it, and choices[i] ranks the top tokens there, best first, so a replay can tell
-    whether it is still the pick under a different constraint (an empty ranking: unknown).
-    `next_logits` are the logits after ids[-1], when known.
+    def crop(self, n: int) -> None:
+        """Keep the first n positions."""
+
+    def nbytes(self, n_tokens: int) -> int:
+        """Bytes held for a sequence of n_tokens."""
+
+    def release(self) -> None:
+        """Free the state now (it is never used again)."""
+
+
+@dataclass(eq=False)
+class Sequence:
+    """Token ids whose keys/values are in `kv` (None until the runner first feeds it)."""
+
+    ids: list[int] = field(default_factory=list)
+    kv: KV | None = None
+
+    def truncate(self, n: int) -> None:
+        """Keep the first n tokens (their keys/values included)."""
+        if len(self.ids) <= n:
+            return
+        if self.kv is not None:
+            self.kv.crop(n)
+        del self.ids[n:]
+
+    def nbytes(self) -> int:
+        return self.kv.nbytes(len(self.ids)) if self.kv is not None else 0
+
+    def release(self) -> None:
+        if self.kv is not None:
+            self.kv.release()
+            self.kv = None
+        self.ids.clear()
+
+
+@dataclass(eq=False)
+class Entry:
+    """A sequence and its decoded continuation.
+
+    seq.ids[:prompt_len] came from a prompt; the rest were decoded. choices[i] says how
+    seq.ids[prompt_len + i] was chosen: None, it was the argmax; otherwise a constraint picked it,
+    and choices[i] ranks the top tokens there, best first, so a replay can tell whether it is still
+    the pick under a different constraint (an empty ranking: unknown). `next_logits` are the
+    logits after seq.ids[-1], when known.
     """
 
     doc: str
-    ids: list[int] = field(default_factory=list)
-    cache: Any = None
+    seq: Sequence = field(default_factory=Sequence)
     prompt_len: int = 0
     choices: list[Ranking | None] = field(default_factory=list)
-    next_logits: Any = None
+    next_logits: Any = None  # numpy float32 [vocab]
     last_used: float = field(default_factory=time.monotonic)
 
+    @property
+    def ids(self) -> list[int]:
+        return self.seq.ids
+
     def truncate(self, n: int) -> None:
-        """Keep the first n tokens (cache included)."""
-        drop = len(self.ids) - n
-        if drop <= 0:
+        """Keep the first n tokens; what was learnt about the dropped ones goes with them."""
+        if len(self.seq.ids) <= n:
             return
-        if self.cache is not None:
-            self.cache.crop(-drop)
-        del self.ids[n:]
-        keep_decoded = max(0, n - self.prompt_len)
-        del self.choices[keep_decoded:]
+        self.seq.truncate(n)
+        del self.choices[max(0, n - self.prompt_len):]
         self.prompt_len = min(self.prompt_len, n)
         self.next_logits = None
 
     def nbytes(self) -> int:
-        if self.cache is None:
-            return 0
-        total = 0
-        for layer in getattr(self.cache, "layers", []):
-            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-                if t is not None and hasattr(t, "numel"):
-                    total += t.numel() * t.element_size()
-        return total
+        return self.seq.nbytes()
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -73,53 +114,81 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-@dataclass
+@dataclass(eq=False)
 class PrefixStore:
     budget_bytes: int = 512 * 2**20
     enabled: bool = True
     max_entries: int = 64  # also bounded in count: `take` scans every entry, and tiny entries add up
-    entries: list[Sequence] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
     hits: int = 0
     misses: int = 0
+    oversized: int = 0  # times the most recent entry alone was over the budget (kept anyway)
 
-    def take(self, doc: str, ids: list[int]) -> tuple[Sequence, int]:
-        """The sequence to extend for prompt `ids`, and how many of its tokens `ids` shares.
+    def take(self, doc: str, ids: list[int]) -> tuple[Entry, int]:
+        """The entry to extend for prompt `ids`, and how many of its tokens `ids` shares.
 
-        The caller owns the returned sequence until it calls `put` again (one engine worker).
+        The caller owns the returned entry until it calls `put` again (one engine worker).
         """
         best, best_len = None, 0
         if self.enabled:
-            for seq in self.entries:
-                n = common_prefix(seq.ids, ids)
-                if n > best_len or (n == best_len and best is not None and seq.doc == doc and best.doc != doc):
-                    best, best_len = seq, n
+            for entry in self.entries:
+                n = common_prefix(entry.seq.ids, ids)
+                if n > best_len or (n == best_len and best is not None and entry.doc == doc and best.doc != doc):
+                    best, best_len = entry, n
         if best is not None and (best_len >= MIN_SHARED_TO_TAKE or best.doc == doc) and best_len > 0:
             self.entries.remove(best)
             best.doc = doc
             self.hits += 1
             return best, best_len
         self.misses += 1
-        return Sequence(doc=doc), 0
+        return Entry(doc=doc), 0
 
-    def put(self, seq: Sequence) -> None:
-        if not self.enabled or seq.cache is None:
+    def put(self, entry: Entry) -> None:
+        if not self.enabled or entry.seq.kv is None:
+            entry.seq.release()
             return
-        seq.last_used = time.monotonic()
-        self.entries.append(seq)
+        entry.last_used = time.monotonic()
+        self.entries.append(entry)
         self.evict()
+        size = entry.nbytes()
+        if size > self.budget_bytes:
+            self.oversized += 1
+            log.warning("one KV cache entry (%d tokens, %.1f MiB) is over the whole budget (%.1f MiB): kept, "
+                        "but raise kvBudgetMb or shorten the prompt", len(entry.seq.ids), size / 2**20,
+                        self.budget_bytes / 2**20)
+
+    def discard(self, entry: Entry) -> None:
+        """Forget `entry` (its state is not to be trusted) and free its runner state."""
+        if entry in self.entries:
+            self.entries.remove(entry)
+        entry.seq.release()
 
     def evict(self) -> None:
-        """Drop least-recently-used entries until within the byte budget and the entry limit."""
-        self.entries.sort(key=lambda s: s.last_used)
-        sizes = [s.nbytes() for s in self.entries]
+        """Drop least-recently-used entries until within the byte budget and the entry limit,
+        never the most recent one."""
+        self.entries.sort(key=lambda e: e.last_used)
+        sizes = [e.nbytes() for e in self.entries]
         total, drop = sum(sizes), 0
-        while drop < len(sizes) and (total > self.budget_bytes or len(sizes) - drop > self.max_entries):
+        while drop < len(sizes) - 1 and (total > self.budget_bytes or len(sizes) - drop > self.max_entries):
             total -= sizes[drop]
             drop += 1
+        for entry in self.entries[:drop]:
+            entry.seq.release()
         del self.entries[:drop]
 
+    def evict_oldest(self) -> bool:
+        """Free the least recently used entry (a runner out of slots or cells asks); False if none."""
+        if not self.entries:
+            return False
+        oldest = min(self.entries, key=lambda e: e.last_used)
+        self.entries.remove(oldest)
+        oldest.seq.release()
+        return True
+
     def total_bytes(self) -> int:
-        return sum(s.nbytes() for s in self.entries)
+        return sum(e.nbytes() for e in self.entries)
 
     def clear(self) -> None:
+        for entry in self.entries:
+            entry.seq.release()
         self.entries.clear()

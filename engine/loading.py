@@ -1,8 +1,10 @@
-"""Model loading: the embedded default, a local Hugging Face folder, a GGUF file, or a hub id.
+"""Model loading: the embedded default, a local Hugging Face folder, a GGUF file, or a hub id,
+onto a runner (engine/runner.py): llama.cpp for a GGUF on the CPU, transformers/torch otherwise.
 
 Weights load from safetensors or GGUF only (never pickle), `trust_remote_code` stays off unless
 asked for, and nothing is downloaded unless the user allowed it. Every failure becomes one
-`ModelLoadError` sentence.
+`ModelLoadError` sentence. The llama.cpp path never imports torch: the GGUF is read as it is and
+its tokenizer is extracted once into the cache (`embedded.gguf_tokenizer`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from codestral_ls.engine import embedded, mistral_format
 from codestral_ls.engine.errors import ModelLoadError
 from codestral_ls.engine.fim import FimEncoder, detect_profile
+from codestral_ls.engine.runner import RUNNERS, choose_runner
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +43,11 @@ class ModelSpec:
     trust_remote_code: bool = False
     allow_download: bool = False
     threads: int | None = None
+    runner: str = "auto"  # auto | torch | llamacpp (engine/runner.py)
 
     def validate(self) -> None:
         for name, value, allowed in (("device", self.device, DEVICES), ("dtype", self.dtype, DTYPES),
-                                     ("quantize", self.quantize, QUANTIZE)):
+                                     ("quantize", self.quantize, QUANTIZE), ("runner", self.runner, RUNNERS)):
             if value not in allowed:
                 raise ModelLoadError(f"--{name} {value!r} is not one of {', '.join(allowed)}")
 
@@ -58,6 +62,8 @@ class LoadedModel:
     quantize: str
     source: str  # what was loaded, for `doctor` and logs
     weight_bytes: int
+    runner: Any = None  # engine.runner.Runner
+    runner_why: str = ""  # why this runner, for `doctor`
 
 
 def resolve_device(device: str) -> str:
@@ -123,8 +129,55 @@ def _torch_dtype(name: str, device: str) -> Any:
     return getattr(torch, name)
 
 
+def gguf_of(spec: ModelSpec) -> Path | None:
+    """The GGUF file `spec` names (the embedded model is one), else None; nothing is assembled."""
+    if spec.model is None:
+        return embedded.cache_dir() / embedded.GGUF_NAME
+    path = Path(spec.model).expanduser()
+    return path if path.suffix == ".gguf" else None
+
+
 def load_model(spec: ModelSpec, progress: embedded.Progress | None = None) -> LoadedModel:
     spec.validate()
+    runner, why = choose_runner(spec.runner, gguf_of(spec), spec.device, spec.quantize, spec.dtype)
+    if runner == "llamacpp":
+        return load_llamacpp(spec, why, progress)
+    loaded = load_torch(spec, progress)
+    loaded.runner_why = why
+    return loaded
+
+
+def load_llamacpp(spec: ModelSpec, why: str, progress: embedded.Progress | None = None) -> LoadedModel:
+    """The GGUF as it is on llama.cpp; tokenizer from its metadata (extracted once)."""
+    from codestral_ls.engine.runner_llamacpp import LlamaCppRunner
+    from transformers import PreTrainedTokenizerFast  # does not import torch
+
+    if spec.model is None:
+        gguf, description = embedded.gguf_path(progress), embedded.EMBEDDED_NAME
+    else:
+        gguf = Path(spec.model).expanduser()
+        if not gguf.is_file():
+            raise ModelLoadError(f"model file {gguf} does not exist")
+        description = f"{gguf.name} (GGUF)"
+    if progress:
+        progress(f"loading {description}", 95)
+    try:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(embedded.gguf_tokenizer(gguf, progress))
+        runner = LlamaCppRunner(gguf, threads=spec.threads)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model {description}: {type(exc).__name__}: {exc}") from None
+    try:
+        encoder = FimEncoder(tokenizer, detect_profile(tokenizer, spec.fim_format))
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
+    log.info("loaded %s on llama.cpp (%s, FIM %s)", description, runner.describe(), encoder.profile.name)
+    return LoadedModel(None, tokenizer, encoder, "cpu", "gguf", "gguf", description, runner.weight_bytes,
+                       runner=runner, runner_why=why)
+
+
+def load_torch(spec: ModelSpec, progress: embedded.Progress | None = None) -> LoadedModel:
     source, description = resolve_source(spec, progress)
     device = resolve_device(spec.device)
     if spec.quantize == "nf4" and device != "cuda":
@@ -170,8 +223,10 @@ def load_model(spec: ModelSpec, progress: embedded.Progress | None = None) -> Lo
                        if hasattr(t, "element_size"))
     log.info("loaded %s on %s (%s, quantize=%s, FIM %s)", description, device, str(dtype), quantize,
              encoder.profile.name)
+    from codestral_ls.engine.runner_torch import TorchRunner
+
     return LoadedModel(model, tokenizer, encoder, device, str(dtype).removeprefix("torch."), quantize,
-                       description, weight_bytes)
+                       description, weight_bytes, runner=TorchRunner(model, device))
 
 
 def load_draft(spec: ModelSpec, target: LoadedModel, options: Any) -> Any:  # -> engine.draft.DraftModel
@@ -179,16 +234,17 @@ def load_draft(spec: ModelSpec, target: LoadedModel, options: Any) -> Any:  # ->
     from codestral_ls.engine.draft import DraftModel
 
     model = None if options.draft_model == "embedded" else options.draft_model
-    draft_spec = dataclasses.replace(spec, model=model, quantize="none")
+    # The draft runs where the target runs: a llama.cpp target drafts on llama.cpp when it can.
+    draft_spec = dataclasses.replace(spec, model=model, quantize="none",
+                                     runner="auto" if target.runner.name == "llamacpp" else "torch")
     try:
         loaded = load_model(draft_spec)
     except ModelLoadError as exc:
         raise ModelLoadError(f"--draft-model: {exc}") from None
-    DraftModel.check_compatible(target.tokenizer, loaded.tokenizer, target.model.config.vocab_size,
-                                loaded.model.config.vocab_size)
+    DraftModel.check_compatible(target.tokenizer, loaded.tokenizer, target.runner.vocab_size,
+                                loaded.runner.vocab_size)
     log.info("draft model %s (%.0f MB) drafts for %s", loaded.source, loaded.weight_bytes / 2**20, target.source)
-    return DraftModel(loaded.model, loaded.device, budget_bytes=options.kv_budget_bytes // 4,
-                      prefill_chunk=options.prefill_chunk)
+    return DraftModel(loaded.runner, budget_bytes=options.kv_budget_bytes // 4, prefill_chunk=options.prefill_chunk)
 
 
 def _bnb_config(quantize: str, dtype: Any) -> Any:

@@ -217,6 +217,7 @@ def doctor(options: Options) -> int:
         row("model loads", f"NO: {exc}")
         return 1
     row("model loads", f"yes, in {time.perf_counter() - t0:.1f} s ({engine.loaded.source})")
+    row("runner", f"{engine.runner.name} ({engine.loaded.runner_why})")
     row("device", f"{engine.loaded.device} ({engine.loaded.dtype}, quantize={engine.loaded.quantize})")
     row("FIM format", engine.encoder.profile.name)
     from codestral_ls.engine.tokenizer import tokenizer_name

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from codestral_ls.engine.fim import PROFILES
-from codestral_ls.engine.loading import DEVICES, DTYPES, QUANTIZE
+from codestral_ls.engine.loading import DEVICES, DTYPES, QUANTIZE, RUNNERS
 
 # Why an option is trusted: said in the refusal and the docs.
 RUNS_CODE = "runs code"
@@ -69,6 +69,8 @@ class Options:
     allow_download: bool = opt(False, "allow fetching --model from the Hugging Face hub", "model", reload=True,
                                trusted=SENDS_DATA)
     threads: int | None = opt(None, "CPU threads for the model (default: torch's)", "model", reload=True)
+    runner: str = opt("auto", "what computes the model: llama.cpp (GGUF files, CPU) or transformers/torch; "
+                      "auto: llama.cpp for a GGUF on the CPU", "model", choices=RUNNERS, reload=True)
     # -- engine ---------------------------------------------------------------------------------
     kv_reuse: bool = opt(True, "reuse cached prompt prefixes (A/B switch)", "engine", reload=True)
     speculation: bool = opt(True, "prompt-lookup speculative decoding (A/B switch)", "engine", reload=True)

@@ -1,13 +1,14 @@
-"""Engine behaviour on the tiny random Codestral-architecture model: reuse, replay, speculation,
-cancellation, budget, memory bound."""
+"""Engine behaviour on the tiny random Codestral-architecture model, run on both runners (torch from
+its transformers folder, llama.cpp from its GGUF): reuse, replay, speculation, healing, avoid,
+cancellation, budget, the KV store's bounds."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import numpy as np
 import pytest
-import torch
 from codestral_ls.engine import EngineOptions, ModelSpec, load_engine
 from codestral_ls.engine.engine import Engine
 from codestral_ls.engine.errors import Cancelled, EngineError
@@ -17,6 +18,12 @@ from codestral_ls.engine.worker import EngineWorker
 
 PREFIX = "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n\n\ndef add(a, b):\n    ret"
 SUFFIX = "\n\n\nfor i in range(10):\n    print(add(i, i))\n"
+
+
+@pytest.fixture(params=["torch", "llamacpp"])
+def tiny_engine(request):
+    """Every test here runs on both runners, with the same assertions."""
+    return request.getfixturevalue(f"tiny_{request.param}_engine")
 
 
 def fresh(engine: Engine, **opts) -> Engine:
@@ -36,12 +43,12 @@ def test_reused_cache_gives_the_same_logits_as_recompute(tiny_engine):
     b = e.encoder.build(PREFIX + "urn a", SUFFIX).ids
     shared = min(common_prefix(a, b), len(b) - 1)
     assert shared > 10
-    cached = Sequence(doc="a")
+    cached = Sequence()
     e._prefill(cached, a, req().cancel)
     cached.truncate(shared)
     reused = e._prefill(cached, b[shared:], req().cancel)
-    recomputed = e._prefill(Sequence(doc="b"), b, req().cancel)
-    assert torch.allclose(reused, recomputed, rtol=1e-4, atol=1e-3)
+    recomputed = e._prefill(Sequence(), b, req().cancel)
+    assert np.allclose(reused, recomputed, rtol=1e-4, atol=1e-3)
     assert int(reused.argmax()) == int(recomputed.argmax())
 
 
@@ -92,7 +99,7 @@ def test_speculative_greedy_equals_plain_greedy(tiny_engine, prefix, drafts):
     reference.complete(req(prefix=prefix, max_tokens=24, background=False))
     greedy = reference.store.entries[-1].ids
     spec = fresh(tiny_engine, speculation=True, kv_reuse=False)
-    vocab = spec.model.config.vocab_size
+    vocab = spec.runner.vocab_size
 
     def draft(ids):
         # Right drafts are the true greedy continuation; wrong ones are shifted tokens.
@@ -232,18 +239,23 @@ def test_avoid_steers_the_first_words_and_leaves_the_greedy_cache_honest(tiny_en
 
 
 @pytest.mark.parametrize("drafter", ["same", "other"])
-def test_draft_model_greedy_equals_plain_greedy(tiny_engine, tiny_model_dir, tmp_path_factory, drafter):
+def test_draft_model_greedy_equals_plain_greedy(tiny_engine, tiny_model_dir, tiny_gguf, tmp_path_factory, drafter,
+                                                monkeypatch):
     """--draft-model: a model with the same tokenizer proposes, the target verifies. With the
     target itself as drafter every draft is accepted (fewer target forwards); with another random
     model most are rejected. The text is plain greedy's either way."""
     from codestral_ls.engine.draft import DraftModel
     from codestral_ls.engine.loading import load_draft
 
-    from tests.conftest import build_tiny_model
+    from tests.conftest import build_tiny_model, write_tiny_gguf
 
+    monkeypatch.setenv("CODESTRAL_LS_CACHE", str(tmp_path_factory.mktemp("cache")))
     folder = tiny_model_dir if drafter == "same" else build_tiny_model(tmp_path_factory.mktemp("draft"), seed=1,
                                                                         layers=1)
     spec = ModelSpec(model=str(tiny_model_dir), device="cpu")
+    if tiny_engine.runner.name == "llamacpp":  # the draft runs on the target's runner
+        spec = ModelSpec(model=str(tiny_gguf), runner="llamacpp")
+        folder = tiny_gguf if drafter == "same" else write_tiny_gguf(folder, folder / "draft.gguf")
     opts = EngineOptions(kv_reuse=False, draft_model=str(folder))
     draft = load_draft(spec, tiny_engine.loaded, opts)
     assert isinstance(draft, DraftModel)
@@ -267,7 +279,137 @@ def test_draft_model_with_another_tokenizer_is_refused(tiny_engine, tiny_model_d
         def get_vocab(self):
             return {"a": 0}
 
-    loaded = type("L", (), {"tokenizer": Other(), "model": tiny_engine.model, "source": "x"})()
+    loaded = type("L", (), {"tokenizer": Other(), "runner": tiny_engine.runner, "source": "x"})()
     with pytest.raises(ModelLoadError, match="same tokenizer"):
         load_draft(ModelSpec(model=str(tiny_model_dir), device="cpu"), loaded,
                    EngineOptions(draft_model=str(tiny_model_dir)))
+
+
+# -- the KV store's bounds and failures (issue: lost or corrupted state) -------------------------
+
+
+def test_a_multi_line_replay_keeps_max_tokens(tiny_engine):
+    """A cached continuation longer than max_tokens (background decoding runs past it) is cut at
+    max_tokens on replay, as a cold engine would cut it."""
+    e = fresh(tiny_engine, speculation=False)
+    stop = StopRule(max_lines=1000)
+    long = e.complete(req(max_tokens=30, stop=stop, background=False))
+    short = e.complete(req(max_tokens=6, stop=stop, background=False))
+    cold = fresh(tiny_engine, kv_reuse=False).complete(req(max_tokens=6, stop=stop, background=False))
+    assert len(long.text) > len(cold.text)
+    assert short.text == cold.text and short.finish == cold.finish == "length"
+
+
+def test_the_most_recent_entry_is_kept_even_over_the_budget(tiny_engine, caplog):
+    """One entry alone over the byte budget is kept (the next keystroke needs it), logged, counted."""
+    e = fresh(tiny_engine, speculation=False, kv_budget_bytes=1)
+    first = e.complete(req(background=False))
+    assert len(e.store.entries) == 1 and e.store.oversized == 1
+    assert "over the whole budget" in caplog.text
+    calls = e.forward_calls
+    again = e.complete(req(background=False))
+    assert again.text == first.text and e.forward_calls == calls  # replayed, not re-prefilled
+    e.complete(req(doc="other", prefix="# other\n" + PREFIX, background=False))
+    assert [x.doc for x in e.store.entries] == ["other"]  # the older one went, the newest stayed
+
+
+def _with_background_work(e: Engine, doc: str):
+    slow_forward = e._forward
+
+    def forward(seq, ids, n_logits=1):
+        time.sleep(0.02)  # make each token take visible time
+        return slow_forward(seq, ids, n_logits)
+
+    e._forward = forward
+    quick = e.complete(req(doc=doc, budget_ms=1, max_tokens=30, stop=StopRule(max_lines=1000)))
+    e._forward = slow_forward
+    if quick.finish != "budget" or not e.has_background_work():
+        pytest.skip(f"the tiny model stopped by itself ({quick.finish}) before the budget")
+    return quick
+
+
+def test_background_growth_counts_against_the_budget(tiny_engine):
+    e = fresh(tiny_engine, speculation=False)
+    e.complete(req(doc="old", prefix="# old\n" + PREFIX, background=False))
+    _with_background_work(e, "new")
+    e.store.budget_bytes = e.store.total_bytes() + 1  # both fit now; background growth will not
+    while e.has_background_work():
+        e.background_step()
+    assert e.store.total_bytes() <= e.store.budget_bytes
+    assert [x.doc for x in e.store.entries] == ["new"]  # the grown entry is the one kept
+
+
+def test_a_failed_background_step_drops_its_sequence(tiny_engine):
+    e = fresh(tiny_engine, speculation=False)
+    _with_background_work(e, "a")
+    entry = e.store.entries[-1]
+    real = e._forward
+
+    def exploding(seq, ids, n_logits=1):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    e._forward = exploding
+    with pytest.raises(RuntimeError):
+        e.background_step()
+    e._forward = real
+    assert entry not in e.store.entries and not e.has_background_work()
+    stop = StopRule(max_lines=1000)
+    after = e.complete(req(doc="a", max_tokens=12, stop=stop, background=False))
+    cold = fresh(tiny_engine, kv_reuse=False).complete(req(doc="a", max_tokens=12, stop=stop, background=False))
+    assert after.text == cold.text and after.reused_tokens == 0
+
+
+# -- the runners ------------------------------------------------------------------------------
+
+
+def test_both_runners_compute_the_same_function(tiny_torch_engine, tiny_llamacpp_engine):
+    """The GGUF on llama.cpp and the folder on torch: the same next-token logits (f16 KV cache aside)."""
+    ids = tiny_torch_engine.encoder.build(PREFIX, SUFFIX).ids
+    a = tiny_torch_engine.runner.forward(Sequence(), ids, n_logits=4)
+    b = tiny_llamacpp_engine.runner.forward(Sequence(), ids, n_logits=4)
+    assert (a.argmax(-1) == b.argmax(-1)).all()
+    assert np.abs(a - b).max() < 0.02 * np.abs(a).max()
+
+
+def test_llamacpp_frees_slots_for_more_documents_than_it_has(tiny_llamacpp_engine):
+    from codestral_ls.engine.runner_llamacpp import SLOTS
+
+    e = fresh(tiny_llamacpp_engine)
+    for i in range(SLOTS + 4):
+        assert e.complete(req(doc=f"d{i}", prefix=f"# file {i}\n" + PREFIX, background=False)).finish
+    assert len(e.store.entries) <= SLOTS  # the oldest gave their slots to the newest
+
+
+def test_runner_auto_takes_llamacpp_for_a_gguf_on_the_cpu(tmp_path):
+    from codestral_ls.engine.errors import ModelLoadError
+    from codestral_ls.engine.loading import gguf_of
+    from codestral_ls.engine.runner import choose_runner, llamacpp_available
+
+    gguf = tmp_path / "m.gguf"
+    if llamacpp_available():
+        assert choose_runner("auto", gguf, "cpu")[0] == "llamacpp"
+        assert choose_runner("auto", gguf_of(ModelSpec()), "cpu")[0] == "llamacpp"  # the embedded model
+    assert choose_runner("auto", gguf, "cuda")[0] == "torch"
+    assert choose_runner("auto", None, "cpu") == ("torch", "auto: the model is a Hugging Face folder, not a GGUF")
+    assert choose_runner("torch", gguf, "cpu")[0] == "torch"
+    assert choose_runner("auto", gguf, "cpu", quantize="int8") == ("torch", "auto: --quantize int8 is a torch option")
+    with pytest.raises(ModelLoadError, match="needs a GGUF"):
+        choose_runner("llamacpp", None, "cpu")
+
+
+def test_the_llamacpp_path_never_imports_torch(tiny_gguf, tmp_path):
+    """torch costs ~300 MB resident: a server on llama.cpp must not load it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom codestral_ls.engine import ModelSpec, load_engine\n"
+            "from codestral_ls.engine.request import FimRequest\n"
+            f"e = load_engine(ModelSpec(model={str(tiny_gguf)!r}, runner='llamacpp'))\n"
+            "r = e.complete(FimRequest(doc='a', prefix='def f():\\n    ret', suffix='\\n', max_tokens=4, "
+            "background=False))\n"
+            "print(e.runner.name, 'torch' in sys.modules)\n")
+    pytest.importorskip("llama_cpp")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "CODESTRAL_LS_CACHE": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["llamacpp", "False"]

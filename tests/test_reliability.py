@@ -490,7 +490,7 @@ async def test_engine_faults_fail_one_request_and_the_next_one_works(local, monk
 
 
 async def test_caches_and_bookkeeping_stay_bounded_over_a_soak():
-    from codestral_ls.engine.kvcache import PrefixStore, Sequence
+    from codestral_ls.engine.kvcache import Entry, PrefixStore, Sequence
     from codestral_ls.engine.request import FimResult
     from codestral_ls.server.pipeline import Completer, Document
     from codestral_ls.server.stats import Stats
@@ -524,16 +524,23 @@ async def test_caches_and_bookkeeping_stay_bounded_over_a_soak():
     assert len(completer.typed._entries) <= completer.options.typed_cache_entries
     assert len(completer.anchors._by_doc) <= 64
 
-    class FakeCache:
-        def __init__(self, n: int) -> None:
-            import torch
+    class FakeKV:  # a runner's cache of `size` bytes
+        def __init__(self, size: int) -> None:
+            self.size = size
 
-            self.layers = [type("L", (), {"keys": torch.zeros(n), "values": torch.zeros(n)})()]
+        def crop(self, n: int) -> None:
+            pass
+
+        def nbytes(self, n_tokens: int) -> int:
+            return self.size
+
+        def release(self) -> None:
+            pass
 
     for budget in (10_000, 10**9):  # bounded in bytes, and in count
         store = PrefixStore(budget_bytes=budget)
         for i in range(500):
-            store.put(Sequence(doc=f"d{i}", ids=[i], cache=FakeCache(10 + i % 50)))
+            store.put(Entry(doc=f"d{i}", seq=Sequence(ids=[i], kv=FakeKV(8 * (10 + i % 50)))))
         assert len(store.entries) <= store.max_entries and store.total_bytes() <= store.budget_bytes
 
     # The server's own bookkeeping, over many documents and keystrokes.

@@ -1,0 +1,95 @@
+"""The runner seam: the one interface between the decode logic and a forward pass.
+
+A runner feeds tokens to a `Sequence` at its next positions and returns logits as a numpy float32
+array, one row per position asked for; a sequence's `KV` crops to n tokens, says its bytes and
+frees itself. The engine, the draft model and the prefix store know nothing else of the model, so
+the same decode loop runs on transformers/torch (`runner_torch`: HF folders, CUDA, bitsandbytes)
+and on llama.cpp (`runner_llamacpp`: GGUF files on CPU). Nothing here imports torch or llama.cpp.
+
+Runner choice (`choose_runner`): `auto` takes llama.cpp for a GGUF on CPU when llama-cpp-python
+is installed, torch otherwise; the reason is kept for `doctor`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from codestral_ls.engine.errors import Cancelled, ModelLoadError
+from codestral_ls.engine.kvcache import PrefixStore, Sequence
+from codestral_ls.engine.request import CancelToken
+
+RUNNERS = ("auto", "torch", "llamacpp")
+
+
+class Runner(Protocol):
+    name: str  # "torch" or "llamacpp"
+    vocab_size: int  # logits' width
+
+    def forward(self, seq: Sequence, ids: list[int], n_logits: int = 1) -> Any:
+        """Feed `ids` after `seq.ids` (extending it); logits [n_logits, vocab] of the last positions."""
+
+    def attach(self, store: PrefixStore) -> None:
+        """A store whose oldest entries may be freed when the runner runs out of room."""
+
+
+def prefill(step: Callable[[Sequence, list[int]], Any], seq: Sequence, ids: list[int], chunk: int,
+            cancel: CancelToken) -> Any:
+    """Feed non-empty `ids` in chunks through `step`, checking `cancel` between them; last position's logits."""
+    logits = None
+    for i in range(0, len(ids), chunk):
+        if cancel.cancelled:
+            raise Cancelled("request cancelled during prefill")
+        logits = step(seq, ids[i:i + chunk])
+    assert logits is not None
+    return logits[-1]
+
+
+def llamacpp_available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def choose_runner(runner: str, gguf: Path | None, device: str, quantize: str = "none",
+                  dtype: str = "auto") -> tuple[str, str]:
+    """(runner, why) for a model that is a GGUF file (`gguf`) or not, on `device` ("auto"/"cpu"/"cuda").
+
+    --quantize and --dtype are torch's: a GGUF on llama.cpp computes with its own quantization.
+    """
+    if runner not in RUNNERS:
+        raise ModelLoadError(f"--runner {runner!r} is not one of {', '.join(RUNNERS)}")
+    torch_only = [f"--{k} {v}" for k, v in (("quantize", quantize), ("dtype", dtype)) if v not in ("auto", "none")]
+    if runner == "llamacpp":
+        if gguf is None:
+            raise ModelLoadError("--runner llamacpp needs a GGUF model file (the embedded model or a .gguf)")
+        if device == "cuda":
+            raise ModelLoadError("--runner llamacpp runs on the CPU here; use --runner torch for --device cuda")
+        if torch_only:
+            raise ModelLoadError(f"{torch_only[0]} is a torch option; llama.cpp computes with the GGUF's own "
+                                 "quantization (use --runner torch)")
+        if not llamacpp_available():
+            raise ModelLoadError("--runner llamacpp needs llama-cpp-python: pip install llama-cpp-python")
+        return "llamacpp", "asked for (--runner llamacpp)"
+    if runner == "torch":
+        return "torch", "asked for (--runner torch)"
+    if gguf is None:
+        return "torch", "auto: the model is a Hugging Face folder, not a GGUF"
+    if device == "cuda" or (device == "auto" and _cuda_available()):
+        return "torch", "auto: a CUDA device is in use"
+    if torch_only:
+        return "torch", f"auto: {torch_only[0]} is a torch option"
+    if not llamacpp_available():
+        return "torch", "auto: llama-cpp-python is not installed"
+    return "llamacpp", "auto: a GGUF model on the CPU"
+
+
+def _cuda_available() -> bool:
+    # Importing torch costs ~300 MB of resident memory: ask it only where an NVIDIA driver is present.
+    if not (Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()):
+        return False
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())

@@ -1,0 +1,223 @@
+"""The llama.cpp runner: GGUF files on the CPU through llama-cpp-python's low-level C API.
+
+The model computes with the GGUF's own quantized weights (no dequantized copy), and one llama.cpp
+context holds the keys/values of several sequences in one unified cache: each `Sequence` gets a
+sequence id (a slot) for as long as it lives, `crop` is `llama_memory_seq_rm` past n, and a batch
+asks logits only for the positions the engine needs (the last one, or every verified draft
+position). Never imports torch.
+
+Rules: slots and cache cells are bounded (`SLOTS`, `n_ctx`). When a forward finds no free slot or
+no room, the runner frees the least recently used entry of the prefix stores attached to it and
+tries again; a sequence the engine holds is never taken from it. A failed decode raises, and the
+engine drops that sequence (its cache may be half written). One thread uses a runner at a time
+(the engine worker).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from codestral_ls.engine.errors import EngineError, ModelLoadError
+from codestral_ls.engine.kvcache import PrefixStore, Sequence
+
+log = logging.getLogger(__name__)
+
+SLOTS = 16  # sequences held at once: the store's entries plus the one being decoded
+MAX_CTX = 8192  # cache cells shared by all slots (f16 K+V: 12 KiB a token for the 0.5B, 96 MiB)
+MIN_CTX = 2048
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(eq=False)
+class LlamaKV:
+    """One sequence slot in the runner's context."""
+
+    runner: LlamaCppRunner | None
+    seq_id: int
+    bytes_per_token: int
+
+    def crop(self, n: int) -> None:
+        if self.runner is not None:
+            self.runner.seq_rm(self.seq_id, n)
+
+    def nbytes(self, n_tokens: int) -> int:
+        return n_tokens * self.bytes_per_token
+
+    def release(self) -> None:
+        if self.runner is not None:
+            self.runner.free_slot(self.seq_id)
+            self.runner = None
+
+
+class LlamaCppRunner:
+    name = "llamacpp"
+
+    def __init__(self, path: Path, threads: int | None = None, n_ctx: int = MAX_CTX, slots: int = SLOTS,
+                 n_batch: int = 512) -> None:
+        import llama_cpp as ll
+
+        self.ll = ll
+        self.path = path
+        self.threads = threads or default_threads()
+        _quiet(ll)
+        ll.llama_backend_init()
+        mp = ll.llama_model_default_params()
+        mp.n_gpu_layers = 0
+        self.model = ll.llama_model_load_from_file(str(path).encode(), mp)
+        if not self.model:
+            raise ModelLoadError(f"cannot read GGUF {path}: llama.cpp cannot load it")
+        self.vocab = ll.llama_model_get_vocab(self.model)
+        self.vocab_size = int(ll.llama_vocab_n_tokens(self.vocab))
+        n_layer = ll.llama_model_n_layer(self.model)
+        n_head = ll.llama_model_n_head(self.model)
+        n_head_kv = ll.llama_model_n_head_kv(self.model)
+        head_dim = ll.llama_model_n_embd(self.model) // max(1, n_head)
+        self.bytes_per_token = n_layer * n_head_kv * head_dim * 2 * 2  # K and V, f16
+        self.n_ctx = max(MIN_CTX, min(n_ctx, ll.llama_model_n_ctx_train(self.model) or n_ctx))
+        cp = ll.llama_context_default_params()
+        cp.n_ctx = self.n_ctx
+        cp.n_batch = cp.n_ubatch = n_batch  # one prefill chunk is one ubatch
+        cp.n_seq_max = slots
+        cp.kv_unified = True  # every slot draws on the same cells: one long prompt may use them all
+        cp.n_threads = cp.n_threads_batch = self.threads
+        cp.no_perf = True
+        self.ctx = ll.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            ll.llama_model_free(self.model)
+            raise ModelLoadError(f"llama.cpp cannot create a context for {path}")
+        self.mem = ll.llama_get_memory(self.ctx)
+        self.n_batch = int(ll.llama_n_batch(self.ctx))
+        self.n_ubatch = int(ll.llama_n_ubatch(self.ctx))
+        self.weight_bytes = int(ll.llama_model_size(self.model))
+        self._free = list(range(slots - 1, -1, -1))
+        self._held: set[int] = set()
+        self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
+        self._stores: weakref.WeakSet[PrefixStore] = weakref.WeakSet()
+        self._closed = False
+
+    # -- the Runner interface ---------------------------------------------------------------
+
+    def attach(self, store: PrefixStore) -> None:
+        self._stores.add(store)
+
+    def forward(self, seq: Sequence, ids: list[int], n_logits: int = 1) -> np.ndarray:
+        if seq.kv is None:
+            seq.kv = LlamaKV(self, self._take_slot(), self.bytes_per_token)
+            # A sequence dropped without `release` (an exception unwinding) still frees its slot.
+            weakref.finalize(seq.kv, self.free_slot, seq.kv.seq_id)
+        kv = seq.kv
+        assert isinstance(kv, LlamaKV) and kv.runner is self
+        rows: list[np.ndarray] = []
+        # A batch larger than n_batch is split; only the last one carries logits in practice.
+        for start in range(0, len(ids), self.n_batch):
+            part = ids[start:start + self.n_batch]
+            want = max(0, n_logits - (len(ids) - start - len(part)))
+            rows += self._decode(kv.seq_id, len(seq.ids), part, min(want, len(part)))
+            seq.ids.extend(part)
+        return np.stack(rows[-n_logits:])
+
+    # -- slots and cells --------------------------------------------------------------------
+
+    def seq_rm(self, seq_id: int, n: int) -> None:
+        self.ll.llama_memory_seq_rm(self.mem, seq_id, n, -1)
+
+    def free_slot(self, seq_id: int) -> None:
+        if self._closed or seq_id not in self._held:
+            return
+        self._held.discard(seq_id)
+        self.ll.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
+        self._free.append(seq_id)
+
+    def _take_slot(self) -> int:
+        while not self._free:
+            if not self._reclaim():
+                raise EngineError(f"llama.cpp runner: all {SLOTS} sequence slots are in use")
+        seq_id = self._free.pop()
+        self._held.add(seq_id)
+        return seq_id
+
+    def _reclaim(self) -> bool:
+        """Free the least recently used entry over all attached stores; False when none is left."""
+        stores = [s for s in self._stores if s.entries]
+        if not stores:
+            return False
+        oldest = min(stores, key=lambda s: min(e.last_used for e in s.entries))
+        return oldest.evict_oldest()
+
+    def _decode(self, seq_id: int, pos0: int, ids: list[int], n_logits: int) -> list[np.ndarray]:
+        ll, b = self.ll, self._batch
+        n = len(ids)
+        if pos0 + n > self.n_ctx:
+            raise EngineError(f"the prompt needs {pos0 + n} tokens of cache; the llama.cpp context holds "
+                              f"{self.n_ctx}")
+        b.n_tokens = n
+        for i, t in enumerate(ids):
+            b.token[i] = t
+            b.pos[i] = pos0 + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq_id
+            b.logits[i] = 1 if i >= n - n_logits else 0
+        while True:
+            rc = ll.llama_decode(self.ctx, b)
+            if rc == 0:
+                break
+            if rc == 1 and self._reclaim():  # no room in the cache: free an old entry, retry
+                continue
+            # A failed decode may have written part of the batch: clear it so the slot stays a
+            # valid cache of its first pos0 tokens (the engine drops the sequence anyway).
+            ll.llama_memory_seq_rm(self.mem, seq_id, pos0, -1)
+            raise EngineError(f"llama.cpp decode failed (code {rc})" + (": out of cache cells" if rc == 1 else ""))
+        out = []
+        for i in range(n - n_logits, n):
+            ptr = ll.llama_get_logits_ith(self.ctx, i)
+            out.append(np.ctypeslib.as_array(ptr, shape=(self.vocab_size,)).copy())
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.ll.llama_batch_free(self._batch)
+        self.ll.llama_free(self.ctx)
+        self.ll.llama_model_free(self.model)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def describe(self) -> str:
+        return (f"llama.cpp {self.threads} threads, n_ctx {self.n_ctx}, n_batch {self.n_batch}, "
+                f"n_ubatch {self.n_ubatch}, {len(self._free)} free slots")
+
+
+_LOG_CB = None
+
+
+def _quiet(ll: object) -> None:
+    """Route llama.cpp's log lines to Python logging (debug), not to stderr: stdout/stderr belong
+    to the LSP client."""
+    global _LOG_CB
+    if _LOG_CB is not None:
+        return
+
+    @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+    def cb(level: int, text: bytes | None, user: object) -> None:
+        if text:
+            log.debug("llama.cpp: %s", text.decode(errors="replace").rstrip())
+
+    _LOG_CB = cb
+    ll.llama_log_set(cb, None)  # type: ignore[attr-defined]

@@ -1,0 +1,61 @@
+"""The transformers/torch runner: HF folders (and GGUFs dequantized to them), CPU or CUDA, bf16,
+bitsandbytes int8/nf4, torch int8 on CPU.
+
+Each sequence's keys/values are a transformers `DynamicCache`; logits leave the runner as numpy
+float32 rows, so the decode logic above never touches a tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from codestral_ls.engine.kvcache import PrefixStore, Sequence
+
+
+@dataclass(eq=False)
+class TorchKV:
+    cache: Any  # transformers.DynamicCache
+
+    def crop(self, n: int) -> None:
+        drop = self.cache.get_seq_length() - n
+        if drop > 0:
+            self.cache.crop(-drop)  # transformers takes a count to remove, not a length to keep
+
+    def nbytes(self, n_tokens: int) -> int:
+        total = 0
+        for layer in getattr(self.cache, "layers", []):
+            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                if t is not None and hasattr(t, "numel"):
+                    total += t.numel() * t.element_size()
+        return total
+
+    def release(self) -> None:
+        self.cache = None
+
+
+class TorchRunner:
+    name = "torch"
+
+    def __init__(self, model: Any, device: str) -> None:
+        self.model = model
+        self.device = torch.device(device)
+        self.vocab_size = int(model.config.vocab_size)
+
+    def attach(self, store: PrefixStore) -> None:
+        pass  # caches live in device memory and grow as needed: the store's byte budget bounds them
+
+    def forward(self, seq: Sequence, ids: list[int], n_logits: int = 1) -> np.ndarray:
+        if seq.kv is None:
+            from transformers import DynamicCache
+
+            seq.kv = TorchKV(DynamicCache(config=self.model.config))
+        kv = seq.kv
+        assert isinstance(kv, TorchKV)
+        inp = torch.tensor([ids], device=self.device)
+        with torch.inference_mode():
+            out = self.model(input_ids=inp, past_key_values=kv.cache, use_cache=True, logits_to_keep=n_logits)
+        seq.ids.extend(ids)
+        return out.logits[0].float().cpu().numpy()
