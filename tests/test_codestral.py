@@ -9,6 +9,7 @@ out as their exact text, constraints hold against the model's preference, replay
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import shutil
@@ -431,6 +432,8 @@ async def test_the_whole_lsp_path_on_a_mistral_layout_model(codestral_dirs):
     ip = InProcess(Options(model=str(codestral_dirs["mistral"]), device="cpu", budget_ms=0, max_tokens=6))
     try:
         await ip.initialize()
+        assert await asyncio.to_thread(ip.server.worker.loaded.wait, 60)
+        assert ip.server.worker.load_error is None
         uri = "file:///w/codestral.py"
         ip.open(uri, "def add(a, b):\n    ret\n\n\ndef sub(a, b):\n    \n")
         for line, col in ((1, 7), (5, 4)):  # mid-word, after an auto-indent
@@ -440,6 +443,43 @@ async def test_the_whole_lsp_path_on_a_mistral_layout_model(codestral_dirs):
             assert isinstance(items, list)
             for item in items:
                 assert "[PREFIX]" not in item["insertText"] and "</s>" not in item["insertText"]
+    finally:
+        ip.stop()
+
+
+async def test_ghost_text_and_typed_through_over_lsp_on_this_tokenizer(codestral_dirs, monkeypatch):
+    """The model is steered to answer "return a + b" at `ret|`: the ghost text is "urn a + b" (the
+    owed " ret" paid by "▁return", its space not doubled), and typing its first letters is answered
+    from what was suggested."""
+    from codestral_ls.server.options import Options
+
+    from tests.inprocess import InProcess
+
+    tok = MistralCommonTokenizer.from_file(V3)
+    script = tok.encode_infilling(" return a + b\n")
+    follows = dict(zip(script, [*script[1:], 2], strict=True))
+    real = Engine._forward
+
+    def forward(self: Engine, seq: Any, ids: list[int], n_logits: int = 1) -> Any:
+        out = real(self, seq, ids, n_logits)
+        logits = out.clone() if torch.is_tensor(out) else out.copy()
+        fed = seq.ids[-logits.shape[0]:]
+        for j, last in enumerate(fed):
+            logits[j, follows.get(last, script[0])] += 1e4
+        return logits
+
+    monkeypatch.setattr(Engine, "_forward", forward)
+    ip = InProcess(Options(model=str(codestral_dirs["hf"]), device="cpu", budget_ms=0, max_tokens=12))
+    try:
+        await ip.initialize()
+        assert await asyncio.to_thread(ip.server.worker.loaded.wait, 60)
+        uri = "file:///w/add.py"
+        ip.open(uri, "def add(a, b):\n    ret\n")
+        first = await ip.inline(uri, 1, 7)
+        assert [i["insertText"] for i in first["result"]["items"]][:1] == ["urn a + b"], first
+        ip.change(uri, 2, (1, 7), (1, 7), "u")
+        rest = await ip.inline(uri, 1, 8)
+        assert [i["insertText"] for i in rest["result"]["items"]][:1] == ["rn a + b"], rest
     finally:
         ip.stop()
 
