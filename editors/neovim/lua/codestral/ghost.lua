@@ -70,6 +70,7 @@ local function request(bufnr)
   if not client or api.nvim_get_current_buf() ~= bufnr or not api.nvim_get_mode().mode:match('^i') then
     return
   end
+  cancel()
   local cursor = api.nvim_win_get_cursor(0)
   local tick = api.nvim_buf_get_changedtick(bufnr)
   local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
@@ -79,19 +80,37 @@ local function request(bufnr)
     if pending and pending.id == id then
       pending = nil
     end
-    local item = not err and result and (result.items or result)[1]
     local now = api.nvim_get_current_buf() == bufnr and api.nvim_win_get_cursor(0)
-    if not item or type(item.insertText) ~= 'string' or item.insertText == '' or not now
-      or now[1] ~= cursor[1] or now[2] ~= cursor[2] or api.nvim_buf_get_changedtick(bufnr) ~= tick
-      or not api.nvim_get_mode().mode:match('^i') then
+    if err or not result or not now or now[1] ~= cursor[1] or now[2] ~= cursor[2]
+      or api.nvim_buf_get_changedtick(bufnr) ~= tick or not api.nvim_get_mode().mode:match('^i') then
       return
     end
-    -- The server's range is the empty range at the requested position: insert at the cursor.
-    s.row, s.col, s.text, s.item = cursor[1] - 1, cursor[2], item.insertText, item
+    local item = (result.items or result)[1]
+    local text, replace_end = util.insertion(item, bufnr, cursor[1] - 1, cursor[2], client.offset_encoding)
+    if not text then
+      return
+    end
+    s.row, s.col, s.text, s.item, s.replace_end = cursor[1] - 1, cursor[2], text, item, replace_end
     render(bufnr, s.text)
   end, bufnr)
   if ok then
     pending = { client = client, id = id }
+  end
+end
+
+-- `codestral/suggestionUpdated`: the server has a longer suggestion at `position` (0-based line,
+-- byte column). Ask again now if the cursor is still there, or typing since went along the
+-- suggestion shown from there.
+function M.refresh(bufnr, row, col)
+  local s = state[bufnr]
+  if not s or api.nvim_get_current_buf() ~= bufnr or not api.nvim_get_mode().mode:match('^i') then
+    return
+  end
+  local cursor = api.nvim_win_get_cursor(0)
+  local here = cursor[1] - 1 == row and cursor[2] == col
+  if here or (s.row == row and s.col == col and remaining(bufnr, s)) then
+    timer:stop()
+    request(bufnr)
   end
 end
 
@@ -134,6 +153,10 @@ function M.accept(bufnr, word)
   local item, client = s.item, vim.lsp.get_client_by_id(s.client_id)
   vim.schedule(function()
     M.clear(bufnr)
+    if part == rest and s.replace_end and #rest == #s.text then
+      -- The item replaces code after the cursor (not only auto-closed brackets it repeats).
+      api.nvim_buf_set_text(bufnr, s.row, s.col, s.row, s.replace_end, { '' })
+    end
     util.insert(part)
     if part == rest then
       s.text, s.item = nil, nil

@@ -7,7 +7,7 @@ local M = {}
 
 M.defaults = {
   cmd = { 'codestral-ls' },
-  init_options = {}, -- model, device, dtype, quantize, budgetMs, maxTokens, multiline, secondOpinions, disabledLanguages
+  init_options = {}, -- sent as a JSON object even when empty; model, device, dtype, quantize, budgetMs, maxTokens, multiline, secondOpinions, disabledLanguages
   filetypes = {
     'python', 'javascript', 'javascriptreact', 'typescript', 'typescriptreact',
     'go', 'rust', 'java', 'c', 'cpp', 'lua', 'sh',
@@ -91,6 +91,235 @@ function M.stats(callback, bufnr)
   end)
 end
 
+-- What the statusline shows: the server's `codestral/status` and the model-load `$/progress`.
+M.state = { kind = nil, message = '', latency = nil, percent = nil }
+
+-- A statusline item: `%{v:lua.require'codestral'.statusline()}`. Empty until the server starts.
+function M.statusline()
+  local st = M.state
+  if st.kind == 'loading' then
+    return ('codestral: loading%s'):format(st.percent and (' %d%%'):format(st.percent) or '')
+  elseif st.kind == 'running' then
+    return 'codestral: …'
+  elseif st.kind == 'answered' then
+    return st.latency and ('codestral: %d ms'):format(st.latency) or 'codestral: ready'
+  elseif st.kind == 'declined' then
+    return 'codestral: ' .. (st.message ~= '' and st.message or 'no suggestion')
+  elseif st.kind == 'error' then
+    return 'codestral: error: ' .. st.message
+  elseif st.kind == 'ready' then
+    return 'codestral: ready'
+  end
+  return ''
+end
+
+local function redraw_status()
+  pcall(vim.cmd, 'redrawstatus!')
+end
+
+-- Loading, ready and errors also go to the message area, on one line without history and at
+-- most one a second: several messages in a row would scroll and raise a hit-enter prompt that
+-- swallows what the user types next.
+local last_said = 0
+local function say(msg, level, force)
+  local now = (vim.uv or vim.loop).now()
+  if level == vim.log.levels.ERROR then
+    return vim.notify('codestral: ' .. msg, level)
+  end
+  if not force and now - last_said < 1000 then
+    return
+  end
+  last_said = now
+  msg = 'codestral: ' .. msg
+  local width = vim.o.columns - 12
+  if #msg > width then
+    msg = msg:sub(1, math.max(width, 10))
+  end
+  pcall(api.nvim_echo, { { msg } }, false, {})
+end
+
+-- Asks for the ghost text again now, if the cursor is in insert mode at (row, col) of `bufnr` (0-based,
+-- byte; nil: wherever it is), with no keystroke.
+local function ask_again(bufnr, row, col)
+  if api.nvim_get_current_buf() ~= bufnr or not api.nvim_get_mode().mode:match('^i') or not client_of(bufnr) then
+    return
+  end
+  local crow, ccol = unpack(api.nvim_win_get_cursor(0))
+  row, col = row or crow - 1, col or ccol
+  if not M.native() then
+    return ghost().refresh(bufnr, row, col)
+  end
+  if crow - 1 ~= row or ccol ~= col then
+    return
+  end
+  -- Neovim has no public "ask again": use the buffer's completor (private API), else the autocmd
+  -- its automatic requests hang on (200 ms later).
+  local ok, cap = pcall(require, 'vim.lsp._capability')
+  local completor = ok and cap.all and cap.all.inline_completion and cap.all.inline_completion.active[bufnr]
+  if completor and completor.request then
+    completor:request(2)
+  else
+    api.nvim_exec_autocmds('CursorMovedI', { buffer = bufnr })
+  end
+end
+
+-- The model is ready: a request made while it loaded was answered with nothing; ask again.
+local function loaded()
+  vim.schedule(function()
+    ask_again(api.nvim_get_current_buf())
+  end)
+end
+
+local function on_status(_, params)
+  if type(params) ~= 'table' then
+    return
+  end
+  local st = M.state
+  local was = st.kind
+  st.kind, st.message = params.kind, params.message or ''
+  if type(params.latencyMs) == 'number' then
+    st.latency = params.latencyMs
+  end
+  if params.kind == 'error' then
+    say(st.message, vim.log.levels.ERROR)
+  elseif params.kind == 'ready' and was == 'loading' then
+    say('model loaded', nil, true)
+    loaded()
+  elseif params.kind == 'loading' and was ~= 'loading' then
+    say('loading the model')
+  end
+  redraw_status()
+end
+
+local function on_progress(err, params, ctx, config)
+  local default = vim.lsp.handlers['$/progress']
+  if default then
+    pcall(default, err, params, ctx, config)
+  end
+  local value = type(params) == 'table' and params.value
+  if type(value) ~= 'table' or params.token ~= 'codestral-ls/model-load' then
+    return
+  end
+  local st = M.state
+  if value.kind == 'end' then
+    st.kind, st.percent, st.message = 'ready', nil, value.message or ''
+    say('model loaded', nil, true)
+    loaded()
+  else
+    st.kind, st.message = 'loading', value.message or st.message
+    st.percent = value.percentage or st.percent
+    say(('loading the model%s'):format(st.percent and (' %d%%'):format(st.percent) or ''), nil, value.kind == 'begin')
+  end
+  redraw_status()
+end
+
+local function pos_of(bufnr, position, client)
+  local line = api.nvim_buf_get_lines(bufnr, position.line, position.line + 1, false)[1]
+  return line and util.byte_of(line, position.character, client and client.offset_encoding)
+end
+
+-- `codestral/suggestionUpdated`: a longer suggestion is ready where the cursor may still be.
+local function on_suggestion_updated(_, params, ctx)
+  local doc, position = type(params) == 'table' and params.textDocument, params and params.position
+  local bufnr = api.nvim_get_current_buf()
+  if not (doc and position) or vim.uri_from_bufnr(bufnr) ~= doc.uri
+    or not api.nvim_get_mode().mode:match('^i') then
+    return
+  end
+  local client = vim.lsp.get_client_by_id(ctx.client_id)
+  local col = pos_of(bufnr, position, client)
+  if not col then
+    return
+  end
+  ask_again(bufnr, position.line, col)
+end
+
+-- Native renderer, client side of the request: Neovim 0.12-dev builds before neovim/neovim#35965
+-- run every attached buffer's inline-completion autocmds on each keystroke, each sending a request
+-- for its own buffer with the current window's cursor. Only the current buffer's request goes out.
+-- Answers are turned into plain insertions where the item's range only repeats the code after the
+-- cursor, so Neovim draws them inline instead of over that code; other replacements are dropped.
+local function wrap_requests(client)
+  if client._codestral_wrapped then
+    return
+  end
+  client._codestral_wrapped = true
+  local request = client.request
+  client.request = function(self, method, params, handler, bufnr)
+    if method ~= 'textDocument/inlineCompletion' or type(params) ~= 'table' then
+      return request(self, method, params, handler, bufnr)
+    end
+    local current = api.nvim_get_current_buf()
+    if params.textDocument.uri ~= vim.uri_from_bufnr(current) then
+      return false
+    end
+    local cursor, tick = api.nvim_win_get_cursor(0), api.nvim_buf_get_changedtick(current)
+    local inner = handler
+    handler = inner and function(err, result, ctx, config)
+      if result and api.nvim_get_current_buf() == current then
+        local now = api.nvim_win_get_cursor(0)
+        if now[1] ~= cursor[1] or now[2] ~= cursor[2] or api.nvim_buf_get_changedtick(current) ~= tick then
+          return -- stale: the next request is on its way
+        end
+        local items = {}
+        for _, item in ipairs(result.items or result) do
+          local text, replaces = util.insertion(item, current, cursor[1] - 1, cursor[2], self.offset_encoding)
+          if text and not replaces then
+            table.insert(items, { insertText = text, command = item.command, filterText = item.filterText })
+          end
+        end
+        result = { items = items }
+      end
+      return inner(err, result, ctx, config)
+    end
+    return request(self, method, params, handler, bufnr)
+  end
+end
+
+-- `codestral/didFocus`: when the cursor rests on another line or in another buffer, tell the server
+-- (it warms the prompt there). Debounced; moves within a line send nothing.
+local focus = { timer = nil, sent = nil }
+local function focus_changed()
+  local bufnr = api.nvim_get_current_buf()
+  local client = client_of(bufnr)
+  local caps = client and client.server_capabilities
+  local ext = caps and caps.experimental and caps.experimental.codestral
+  if not (type(ext) == 'table' and ext.didFocus) then
+    return
+  end
+  local row = api.nvim_win_get_cursor(0)[1]
+  local key = bufnr .. ':' .. row
+  if focus.sent == key then
+    return
+  end
+  focus.sent = key
+  local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+  util.call(client, 'notify', 'codestral/didFocus', { textDocument = params.textDocument, position = params.position })
+end
+
+local function on_cursor()
+  local uv = vim.uv or vim.loop
+  if not focus.timer then
+    focus.timer = uv.new_timer()
+  end
+  focus.timer:stop()
+  focus.timer:start(200, 0, vim.schedule_wrap(focus_changed))
+end
+
+-- Ghost highlights with a terminal-colour fallback: without 'termguicolors' (tmux, 256-colour
+-- terminals) a gui-only colour leaves the suggestion in the colour of code.
+local function highlights()
+  vim.cmd('highlight default CodestralGhost ctermfg=244 guifg=#808080')
+  if not pcall(require, 'vim.lsp.inline_completion') then
+    return
+  end
+  local cterm = api.nvim_get_hl_by_name('ComplHint', false)
+  if cterm.foreground == nil then -- Neovim's ComplHint -> NonText: a gui colour only
+    local gui = api.nvim_get_hl_by_name('ComplHint', true)
+    api.nvim_set_hl(0, 'ComplHint', { fg = gui.foreground or '#808080', ctermfg = 244 })
+  end
+end
+
 local function map(bufnr, key, action, desc)
   if key then
     vim.keymap.set('i', key, function()
@@ -101,6 +330,7 @@ end
 
 local function on_attach(client, bufnr)
   if M.native() then
+    wrap_requests(client)
     inline().enable(true, { bufnr = bufnr })
   else
     ghost().attach(client, bufnr, M.config.debounce)
@@ -112,11 +342,23 @@ local function on_attach(client, bufnr)
 end
 
 local function lsp_config()
+  local capabilities = vim.lsp.protocol.make_client_capabilities()
+  capabilities.experimental = { codestral = { suggestionUpdates = true, status = true } }
+  local init_options = M.config.init_options
+  if type(init_options) ~= 'table' or next(init_options) == nil then
+    init_options = vim.empty_dict() -- {} would go out as a JSON list
+  end
   return {
     name = 'codestral',
     cmd = M.config.cmd,
     filetypes = M.config.filetypes,
-    init_options = M.config.init_options,
+    init_options = init_options,
+    capabilities = capabilities,
+    handlers = {
+      ['$/progress'] = on_progress,
+      ['codestral/status'] = on_status,
+      ['codestral/suggestionUpdated'] = on_suggestion_updated,
+    },
     on_attach = on_attach,
   }
 end
@@ -141,13 +383,9 @@ function M.setup(opts)
   end
   M.did_setup = true
   local group = api.nvim_create_augroup('codestral', { clear = true })
-  vim.cmd('highlight default link CodestralGhost Comment')
-  api.nvim_create_autocmd('ColorScheme', {
-    group = group,
-    callback = function()
-      vim.cmd('highlight default link CodestralGhost Comment')
-    end,
-  })
+  highlights()
+  api.nvim_create_autocmd('ColorScheme', { group = group, callback = highlights })
+  api.nvim_create_autocmd({ 'CursorMoved', 'CursorMovedI', 'BufEnter' }, { group = group, callback = on_cursor })
   api.nvim_create_user_command('CodestralStats', function()
     M.stats(function(result, err)
       print(err or vim.inspect(result))

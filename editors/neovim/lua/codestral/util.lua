@@ -44,4 +44,60 @@ function M.insert(text)
   api.nvim_win_set_cursor(0, { row + #lines - 1, last })
 end
 
+-- Byte index in `line` of the LSP character `index` (utf-16 units unless `encoding` is utf-8 or
+-- utf-32); written out because vim.str_byteindex changed its signature in 0.11.
+function M.byte_of(line, index, encoding)
+  if encoding == 'utf-8' then
+    return math.min(index, #line)
+  end
+  local byte, units = 0, 0
+  while byte < #line and units < index do
+    local c = line:byte(byte + 1)
+    local len = c >= 0xF0 and 4 or c >= 0xE0 and 3 or c >= 0xC0 and 2 or 1
+    units = units + ((len == 4 and encoding ~= 'utf-32') and 2 or 1)
+    byte = byte + len
+  end
+  return byte
+end
+
+-- The text to insert at the cursor (row 0-based, col a byte) for an InlineCompletionItem, or nil.
+-- An item whose range replaces what was typed before the cursor and text after it (auto-closed
+-- brackets) becomes a plain insertion when it keeps that text: `foo(|)` with `bar(1))` over `)`
+-- inserts `bar(1)`, so nothing is drawn over the code after the cursor. Returns the insertion and
+-- whether it still needs the item's range on accept (a replacement that changes the code after the
+-- cursor: `end_col` is where that range ends).
+function M.insertion(item, bufnr, row, col, encoding)
+  local text = item and item.insertText
+  if type(text) == 'table' then
+    text = text.value
+  end
+  if type(text) ~= 'string' or text == '' then
+    return nil
+  end
+  local r = item.range
+  if not r then
+    return text
+  end
+  if r.start.line ~= row or r['end'].line ~= row then
+    return nil -- a range over other lines: not something a ghost at the cursor can show
+  end
+  local line = api.nvim_buf_get_lines(bufnr, row, row + 1, true)[1]
+  local s, e = M.byte_of(line, r.start.character, encoding), M.byte_of(line, r['end'].character, encoding)
+  if s > col or e < col then
+    return nil
+  end
+  local typed, after = line:sub(s + 1, col), line:sub(col + 1, e)
+  if text:sub(1, #typed) ~= typed then
+    return nil
+  end
+  text = text:sub(#typed + 1)
+  if after == '' then
+    return text ~= '' and text or nil
+  end
+  if #text > #after and text:sub(-#after) == after then
+    return text:sub(1, #text - #after)
+  end
+  return text, e
+end
+
 return M
