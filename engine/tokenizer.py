@@ -123,12 +123,15 @@ class MistralCommonTokenizer:
     def _pieces(self) -> list[str]:
         return list(self.sp.vocab())
 
-    def get_vocab(self) -> dict[str, int]:
+    @cached_property
+    def _vocab(self) -> dict[str, int]:
         return {p: i for i, p in enumerate(self._pieces)}
 
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self._vocab)
+
     def convert_tokens_to_ids(self, token: str) -> int | None:
-        i = self.get_vocab().get(token)
-        return i
+        return self._vocab.get(token)
 
     # -- text --------------------------------------------------------------------------------
 

@@ -45,7 +45,9 @@ def enc(v3) -> FimEncoder:
 
 
 def piece(v3: MistralCommonTokenizer, p: str) -> int:
-    return v3.get_vocab()[p]
+    i = v3.convert_tokens_to_ids(p)
+    assert i is not None, p
+    return i
 
 
 # -- the tokenizer and the prompt ------------------------------------------------------------------
@@ -94,7 +96,7 @@ CASES = _cases()
 
 
 def test_prompt_ids_equal_encode_fim_exactly(v3, enc):
-    assert len(CASES) >= 250
+    assert len(CASES) >= 250, f"HumanEval infilling data not found in {DATA} (../shared beside the repo)"
     for prefix, suffix in CASES:
         got = enc.build(prefix, suffix, heal=False).ids
         assert got == v3.encode_fim(prefix, suffix), (prefix[-40:], suffix[:40])
