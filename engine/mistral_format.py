@@ -115,12 +115,3 @@ def load_model(folder: Path | str, **kwargs: Any) -> Any:
     kwargs = {k: v for k, v in kwargs.items() if k not in ("trust_remote_code", "use_safetensors")}
     return MistralForCausalLM.from_pretrained(None, config=config, state_dict=state, **kwargs)
 
-
-def describe(folder: Path) -> dict[str, Any]:
-    """A few params.json facts for `doctor`, in config.json's terms."""
-    try:
-        params = json.loads((folder / PARAMS).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {"model_type": "mistral (Mistral layout)", "hidden_size": params.get("dim"),
-            "num_hidden_layers": params.get("n_layers"), "vocab_size": params.get("vocab_size")}
