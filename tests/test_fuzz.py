@@ -112,6 +112,47 @@ def test_document_edits_match_the_lsp_reference(text: str, changes: list[Any], e
     asyncio.run(run())
 
 
+# -- the cursor and the judge on random code --------------------------------------------------------
+
+CODE = ["def f(x):", "    ", "return ", "(", ")", "[", "]", "{", "}", "'", '"', "#", "//", "x", " = ", ":", "\n",
+        "\n", "\t", "if x:", "foo(", "\\", "😀", "é", "a, b", ";", "/*", "*/"]
+code = st.lists(st.sampled_from(CODE) | st.text(alphabet=st.characters(blacklist_characters="\r"), max_size=4),
+                max_size=30).map("".join)
+
+
+@settings(max_examples=120, deadline=None, database=None)
+@given(text=code, where=st.integers(0, 10**6), suggestion=code,
+       language=st.sampled_from(["python", "javascript", "typescriptreact", "go", "rust", "java", "c", "cpp", "text"]))
+def test_a_crlf_document_reads_and_is_judged_like_the_lf_one(text: str, where: int, suggestion: str,
+                                                             language: str) -> None:
+    """Issue 16: the CRLF copy of a document reads the same at the same place (mode, line, lines
+    around) and judges a suggestion the same way; nothing raises, and what goes back into the
+    document has the document's line ending."""
+    from codestral_ls.server.context import build_context
+    from codestral_ls.server.cursor import read_cursor
+    from codestral_ls.server.postprocess import misfit, postprocess, replaced_after
+
+    offset = where % (len(text) + 1)
+    crlf = text.replace("\n", "\r\n")
+    lf_cursor = read_cursor(text, offset, language)
+    cr_cursor = read_cursor(crlf, offset + text.count("\n", 0, offset), language)
+    assert (cr_cursor.mode, cr_cursor.block_indent) == (lf_cursor.mode, lf_cursor.block_indent)
+    assert (cr_cursor.line, cr_cursor.before, cr_cursor.after, cr_cursor.next_line, cr_cursor.prev_lines,
+            cr_cursor.suffix) == (lf_cursor.line, lf_cursor.before, lf_cursor.after, lf_cursor.next_line,
+                                  lf_cursor.prev_lines, lf_cursor.suffix)
+    a, b = build_context(lf_cursor, len, 200, 50), build_context(cr_cursor, len, 400, 100)
+    assert "\r" not in b.prefix + b.suffix and a.prefix.endswith(b.prefix[-50:])
+    judged = []
+    for c in (lf_cursor, cr_cursor):
+        shown = postprocess(suggestion, c)
+        replace = replaced_after(shown, c)
+        judged.append((shown, replace, misfit(shown, c, replace)))
+        back = c.in_document(shown)
+        assert back.count("\n") == shown.count("\n") and back.count("\r\n") == (shown.count("\n") if c is cr_cursor
+                                                                                  and "\n" in text else 0)
+    assert judged[0] == judged[1]
+
+
 # -- random message sequences against the real server process --------------------------------------
 
 

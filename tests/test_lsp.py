@@ -61,7 +61,7 @@ async def test_ghost_text_accept_and_typed_through(client):
     result = await inline(client, uri, 1, 11)
     item = result.items[0]
     assert item.insert_text == "a + b"
-    assert item.range.start == types.Position(line=1, character=11)
+    assert item.range is None  # a plain insert at the cursor: no range (one is only sent to replace text)
     # The user types the first character of the ghost text: the rest comes without the model.
     before = await stats(client)
     insert(client, uri, 2, 1, 11, "a")
@@ -155,10 +155,16 @@ async def test_utf8_is_used_when_offered():
         assert init.capabilities.position_encoding == types.PositionEncodingKind.Utf8
         await loaded(c)
         uri = "file:///work/u8.py"
-        line = "é = 1; print(é + "  # é is 2 bytes in UTF-8
+        line = "é = 1; print(é + é"  # é is 2 bytes in UTF-8
         open_doc(c, uri, line)
-        result = await inline(c, uri, 0, len(line.encode("utf-8")))
-        assert result.items and result.items[0].range.start.character == len(line.encode("utf-8"))
+        end = len(line.encode("utf-8"))
+        result = await c.text_document_completion_async(types.CompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=0, character=end)))
+        items = result.items if hasattr(result, "items") else result
+        assert items, "a suggestion is expected after `print(é + é`"
+        edit = items[0].text_edit  # replaces the word before the cursor: "é", 2 UTF-8 units back
+        assert (edit.range.start.character, edit.range.end.character) == (end - 2, end)
+        assert edit.new_text.startswith("é")
     finally:
         await stop(c)
 
@@ -255,8 +261,7 @@ async def test_what_the_editor_gets_for_closers_crlf_and_stale_typed_through(api
         open_doc(c, "file:///w/nested.py", "x = foo()\n")
         api.answer = "bar(1)"
         item = (await inline(c, "file:///w/nested.py", 0, 8)).items[0]
-        assert item.insert_text == "bar(1)"
-        assert item.range.start == item.range.end == types.Position(line=0, character=8)
+        assert item.insert_text == "bar(1)" and item.range is None
 
         # A suggestion that would add a syntax error is not shown (this backend has no next-best).
         open_doc(c, "file:///w/broken.py", "def f(a, b):\n    x = \n    return x\n")
