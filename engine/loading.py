@@ -159,10 +159,10 @@ def load_llamacpp(spec: ModelSpec, why: str, progress: embedded.Progress | None 
         if not gguf.is_file():
             raise ModelLoadError(f"model file {gguf} does not exist")
         description = f"{gguf.name} (GGUF)"
-    if progress:
-        progress(f"loading {description}", 95)
     try:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(embedded.gguf_tokenizer(gguf, progress))
+        if progress:
+            progress(f"loading {description}", 95)
         runner = LlamaCppRunner(gguf, threads=spec.threads)
     except ModelLoadError:
         raise

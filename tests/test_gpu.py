@@ -1,4 +1,5 @@
-"""CUDA paths (bf16, nf4 via bitsandbytes) on the tiny model; skipped cleanly without a GPU."""
+"""CUDA paths (bf16, nf4 via bitsandbytes) on the tiny model, on the torch runner (`--runner auto`
+takes torch where CUDA is in use); skipped cleanly without a GPU."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def complete(engine, **kw):
 
 def test_bf16_on_cuda_reuses_the_cache(tiny_model_dir):
     e = load_engine(ModelSpec(model=str(tiny_model_dir), device="cuda", dtype="bfloat16"), EngineOptions())
-    assert e.loaded.device == "cuda" and e.loaded.dtype == "bfloat16"
+    assert e.loaded.device == "cuda" and e.loaded.dtype == "bfloat16" and e.runner.name == "torch"
     first = complete(e)
     calls = e.forward_calls
     again = complete(e)
@@ -28,5 +29,9 @@ def test_bf16_on_cuda_reuses_the_cache(tiny_model_dir):
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
 def test_nf4_on_cuda_loads_and_completes(tiny_model_dir):
     e = load_engine(ModelSpec(model=str(tiny_model_dir), device="cuda", quantize="nf4"), EngineOptions())
-    assert e.loaded.quantize == "nf4"
-    assert complete(e).finish in ("stop", "length")
+    assert e.loaded.quantize == "nf4" and e.runner.name == "torch"
+    first = complete(e)
+    assert first.decoded_tokens + first.replayed_tokens > 0
+    calls = e.forward_calls
+    again = complete(e)
+    assert again.text == first.text and e.forward_calls == calls  # the nf4 cache replays like bf16's

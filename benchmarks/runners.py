@@ -1,0 +1,240 @@
+"""Runners side by side on this CPU: decode ms/token and prefill tokens/s for our llama.cpp runner,
+llama-cpp-python's own high-level `Llama` generate (same GGUF, same threads, same batch sizes) and
+our torch fp32 runner, next to the bandwidth floor (weight bytes / memory bandwidth) and a compute
+floor (2 x parameters FLOPs at the fp32 GEMM rate measured here), plus the LSP server's resident
+memory with the default (llama.cpp) runner.
+
+    python -m benchmarks.runners                       # embedded model, all cores, 512-token prompt
+    python -m benchmarks.runners --threads 2 --json benchmarks/results/runners.json
+
+Each runner is measured in its own child process (torch and llama.cpp each bring an OpenMP
+runtime), `--rounds` times, median reported. One run on a shared machine is noisy: compare the
+ratios of one run, not figures across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import LspServer, load_average, machine, peak_rss_mib, table, write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+BANDWIDTH_GBS = 16.0  # this machine's measured memory bandwidth (README)
+
+
+def prompt_ids(tokenizer: Any, n: int) -> list[int]:
+    text = "".join(p.read_text() for p in sorted((ROOT / "engine").glob("*.py")))
+    return tokenizer.encode(text, add_special_tokens=False)[:n]
+
+
+def time_runner(runner: Any, ids: list[int], decode: int, rounds: int, chunk: int) -> dict[str, Any]:
+    """Prefill `ids` in engine-sized chunks, then `decode` greedy tokens one forward each."""
+    import numpy as np
+    from codestral_ls.engine.kvcache import Sequence
+    from codestral_ls.engine.request import CancelToken
+    from codestral_ls.engine.runner import prefill
+
+    pre, dec = [], []
+    for _ in range(rounds):
+        seq = Sequence()
+        t0 = time.perf_counter()
+        logits = prefill(runner.forward, seq, ids, chunk, CancelToken())
+        t1 = time.perf_counter()
+        for _ in range(decode):
+            logits = runner.forward(seq, [int(np.argmax(logits))])[-1]
+        t2 = time.perf_counter()
+        seq.release()
+        pre.append(len(ids) / (t1 - t0))
+        dec.append((t2 - t1) / decode * 1000)
+    return {"prefill_tok_s": statistics.median(pre), "decode_ms": statistics.median(dec),
+            "prefill_all": [round(x, 1) for x in pre], "decode_all": [round(x, 1) for x in dec]}
+
+
+def part_ours(args: argparse.Namespace) -> dict[str, Any]:
+    import llama_cpp
+    from codestral_ls.engine import embedded
+    from codestral_ls.engine.options import EngineOptions
+    from codestral_ls.engine.runner_llamacpp import LlamaCppRunner
+    from transformers import PreTrainedTokenizerFast
+
+    gguf = embedded.gguf_path()
+    tok = PreTrainedTokenizerFast.from_pretrained(embedded.gguf_tokenizer(gguf))
+    runner = LlamaCppRunner(gguf, threads=args.threads)
+    ids = prompt_ids(tok, args.prompt)
+    out = time_runner(runner, ids, args.decode, args.rounds, EngineOptions().prefill_chunk)
+    return out | {"weight_bytes": runner.weight_bytes, "n_params": int(llama_cpp.llama_model_n_params(runner.model)),
+                  "config": runner.describe(), "chunk": EngineOptions().prefill_chunk,
+                  "system_info": llama_cpp.llama_print_system_info().decode().strip()}
+
+
+def part_llama(args: argparse.Namespace) -> dict[str, Any]:
+    from codestral_ls.engine import embedded
+    from llama_cpp import Llama
+    from transformers import PreTrainedTokenizerFast
+
+    gguf = embedded.gguf_path()
+    tok = PreTrainedTokenizerFast.from_pretrained(embedded.gguf_tokenizer(gguf))
+    ids = prompt_ids(tok, args.prompt)
+    threads = args.threads or len(os.sched_getaffinity(0))
+    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads, n_batch=512,
+                n_ubatch=512, verbose=False)
+    pre, dec = [], []
+    for _ in range(args.rounds):
+        llm.reset()
+        it = llm.generate(ids, top_k=1, temp=0.0, reset=True)
+        t0 = time.perf_counter()
+        next(it)  # the whole prompt evaluated, first token sampled
+        t1 = time.perf_counter()
+        for _ in range(args.decode):
+            next(it)
+        t2 = time.perf_counter()
+        pre.append(len(ids) / (t1 - t0))
+        dec.append((t2 - t1) / args.decode * 1000)
+    return {"prefill_tok_s": statistics.median(pre), "decode_ms": statistics.median(dec),
+            "prefill_all": [round(x, 1) for x in pre], "decode_all": [round(x, 1) for x in dec],
+            "config": f"Llama(n_threads={threads}, n_batch={llm.n_batch}, n_ubatch=512, n_ctx=2048), generate "
+                      f"top_k=1"}
+
+
+def part_torch(args: argparse.Namespace) -> dict[str, Any]:
+    from codestral_ls.engine.loading import ModelSpec, load_model
+    from codestral_ls.engine.options import EngineOptions
+
+    loaded = load_model(ModelSpec(device="cpu", runner="torch", threads=args.threads))
+    ids = prompt_ids(loaded.tokenizer, args.prompt)
+    out = time_runner(loaded.runner, ids, args.decode, args.rounds, EngineOptions().prefill_chunk)
+    import torch
+
+    return out | {"weight_bytes": loaded.weight_bytes, "config": f"fp32, {torch.get_num_threads()} threads"}
+
+
+def part_gemm(args: argparse.Namespace) -> dict[str, Any]:
+    """fp32 GEMM rate here (numpy/OpenBLAS, same threads): the compute floor's denominator."""
+    import numpy as np
+
+    n = 1024
+    a = np.random.rand(n, n).astype(np.float32)
+    b = np.random.rand(n, n).astype(np.float32)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 3:
+        a @ b
+        reps += 1
+    return {"gflops": 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9}
+
+
+async def server_rss(args: argparse.Namespace) -> dict[str, Any]:
+    """The LSP server with default options (the embedded model, runner auto): RSS after 20 suggestions."""
+    import psutil
+
+    flags = ["--log-level", "warning"] + (["--threads", str(args.threads)] if args.threads else [])
+    server = LspServer(flags)
+    load_s = await server.start()
+    try:
+        uri = "file:///bench/rss.py"
+        text = (ROOT / "server" / "samples" / "sample.py").read_text()
+        server.open(uri, text)
+        lines = text.splitlines()
+        for i in range(20):
+            line = i % len(lines)
+            await server.inline(uri, line, len(lines[line]))
+        stats = await server.stats()
+        pid = server.pid()
+        rss = psutil.Process(pid).memory_info().rss / 2**20 if pid else None
+        return {"load_s": load_s, "rss_mib": rss, "peak_rss_mib": peak_rss_mib(pid), "model": stats.get("model"),
+                "kv_cache": stats.get("kv_cache")}
+    finally:
+        await server.stop()
+
+
+PARTS = {"ours": part_ours, "llama": part_llama, "torch": part_torch, "gemm": part_gemm}
+
+
+def child(part: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.runners", "--part", part, "--prompt", str(args.prompt),
+           "--decode", str(args.decode), "--rounds", str(args.rounds)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    env = dict(os.environ)
+    # The same OpenMP waiting for every runner (ours sets PASSIVE by default; see runner_llamacpp).
+    env["OMP_WAIT_POLICY"] = args.omp_wait.upper()
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = str(args.threads)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report(r: dict[str, Any]) -> None:
+    ours, llama, torch_, gemm = r["ours"], r["llama"], r["torch"], r["gemm"]
+    print(f"machine: {r['machine']}; load average at start {r['load_average']}; OMP_WAIT_POLICY {r['omp_wait']}")
+    print(f"llama.cpp build: {ours.get('system_info', '?')}")
+    print(f"our llama.cpp runner: {ours.get('config', '?')}; prompt {r['prompt']} tokens in chunks of "
+          f"{ours.get('chunk', '?')}, {r['decode']} greedy tokens, median of {r['rounds']}")
+    rows = []
+    for name, x in (("codestral-ls llama.cpp runner", ours), ("llama-cpp-python Llama.generate", llama),
+                    ("codestral-ls torch fp32 runner", torch_)):
+        if "error" in x:
+            rows.append([name, "error", x["error"][:60], ""])
+            continue
+        rows.append([name, f"{x['decode_ms']:.1f}", f"{x['prefill_tok_s']:.1f}", x.get("config", "")])
+    gb = BANDWIDTH_GBS * 1e9
+    if "weight_bytes" in ours:
+        rows.append(["floor: GGUF bytes / 16 GB/s", f"{ours['weight_bytes'] / gb * 1000:.1f}", "", ""])
+    if "weight_bytes" in torch_:
+        rows.append(["floor: fp32 bytes / 16 GB/s", f"{torch_['weight_bytes'] / gb * 1000:.1f}", "", ""])
+    if "n_params" in ours and "gflops" in gemm:
+        flops = 2 * ours["n_params"]
+        rows.append([f"floor: 2 x {ours['n_params'] / 1e6:.0f} M params at {gemm['gflops']:.0f} GFLOP/s fp32",
+                     f"{flops / (gemm['gflops'] * 1e9) * 1000:.1f}", f"{gemm['gflops'] * 1e9 / flops:.0f}", ""])
+    print(table(rows, ["", "decode ms/token", "prefill tok/s", "configuration"]))
+    if "error" not in ours and "error" not in llama:
+        print(f"decode: ours / llama.cpp's own = {ours['decode_ms'] / llama['decode_ms']:.2f} (target <= 1.1)")
+        best = max(llama["prefill_tok_s"], torch_.get("prefill_tok_s", 0))
+        print(f"prefill: ours / best of llama.cpp's and torch's = {ours['prefill_tok_s'] / best:.2f} (target >= 1)")
+    s = r.get("server")
+    if s:
+        print(f"server (default options: {s.get('model')}): RSS {s['rss_mib']:.0f} MiB after 20 suggestions, "
+              f"peak {s['peak_rss_mib']} MiB (target <= 1024); ready in {s['load_s']:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.runners", description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, help="CPU threads for every runner (default: all cores)")
+    p.add_argument("--prompt", type=int, default=512, help="prompt tokens (default 512)")
+    p.add_argument("--decode", type=int, default=32, help="greedy tokens decoded (default 32)")
+    p.add_argument("--rounds", type=int, default=3, help="repetitions, median reported (default 3)")
+    p.add_argument("--omp-wait", choices=["passive", "active"], default="passive",
+                   help="OMP_WAIT_POLICY for every runner (default passive, as the server runs llama.cpp)")
+    p.add_argument("--no-server", action="store_true", help="skip the server RSS measurement")
+    p.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args(argv)
+    if args.part:
+        print(json.dumps(PARTS[args.part](args)))
+        return 0
+    r: dict[str, Any] = {"machine": machine(), "load_average": load_average(), "prompt": args.prompt,
+                         "decode": args.decode, "rounds": args.rounds, "threads": args.threads,
+                         "omp_wait": args.omp_wait}
+    for part in ("ours", "llama", "torch", "gemm"):
+        r[part] = child(part, args)
+    if not args.no_server:
+        r["server"] = asyncio.run(server_rss(args))
+    report(r)
+    if args.json:
+        write_json(args.json, r)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
