@@ -47,6 +47,9 @@ EXTENSIONS = {".py": "python", ".js": "javascript", ".jsx": "javascriptreact", "
               ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp", ".cxx": "cpp"}
 LINE_COMMENTS = {"python": "#", "javascript": "//", "javascriptreact": "//", "typescript": "//",
                  "typescriptreact": "//", "go": "//", "rust": "//", "java": "//", "c": "//", "cpp": "//"}
+# What opens a string or character literal, where not all of " ' and the backtick: in Rust a ' is
+# mostly a lifetime (`&'a str`), not a quote.
+QUOTES = {"python": "\"'", "rust": "\"", "java": "\"'", "c": "\"'", "cpp": "\"'"}
 # Inside these the suggestion stays on one line whatever the line looks like.
 SINGLE_LINE_NODES = ("string", "comment", "argument_list", "arguments", "parameters", "formal_parameters",
                      "parameter_list", "template_string", "subscript", "type_arguments")
@@ -130,6 +133,10 @@ class Cursor:
     @property
     def line_comment(self) -> str:
         return LINE_COMMENTS.get(self.language, "")
+
+    @property
+    def quotes(self) -> str:
+        return QUOTES.get(self.language, "\"'`")
 
     @property
     def single_line(self) -> bool:

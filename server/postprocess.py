@@ -56,9 +56,9 @@ class Brackets:
         return len(self.open) + len(self.unmatched) + (self.quote is not None)
 
 
-def scan(code: str, line_comment: str = "") -> Brackets:
-    """Brackets of `code`, skipping strings and line comments. A closer that does not match the
-    innermost open bracket closes nothing."""
+def scan(code: str, line_comment: str = "", quotes: str = QUOTES) -> Brackets:
+    """Brackets of `code`, skipping strings (opened by any of `quotes`) and line comments. A closer
+    that does not match the innermost open bracket closes nothing."""
     b = Brackets()
     i, n = 0, len(code)
     while i < n:
@@ -77,7 +77,7 @@ def scan(code: str, line_comment: str = "") -> Brackets:
                 break
             i = end
             continue
-        elif c in QUOTES:
+        elif c in quotes:
             b.quote = c
         elif c in OPENERS:
             b.open.append(c)
@@ -123,7 +123,7 @@ def drop_suffix_overlap(text: str, c: Cursor) -> str:
 
 def balance_brackets(text: str, c: Cursor) -> str:
     """Cut at the first closing bracket that opens nowhere (not in the suggestion nor the line)."""
-    b = scan(c.before + text, c.line_comment)
+    b = scan(c.before + text, c.line_comment, c.quotes)
     stray = [i - len(c.before) for i in b.unmatched if i >= len(c.before)]
     return text[:stray[0]].rstrip() if stray else text
 
@@ -229,7 +229,7 @@ def _closing(text: str, c: Cursor) -> tuple[str, int]:
 
     def badness(choice: tuple[str, int]) -> int:
         middle, replace = choice
-        return scan(c.before + middle + c.after[replace:], c.line_comment).badness
+        return scan(c.before + middle + c.after[replace:], c.line_comment, c.quotes).badness
 
     return min(choices, key=badness)  # min keeps the first of equals
 
@@ -280,7 +280,7 @@ def _line_misfit(suggestion: str, c: Cursor) -> str | None:
         return "unreachable code follows it"
     opener = _INDENTED_BLOCKS.get(c.language)
     if opener:
-        b = scan(last.text, c.line_comment)
+        b = scan(last.text, c.line_comment, c.quotes)
         code = last.text[:b.comment].rstrip() if b.comment is not None else last.text
         opens = code.endswith((opener, "\\", ",")) or b.depth > 0  # an open bracket continues
         if following.indent > last.indent and not opens:

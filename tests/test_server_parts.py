@@ -104,6 +104,9 @@ def test_postprocess_cuts_overlap_and_balances_brackets():
     assert postprocess("a + b)", surround("    print(add(", "))")) == "a + b"  # both closers already there
     assert postprocess("x, y))\nfoo()", surround("f(g(")) == "x, y))"
     assert postprocess("x)]", surround("f(")) == "x)"
+    # A Rust lifetime is not a quote: the stray `)` after it is still found.
+    rust = at("fn f<'a>(x: &'a str) -> &'a str {\n    g(|\n}\n", "rust", "never")
+    assert postprocess("x)) + 1", rust) == "x)"
     assert postprocess("   \n", surround("x = ")) == ""
 
 
