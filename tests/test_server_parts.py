@@ -399,3 +399,31 @@ def test_the_parse_check_passes_every_line_of_real_files_put_back():
             assert not adds_syntax_error(content, c), f"{path.name}:{i + 1}: {content}"
             checked += 1
     assert checked > 100
+
+
+def test_the_parse_check_passes_every_canonical_humaneval_infilling_answer():
+    """No pass@1 loss from the parse check: no canonical middle of HumanEval single- or multi-line
+    infilling (6 848 holes, at the auto-indented cursor as the quality benchmark asks) counts as
+    adding a syntax error; the same answers with a stray `)` do."""
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:  # benchmarks/ is not an installed package
+        sys.path.insert(0, root)
+    from benchmarks import quality
+
+    paths = [quality.data_dir() / quality.SETS[multi] for multi in (False, True)]
+    if not all(p.is_file() for p in paths):
+        pytest.skip("HumanEval infilling data not found (shared/data)")
+    caught = total = 0
+    for path in paths:
+        for task in quality.load_tasks(path):
+            hole = quality.make_hole(task)
+            middle = quality.canonical_middle(task, hole)
+            c = read_cursor(hole.text, hole.offset, "python")
+            assert not adds_syntax_error(middle, c), task["task_id"]
+            if "\n" not in middle:
+                total += 1
+                caught += adds_syntax_error(middle + ")", c)
+    assert total > 1000 and caught > 0.95 * total
