@@ -424,6 +424,12 @@ def llama_gguf(model: str | None = None) -> str:
     return str(gguf_path())
 
 
+def llama_threads_wait_passively() -> None:
+    """OMP_WAIT_POLICY=PASSIVE unless set, before llama.cpp loads: the server runs its own llama.cpp so
+    (engine/runner_llamacpp.py), and on busy cores spinning threads decode many times slower."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def qwen_fim_prompt(prefix: str, suffix: str) -> str:
     """Qwen2.5-Coder's FIM prompt text (PSM), as llama.vim / llama-server's /infill build it."""
     return f"<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>"

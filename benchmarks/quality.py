@@ -70,6 +70,7 @@ from benchmarks.common import (
     latency_summary,
     llama_gguf,
     llama_problem,
+    llama_threads_wait_passively,
     load_average,
     machine,
     peak_rss_mib,
@@ -349,6 +350,7 @@ async def inprocess_phase(args: argparse.Namespace, tasks: list[dict[str, Any]],
 def llama_main(gguf: str, prompts: list[tuple[str, str]], max_tokens: int, first_line: bool, device: str,
                n_ctx: int = 4096) -> dict[str, Any]:
     """Runs in a child process: llama.cpp on each (prefix, suffix); its own peak RSS is reported."""
+    llama_threads_wait_passively()
     from llama_cpp import Llama
 
     t0 = time.perf_counter()
@@ -365,7 +367,8 @@ def llama_main(gguf: str, prompts: list[tuple[str, str]], max_tokens: int, first
         answers.append({"text": res["choices"][0]["text"], "latency_ms": round(ms, 1)})
         if k % 10 == 0 or k == len(prompts):
             print(f"[llama {k}/{len(prompts)}] {ms:.0f} ms", flush=True)
-    return {"answers": answers, "load_s": round(load_s, 1), "peak_rss_mib": peak_rss_mib(), "gguf": gguf}
+    return {"answers": answers, "load_s": round(load_s, 1), "peak_rss_mib": peak_rss_mib(), "gguf": gguf,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def llama_phase(args: argparse.Namespace, tasks: list[dict[str, Any]],

@@ -72,6 +72,7 @@ from benchmarks.common import (
     latency_summary,
     llama_gguf,
     llama_problem,
+    llama_threads_wait_passively,
     load_average,
     machine,
     peak_rss_mib,
@@ -472,6 +473,7 @@ def _offset(text: str, line: int, col: int) -> int:
 
 
 def _llama_peer(device: str, max_tokens: int, model: str | None) -> PeerSystem:
+    llama_threads_wait_passively()
     from llama_cpp import Llama
 
     llm = Llama(model_path=llama_gguf(model), n_threads=2, n_ctx=2048, n_gpu_layers=-1 if device == "cuda" else 0,
@@ -531,6 +533,7 @@ def peer_main(name: str, sites: list[Site], typist: Typist, device: str, dtype: 
 
     records = asyncio.run(go())
     return {"system": name, "label": LABELS[name], "load_s": round(load_s, 1), "peak_rss_mib": peak_rss_mib(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "sites": records,
             "wall_s": round(time.perf_counter() - t0, 1)}
 
