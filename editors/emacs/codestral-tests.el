@@ -186,6 +186,75 @@ Then wait until the model is loaded."
                             30 "the partial-accept notifications"))
     (codestral-dismiss)))
 
+(ert-deftest codestral-4-stale-requests-cancelled ()
+  "A new request cancels the one in flight: the server is told ($/cancelRequest)
+and the old answer is not awaited, so requests never queue up behind each other."
+  (with-current-buffer (codestral-test--visit "stale.py" codestral-test-text)
+    (codestral-test--server)
+    (should codestral-mode)
+    (let ((sent '()))
+      (cl-letf* ((notify (symbol-function 'jsonrpc-notify))
+                 ((symbol-function 'jsonrpc-notify)
+                  (lambda (conn method params)
+                    (when (eq method :$/cancelRequest) (push (plist-get params :id) sent))
+                    (funcall notify conn method params))))
+        (codestral--request 'invoked)
+        (let ((first (plist-get codestral--in-flight :id)))
+          (should first)
+          (insert "a")                      ; the user types on: the first answer is stale
+          (codestral--request 'invoked)
+          (let ((second (plist-get codestral--in-flight :id))
+                (continuations (jsonrpc--request-continuations codestral-test--server)))
+            (should (equal sent (list first)))
+            (should-not (gethash first continuations)) ; not awaited any more
+            (should (gethash second continuations))
+            (codestral-test--wait (lambda () (null codestral--in-flight))
+                                  codestral-test-timeout "the second answer")
+            (should (= (hash-table-count continuations) 0))))))
+    (codestral-dismiss)))
+
+(ert-deftest codestral-5-ask-again-after-accept ()
+  "After TAB the next suggestion is asked for with no keystroke."
+  (with-current-buffer (codestral-test--visit "again.py" codestral-test-text)
+    (codestral-test--server)
+    (codestral-complete)
+    (codestral-test--wait #'codestral-visible-p codestral-test-timeout "the ghost text")
+    (execute-kbd-macro (kbd "TAB"))
+    (should (equal (codestral-test--line) "    return a + b"))
+    ;; The accept armed the idle timer; batch Emacs is never idle, so fire it by hand.
+    (should (timerp codestral--timer))
+    (let ((timer codestral--timer))
+      (cancel-timer timer)
+      (apply (timer--function timer) (timer--args timer)))
+    (should codestral--in-flight)
+    (codestral-test--wait (lambda () (null codestral--in-flight)) codestral-test-timeout "the answer")
+    (codestral-dismiss)))
+
+(ert-deftest codestral-6-server-notifications ()
+  "codestral/status drives the lighter; codestral/suggestionUpdated at point asks again."
+  (with-current-buffer (codestral-test--visit "notes.py" codestral-test-text)
+    (codestral-test--server)
+    (let ((server codestral-test--server)
+          (saved codestral--status))
+      (eglot-handle-notification server 'codestral/status :kind "loading" :message "model" :latencyMs nil)
+      (should (string-match-p "loading" (codestral--lighter)))
+      (eglot-handle-notification server 'codestral/status :kind "answered" :message "" :latencyMs 123.4)
+      (should (equal (codestral--lighter) " Codestral[123ms]"))
+      (eglot-handle-notification server 'codestral/status :kind "declined" :message "language disabled")
+      (should (equal (codestral--lighter) " Codestral[language disabled]"))
+      (setq codestral--status saved)
+      ;; Elsewhere in the file: nothing; at point: a request goes out.
+      (let ((uri (eglot--path-to-uri buffer-file-name)))
+        (eglot-handle-notification server 'codestral/suggestionUpdated
+                                   :textDocument (list :uri uri) :position (list :line 0 :character 0))
+        (should-not codestral--in-flight)
+        (eglot-handle-notification server 'codestral/suggestionUpdated
+                                   :textDocument (list :uri uri) :position (eglot--pos-to-lsp-position))
+        (should codestral--in-flight)
+        (codestral-test--wait #'codestral-visible-p codestral-test-timeout "the ghost text")
+        (should (equal (codestral-suggestion-text) "a + b"))))
+    (codestral-dismiss)))
+
 (ert-deftest codestral-9-shutdown ()
   "The server shuts down cleanly."
   (when codestral-test--server

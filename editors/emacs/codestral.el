@@ -251,8 +251,11 @@ Otherwise only \\[codestral-complete] asks."
   :type 'boolean)
 
 (defface codestral-suggestion-face
-  '((t :inherit shadow))
-  "Face of the ghost text.")
+  '((((class color) (min-colors 88)) :foreground "grey50")
+    (t :inherit shadow))
+  "Face of the ghost text.
+Grey where the display has 88 colours or more, the GUI and 256-colour
+terminals alike; `shadow' elsewhere.")
 
 (defvar codestral-suggestion-map
   (let ((map (make-sparse-keymap)))
@@ -270,6 +273,12 @@ Otherwise only \\[codestral-complete] asks."
 
 (defvar codestral--emulation-alist `((codestral--visible . ,codestral-suggestion-map)))
 (add-to-list 'emulation-mode-map-alists 'codestral--emulation-alist)
+
+(defvar codestral--status nil
+  "What the mode-line shows: (:kind K :message M :latency MS :percent P).
+K is one of the server's `codestral/status' kinds (loading, ready, error,
+running, answered, declined), set from those notifications, from the model
+load's $/progress and from our own requests.")
 
 (defvar codestral-mode)                 ; defined by `define-minor-mode' below
 
@@ -362,12 +371,44 @@ the buffer are unchanged since it was sent (POSITION, TICK)."
                  (= position (point))
                  (= tick (buffer-chars-modified-tick)))
         (let ((items (if (vectorp result) result (plist-get result :items))))
+          (when (eq (plist-get codestral--status :kind) 'running) ; the server said nothing itself
+            (if (seq-empty-p items)
+                (codestral--set-status 'declined "no suggestion")
+              (codestral--set-status 'answered "")))
           (seq-some (lambda (item)
                       (let ((suggestion (codestral--item-suggestion item server)))
                         (when suggestion
                           (codestral--show suggestion)
                           t)))
                     items))))))
+
+(defvar-local codestral--in-flight nil
+  "The inline request awaiting its answer: (:server S :id ID :generation G).")
+
+(defun codestral--async-request (server method params &rest args)
+  "Send METHOD with PARAMS to SERVER like `jsonrpc-async-request' (ARGS are
+its keywords), returning the request's id, or nil where jsonrpc does not say."
+  (if (fboundp 'jsonrpc--async-request-1)   ; jsonrpc 1.0.x: returns (ID TIMER)
+      (car (apply #'jsonrpc--async-request-1 server method params args))
+    (apply #'jsonrpc-async-request server method params args)
+    nil))
+
+(defun codestral--cancel-request ()
+  "Cancel the inline request in flight, if any: the server stops decoding it.
+Without this every keystroke's request stayed queued on the server, a new
+one waiting behind the old ones until it timed out."
+  (let ((flight codestral--in-flight))
+    (setq codestral--in-flight nil)
+    (when flight
+      (let* ((server (plist-get flight :server))
+             (id (plist-get flight :id))
+             (continuations (and (jsonrpc-running-p server)
+                                 (ignore-errors (jsonrpc--request-continuations server))))
+             (entry (and continuations (gethash id continuations))))
+        (when entry
+          (remhash id continuations)
+          (when (timerp (nth 2 entry)) (cancel-timer (nth 2 entry)))
+          (jsonrpc-notify server :$/cancelRequest (list :id id)))))))
 
 (defun codestral--request (trigger)
   "Ask the server for an inline suggestion at point.
@@ -385,19 +426,33 @@ a request was sent."
      (t
       ;; Send pending edits first: Eglot batches didChange on its own idle timer.
       (eglot--signal-textDocument/didChange)
-      (let ((generation (cl-incf codestral--generation))
-            (buffer (current-buffer))
-            (position (point))
-            (tick (buffer-chars-modified-tick)))
-        (jsonrpc-async-request
-         server :textDocument/inlineCompletion
-         (append (eglot--TextDocumentPositionParams)
-                 (list :context (list :triggerKind (if (eq trigger 'invoked) 1 2))))
-         :success-fn (lambda (result)
-                       (codestral--handle buffer generation position tick server result))
-         :error-fn (lambda (error) (codestral--log "inline completion failed: %S" error))
-         :timeout-fn (lambda () (codestral--log "inline completion timed out"))
-         :timeout codestral-request-timeout)
+      ;; One request in flight: an older one is answered for a position that is gone.
+      (codestral--cancel-request)
+      (let* ((generation (cl-incf codestral--generation))
+             (buffer (current-buffer))
+             (position (point))
+             (tick (buffer-chars-modified-tick))
+             (forget (lambda ()
+                       (when (buffer-live-p buffer)
+                         (with-current-buffer buffer
+                           (when (eql (plist-get codestral--in-flight :generation) generation)
+                             (setq codestral--in-flight nil))))))
+             (id (codestral--async-request
+                  server :textDocument/inlineCompletion
+                  (append (eglot--TextDocumentPositionParams)
+                          (list :context (list :triggerKind (if (eq trigger 'invoked) 1 2))))
+                  :success-fn (lambda (result)
+                                (funcall forget)
+                                (codestral--handle buffer generation position tick server result))
+                  :error-fn (lambda (error)
+                              (funcall forget)
+                              (codestral--log "inline completion failed: %S" error))
+                  :timeout-fn (lambda ()
+                                (funcall forget)
+                                (codestral--log "inline completion timed out"))
+                  :timeout codestral-request-timeout)))
+        (setq codestral--in-flight (and id (list :server server :id id :generation generation)))
+        (codestral--set-status 'running "")
         t)))))
 
 (defun codestral--cancel-timer ()
@@ -417,6 +472,7 @@ a request was sent."
 (defun codestral--schedule ()
   "Ask for a suggestion once Emacs has been idle for `codestral-idle-delay'."
   (codestral--cancel-timer)
+  (codestral--cancel-request)
   (cl-incf codestral--generation)       ; responses to older requests are stale now
   (setq codestral--timer
         (run-with-idle-timer codestral-idle-delay nil #'codestral--idle-request (current-buffer))))
@@ -456,6 +512,7 @@ a request was sent."
         (changed codestral--changed))
     (setq codestral--stash nil
           codestral--changed nil)
+    (codestral--note-focus)
     (cond ((memq this-command codestral--own-commands))
           ((and stash (codestral--typed-through stash))
            (codestral--cancel-timer))
@@ -471,10 +528,11 @@ shown, \\<codestral-suggestion-map>\\[codestral-accept] accepts it and \\[codest
 any other command hides it.
 
 \\{codestral-mode-map}"
-  :lighter " Codestral"
+  :lighter (:eval (codestral--lighter))
   :keymap codestral-mode-map
   (codestral--clear)
   (codestral--cancel-timer)
+  (codestral--cancel-request)
   (if codestral-mode
       (progn
         (add-hook 'after-change-functions #'codestral--after-change nil t)
@@ -536,7 +594,10 @@ Turn it off otherwise.  Meant for `eglot-managed-mode-hook'."
       (codestral--insert text))
     (if (zerop partial)
         (codestral--send-command server command)
-      (codestral--notify-partial server command (length text)))))
+      (codestral--notify-partial server command (length text)))
+    ;; What follows the accepted text shows without another keystroke.
+    (when codestral-auto-trigger
+      (codestral--schedule))))
 
 (defun codestral-accept-word ()
   "Insert the next word of the suggestion and keep showing the rest."
@@ -555,6 +616,141 @@ Turn it off otherwise.  Meant for `eglot-managed-mode-hook'."
       (codestral--show (append (list :text (substring text n)
                                      :partial (+ n (plist-get suggestion :partial)))
                                suggestion)))))
+
+;;;; What the server says: status, progress, longer suggestions
+
+(defun codestral--set-status (kind message &optional latency)
+  "Record status KIND with MESSAGE (and LATENCY in ms) and update mode lines."
+  (setq codestral--status
+        (list :kind kind :message (or message "")
+              :latency (or latency (plist-get codestral--status :latency))
+              :percent (and (eq kind 'loading) (plist-get codestral--status :percent))))
+  (force-mode-line-update t))
+
+(defun codestral--lighter ()
+  "The mode-line lighter of `codestral-mode': what the server is doing."
+  (let ((kind (plist-get codestral--status :kind))
+        (message (plist-get codestral--status :message))
+        (latency (plist-get codestral--status :latency))
+        (percent (plist-get codestral--status :percent)))
+    (concat " Codestral"
+            (pcase kind
+              ;; "%" is a mode-line construct: "%%" shows one.
+              ('loading (format "[loading%s]" (if percent (format " %d%%%%" percent) "")))
+              ('running "[…]")
+              ('answered (if latency (format "[%dms]" (round latency)) ""))
+              ('declined (format "[%s]" (string-replace "%" "%%" (if (string-empty-p message)
+                                                                     "no suggestion"
+                                                                   message))))
+              ('error "[error]")
+              (_ "")))))
+
+(defun codestral--process-p (server)
+  "Non-nil if SERVER's process runs codestral-ls (before it has said so itself)."
+  (let ((process (ignore-errors (jsonrpc--process server))))
+    (and (processp process)
+         (cl-some (lambda (arg) (and (stringp arg) (string-match-p "codestral" arg)))
+                  (process-command process)))))
+
+(cl-defmethod eglot-client-capabilities :around (server)
+  "Opt codestral-ls servers in to its extensions and to $/progress."
+  (let ((capabilities (cl-call-next-method)))
+    (if (not (codestral--process-p server))
+        capabilities
+      (let ((window (copy-sequence (plist-get capabilities :window))))
+        (setq capabilities (plist-put (copy-sequence capabilities) :window
+                                      (plist-put window :workDoneProgress t)))
+        (plist-put capabilities :experimental
+                   (list :codestral (list :suggestionUpdates t :status t)))))))
+
+(cl-defmethod eglot-handle-notification :after
+  (_server (_method (eql $/progress)) &key token value &allow-other-keys)
+  "Show the model load's progress on the mode line (Eglot 1.9 shows none)."
+  (when (equal token "codestral-ls/model-load")
+    (let ((kind (plist-get value :kind)))
+      (if (equal kind "end")
+          (progn (codestral--set-status 'ready (plist-get value :message))
+                 (message "[codestral] model loaded")
+                 (codestral--ask-when-loaded))
+        (codestral--set-status 'loading (plist-get value :message))
+        (when (plist-get value :percentage)
+          (setq codestral--status (plist-put codestral--status :percent
+                                             (plist-get value :percentage))))
+        (message "[codestral] loading the model%s"
+                 (if (plist-get value :percentage)
+                     (format " %d%%" (plist-get value :percentage)) ""))))))
+
+(cl-defmethod eglot-handle-notification
+  (_server (_method (eql codestral/status)) &key kind message latencyMs &allow-other-keys)
+  "The server's status: loading, ready, error, running, answered, declined."
+  (let ((kind (intern kind))
+        (was (plist-get codestral--status :kind)))
+    (codestral--set-status kind message (and (numberp latencyMs) latencyMs))
+    (when (and (eq kind 'ready) (eq was 'loading))
+      (codestral--ask-when-loaded))
+    (when (eq kind 'error)
+      (message "[codestral] %s" message))))
+
+(defun codestral--ask-when-loaded ()
+  "The model is ready: ask again in the selected buffer, whose request while
+the model loaded was answered with nothing (if it asked: no edit, no request)."
+  (let ((buffer (window-buffer (selected-window))))
+    (with-current-buffer buffer
+      (when (and codestral-mode codestral-auto-trigger (> codestral--generation 0)
+                 (not (codestral-visible-p)))
+        (codestral--schedule)))))
+
+(defun codestral--uri-buffer (uri)
+  "The live buffer visiting URI, or nil."
+  (let ((file (ignore-errors (eglot--uri-to-path uri))))
+    (and file (find-buffer-visiting file))))
+
+(cl-defmethod eglot-handle-notification
+  (_server (_method (eql codestral/suggestionUpdated)) &key textDocument position &allow-other-keys)
+  "The server has a longer suggestion at POSITION in TEXTDOCUMENT.
+Ask again if point is still there."
+  (let ((buffer (codestral--uri-buffer (plist-get textDocument :uri))))
+    (when (and buffer (eq buffer (window-buffer (selected-window))))
+      (with-current-buffer buffer
+        (when codestral-mode
+          (let* ((at (save-excursion (eglot--lsp-position-to-point position)))
+                 (start (plist-get codestral--suggestion :start))
+                 (start (and (markerp start) (marker-position start))))
+            ;; Point where it was asked, or where typing went along the ghost text from there.
+            (when (or (= at (point))
+                      (and (codestral-visible-p) start (= start at)))
+              (codestral--cancel-timer)
+              (codestral--request 'automatic))))))))
+
+(defvar codestral--focus nil "(BUFFER . LINE) last reported with `codestral/didFocus'.")
+(defvar codestral--focus-timer nil "Pending `codestral/didFocus' timer.")
+
+(defun codestral--send-focus ()
+  "Tell the server where point rests, if it moved to another line or buffer."
+  (setq codestral--focus-timer nil)
+  (when codestral-mode
+    (let* ((server (codestral--server))
+           (experimental (and server (codestral--capability server :experimental)))
+           (ours (and (listp experimental) (plist-get experimental :codestral)))
+           (here (cons (current-buffer) (line-number-at-pos))))
+      (when (and ours (plist-get ours :didFocus) (not (equal here codestral--focus)))
+        (setq codestral--focus here)
+        (eglot--signal-textDocument/didChange)
+        (jsonrpc-notify server :codestral/didFocus
+                        (list :textDocument (eglot--TextDocumentIdentifier)
+                              :position (eglot--pos-to-lsp-position)))))))
+
+(defun codestral--note-focus ()
+  "After a command: report the place point rests at, 0.2 s later."
+  (when (timerp codestral--focus-timer)
+    (cancel-timer codestral--focus-timer))
+  (setq codestral--focus-timer
+        (run-with-idle-timer 0.2 nil
+                             (lambda (buffer)
+                               (when (and (buffer-live-p buffer)
+                                          (eq buffer (window-buffer (selected-window))))
+                                 (with-current-buffer buffer (codestral--send-focus))))
+                             (current-buffer))))
 
 (defun codestral-unload-function ()
   "Remove the advice, keymap and Eglot entries added by loading codestral.

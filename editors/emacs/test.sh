@@ -54,3 +54,15 @@ cp "$HERE/codestral.el" "$BUILD/"
 # The same in an interactive `emacs -nw` on a pseudo-terminal: real keystrokes, idle timer, redisplay.
 PYTHON="${PYTHON:-$(command -v python3 || echo "$REPO/.venv/bin/python")}"
 CODESTRAL_EL_DIR="$BUILD" EMACS="$EMACS" "$PYTHON" "$HERE/test-tty.py"
+
+# What a person sees: `emacs -Q -nw` in tmux set up with the README's snippet, three buffers open,
+# the screen read back with its colours (tmux apt-installed when missing and we are root).
+if ! command -v tmux >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "test.sh: installing tmux" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux; } >&2 || true
+fi
+if command -v tmux >/dev/null; then
+  CODESTRAL_EL_DIR="$BUILD" EMACS="$EMACS" "$PYTHON" "$HERE/test-screen.py"
+else
+  echo "test.sh: SKIP screen test: no tmux" >&2
+fi

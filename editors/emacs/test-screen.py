@@ -1,0 +1,156 @@
+"""Screen test of codestral.el: `emacs -Q -nw` in tmux set up with the README's snippet verbatim
+(paths filled in), three Python buffers open, keys sent like a person, the screen captured with
+its colours.
+
+    python3 test-screen.py       # CODESTRAL_LS names the server, EMACS the binary
+
+Checks what a person sees: the model loading and the latency on the mode line (the lighter); the
+ghost text in `reduce(lambda a, b: a|, xs)` appearing without hiding the `, xs)` after the cursor,
+in a colour of its own on a 256-colour terminal; TAB putting exactly that text in the file; and in
+the server's traffic: requests for the current buffer only, and a new request right after the
+accept with no key pressed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import screen  # noqa: E402  (editors/screen.py)
+
+TIMEOUT_S = float(os.environ.get("CODESTRAL_TIMEOUT", "120"))
+LINE = "total = reduce(lambda a, b: , xs)"
+SOURCE = f"from functools import reduce\nxs = [1, 2, 3]\n{LINE}\n"
+REDUCE = re.compile(r"reduce\(lambda a, b: (.*)$")
+
+
+def readme_snippet() -> str:
+    """The README's setup without use-package, as printed there."""
+    text = (HERE / "README.md").read_text()
+    for block in re.findall(r"```elisp\n(.*?)```", text, re.S):
+        if "(require 'codestral)" in block and "use-package" not in block:
+            return block
+    raise AssertionError("README.md has no setup snippet with (require 'codestral)")
+
+
+def main() -> int:
+    emacs = os.environ.get("EMACS", "emacs")
+    version = subprocess.run([emacs, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    tmp = Path(tempfile.mkdtemp(prefix="codestral-emacs-screen-"))
+    wrapper, stdin_log, stdout_log = screen.server_wrapper(tmp, os.environ["CODESTRAL_LS"])
+    work = tmp / "work"
+    work.mkdir()
+    (work / "total.py").write_text(SOURCE)
+    (work / "one.py").write_text("def one():\n    return 1\n")
+    (work / "two.py").write_text("def two():\n    return 2\n")
+    snippet = readme_snippet()
+    snippet = snippet.replace('"~/src/codestral-ls/editors/emacs"', f'"{os.environ.get("CODESTRAL_EL_DIR", HERE)}"')
+    snippet = snippet.replace('"~/src/codestral-ls/.venv/bin/codestral-ls"', f'"{wrapper}"')
+    (tmp / "init.el").write_text(snippet)
+    env = {"TERM": "xterm-256color", "HOME": str(tmp)}
+    cache = os.environ.get("CODESTRAL_LS_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "codestral-ls")
+    env["CODESTRAL_LS_CACHE"] = cache  # HOME moves: keep the user's converted model
+    scr = screen.Screen([emacs, "-Q", "-nw", "-l", str(tmp / "init.el"), "--eval",
+                         '(progn (find-file "one.py") (find-file "two.py") (find-file "total.py"))'],
+                        cwd=work, env=env)
+    print(f"screen: {version}", flush=True)
+    failures: list[str] = []
+    lighters: list[str] = []
+
+    def check(ok: object, message: str) -> None:
+        if not ok and message not in failures:
+            failures.append(message)
+            print(f"screen: FAILED CHECK: {message}", flush=True)
+
+    def watch(text: str, raw: str) -> None:
+        lighters.extend(re.findall(r"Codestral(?:\[[^\]]*\])?", text))
+        for line in text.splitlines():
+            m = REDUCE.search(line)
+            if m:  # the `, xs)` after the cursor stays on screen
+                check(", xs)" in m.group(1), f"the code after the cursor is hidden: {line.strip()!r}")
+
+    try:
+        t0 = time.monotonic()
+        try:
+            scr.wait("the server to start", lambda text, raw: "Codestral" in text, TIMEOUT_S, each=watch)
+            scr.wait("the model to load", lambda text, raw: re.search(r"Codestral\[\d+ms\]", text) or (
+                any("loading" in l for l in lighters) and "Codestral" in text and "loading" not in text),
+                TIMEOUT_S, each=watch)
+            print(f"screen: model ready after {time.monotonic() - t0:.1f} s", flush=True)
+        except AssertionError as exc:
+            check(False, f"no model load on screen: {exc}")
+        check(any("loading" in l for l in lighters), f"the mode line never said the model was loading: {set(lighters)}")
+
+        # To the line, before `, xs)`, and type `a` (the ghost text follows an edit).
+        scr.keys("M->", "C-p", "C-e", "C-b", "C-b", "C-b", "C-b", "C-b")
+        scr.type("a")
+        t0 = time.monotonic()
+
+        def ghost(text: str, raw: str):
+            for line in raw.splitlines():
+                m = REDUCE.search(screen.plain(line))
+                if m and not m.group(1).startswith("a, xs)"):
+                    return m.group(1), line
+            return None
+
+        shown, raw_line = scr.wait("the ghost text", ghost, TIMEOUT_S, each=watch)
+        print(f"screen: ghost text after {time.monotonic() - t0:.1f} s: {shown!r}", flush=True)
+        body = shown.rstrip()
+        suggestion = body[1:body.rindex(", xs)")] if ", xs)" in body else body[1:]
+        check(suggestion, f"no suggestion between the code: {shown!r}")
+        ghost_fg, _ = screen.foreground_at(raw_line, suggestion)
+        typed_fg, _ = screen.foreground_at(raw_line, "lambda")
+        print(f"screen: suggestion {suggestion!r} drawn with fg {ghost_fg}, code with fg {typed_fg}", flush=True)
+        check(ghost_fg is not None and ghost_fg != typed_fg,
+              f"the ghost text is drawn like code (fg {ghost_fg}): {raw_line!r}")
+
+        asked_before = len(screen.asked_uris(stdin_log))
+        scr.keys("Tab")
+        expected = f"total = reduce(lambda a, b: a{suggestion}, xs)"
+        try:
+            scr.wait("the accepted line", lambda text, raw: expected in text, 10, each=watch)
+        except AssertionError:
+            check(False, f"after TAB the screen does not show {expected!r}")
+        # Asked again after the accept, with no key pressed.
+        try:
+            scr.wait("a request after the accept", lambda text, raw: len(screen.asked_uris(stdin_log)) > asked_before,
+                     5)
+        except AssertionError:
+            check(False, "no new request after the accept until a key is pressed")
+        lat = [l for l in lighters if re.match(r"Codestral\[\d+ms\]", l)]
+        print(f"screen: mode line lighters seen: {sorted(set(lighters))}", flush=True)
+        check(lat, "the mode line never showed a latency")
+        scr.keys("C-x", "C-s")
+        scr.wait("the file saved", lambda text, raw: "Wrote" in text, 10)
+        line3 = (work / "total.py").read_text().splitlines()[2]
+        check(line3 == expected, f"line 3 of the file is {line3!r}, the screen showed {expected!r}")
+        print(f"screen: accepted: {line3!r}", flush=True)
+
+        uris = screen.asked_uris(stdin_log)
+        others = [u for u in uris if not u.endswith("/total.py")]
+        print(f"screen: {len(uris)} inline requests, {len(others)} for other buffers", flush=True)
+        check(uris, "no textDocument/inlineCompletion request reached the server")
+        check(not others, f"requests for buffers that are not current: {sorted(set(others))}")
+        assert not failures, "; ".join(failures)
+        print(f"screen: PASS ({version}; server extensions {screen.server_extensions(stdout_log) or 'none'})",
+              flush=True)
+        return 0
+    except AssertionError as exc:
+        print(f"screen: FAIL: {exc}", flush=True)
+        print("screen: last screens:\n" + "\n----\n".join(scr.log[-3:]), flush=True)
+        return 1
+    finally:
+        scr.close()
+        subprocess.run(["rm", "-rf", str(tmp)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
