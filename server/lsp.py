@@ -1,14 +1,29 @@
 """The LSP process: thin pygls handlers around `pipeline.Completer`.
 
 Each handler pulls the document, calls the pipeline and converts to lsprotocol types. The model
-loads on the engine thread after `initialized` (with `$/progress`); requests wait for it, and a
-failed load turns into an error answer that says why, on every request.
+loads on the engine thread after `initialized` (with `$/progress`); until it is ready requests
+answer empty at once, and a failed load turns into an error answer that says why, on every request.
+
+Our own protocol, for clients that opt in with the client capability
+`experimental.codestral = {"suggestionUpdates": true, "status": true}` (advertised back in
+`capabilities.experimental.codestral`, server/protocol.py):
+
+    codestral/suggestionUpdated  server → client  {textDocument: {uri, version}, position}: a longer
+                                 suggestion is ready there (the rest of a budget-cut block): ask again
+    codestral/status             server → client  {kind, message, latencyMs}: loading / ready / error /
+                                 running / answered / declined (and why)
+    codestral/didFocus           client → server  {textDocument: {uri}, position}: the cursor came to
+                                 rest there; the prompt there is prefilled while the user reads
+
+Warm-up (prefilling a prompt before it is asked for) also runs on didOpen and when the user pauses
+after an edit without the client asking; it is always preempted by a real request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from codestral_ls.engine.backend import Backend
@@ -28,6 +43,10 @@ log = logging.getLogger(__name__)
 ACCEPT_COMMAND = "codestral.accept"
 PARTIAL_ACCEPT_NOTIFICATION = "codestral/didPartiallyAccept"
 STATS_REQUEST = "codestral/stats"
+SUGGESTION_UPDATED = "codestral/suggestionUpdated"
+STATUS_NOTIFICATION = "codestral/status"
+DID_FOCUS = "codestral/didFocus"
+PAUSE_S = 0.5  # after an edit, this long without a request: warm the prompt at the edit
 LOAD_PROGRESS_TOKEN = "codestral-ls/model-load"
 
 
@@ -42,6 +61,9 @@ class CodestralServer(LanguageServer):
         self.recent: list[str] = []  # URIs, most recently edited last
         self._errors_shown: set[str] = set()
         self.event_loop: asyncio.AbstractEventLoop | None = None
+        self.client_features: dict[str, Any] = {}  # the client's experimental.codestral opt-ins
+        self._pauses: dict[str, asyncio.TimerHandle] = {}  # pending warm-up per document
+        self._asked: dict[str, float] = {}  # last request time per document
 
     # -- model lifecycle --------------------------------------------------------------------
 
@@ -54,6 +76,8 @@ class CodestralServer(LanguageServer):
         # Load progress only where a model loads in this process (a daemon or a remote API: none).
         progress_ok = self.options.backend == "local" and bool(
             self.client_capabilities.window and self.client_capabilities.window.work_done_progress)
+        if self.options.backend == "local":
+            self.status("loading", "loading model")
         if progress_ok:
             self.work_done_progress.create(LOAD_PROGRESS_TOKEN)
             self.work_done_progress.begin(LOAD_PROGRESS_TOKEN, types.WorkDoneProgressBegin(
@@ -76,8 +100,13 @@ class CodestralServer(LanguageServer):
                 message=f"failed: {error}" if error else "model ready"))
         if error:
             self.show_error(f"codestral-ls: {error}")
-        elif (engine := self.worker.engine) is not None:
+            self.status("error", error)
+            return
+        if (engine := self.worker.engine) is not None:
             log.info("model ready: %s on %s", engine.loaded.source, engine.loaded.device)
+        self.status("ready", "model ready")
+        if self.recent:  # a document opened while the model loaded: warm the latest
+            self.warm(self.recent[-1], None)
 
     def apply_settings(self, raw: Any) -> None:
         # Options that run code, load files or send data are refused from the editor (server/options.py).
@@ -92,6 +121,34 @@ class CodestralServer(LanguageServer):
             self.start_engine()
         elif self.completer is not None:
             self.completer.options = options
+
+    def notify(self, feature: str, method: str, params: dict[str, Any]) -> None:
+        """Send one of our notifications, only to a client that opted in to `feature`."""
+        if self.client_features.get(feature) is True:
+            self.protocol.notify(method, params)
+
+    def status(self, kind: str, message: str, latency_ms: float | None = None) -> None:
+        self.notify("status", STATUS_NOTIFICATION, {"kind": kind, "message": message, "latencyMs": latency_ms})
+
+    def warm(self, uri: str, position: types.Position | None) -> None:
+        """Prefill the prompt at `position` (None: the end of the document) while the user is not typing."""
+        doc = self.open_document(uri)
+        if doc is None or self.completer is None:
+            return
+        if position is not None and not 0 <= position.line < doc.line_count():
+            return
+        text = doc.model_text()
+        offset = len(text.rstrip()) if position is None else doc.offset_at_position(position)
+        try:
+            self.completer.warm(Document(uri, text, doc.language_id or ""), offset)
+        except Exception:  # warm-up is a hint: it never fails anything
+            log.exception("warm-up failed")
+
+    def paused(self, uri: str, position: types.Position, since: float) -> None:
+        """An edit at `position` with no request since: the user paused there."""
+        self._pauses.pop(uri, None)
+        if self._asked.get(uri, 0.0) < since:
+            self.warm(uri, position)
 
     def show_error(self, message: str, kind: types.MessageType = types.MessageType.Error) -> None:
         log.error("%s", message)
@@ -144,11 +201,25 @@ class CodestralServer(LanguageServer):
 
     async def suggest(self, uri: str, position: types.Position) -> Suggestion | None:
         doc, offset = self.document(uri, position)
+        self._asked[uri] = time.monotonic()
         if self.completer is None:
             self.start_engine()
         assert self.completer is not None
+        version = getattr(self.open_document(uri), "version", None)
+
+        def grown(s: Suggestion) -> None:  # the rest of a budget-cut block is decoded: ask again
+            self.notify("suggestionUpdates", SUGGESTION_UPDATED, {
+                "textDocument": {"uri": uri, "version": version},
+                "position": {"line": position.line, "character": position.character}})
+
+        self.status("running", "completing")
         try:
-            return await self.completer.complete(doc, offset)
+            s = await self.completer.complete(doc, offset, on_grow=grown)
+            if s is None:
+                self.status("declined", self.completer.declined or "no suggestion")
+            else:
+                self.status("answered", s.source, s.latency_ms)
+            return s
         except Cancelled:
             self.stats.cancelled += 1
             return None  # superseded by a newer request for this document
@@ -171,6 +242,9 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
     @server.feature(types.INITIALIZE)
     def initialize(ls: CodestralServer, params: types.InitializeParams) -> None:
         ls.event_loop = asyncio.get_running_loop()
+        experimental = params.capabilities.experimental
+        features = experimental.get("codestral") if isinstance(experimental, dict) else None
+        ls.client_features = features if isinstance(features, dict) else {}
         ls.apply_settings(params.initialization_options)
 
     @server.feature(types.INITIALIZED)
@@ -180,10 +254,32 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: CodestralServer, params: types.DidOpenTextDocumentParams) -> None:
         ls.touched(params.text_document.uri)
+        ls.warm(params.text_document.uri, None)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: CodestralServer, params: types.DidChangeTextDocumentParams) -> None:
-        ls.touched(params.text_document.uri)
+        uri = params.text_document.uri
+        ls.touched(uri)
+        change = params.content_changes[-1] if params.content_changes else None
+        if isinstance(change, types.TextDocumentContentChangePartial) and ls.event_loop is not None:
+            # Where the edit ended: the start of the range plus what was inserted.
+            lines = change.text.split("\n")
+            end = types.Position(line=change.range.start.line + len(lines) - 1,
+                                 character=(change.range.start.character if len(lines) == 1 else 0)
+                                 + _units(lines[-1], ls))
+            old = ls._pauses.pop(uri, None)
+            if old is not None:
+                old.cancel()
+            ls._pauses[uri] = ls.event_loop.call_later(PAUSE_S, ls.paused, uri, end, time.monotonic())
+
+    @server.feature(DID_FOCUS)
+    def did_focus(ls: CodestralServer, params: Any) -> None:
+        uri = _get(_get(params, "textDocument"), "uri")
+        pos = _get(params, "position")
+        line, character = _get(pos, "line"), _get(pos, "character")
+        if isinstance(uri, str) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                        for v in (line, character)):
+            ls.warm(uri, types.Position(line=line, character=character))
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: CodestralServer, params: types.DidCloseTextDocumentParams) -> None:
@@ -199,15 +295,19 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
         s = await ls.suggest(params.text_document.uri, params.position)
         if s is None:
             return types.InlineCompletionList(items=[])
-        end = params.position
-        if s.replace_after:  # the text takes the place of auto-closed brackets after the cursor
+        # A range only where the item replaces text (auto-closed brackets after the cursor): with one,
+        # Neovim draws the ghost text over the code after the cursor. Our VS Code client adds the
+        # empty range VS Code needs (it would otherwise replace the word before the cursor).
+        replaced = ""
+        if s.replace_after:
             doc = ls.open_document(params.text_document.uri)
             replaced = doc.source[s.offset:s.offset + s.replace_after] if doc else ""
-            if replaced and "\n" not in replaced and "\r" not in replaced:
-                end = types.Position(line=end.line, character=end.character + _units(replaced, ls))
-        # A plain insert still gets its empty range: without one VS Code replaces the word at the cursor.
+        rng = None
+        if replaced and "\n" not in replaced and "\r" not in replaced:
+            end = types.Position(line=params.position.line, character=params.position.character + _units(replaced, ls))
+            rng = types.Range(start=params.position, end=end)
         return types.InlineCompletionList(items=[types.InlineCompletionItem(
-            insert_text=s.text, range=types.Range(start=params.position, end=end),
+            insert_text=s.text, range=rng,
             command=types.Command(title="codestral: accepted", command=ACCEPT_COMMAND, arguments=[s.id]))])
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", " "]))
@@ -252,6 +352,9 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
         snap.pop("shown", None)
         if ls.completer:
             snap["typed_through_entries"] = len(ls.completer.typed._entries)
+            snap["speed"] = ls.completer.speed.snapshot()
+        if ls.worker is not None and hasattr(ls.worker, "prefetches"):
+            snap["prefetches"] = dict(ls.worker.prefetches)
         if ls.worker and ls.worker.engine is not None:
             engine = ls.worker.engine
             snap["model"] = {"source": engine.loaded.source, "device": engine.loaded.device,
@@ -273,6 +376,11 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
             ls.worker.stop()
 
     return server
+
+
+def _get(obj: Any, key: str) -> Any:
+    """A field of notification params, which pygls hands over as an object or a dict."""
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
 
 
 def _word_before(text: str) -> str:

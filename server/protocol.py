@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Generator
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,9 +30,13 @@ from pygls.exceptions import (
 )
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage, JsonRPCResponseMessage
+from pygls.protocol.language_server import lsp_method
 from pygls.workspace import Workspace
 
 log = logging.getLogger(__name__)
+
+# What our own clients may opt in to (client capability experimental.codestral), see server/lsp.py.
+EXPERIMENTAL_CAPABILITIES = {"suggestionUpdates": True, "status": True, "didFocus": True}
 
 # What structure_message returns for a message it already answered (or dropped): handled no further.
 _ANSWERED = SimpleNamespace(jsonrpc="answered")
@@ -45,6 +50,14 @@ class AnsweringProtocol(LanguageServerProtocol):
     @property
     def workspace(self) -> Workspace:
         return adopt(super().workspace)  # documents with LSP line rules (server/documents.py)
+
+    @lsp_method(INITIALIZE)
+    def lsp_initialize(self, params: Any) -> Generator[Any, Any, Any]:
+        # pygls builds the capabilities after our initialize handler ran, with no place for
+        # `experimental`: add ours (server/lsp.py's notifications) to the result it returns.
+        result = yield from super().lsp_initialize(params)
+        result.capabilities.experimental = {"codestral": EXPERIMENTAL_CAPABILITIES}
+        return result
 
     def structure_message(self, data: Any) -> Any:
         # json.loads calls this for every object, innermost first: only a message has "jsonrpc".

@@ -26,6 +26,9 @@ class Stats:
     errors: int = 0
     typed_through_hits: int = 0
     rejected: int = 0  # suggestions that could not fit the code after the cursor (server.fit)
+    grown: int = 0  # budget-cut blocks decoded further after the first answer
+    warm_ups: int = 0  # prompts prefilled ahead of a request (didOpen, pauses, didFocus)
+    warm_prompts: int = 0  # engine requests that found their whole prompt already cached
     engine_calls: int = 0
     accepted: int = 0
     partially_accepted: int = 0

@@ -38,9 +38,33 @@ class Client(LanguageClient):
         def _progress(params: types.ProgressParams) -> None:
             self.progress.append(params.value)
 
+        # Our own notifications (server/lsp.py), kept as plain dicts per method.
+        self.notifications: dict[str, list[dict[str, Any]]] = {}
+        for method in ("codestral/suggestionUpdated", "codestral/status"):
+            self.feature(method)(self._collector(method))
+
+    def _collector(self, method: str) -> Any:
+        def collect(params: Any) -> None:
+            self.notifications.setdefault(method, []).append(plain(params))
+        return collect
+
+
+def plain(obj: Any) -> Any:
+    """pygls hands unknown methods' params over as attribute objects: back to dicts and lists."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple) and not hasattr(obj, "_fields"):
+        return [plain(v) for v in obj]
+    if hasattr(obj, "_asdict"):
+        return {k: plain(v) for k, v in obj._asdict().items()}
+    if hasattr(obj, "__dict__") and not isinstance(obj, type):
+        return {k: plain(v) for k, v in vars(obj).items()}
+    return obj
+
 
 async def start(args: list[str], init_options: dict | None = None, encodings: list[str] | None = None,
-                env: dict[str, str] | None = None) -> tuple[Client, types.InitializeResult]:
+                env: dict[str, str] | None = None, experimental: dict | None = None
+                ) -> tuple[Client, types.InitializeResult]:
     client = Client()
     await client.start_io(sys.executable, "-m", "codestral_ls.server", *args, cwd=str(ROOT),
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
@@ -50,6 +74,7 @@ async def start(args: list[str], init_options: dict | None = None, encodings: li
     caps = types.ClientCapabilities(
         general=types.GeneralClientCapabilities(position_encodings=encodings or ["utf-16"]),
         window=types.WindowClientCapabilities(work_done_progress=True),
+        experimental=experimental,
     )
     result = await client.initialize_async(types.InitializeParams(
         capabilities=caps, initialization_options=init_options, process_id=os.getpid()))

@@ -1,0 +1,57 @@
+"""How fast this machine prefills, and the context windows that keeps a cold request within its target.
+
+A 2-core CPU prefills ~80 prompt tokens a second, an H100 thousands: one fixed token budget is
+either seconds of waiting on the first or wasted context on the second. `DeviceSpeed` keeps a
+running estimate from what requests really cost (`FimResult.prefilled_tokens` / `prefill_ms`) and
+sizes the prefix/suffix windows so that prefilling a whole cold prompt takes about the target.
+
+Rules: windows change in coarse steps and only when the estimate moved by two steps or more, so
+the prompt's start (and with it the KV cache) does not wander with every measurement; a window
+the user set explicitly (non-zero `prefixTokens`/`suffixTokens`) is never resized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+STEP = 64  # tokens: windows are multiples of this
+MIN_TOTAL = 384  # below this the model lacks the context to be right, however slow the machine
+MAX_TOTAL = 4096
+PREFIX_SHARE = 0.8  # of the total, before the cursor (the old fixed default was 512 + 128)
+MIN_MEASURED = 32  # prefills shorter than this are dominated by fixed costs: not a rate
+# How long prefilling a whole cold prompt may take, per device, when the user sets no target.
+DEFAULT_TARGET_MS = {"cpu": 2000, "cuda": 300}
+FALLBACK_TARGET_MS = 1000
+
+
+@dataclass
+class DeviceSpeed:
+    prefill_tok_s: float | None = None  # running estimate (exponential average)
+    device: str = ""  # "cpu", "cuda", or "" when unknown (remote backends)
+    total: int = MIN_TOTAL  # the current prefix + suffix window, tokens
+
+    def observe(self, result: Any) -> None:
+        """Fold a finished request's prefill into the estimate."""
+        tokens, ms = getattr(result, "prefilled_tokens", 0), getattr(result, "prefill_ms", 0.0)
+        if tokens < MIN_MEASURED or ms <= 0:
+            return
+        rate = tokens / (ms / 1000)
+        self.prefill_tok_s = rate if self.prefill_tok_s is None else 0.7 * self.prefill_tok_s + 0.3 * rate
+
+    def target_ms(self, configured: int) -> int:
+        return configured or DEFAULT_TARGET_MS.get(self.device, FALLBACK_TARGET_MS)
+
+    def windows(self, prefix_tokens: int, suffix_tokens: int, target_ms: int) -> tuple[int, int]:
+        """(prefix, suffix) token budgets: the user's when set, else sized to the measured speed."""
+        if self.prefill_tok_s is not None:
+            wanted = int(self.prefill_tok_s * self.target_ms(target_ms) / 1000) // STEP * STEP
+            wanted = max(MIN_TOTAL, min(MAX_TOTAL, wanted))
+            if abs(wanted - self.total) >= 2 * STEP:
+                self.total = wanted
+        prefix = round(self.total * PREFIX_SHARE / STEP) * STEP
+        return prefix_tokens or prefix, suffix_tokens or self.total - prefix
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"prefill_tok_s": round(self.prefill_tok_s, 1) if self.prefill_tok_s else None,
+                "device": self.device or None, "window_tokens": self.total}
