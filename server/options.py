@@ -84,7 +84,7 @@ class Options:
                          "complete line, the rest follows (0: wait for all of it)", "engine")
     max_tokens: int = opt(64, "most tokens in one suggestion", "engine")
     max_lines: int = opt(12, "most lines in one suggestion", "engine")
-    # A suggestion that cannot fit the code after it (server/fit.py) is replaced by the model's
+    # A suggestion that cannot fit the code after it (postprocess.misfit) is replaced by the model's
     # next-best start, at most this many times (each costs a decode); 0: just drop it.
     second_opinions: int = opt(3, "replace a suggestion that cannot fit the code after it by the next-best, "
                                "up to N times (0: drop it)", "engine")

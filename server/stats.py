@@ -25,7 +25,7 @@ class Stats:
     cancelled: int = 0
     errors: int = 0
     typed_through_hits: int = 0
-    rejected: int = 0  # suggestions that could not fit the code after the cursor (server.fit)
+    rejected: int = 0  # suggestions that could not fit the code around the cursor (postprocess.misfit)
     grown: int = 0  # budget-cut blocks decoded further after the first answer
     warm_ups: int = 0  # prompts prefilled ahead of a request (didOpen, pauses, didFocus)
     warm_prompts: int = 0  # engine requests that found their whole prompt already cached
