@@ -155,6 +155,7 @@ async def big_inputs(c: Client) -> dict[str, Any]:
         "100k-character line, middle": ("long.py", None, 1, 50_000),
         "NUL bytes": ("nul.py", "x = '\x00\x00'\ny = \x00", 1, 5),
         "CRLF": ("crlf.py", "def f(x):\r\n    return \r\n", 1, 11),
+        "CRLF, empty line in a block (multi-line)": ("crlf_block.py", "def f(x):\r\n    if x:\r\n        \r\n", 2, 8),
         "emoji and CJK": ("uni.py", "s = '😀😀中文'\nt = s + ", 1, 8),
     }
     out: dict[str, Any] = {}
