@@ -1,5 +1,7 @@
-// The parts of the extension that do not need VS Code: the settings sent to the server and
-// server discovery. Bundled to out/config.js too, so the protocol test uses the same code.
+// The parts of the extension that do not need VS Code: the settings sent to the server, server
+// discovery, what the status bar says about the server's `codestral/status`, and when a
+// `codestral/suggestionUpdated` asks for the ghost text again. Bundled to out/config.js too, so the
+// protocol test runs the same code against the real server.
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -49,6 +51,8 @@ export interface Discovery {
 export interface DiscoveryInput {
   setting: string;
   workspaceFolders: readonly string[];
+  /** Whether the workspace is trusted: an untrusted one never provides the server binary. */
+  trusted: boolean;
   pathEnv?: string;
   platform?: NodeJS.Platform;
   home?: string;
@@ -56,7 +60,10 @@ export interface DiscoveryInput {
 
 const NAME = "codestral-ls";
 
-/** `codestral.serverPath`, then `codestral-ls` on PATH, then `.venv/bin/codestral-ls` in a workspace folder. */
+/**
+ * `codestral.serverPath`, then `codestral-ls` on PATH, then `.venv/bin/codestral-ls` in a workspace
+ * folder, the last only in a trusted workspace (a cloned repository must not get its own binary run).
+ */
 export function findServer(input: DiscoveryInput): Discovery {
   const platform = input.platform ?? process.platform;
   const home = input.home ?? os.homedir();
@@ -85,7 +92,7 @@ export function findServer(input: DiscoveryInput): Discovery {
       if (found) return { path: found, tried };
     }
   }
-  for (const folder of input.workspaceFolders) {
+  for (const folder of input.trusted ? input.workspaceFolders : []) {
     const venv =
       platform === "win32" ? path.join(folder, ".venv", "Scripts", NAME + ".exe") : path.join(folder, ".venv", "bin", NAME);
     const found = check(venv);
@@ -103,3 +110,58 @@ function isExecutable(file: string, platform: NodeJS.Platform): boolean {
     return false;
   }
 }
+
+/** `codestral/status` from the server. */
+export interface ServerStatus {
+  kind: "loading" | "ready" | "error" | "running" | "answered" | "declined";
+  message?: string;
+  latencyMs?: number | null;
+}
+
+/** The status bar item's text and tooltip for a server status (the item's icon syntax). */
+export function statusText(s: ServerStatus): { text: string; tooltip: string } {
+  const message = s.message ?? "";
+  switch (s.kind) {
+    case "loading":
+      return { text: "$(loading~spin) Codestral", tooltip: `Codestral: ${message || "loading the model"}` };
+    case "running":
+      return { text: "$(sync~spin) Codestral", tooltip: "Codestral: asking the model" };
+    case "answered": {
+      const ms = typeof s.latencyMs === "number" ? `${Math.round(s.latencyMs)} ms` : "Codestral";
+      return { text: `$(sparkle) ${ms}`, tooltip: "Codestral: latency of the last suggestion. Click to disable." };
+    }
+    case "declined":
+      return { text: "$(circle-outline) Codestral", tooltip: `Codestral: no suggestion: ${message || "nothing to suggest here"}` };
+    case "error":
+      return { text: "$(error) Codestral", tooltip: `Codestral: ${message}` };
+    default:
+      return { text: "$(sparkle) Codestral", tooltip: "Codestral: ready. Click to disable." };
+  }
+}
+
+/** `codestral/suggestionUpdated`: the server has a longer suggestion at this place. */
+export interface SuggestionUpdated {
+  textDocument: { uri: string; version?: number | null };
+  position: { line: number; character: number };
+}
+
+/**
+ * Whether the ghost text should be asked for again: the notification is about the document in the
+ * active editor and its cursor is still where the suggestion was asked for (VS Code's positions are
+ * UTF-16, like the server's).
+ */
+export function shouldRetrigger(
+  update: SuggestionUpdated,
+  editor: { uri: string; line: number; character: number; empty: boolean } | undefined,
+): boolean {
+  return (
+    !!editor &&
+    editor.empty &&
+    editor.uri === update.textDocument.uri &&
+    editor.line === update.position.line &&
+    editor.character === update.position.character
+  );
+}
+
+/** The client capability that opts in to the server's extensions. */
+export const CLIENT_EXTENSIONS = { codestral: { suggestionUpdates: true, status: true } } as const;

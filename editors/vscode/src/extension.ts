@@ -3,7 +3,9 @@
 // vscode-languageclient does the LSP work: it registers the inline completion provider from the
 // server's capabilities, and `codestral.accept` (the command on every item) from the server's
 // executeCommandProvider, so accepting a suggestion tells the server. This file adds settings,
-// server discovery, a status bar item and the toggle / trigger / stats / restart commands.
+// server discovery (never from an untrusted workspace), the server's extensions (status bar from
+// `codestral/status`, ghost text asked again on `codestral/suggestionUpdated`, `codestral/didFocus`
+// when the cursor rests on another line), and the toggle / trigger / stats / restart commands.
 import * as vscode from "vscode";
 import {
   DidChangeConfigurationNotification,
@@ -12,11 +14,22 @@ import {
   type ServerOptions,
   State,
 } from "vscode-languageclient/node";
-import { findServer, SERVER_KEYS, serverSettings, type ServerSettings } from "./config";
+import {
+  CLIENT_EXTENSIONS,
+  findServer,
+  SERVER_KEYS,
+  serverSettings,
+  shouldRetrigger,
+  statusText,
+  type ServerSettings,
+  type ServerStatus,
+  type SuggestionUpdated,
+} from "./config";
 
 const SECTION = "codestral";
 const STATS_REQUEST = "codestral/stats";
 const LOAD_PROGRESS_TOKEN = "codestral-ls/model-load";
+const FOCUS_DEBOUNCE_MS = 200;
 
 let client: LanguageClient | undefined;
 let output: vscode.LogOutputChannel;
@@ -35,7 +48,15 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand("codestral.showStats", showStats),
     vscode.commands.registerCommand("codestral.restart", restart),
     vscode.workspace.onDidChangeConfiguration(onConfigurationChanged),
-    vscode.window.onDidChangeActiveTextEditor(() => status.render()),
+    vscode.window.onDidChangeActiveTextEditor(() => {
+      status.render();
+      noteFocus();
+    }),
+    vscode.window.onDidChangeTextEditorSelection(() => noteFocus()),
+    // Trust granted later: a server in the workspace's .venv may now be used.
+    vscode.workspace.onDidGrantWorkspaceTrust(() => {
+      if (!client) void startClient();
+    }),
   );
   await startClient();
 }
@@ -61,13 +82,18 @@ function enabledFor(languageId: string | undefined): boolean {
 
 async function startClient(): Promise<void> {
   const folders = (vscode.workspace.workspaceFolders ?? []).map((f) => f.uri.fsPath);
-  const found = findServer({ setting: config().get<string>("serverPath", ""), workspaceFolders: folders, pathEnv: process.env.PATH });
+  const found = findServer({
+    setting: config().get<string>("serverPath", ""),
+    workspaceFolders: folders,
+    trusted: vscode.workspace.isTrusted,
+    pathEnv: process.env.PATH,
+  });
   if (!found.path) {
     output.error(`codestral-ls not found; looked at:\n  ${found.tried.join("\n  ")}`);
     status.error("codestral-ls not found");
     const message =
-      "Codestral: the codestral-ls server was not found. Set `codestral.serverPath`, put `codestral-ls` on PATH, " +
-      "or install it into `.venv` in the workspace.";
+      "Codestral: the codestral-ls server was not found. Set `codestral.serverPath` (user settings), put " +
+      "`codestral-ls` on PATH, or install it into `.venv` in a trusted workspace.";
     void vscode.window.showErrorMessage(message, "Open Settings", "Show Log").then((choice) => {
       if (choice === "Open Settings") void vscode.commands.executeCommand("workbench.action.openSettings", "codestral.serverPath");
       if (choice === "Show Log") output.show();
@@ -88,7 +114,7 @@ async function startClient(): Promise<void> {
         if (!manual && !enabledFor(document.languageId)) return null;
         const started = Date.now();
         const result = await next(document, position, context, token);
-        if (!token.isCancellationRequested) status.ready(Date.now() - started);
+        if (!token.isCancellationRequested) status.answered(Date.now() - started);
         return result;
       },
       // The server's textDocument/completion is a fallback for editors without inline completion;
@@ -109,6 +135,27 @@ async function startClient(): Promise<void> {
   };
 
   const c = new LanguageClient(SECTION, "Codestral", serverOptions, clientOptions);
+  // Opt in to the server's extensions (client capability experimental.codestral).
+  c.registerFeature({
+    fillClientCapabilities(capabilities) {
+      capabilities.experimental = { ...(capabilities.experimental as object | undefined), ...CLIENT_EXTENSIONS };
+    },
+    initialize() {},
+    getState: () => ({ kind: "static" }),
+    clear() {},
+  });
+  c.onNotification("codestral/status", (params: ServerStatus) => status.server(params));
+  c.onNotification("codestral/suggestionUpdated", (params: SuggestionUpdated) => {
+    const editor = vscode.window.activeTextEditor;
+    const here = editor && {
+      uri: editor.document.uri.toString(),
+      line: editor.selection.active.line,
+      character: editor.selection.active.character,
+      empty: editor.selection.isEmpty,
+    };
+    // The cursor is still there: show the longer suggestion without a keystroke.
+    if (shouldRetrigger(params, here)) void vscode.commands.executeCommand("editor.action.inlineSuggest.trigger");
+  });
   c.onDidChangeState((e) => {
     if (e.newState === State.Stopped && client === c) status.error("server stopped (see the Codestral output)");
   });
@@ -120,6 +167,29 @@ async function startClient(): Promise<void> {
     status.error(`server failed to start: ${String(err)}`);
     void vscode.window.showErrorMessage(`Codestral: ${found.path} failed to start: ${String(err)}`);
   }
+}
+
+let focusTimer: NodeJS.Timeout | undefined;
+let lastFocus = "";
+
+/** `codestral/didFocus` when the cursor rests (200 ms) on another line or in another document. */
+function noteFocus(): void {
+  clearTimeout(focusTimer);
+  focusTimer = setTimeout(() => {
+    const editor = vscode.window.activeTextEditor;
+    const c = client;
+    const ours = (c?.initializeResult?.capabilities.experimental as { codestral?: { didFocus?: boolean } } | undefined)
+      ?.codestral;
+    if (!editor || !c?.isRunning() || !ours?.didFocus) return;
+    const at = editor.selection.active;
+    const key = `${editor.document.uri.toString()}:${at.line}`;
+    if (key === lastFocus) return;
+    lastFocus = key;
+    void c.sendNotification("codestral/didFocus", {
+      textDocument: { uri: editor.document.uri.toString() },
+      position: { line: at.line, character: at.character },
+    });
+  }, FOCUS_DEBOUNCE_MS);
 }
 
 async function stopClient(): Promise<void> {
@@ -175,9 +245,13 @@ async function showStats(): Promise<void> {
   output.show(true);
 }
 
-type Phase = { kind: "loading"; detail: string } | { kind: "ready"; latencyMs?: number } | { kind: "error"; detail: string };
+type Phase =
+  | { kind: "loading"; detail: string }
+  | { kind: "ready"; latencyMs?: number }
+  | { kind: "error"; detail: string }
+  | { kind: "server"; status: ServerStatus };
 
-/** loading / ready (with the last latency) / disabled / error; a click toggles. */
+/** loading / running / the last latency / why nothing is shown / disabled / error; a click toggles. */
 class StatusItem implements vscode.Disposable {
   private readonly item = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
   private phase: Phase = { kind: "loading", detail: "starting" };
@@ -195,6 +269,11 @@ class StatusItem implements vscode.Disposable {
     this.render();
   }
 
+  /** A suggestion came back: our own latency, unless the server reports its status itself. */
+  answered(latencyMs: number): void {
+    if (this.phase.kind !== "server") this.ready(latencyMs);
+  }
+
   ready(latencyMs?: number): void {
     this.phase = { kind: "ready", latencyMs: latencyMs ?? (this.phase.kind === "ready" ? this.phase.latencyMs : undefined) };
     this.render();
@@ -202,6 +281,12 @@ class StatusItem implements vscode.Disposable {
 
   error(detail: string): void {
     this.phase = { kind: "error", detail };
+    this.render();
+  }
+
+  /** `codestral/status`: the server says what it is doing, and why nothing is shown. */
+  server(s: ServerStatus): void {
+    this.phase = { kind: "server", status: s };
     this.render();
   }
 
@@ -218,6 +303,11 @@ class StatusItem implements vscode.Disposable {
       this.item.tooltip = config().get<boolean>("enabled", true)
         ? `Codestral: disabled for ${language} (codestral.disabledLanguages)`
         : "Codestral: disabled. Click to enable.";
+    } else if (p.kind === "server") {
+      const { text, tooltip } = statusText(p.status);
+      this.item.text = text;
+      this.item.tooltip = tooltip;
+      if (p.status.kind === "error") this.item.backgroundColor = new vscode.ThemeColor("statusBarItem.errorBackground");
     } else if (p.kind === "loading") {
       this.item.text = "$(loading~spin) Codestral";
       this.item.tooltip = `Codestral: ${p.detail}`;

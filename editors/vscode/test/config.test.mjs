@@ -1,4 +1,5 @@
-// Server discovery and the settings sent to the server (src/config.ts, bundled to out/config.js).
+// Server discovery, the settings sent to the server, the status bar text for codestral/status and
+// when codestral/suggestionUpdated asks again (src/config.ts, bundled to out/config.js).
 import assert from "node:assert/strict";
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -7,7 +8,7 @@ import path from "node:path";
 import { after, test } from "node:test";
 
 const require = createRequire(import.meta.url);
-const { findServer, serverSettings, SERVER_KEYS } = require("../out/config.js");
+const { findServer, serverSettings, SERVER_KEYS, statusText, shouldRetrigger } = require("../out/config.js");
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "codestral-vscode-"));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -23,7 +24,7 @@ const bin = path.join(tmp, "bin");
 const workspace = path.join(tmp, "ws");
 const onPath = executable(path.join(bin, "codestral-ls"));
 const inVenv = executable(path.join(workspace, ".venv", "bin", "codestral-ls"));
-const opts = { platform: "linux", home: tmp };
+const opts = { platform: "linux", home: tmp, trusted: true };
 
 test("the serverPath setting wins, with ~ and ${workspaceFolder} expanded", () => {
   const setting = (s) => findServer({ ...opts, setting: s, workspaceFolders: [workspace], pathEnv: bin }).path;
@@ -38,6 +39,31 @@ test("the serverPath setting wins, with ~ and ${workspaceFolder} expanded", () =
 test("then PATH, then .venv in a workspace folder", () => {
   assert.equal(findServer({ ...opts, setting: "", workspaceFolders: [workspace], pathEnv: `/nowhere:${bin}` }).path, onPath);
   assert.equal(findServer({ ...opts, setting: "", workspaceFolders: [tmp, workspace], pathEnv: "/nowhere" }).path, inVenv);
+});
+
+test("an untrusted workspace never provides the server", () => {
+  const untrusted = findServer({ ...opts, trusted: false, setting: "", workspaceFolders: [workspace], pathEnv: "/nowhere" });
+  assert.equal(untrusted.path, undefined, "the workspace's .venv was used although the workspace is not trusted");
+  assert.equal(findServer({ ...opts, trusted: false, setting: "", workspaceFolders: [workspace], pathEnv: bin }).path, onPath);
+});
+
+test("the status bar text for each codestral/status", () => {
+  assert.equal(statusText({ kind: "answered", message: "", latencyMs: 182.6 }).text, "$(sparkle) 183 ms");
+  assert.match(statusText({ kind: "loading", message: "loading model 40%" }).tooltip, /40%/);
+  assert.match(statusText({ kind: "running", message: "" }).text, /spin/);
+  const declined = statusText({ kind: "declined", message: "language disabled" });
+  assert.match(declined.tooltip, /language disabled/);
+  assert.equal(statusText({ kind: "error", message: "no model" }).text, "$(error) Codestral");
+});
+
+test("codestral/suggestionUpdated asks again only where the cursor still is", () => {
+  const update = { textDocument: { uri: "file:///a.py", version: 3 }, position: { line: 4, character: 8 } };
+  const at = { uri: "file:///a.py", line: 4, character: 8, empty: true };
+  assert.equal(shouldRetrigger(update, at), true);
+  assert.equal(shouldRetrigger(update, { ...at, character: 9 }), false);
+  assert.equal(shouldRetrigger(update, { ...at, uri: "file:///b.py" }), false);
+  assert.equal(shouldRetrigger(update, { ...at, empty: false }), false, "a selection is not a cursor");
+  assert.equal(shouldRetrigger(update, undefined), false);
 });
 
 test("nothing found lists every place looked at; non-executables do not count", () => {

@@ -1,8 +1,11 @@
 // Loads the bundled extension (out/extension.js) against a stub `vscode` module and activates it
 // with a server path that does not exist: the bundle loads, the commands match package.json, and
-// the missing server is a clear error. (The protocol itself is tested in protocol.test.mjs.)
+// the missing server is a clear error. Then in an untrusted workspace whose .venv holds a
+// codestral-ls: the extension must not run it. (The protocol itself is tested in protocol.test.mjs.)
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { createRequire } from "node:module";
 import { test } from "node:test";
 
@@ -25,10 +28,13 @@ const api = {
     showErrorMessage: async (message) => void errors.push(message),
     showWarningMessage: async (message) => void warnings.push(message),
     onDidChangeActiveTextEditor: () => disposable,
+    onDidChangeTextEditorSelection: () => disposable,
     activeTextEditor: undefined,
   },
   workspace: {
     workspaceFolders: undefined,
+    isTrusted: true,
+    onDidGrantWorkspaceTrust: () => disposable,
     getConfiguration: () => ({
       get: (key, fallback) => settings[key] ?? fallback,
       inspect: (key) => ({ key, globalValue: settings[key] }),
@@ -75,4 +81,49 @@ test("activates, registers the contributed commands, and reports a missing serve
   await commands.get("codestral.showStats")();
   assert.match(warnings[0], /not running/);
   await extension.deactivate();
+});
+
+test("package.json: untrusted workspaces are limited, and serverPath is a user setting only", () => {
+  const untrusted = pkg.capabilities?.untrustedWorkspaces;
+  assert.ok(untrusted, "capabilities.untrustedWorkspaces is not declared");
+  assert.equal(untrusted.supported, "limited");
+  const scope = pkg.contributes.configuration.properties["codestral.serverPath"].scope;
+  assert.equal(scope, "machine", "a workspace's settings can choose the program that runs");
+});
+
+test("in an untrusted workspace the server in its .venv is not run", async () => {
+  const tmp = mkdtempSync(path.join(os.tmpdir(), "codestral-untrusted-"));
+  try {
+    const venv = path.join(tmp, ".venv", "bin");
+    mkdirSync(venv, { recursive: true });
+    const planted = path.join(venv, "codestral-ls");
+    const marker = path.join(tmp, "ran");
+    writeFileSync(planted, `#!/bin/sh\ntouch '${marker}'\n`);
+    chmodSync(planted, 0o755);
+    settings.serverPath = "";
+    api.workspace.workspaceFolders = [{ uri: { fsPath: tmp } }];
+    api.workspace.isTrusted = false;
+    const savedPath = process.env.PATH;
+    process.env.PATH = "/nowhere";
+    errors.length = 0;
+    const extension = require("../out/extension.js");
+    try {
+      await extension.activate({ subscriptions: [] });
+    } finally {
+      process.env.PATH = savedPath;
+    }
+    assert.equal(errors.length, 1, `expected the not-found error, got ${JSON.stringify(errors)}`);
+    assert.match(errors[0], /not found/);
+    assert.equal(statusItem.text, "$(error) Codestral");
+    await extension.deactivate();
+    let ran = true;
+    try {
+      readFileSync(marker);
+    } catch {
+      ran = false;
+    }
+    assert.equal(ran, false, "the workspace's codestral-ls ran");
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
 });

@@ -1,7 +1,9 @@
 // Drives the real codestral-ls over stdio the way the extension does (vscode-languageclient sits on
 // the same vscode-languageserver-protocol): the extension's initializationOptions with the default
 // settings (budgetMs 0 for a deterministic answer), an inline completion, its acceptance, a
-// typed-through request, a settings change and codestral/stats.
+// typed-through request, a settings change and codestral/stats; with the extension's opt-in to the
+// server's extensions, its codestral/status notifications rendered by the extension's own status
+// bar code, and codestral/suggestionUpdated checked with the extension's own re-trigger rule.
 //
 // Needs `npm run bundle` first (for out/config.js). Server: $CODESTRAL_LS or ../../.venv/bin/codestral-ls.
 import assert from "node:assert/strict";
@@ -38,7 +40,9 @@ const {
 const here = path.dirname(fileURLToPath(import.meta.url));
 const extensionRoot = path.resolve(here, "..");
 const repo = path.resolve(extensionRoot, "../..");
-const { findServer, serverSettings, SERVER_KEYS } = require(path.join(extensionRoot, "out/config.js"));
+const { findServer, serverSettings, SERVER_KEYS, CLIENT_EXTENSIONS, statusText, shouldRetrigger } = require(
+  path.join(extensionRoot, "out/config.js"),
+);
 
 const LOAD_TIMEOUT_MS = 180_000; // model load: ~10 s alone, up to a minute on a busy 2-core CPU
 const REQUEST_TIMEOUT_MS = 120_000;
@@ -63,6 +67,8 @@ let initializeResult;
 const stderr = [];
 const progress = [];
 const messages = [];
+const statuses = []; // codestral/status
+const updates = []; // codestral/suggestionUpdated
 let loaded; // Promise of the load progress "end" value
 let suggestion; // the first inline completion item
 
@@ -103,7 +109,11 @@ const stats = () => connection.sendRequest(STATS_REQUEST, {});
 const problems = () => messages.filter((m) => m.type === MessageType.Error || m.type === MessageType.Warning);
 
 before(async () => {
-  const found = findServer({ setting: process.env.CODESTRAL_LS ?? ".venv/bin/codestral-ls", workspaceFolders: [repo] });
+  const found = findServer({
+    setting: process.env.CODESTRAL_LS ?? ".venv/bin/codestral-ls",
+    workspaceFolders: [repo],
+    trusted: true,
+  });
   assert.ok(found.path, `codestral-ls not found at ${found.tried.join(", ")} (set CODESTRAL_LS, or run make install)`);
   server = spawn(found.path, [], { stdio: ["pipe", "pipe", "pipe"] });
   server.stderr.setEncoding("utf8").on("data", (chunk) => stderr.push(chunk));
@@ -120,6 +130,8 @@ before(async () => {
   });
   connection.onNotification(ShowMessageNotification.type, (m) => messages.push(m));
   connection.onNotification(LogMessageNotification.type, () => {});
+  connection.onNotification("codestral/status", (p) => statuses.push(p));
+  connection.onNotification("codestral/suggestionUpdated", (p) => updates.push(p));
   connection.listen();
 
   initializeResult = await connection.sendRequest(InitializeRequest.type, {
@@ -128,6 +140,7 @@ before(async () => {
     rootUri: pathToFileURL(repo).href,
     workspaceFolders: [{ uri: pathToFileURL(repo).href, name: "repo" }],
     capabilities: {
+      experimental: CLIENT_EXTENSIONS, // as the extension's registered feature fills it in
       general: { positionEncodings: ["utf-16"] },
       window: { workDoneProgress: true, showMessage: {} },
       workspace: { configuration: true, didChangeConfiguration: { dynamicRegistration: true }, executeCommand: {} },
@@ -228,6 +241,23 @@ step("a settings change (didChangeConfiguration) disables the language", async (
   assert.deepEqual(await inline({ line: cursor.line, character: cursor.character + 1 }, 2), []);
   await connection.sendNotification(DidChangeConfigurationNotification.type, settings({}));
   assert.deepEqual(problems(), []);
+});
+
+step("the server's extensions: status notifications as the status bar shows them", async () => {
+  const ours = initializeResult.capabilities.experimental?.codestral;
+  assert.ok(ours?.status && ours?.suggestionUpdates, `experimental.codestral: ${JSON.stringify(ours)}`);
+  const answered = statuses.filter((s) => s.kind === "answered");
+  assert.ok(answered.length > 0, `no 'answered' status among ${JSON.stringify(statuses.map((s) => s.kind))}`);
+  assert.match(statusText(answered.at(-1)).text, /^\$\(sparkle\) \d+ ms$/);
+  const declined = statuses.filter((s) => s.kind === "declined");
+  assert.ok(declined.length > 0, "the disabled language was not reported as declined");
+  assert.match(statusText(declined.at(-1)).tooltip, /no suggestion: .+/);
+  for (const u of updates) {
+    // Where the cursor is, the extension re-triggers; one line down, it does not.
+    const at = { uri: u.textDocument.uri, line: u.position.line, character: u.position.character, empty: true };
+    assert.equal(shouldRetrigger(u, at), true);
+    assert.equal(shouldRetrigger(u, { ...at, line: at.line + 1 }), false);
+  }
 });
 
 step("codestral/stats reports requests, latency and the model", async () => {
