@@ -98,6 +98,7 @@ for v in "${versions[@]}"; do
     0.12)
       if nvim=$(new_nvim); then
         run "$nvim" health.lua
+        run "$nvim" insertion.lua
         run "$nvim" ghost.lua native
         run "$nvim" ghost.lua extmark
         screen "$nvim"
@@ -107,6 +108,7 @@ for v in "${versions[@]}"; do
     0.7)
       if nvim=$(old_nvim); then
         run "$nvim" health.lua
+        run "$nvim" insertion.lua
         run "$nvim" ghost.lua extmark
         screen "$nvim"
       else

@@ -79,13 +79,28 @@ def test_template_has_what_lsp4ij_reads() -> None:
 
 def test_template_covers_the_languages() -> None:
     t = _load("template.json")
-    expected = {"x.py": "python", "X.java": "java", "x.kt": "kotlin", "x.js": "javascript",
+    expected = {"x.py": "python", "X.java": "java", "x.js": "javascript",
                 "x.jsx": "javascriptreact", "x.ts": "typescript", "x.tsx": "typescriptreact", "x.go": "go",
                 "x.rs": "rust", "x.c": "c", "x.cpp": "cpp", "x.cc": "cpp", "x.h": "cpp", "x.hpp": "cpp"}
     for filename, language_id in expected.items():
         assert _language_id_for(t, filename) == [language_id], filename  # exactly one mapping
     languages = {m["language"]: m["languageId"] for m in t["languageMappings"]}
-    assert languages == {"Python": "python", "JAVA": "java", "kotlin": "kotlin", "go": "go", "Rust": "rust"}
+    assert languages == {"Python": "python", "JAVA": "java", "go": "go", "Rust": "rust"}
+
+
+def test_template_maps_only_languages_the_server_parses() -> None:
+    """Every languageId the template sends has a tree-sitter grammar in the server (Kotlin has none:
+    its files would get suggestions with no parse check, mode or block detection)."""
+    from codestral_ls.server.cursor import GRAMMARS
+    t = _load("template.json")
+    sent = {m["languageId"] for m in t["fileTypeMappings"]} | {m["languageId"] for m in t["languageMappings"]}
+    assert sent - set(GRAMMARS) == set()
+
+
+def test_readme_installs_like_the_other_clients() -> None:
+    readme = (TEMPLATE_DIR / "README.md").read_text(encoding="utf-8")
+    step1 = readme[readme.index("1. Install the server"):readme.index("2. ")]
+    assert "make install" in step1 and "pip install" not in step1
 
 
 def test_program_is_the_projects_console_script() -> None:

@@ -1,5 +1,7 @@
 -- Headless end-to-end test: types into a python buffer, waits for the ghost text, takes its first
--- word with <M-Right>, the rest with <Tab>, and checks the line and the server's counters.
+-- word with <M-Right>, the rest with <Tab>, and checks the line and the server's counters; then
+-- that codestral/suggestionUpdated at the cursor asks again (elsewhere not) and what the statusline
+-- function says.
 --   nvim --headless -u NONE -i NONE -c 'luafile test/ghost.lua'
 -- Env: CODESTRAL_LS (server), CODESTRAL_RENDERER (auto|native|extmark), CODESTRAL_TIMEOUT (s, per wait).
 local root = vim.fn.fnamemodify(debug.getinfo(1, 'S').source:sub(2), ':p:h:h')
@@ -104,6 +106,35 @@ co = coroutine.create(function()
   end, 10000)
   log(('stats: accepted=%d partially_accepted=%d suggestions=%d'):format(
     stats.accepted, stats.partially_accepted, stats.suggestions))
+
+  -- codestral/suggestionUpdated: at the cursor a new request goes out with no keystroke.
+  local client = (vim.lsp.get_clients or vim.lsp.get_active_clients)({ name = 'codestral' })[1]
+  local sent = 0
+  local request = client.request
+  client.request = function(...)
+    local a = { ... }
+    if (a[1] == client and a[2] or a[1]) == 'textDocument/inlineCompletion' then
+      sent = sent + 1
+    end
+    return request(...)
+  end
+  local notify = client.handlers['codestral/suggestionUpdated']
+  local uri = vim.uri_from_bufnr(buf)
+  local row, col = unpack(api.nvim_win_get_cursor(0))
+  local ctx = { client_id = client.id, method = 'codestral/suggestionUpdated' }
+  notify(nil, { textDocument = { uri = uri }, position = { line = 0, character = 0 } }, ctx)
+  assert(sent == 0, 'codestral/suggestionUpdated away from the cursor sent a request')
+  notify(nil, { textDocument = { uri = uri }, position = { line = row - 1, character = col } }, ctx)
+  wait_for('a request after codestral/suggestionUpdated', function() return sent > 0 end, 2000)
+  client.request = request
+  log(('codestral/suggestionUpdated at the cursor: %d request(s)'):format(sent))
+
+  local caps = client.server_capabilities.experimental
+  local status = codestral.statusline()
+  log(('statusline: %q'):format(status))
+  if caps and caps.codestral and caps.codestral.status then
+    assert(status:match('^codestral: '), 'the statusline function says nothing')
+  end
   feed('<Esc>')
   finish(true, ('line 2 is %q'):format(line()))
 end)
