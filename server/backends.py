@@ -27,6 +27,7 @@ appear in logs or error messages.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -38,6 +39,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,12 +57,14 @@ from codestral_ls.engine.daemon import (
 )
 from codestral_ls.engine.embedded import Progress
 from codestral_ls.engine.errors import Cancelled, EngineError
-from codestral_ls.engine.request import FimRequest, FimResult
+from codestral_ls.engine.request import CancelToken, FimRequest, FimResult
 from codestral_ls.server.options import Options
 
 log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 3.5
+MAX_RESPONSE = 4 * 2**20  # a FIM answer is a few KiB; anything this big is refused unread
+MAX_TOKENIZER = 64 * 2**20  # the daemon's tokenizer JSON (Qwen's is ~7 MiB)
 
 
 def approx_tokens(text: str) -> int:
@@ -107,7 +111,11 @@ class _HttpBackend:
         self.engine = None  # no model in this process
         self.connect_timeout = options.connect_timeout_ms / 1000 or None
         self.read_timeout = options.read_timeout_ms / 1000 or None
+        self.total_timeout: float | None = None  # a whole request (remote APIs: requestTimeoutMs)
+        self.max_response = MAX_RESPONSE
         self._secret = ""  # scrubbed from every message
+        self._local = threading.local()  # the running request's deadline, per pool thread
+        self._tls: ssl.SSLContext | None = None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="codestral-remote")
         self._lock = threading.Lock()
         self._newest = NewestPerDocument()
@@ -152,6 +160,8 @@ class _HttpBackend:
 
     def _run(self, job: Job) -> None:
         req = job.req
+        deadline = _Deadline(req, self.total_timeout)
+        self._local.deadline = deadline
         try:
             if req.cancel.cancelled or job.future.done():
                 raise Cancelled("superseded by a newer request")
@@ -164,6 +174,8 @@ class _HttpBackend:
             log.error("%s: %s", self.label, self._scrub(f"{type(exc).__name__}: {exc}"))
             settle(job.future, exc=EngineError(self._scrub(f"{self.label}: {type(exc).__name__}: {exc}")))
         finally:
+            deadline.close()
+            self._local.deadline = None
             with self._lock:
                 self._live.pop(id(job), None)
                 self._newest.done(job)
@@ -171,17 +183,42 @@ class _HttpBackend:
     def _call(self, req: FimRequest) -> FimResult:
         raise NotImplementedError
 
+    def _tls_context(self) -> ssl.SSLContext:
+        """The system's CAs ($SSL_CERT_FILE / $SSL_CERT_DIR honoured by OpenSSL), or caBundle's."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context(cafile=os.path.expanduser(self.options.ca_bundle) or None)
+        return self._tls
+
     def _open(self, req: FimRequest, method: str, url: str, body: bytes | None,
               headers: dict[str, str]) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Send one request; the connection closes as soon as `req` is cancelled."""
+        """Send one request (through $HTTPS_PROXY / $HTTP_PROXY unless $NO_PROXY or loopback says
+        not); the connection closes as soon as `req` is cancelled or its deadline passes."""
         u = urllib.parse.urlsplit(url)
         origin = _origin(url)
+        host, port = u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
+        proxy = _proxy_for(u.scheme, host)
+        headers = {"User-Agent": "codestral-ls", **headers}
+        path = u.path or "/"
+        if u.query:
+            path += "?" + u.query
         conn: http.client.HTTPConnection
-        if u.scheme == "https":
-            conn = http.client.HTTPSConnection(u.hostname or "", u.port, timeout=self.connect_timeout,
-                                               context=ssl.create_default_context())
-        else:
-            conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=self.connect_timeout)
+        try:
+            if u.scheme == "https":
+                if proxy is not None:  # CONNECT through the proxy, TLS with the real host inside
+                    conn = http.client.HTTPSConnection(proxy.hostname or "", proxy.port or 80,
+                                                       timeout=self.connect_timeout, context=self._tls_context())
+                    conn.set_tunnel(host, port, headers=_proxy_auth(proxy))
+                else:
+                    conn = http.client.HTTPSConnection(host, port, timeout=self.connect_timeout,
+                                                       context=self._tls_context())
+            elif proxy is not None:  # plain http through a proxy: the absolute URL goes to the proxy
+                conn = http.client.HTTPConnection(proxy.hostname or "", proxy.port or 80, timeout=self.connect_timeout)
+                path = url
+                headers |= _proxy_auth(proxy)
+            else:
+                conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+        except (OSError, ValueError) as exc:  # an unreadable caBundle
+            raise EngineError(f"{self.label}: cannot set up TLS: {exc}") from None
 
         sockets: list[socket.socket] = []  # conn.sock goes None once a response owns the socket
 
@@ -192,7 +229,9 @@ class _HttpBackend:
                 except OSError:
                     pass
 
-        req.cancel.on_cancel(hang_up)
+        deadline: _Deadline | None = getattr(self._local, "deadline", None)
+        line = deadline.line if deadline is not None else req.cancel
+        line.on_cancel(hang_up)
         try:
             conn.connect()
         except Exception as exc:
@@ -201,33 +240,52 @@ class _HttpBackend:
         assert conn.sock is not None
         sockets.append(conn.sock)
         try:
-            if req.cancel.cancelled:  # cancelled while connecting: hang_up found no socket
-                raise Cancelled("request cancelled")
+            if line.cancelled:  # cancelled while connecting: hang_up found no socket
+                raise self._failure(TimeoutError(), req, origin, connecting=False)
             conn.sock.settimeout(self.read_timeout)
-            path = u.path or "/"
-            if u.query:
-                path += "?" + u.query
-            conn.request(method, path, body=body, headers={"User-Agent": "codestral-ls", **headers})
+            conn.request(method, path, body=body, headers=headers)
             return conn, conn.getresponse()
-        except Cancelled:
+        except EngineError:
             conn.close()
             raise
         except Exception as exc:
             conn.close()
             raise self._failure(exc, req, origin, connecting=False) from None
 
-    def _read(self, req: FimRequest, conn: http.client.HTTPConnection, read: Callable[[], bytes],
-              origin: str) -> bytes:
+    def _read(self, req: FimRequest, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+              origin: str, line: bool = False, limit: int | None = None) -> bytes:
+        """The body (or one line of it), at most `limit` bytes (else `max_response`): a bigger
+        answer is an error, never read into memory whole."""
+        limit = limit or self.max_response
         try:
-            return read()
+            if line:
+                data = resp.readline(limit + 1)
+            else:  # read(n) may return less than n before the end (a body without Content-Length)
+                chunks, size = [], 0
+                while size <= limit and (chunk := resp.read(min(65536, limit + 1 - size))):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                data = b"".join(chunks)
         except Exception as exc:
             conn.close()
             raise self._failure(exc, req, origin, connecting=False) from None
+        deadline: _Deadline | None = getattr(self._local, "deadline", None)
+        if req.cancel.cancelled or (deadline is not None and deadline.line.cancelled):
+            conn.close()  # we hung up: what was read is cut short, whatever it looks like
+            raise self._failure(ConnectionError(), req, origin, connecting=False)
+        if len(data) > limit:
+            conn.close()
+            raise EngineError(f"{self.label}: the answer from {origin} is larger than {limit // 1024} KiB: refused")
+        return data
 
     def _failure(self, exc: BaseException, req: FimRequest, origin: str, connecting: bool) -> EngineError:
         """One clear sentence for a transport failure (or Cancelled when we hung up ourselves)."""
         if req.cancel.cancelled:
             return Cancelled("request cancelled")
+        deadline: _Deadline | None = getattr(self._local, "deadline", None)
+        if deadline is not None and deadline.passed:
+            return EngineError(f"{self.label}: {origin} did not finish answering within "
+                               f"{_seconds(self.total_timeout)} (requestTimeoutMs)")
         if isinstance(exc, TimeoutError):
             if connecting:
                 return EngineError(f"{self.label}: {origin} did not accept a connection within "
@@ -237,7 +295,8 @@ class _HttpBackend:
         if isinstance(exc, ConnectionRefusedError):
             return EngineError(f"{self.label}: cannot connect to {origin}: connection refused")
         if isinstance(exc, ssl.SSLError):
-            return EngineError(f"{self.label}: TLS error with {origin}: {exc.reason or exc}")
+            return EngineError(f"{self.label}: TLS error with {origin}: {exc.reason or exc} (a private CA: caBundle "
+                               f"or $SSL_CERT_FILE)")
         if isinstance(exc, http.client.HTTPException | ConnectionError):
             return EngineError(f"{self.label}: {origin} closed the connection before answering")
         if isinstance(exc, OSError):
@@ -264,6 +323,54 @@ def _origin(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{u.scheme}://{host}" + (f":{u.port}" if u.port else "")
+
+
+class _Deadline:
+    """The running request's line: cut when the request is cancelled or its total time is up."""
+
+    def __init__(self, req: FimRequest, total_s: float | None) -> None:
+        self.line = CancelToken()
+        self.passed = False
+        req.cancel.on_cancel(self.line.cancel)
+        self._timer: threading.Timer | None = None
+        if total_s:
+            self._timer = threading.Timer(total_s, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self) -> None:
+        self.passed = True
+        self.line.cancel()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _loopback(host: str) -> bool:
+    return host in LOOPBACK or host.startswith("127.")
+
+
+def _proxy_for(scheme: str, host: str) -> urllib.parse.SplitResult | None:
+    """The proxy $HTTPS_PROXY / $HTTP_PROXY names for `host`, unless $NO_PROXY exempts it; loopback
+    is always reached directly."""
+    if _loopback(host):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    url = proxies.get(scheme)
+    if not url or urllib.request.proxy_bypass_environment(host, proxies):
+        return None
+    if "://" not in url:
+        url = "http://" + url
+    return urllib.parse.urlsplit(url)
+
+
+def _proxy_auth(proxy: urllib.parse.SplitResult) -> dict[str, str]:
+    if proxy.username is None:
+        return {}
+    user = urllib.parse.unquote(proxy.username)
+    password = urllib.parse.unquote(proxy.password or "")
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def _seconds(timeout: float | None) -> str:
@@ -348,7 +455,7 @@ class DaemonBackend(_HttpBackend):
             conn, resp = self._open(req, "POST", url + "/v1/prefetch", body,
                                     {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
             try:
-                self._read(req, conn, resp.read, _origin(url))
+                self._read(req, conn, resp, _origin(url))
             finally:
                 resp.close()
                 conn.close()
@@ -362,13 +469,14 @@ class DaemonBackend(_HttpBackend):
         return len(tok.encode(text, add_special_tokens=False).ids)
 
     def _first_contact(self) -> None:
+        # Nothing loads in this process: usable at once, counting tokens approximately until the
+        # daemon's tokenizer arrives (a pipeline answers nothing while a backend is loading).
+        self.loaded.set()
         try:
             url, token = self._locate()
             self._fetch_tokenizer(url, token)
         except Exception as exc:  # unreachable now: per-request errors will say why
             log.info("engine daemon: %s", exc)
-        finally:
-            self.loaded.set()
 
     def _locate(self) -> tuple[str, str]:
         """(url, token) of the daemon to ask now."""
@@ -406,7 +514,7 @@ class DaemonBackend(_HttpBackend):
         req = FimRequest(doc="", prefix="", suffix="")
         conn, resp = self._open(req, "GET", url + "/v1/tokenizer", None, {"Authorization": f"Bearer {token}"})
         try:
-            body = self._read(req, conn, resp.read, _origin(url))
+            body = self._read(req, conn, resp, _origin(url), limit=MAX_TOKENIZER)
         finally:
             resp.close()
             conn.close()
@@ -431,9 +539,9 @@ class DaemonBackend(_HttpBackend):
                                   f"{'it may have restarted; ' if self.url is None else ''}check "
                                   f"{TOKEN_ENV if self.url is not None else self.file}")
             if resp.status != 200:
-                raise self._http_error(resp.status, resp.reason, self._read(req, conn, resp.read, origin), origin)
+                raise self._http_error(resp.status, resp.reason, self._read(req, conn, resp, origin), origin)
             while True:
-                line = self._read(req, conn, resp.readline, origin)
+                line = self._read(req, conn, resp, origin, line=True)
                 if not line:
                     if req.cancel.cancelled:
                         raise Cancelled("request cancelled")
@@ -602,10 +710,8 @@ class RemoteBackend(_HttpBackend):
         self.model = options.remote_model or api.default_model
         key_env = options.api_key_env or api.key_env
         self._secret = os.environ.get(key_env, "")
+        self.total_timeout = options.request_timeout_ms / 1000 or None
         self.load_error = self._problem(key_env)
-        if self.load_error is None and self._secret and self.url.startswith("http://") \
-                and urllib.parse.urlsplit(self.url).hostname not in LOOPBACK:
-            log.warning("%s: the API key goes to %s over plain http", self.label, _origin(self.url))
         self.loaded.set()
 
     def _problem(self, key_env: str) -> str | None:
@@ -616,6 +722,13 @@ class RemoteBackend(_HttpBackend):
         if not self._secret and (self.api.key_required or self.options.api_key_env):
             return (f"{self.label} needs an API key: set the environment variable {key_env}"
                     + ("" if self.options.api_key_env else " (or name another one with apiKeyEnv)"))
+        u = urllib.parse.urlsplit(self.url)
+        if self._secret and u.scheme == "http" and not _loopback(u.hostname or "") \
+                and not self.options.allow_plain_http_key:
+            return (f"{self.label}: refusing to send the API key in {key_env} over plain http to {_origin(self.url)} "
+                    f"(anyone on the way can read it): use https, or --allow-plain-http-key")
+        if self.options.ca_bundle and not os.path.isfile(os.path.expanduser(self.options.ca_bundle)):
+            return f"{self.label}: caBundle {self.options.ca_bundle} is not a file"
         return None
 
     def _call(self, req: FimRequest) -> FimResult:
@@ -627,7 +740,7 @@ class RemoteBackend(_HttpBackend):
             headers["Authorization"] = f"Bearer {self._secret}"
         conn, resp = self._open(req, "POST", self.url, json.dumps(body).encode(), headers)
         try:
-            raw = self._read(req, conn, resp.read, origin)
+            raw = self._read(req, conn, resp, origin)
         finally:
             resp.close()
             conn.close()

@@ -8,11 +8,16 @@ from __future__ import annotations
 import asyncio
 import json
 import select
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -384,3 +389,142 @@ def test_trusted_options_are_marked_and_refused_only_from_the_client():
     o2, problems = parse_client_options({"backend": "mistral", "maxTokens": 9, "model": "embedded"}, o)
     assert o2.backend == "openai" and o2.max_tokens == 9  # refused, the rest kept
     assert len(problems) == 1 and "backend" in problems[0]  # `model` repeats the value in force: no message
+
+
+# -- transport safety (issue 16): plain-http keys, response size, total time, proxies, private CAs -----
+
+
+def test_an_api_key_never_goes_over_plain_http_to_another_host(monkeypatch):
+    monkeypatch.setenv("TEST_CODESTRAL_KEY", KEY)
+    far = Options(backend="openai", endpoint="http://10.255.255.1:8000", remote_model="m",
+                  api_key_env="TEST_CODESTRAL_KEY")
+    b = open_backend(far)
+    assert "refusing to send the API key in TEST_CODESTRAL_KEY over plain http" in b.load_error
+    assert KEY not in b.load_error
+    with pytest.raises(EngineError, match="plain http"):
+        b.submit(request()).result(10)
+    b.stop()
+    for ok in (far.replace(allow_plain_http_key=True), far.replace(endpoint="https://10.255.255.1:8000"),
+               far.replace(endpoint="http://127.0.0.1:8000")):
+        b = open_backend(ok)
+        assert b.load_error is None, b.load_error
+        b.stop()
+
+
+def test_an_oversized_answer_is_refused(api, monkeypatch):
+    api.answer = {"choices": [{"text": "x" * (5 * 2**20), "finish_reason": "stop"}]}
+    b = backend("openai", api, remoteModel="m")
+    try:
+        with pytest.raises(EngineError, match="larger than 4096 KiB"):
+            b.submit(request()).result(30)
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def drip() -> Iterator[str]:
+    """An API that sends its headers, then one byte every 0.1 s for 5 s: never silent for long."""
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            try:
+                for _ in range(50):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_total_request_time_is_bounded_not_only_each_read(drip):
+    b = open_backend(Options(backend="openai", endpoint=drip, remote_model="m", read_timeout_ms=1000,
+                             request_timeout_ms=500))
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(EngineError, match=r"did not finish answering within 0.5 s \(requestTimeoutMs\)"):
+            b.submit(request()).result(10)
+    finally:
+        b.stop()
+    assert time.monotonic() - t0 < 2
+
+
+def test_http_proxy_from_the_environment_is_used(api, monkeypatch):
+    api.answer = CASES["openai"][2]
+    monkeypatch.setenv("HTTP_PROXY", api.url)  # the fake API plays the proxy: it sees the absolute URL
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    b = open_backend(Options(backend="openai", endpoint="http://api.example.invalid:8000", remote_model="m"))
+    try:
+        assert b.submit(request()).result(10).text == " + b"
+    finally:
+        b.stop()
+    assert api.seen[0].path == "http://api.example.invalid:8000/v1/completions"
+    monkeypatch.setenv("NO_PROXY", "api.example.invalid")
+    b = open_backend(Options(backend="openai", endpoint="http://api.example.invalid:8000", remote_model="m",
+                             connect_timeout_ms=2000))
+    try:
+        with pytest.raises(EngineError, match="cannot reach|did not accept"):  # straight to the (unknown) host
+            b.submit(request()).result(10)
+    finally:
+        b.stop()
+    assert len(api.seen) == 1
+
+
+@pytest.fixture(scope="module")
+def private_ca(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate, server key): a private CA as corporate networks have."""
+    d = tmp_path_factory.mktemp("ca")
+
+    def ssl_cmd(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ssl_cmd("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=codestral-ls test CA")
+    ssl_cmd("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl_cmd("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")
+    return d / "ca.pem", d / "server.pem", d / "server.key"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_https_with_a_private_ca_from_ca_bundle_or_ssl_cert_file(api, private_ca, monkeypatch):
+    ca, cert, key = private_ca
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    api.server.socket = context.wrap_socket(api.server.socket, server_side=True)
+    api.answer = CASES["openai"][2]
+    url = api.url.replace("http://", "https://")
+    options = Options(backend="openai", endpoint=url, remote_model="m")
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    b = open_backend(options)
+    try:
+        with pytest.raises(EngineError, match="TLS error .*caBundle"):
+            b.submit(request()).result(10)
+    finally:
+        b.stop()
+    b = open_backend(options.replace(ca_bundle=str(ca)))
+    try:
+        assert b.submit(request()).result(10).text == " + b"
+    finally:
+        b.stop()
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    b = open_backend(options)
+    try:
+        assert b.submit(request()).result(10).text == " + b"
+    finally:
+        b.stop()
