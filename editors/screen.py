@@ -154,6 +154,24 @@ def _fg(state: str | None, code: str) -> str | None:
     return state
 
 
+def coloured(raw_line: str, fg: str | None) -> str:
+    """The characters of a line (captured with escapes) drawn with foreground `fg`."""
+    out, state, pos = [], None, 0
+    for m in ESC.finditer(raw_line + "\x1b[m"):
+        if state == fg:
+            out.append(raw_line[pos:m.start()])
+        state = _fg(state, m.group(0))
+        pos = m.end()
+    return "".join(out)
+
+
+def next_word(text: str) -> str:
+    """The first word of a suggestion as the clients' accept-word takes it: a line break with its
+    indent, or blanks then a word or a run of symbols."""
+    m = re.match(r"\r?\n[ \t]*|[ \t]*\w+|[ \t]*[^\w\s]+", text)
+    return m.group(0) if m else text
+
+
 def foreground_at(raw: str, text: str) -> tuple[str | None, str | None] | None:
     """On the screen captured with escapes, the foreground colour where `text` starts and where its
     line starts (None: the terminal's default), or None if `text` is not on the screen."""

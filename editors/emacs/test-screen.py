@@ -5,8 +5,9 @@ its colours.
     python3 test-screen.py       # CODESTRAL_LS names the server, EMACS the binary
 
 Checks what a person sees: the model loading and the latency on the mode line (the lighter); the
-ghost text in `reduce(lambda a, b: a|, xs)` appearing without hiding the `, xs)` after the cursor,
-in a colour of its own on a 256-colour terminal; TAB putting exactly that text in the file; and in
+ghost text in `reduce(lambda a, b: |, xs)` appearing without hiding the `, xs)` after the cursor,
+in a colour of its own on a 256-colour terminal; M-f taking its first word and the rest staying on
+screen; TAB putting exactly that text in the file; and in
 the server's traffic: requests for the current buffer only, and a new request right after the
 accept with no key pressed.
 """
@@ -26,7 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 import screen  # noqa: E402  (editors/screen.py)
 
 TIMEOUT_S = float(os.environ.get("CODESTRAL_TIMEOUT", "120"))
-LINE = "total = reduce(lambda a, b: , xs)"
+LINE = "total = reduce(lambda a, b:, xs)"
 SOURCE = f"from functools import reduce\nxs = [1, 2, 3]\n{LINE}\n"
 REDUCE = re.compile(r"reduce\(lambda a, b: (.*)$")
 
@@ -89,22 +90,22 @@ def main() -> int:
             check(False, f"no model load on screen: {exc}")
         check(any("loading" in l for l in lighters), f"the mode line never said the model was loading: {set(lighters)}")
 
-        # To the line, before `, xs)`, and type `a` (the ghost text follows an edit).
+        # To the line, before `, xs)`, and type a space (the ghost text follows an edit).
         scr.keys("M->", "C-p", "C-e", "C-b", "C-b", "C-b", "C-b", "C-b")
-        scr.type("a")
+        scr.type(" ")
         t0 = time.monotonic()
 
         def ghost(text: str, raw: str):
             for line in raw.splitlines():
                 m = REDUCE.search(screen.plain(line))
-                if m and not m.group(1).startswith("a, xs)"):
+                if m and not m.group(1).startswith(", xs)"):
                     return m.group(1), line
             return None
 
         shown, raw_line = scr.wait("the ghost text", ghost, TIMEOUT_S, each=watch)
         print(f"screen: ghost text after {time.monotonic() - t0:.1f} s: {shown!r}", flush=True)
         body = shown.rstrip()
-        suggestion = body[1:body.rindex(", xs)")] if ", xs)" in body else body[1:]
+        suggestion = body[:body.rindex(", xs)")] if ", xs)" in body else body
         check(suggestion, f"no suggestion between the code: {shown!r}")
         ghost_fg, _ = screen.foreground_at(raw_line, suggestion)
         typed_fg, _ = screen.foreground_at(raw_line, "lambda")
@@ -112,9 +113,27 @@ def main() -> int:
         check(ghost_fg is not None and ghost_fg != typed_fg,
               f"the ghost text is drawn like code (fg {ghost_fg}): {raw_line!r}")
 
+        # M-f takes the first word; the rest stays on screen in the ghost colour, no key pressed.
+        word = screen.next_word(suggestion)
+        rest = suggestion[len(word):]
+        if rest.strip() and ghost_fg is not None:
+            scr.keys("M-f")
+
+            def rest_shown(text: str, raw: str):
+                for line in raw.splitlines():
+                    if f"lambda a, b: {word}" in screen.plain(line) and \
+                            screen.coloured(line, ghost_fg).strip() == rest.strip():
+                        return line
+                return None
+            try:
+                line = scr.wait("the rest after M-f", rest_shown, 10, each=watch)
+                print(f"screen: after M-f the rest {rest!r} is shown: {screen.plain(line).strip()!r}", flush=True)
+            except AssertionError:
+                check(False, f"after M-f the rest {rest!r} is not shown as ghost text")
+
         asked_before = len(screen.asked_uris(stdin_log))
         scr.keys("Tab")
-        expected = f"total = reduce(lambda a, b: a{suggestion}, xs)"
+        expected = f"total = reduce(lambda a, b: {suggestion}, xs)"
         try:
             scr.wait("the accepted line", lambda text, raw: expected in text, 10, each=watch)
         except AssertionError:

@@ -74,6 +74,7 @@ def main(nvim: str) -> int:
 
     try:
         def watch(text: str, raw: str) -> None:
+            check("Press ENTER" not in text, f"a hit-enter prompt: {text.strip()[-200:]!r}")
             check("must be a JSON object" not in text, f"the server refused the options: {text.strip()[-200:]!r}")
             if re.search(r"codestral: loading", text):
                 seen_loading.append(text)
@@ -120,6 +121,25 @@ def main(nvim: str) -> int:
         ghost_fg, line_fg = screen.foreground_at(raw_line, suggestion)
         print(f"screen: suggestion {suggestion!r} drawn with fg {ghost_fg}, code with fg {line_fg}", flush=True)
         check(ghost_fg is not None, f"the ghost text is drawn in the default colour, like code: {raw_line!r}")
+
+        # <M-Right> takes the first word; the rest stays on screen in the ghost colour, no key pressed.
+        word = screen.next_word(suggestion)
+        rest = suggestion[len(word):]
+        if rest.strip() and ghost_fg is not None:
+            scr.keys("M-Right")
+
+            def rest_shown(text: str, raw: str):
+                for line in raw.splitlines():
+                    if REDUCE.search(screen.plain(line)) and f"=> {word}" in screen.plain(line) \
+                            and screen.coloured(line, ghost_fg).strip() == rest.strip():
+                        return line
+                return None
+            try:
+                line = scr.wait("the rest after <M-Right>", rest_shown, 10, each=watch)
+                print(f"screen: after <M-Right> the rest {rest!r} is shown: {screen.plain(line).strip()!r}",
+                      flush=True)
+            except AssertionError:
+                check(False, f"after <M-Right> the rest {rest!r} is not shown as ghost text")
 
         scr.keys("Tab")
         expected = f"const total = xs.reduce((a, b) => {suggestion});"
