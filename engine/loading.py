@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,8 +181,6 @@ def load_torch(spec: ModelSpec, progress: embedded.Progress | None = None) -> Lo
     device = resolve_device(spec.device)
     if spec.quantize == "nf4" and device != "cuda":
         raise ModelLoadError("--quantize nf4 needs a CUDA device (bitsandbytes); use int8 or none on CPU")
-    if not spec.allow_download:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -200,10 +197,13 @@ def load_torch(spec: ModelSpec, progress: embedded.Progress | None = None) -> Lo
         progress(f"loading {description}", 95)
     try:
         # Mistral models tokenize with mistral-common when they ship its file (tokenizer.model.v3).
+        # Offline per call, not through $HF_HUB_OFFLINE: an environment variable set once would
+        # outlive this load, and allowDownload turned on later could never download.
+        offline = not spec.allow_download
         tokenizer = mistral_format.load_tokenizer(source) or AutoTokenizer.from_pretrained(
-            source, trust_remote_code=spec.trust_remote_code)
+            source, trust_remote_code=spec.trust_remote_code, local_files_only=offline)
         model = (mistral_format.load_model(source, **kwargs) if mistral_format.is_mistral_layout(source)
-                 else AutoModelForCausalLM.from_pretrained(source, **kwargs))
+                 else AutoModelForCausalLM.from_pretrained(source, local_files_only=offline, **kwargs))
     except ModelLoadError:
         raise
     except Exception as exc:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import sys
 import uuid
 from concurrent.futures import Future
@@ -304,16 +303,59 @@ async def test_no_network_listener_and_no_connections_by_default(srv):
     assert all(child.net_connections(kind="inet") == [] for child in children)
 
 
-def test_no_pickle_loading_anywhere():
-    offenders = []
-    for folder in ("server", "engine"):
-        for path in (ROOT / folder).rglob("*.py"):
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if re.search(r"\btorch\.load\(", line) and "weights_only=True" not in line:
-                    offenders.append(f"{path}:{n}")
-                if re.search(r"\b(pickle|dill|joblib)\.loads?\(", line):
-                    offenders.append(f"{path}:{n}")
-    assert offenders == []
+class _Payload:
+    """Unpickling this runs a shell command: what a malicious pytorch_model.bin carries."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickled_checkpoint_is_never_unpickled(tiny_model_dir, tmp_path):
+    """Behaviour, not a grep: a model folder whose weights are a pickle that runs code when loaded
+    is refused, and the code never runs (the CLI, as a user would pass it)."""
+    import shutil
+    import subprocess
+
+    import torch
+
+    folder = tmp_path / "pickled-model"
+    shutil.copytree(tiny_model_dir, folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    marker = tmp_path / "code-ran"
+    torch.save({"model.embed_tokens.weight": _Payload(marker)}, folder / "pytorch_model.bin")
+    r = subprocess.run([sys.executable, "-m", "codestral_ls.server", "complete", "--model", str(folder),
+                        "--device", "cpu", "server/samples/sample.py:8:11"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "CODESTRAL_LS_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 2 and "codestral-ls: error: cannot load model" in r.stderr, r.stderr[-2000:]
+    assert not marker.exists()  # the payload never ran
+    torch.load(folder / "pytorch_model.bin", weights_only=False)  # the control: loading it does run it
+    assert marker.exists()
+
+
+def test_allow_download_later_is_not_undone_by_an_earlier_offline_load(tiny_model_dir, monkeypatch):
+    """Issue 16: the first offline load set $HF_HUB_OFFLINE for the whole process, so turning
+    allowDownload on later could never download. Offline is now per call (local_files_only)."""
+    import transformers
+    from codestral_ls.engine.loading import ModelSpec, load_model
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    load_model(ModelSpec(model=str(tiny_model_dir), device="cpu", runner="torch"))
+    assert "HF_HUB_OFFLINE" not in os.environ
+    seen: list[Any] = []
+
+    def model(source: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("local_files_only"))
+        raise RuntimeError("stop here")  # nothing is downloaded
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model)
+    for allow in (False, True):
+        with pytest.raises(Exception, match="stop here"):
+            load_model(ModelSpec(model=str(tiny_model_dir), device="cpu", runner="torch", allow_download=allow))
+    assert seen == [True, False]
 
 
 def test_folder_models_load_from_safetensors_and_no_remote_code(tiny_model_dir, monkeypatch):
