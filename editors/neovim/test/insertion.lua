@@ -1,4 +1,5 @@
--- Headless unit test of util.insertion: what the ghost text shows for an inline item with a range.
+-- Headless unit test of util.insertion: what the ghost text shows for an inline item with a range;
+-- and util.next_part, what a word or line accept takes.
 -- An item that replaces auto-closed brackets after the cursor and ends with them is drawn as the
 -- plain insertion before them (never over them); typed text before the cursor is skipped.
 --   nvim --headless -u NONE -i NONE -c 'luafile test/insertion.lua'
@@ -32,6 +33,11 @@ local ok, err = pcall(function()
   case('f(a, b)', 2, { insertText = 'x', range = range(2, 6) }, 'x', 6)
   -- A range that does not contain the cursor: nothing.
   case('abc', 1, { insertText = 'x', range = range(2, 3) }, nil)
+
+  -- Partial accepts: a word, a line with its line break.
+  assert(util.next_part('a + b', 'word') == 'a' and util.next_part(' + b', true) == ' +')
+  assert(util.next_part('x = 1\n    y = 2', 'line') == 'x = 1\n')
+  assert(util.next_part('x = 1', 'line') == 'x = 1')
 end)
 io.stderr:write((ok and 'PASS: util.insertion' or ('FAIL: ' .. tostring(err))) .. '\n')
 vim.cmd(ok and 'qall!' or 'cquit!')

@@ -149,7 +149,7 @@ function M.accept(bufnr, word)
   if not rest then
     return false
   end
-  local part = word and util.next_word(rest) or rest
+  local part = word and util.next_part(rest, word) or rest
   local item, client = s.item, vim.lsp.get_client_by_id(s.client_id)
   vim.schedule(function()
     M.clear(bufnr)

@@ -14,7 +14,7 @@ M.defaults = {
   },
   renderer = 'auto', -- 'native' (vim.lsp.inline_completion), 'extmark', or 'auto': native where there is one
   debounce = 75, -- ms of quiet before asking (extmark renderer; native waits 200 ms)
-  keymaps = { accept = '<Tab>', accept_word = '<M-Right>', dismiss = '<C-]>' }, -- false: no mapping
+  keymaps = { accept = '<Tab>', accept_word = '<M-Right>', accept_line = '<M-C-Right>', dismiss = '<C-]>' }, -- false: no mapping
 }
 M.config = vim.deepcopy(M.defaults)
 M.did_setup = false
@@ -40,8 +40,10 @@ local function client_of(bufnr)
   end
 end
 
--- Accepts the shown suggestion (`word`: its next word only). Returns false when none is shown.
-function M.accept(word, bufnr)
+-- Accepts the shown suggestion; `part` true or 'word': its next word only, 'line': up to the end of
+-- its first line (with the line break). Returns false when none is shown.
+function M.accept(part, bufnr)
+  local word = part
   bufnr = (bufnr == nil or bufnr == 0) and api.nvim_get_current_buf() or bufnr
   if not M.native() then
     return ghost().accept(bufnr, word)
@@ -59,7 +61,7 @@ function M.accept(word, bufnr)
       local row, col = unpack(api.nvim_win_get_cursor(0))
       local typed = r and r.start.row == row - 1 and api.nvim_get_current_line():sub(r.start.col + 1, col) or ''
       if text:sub(1, #typed) == typed then
-        local part = util.next_word(text:sub(#typed + 1))
+        local part = util.next_part(text:sub(#typed + 1), word)
         util.insert(part)
         local client = vim.lsp.get_client_by_id(item.client_id)
         if #typed + #part >= #text then
@@ -337,7 +339,8 @@ local function on_attach(client, bufnr)
   end
   local k = M.config.keymaps or {}
   map(bufnr, k.accept, function(b) return M.accept(false, b) end, 'codestral: accept the suggestion')
-  map(bufnr, k.accept_word, function(b) return M.accept(true, b) end, 'codestral: accept the next word')
+  map(bufnr, k.accept_word, function(b) return M.accept('word', b) end, 'codestral: accept the next word')
+  map(bufnr, k.accept_line, function(b) return M.accept('line', b) end, 'codestral: accept the next line')
   map(bufnr, k.dismiss, M.dismiss, 'codestral: hide the suggestion')
 end
 

@@ -35,6 +35,15 @@ function M.next_word(text)
   return text:match('^\r?\n[ \t]*') or text:match('^[ \t]*[%w_]+') or text:match('^[ \t]*[^%w_%s]+') or text
 end
 
+-- The part of a suggestion that a partial accept takes: `kind` 'line' up to the end of its first
+-- line (with the line break), else (true, 'word') its next word.
+function M.next_part(text, kind)
+  if kind == 'line' then
+    return text:match('^[^\n]*\n') or text
+  end
+  return M.next_word(text)
+end
+
 -- Inserts text at the cursor of the current window and moves the cursor after it.
 function M.insert(text)
   local row, col = unpack(api.nvim_win_get_cursor(0))
