@@ -30,6 +30,7 @@ from codestral_ls.server.context import build_context
 from codestral_ls.server.cursor import Cursor, language_for, read_cursor
 from codestral_ls.server.options import Options
 from codestral_ls.server.postprocess import first_words, misfit, postprocess, replaced_after
+from codestral_ls.server.privacy import shareable
 from codestral_ls.server.speed import DeviceSpeed
 from codestral_ls.server.stats import Stats
 from codestral_ls.server.typed_cache import Shown, TypedThroughCache
@@ -259,6 +260,8 @@ class Completer:
         for other in self.other_documents(doc.uri):
             if budget <= 0:
                 break
+            if not shareable(other.uri, other.language_id, self.options.secret_files, self.options.disabled_languages):
+                continue  # credentials, or a language the user turned off: never sent (server/privacy.py)
             head = other.text[:budget]
             head = head[: head.rfind("\n") + 1] or head
             out.append((other.uri.rsplit("/", 1)[-1], head))

@@ -324,6 +324,25 @@ async def test_pipeline_appends_what_was_typed_to_the_prompt(api, monkeypatch):
         b.stop()
 
 
+async def test_secrets_and_disabled_languages_are_never_sent_as_context(api):
+    api.answer = CASES["llamacpp"][2]
+    b = backend("llamacpp", api)
+    others = [Document("file:///w/.env", "API_TOKEN=hunter2\n", "dotenv"),
+              Document("file:///w/keys/server.pem", "-----BEGIN PRIVATE KEY-----\n", "plaintext"),
+              Document("file:///home/u/.ssh/config", "Host *\n", "sshconfig"),
+              Document("file:///w/notes.md", "my private notes\n", "markdown"),
+              Document("file:///w/util.py", "def sub(a, b):\n    return a - b\n", "python")]
+    completer = Completer(b, Options(backend="llamacpp", disabled_languages=("markdown",)), None, lambda uri: others)
+    try:
+        text = "def add(a, b):\n    return \n"
+        await completer.complete(Document("file:///w/p.py", text, "python"), text.index("return ") + 7)
+    finally:
+        b.stop()
+    sent = api.seen[-1].body["input_extra"]
+    assert [f["filename"] for f in sent] == ["util.py"]
+    assert "hunter2" not in json.dumps(api.seen[-1].body)
+
+
 @pytest.mark.asyncio(loop_scope="session")
 async def test_lsp_server_with_a_remote_backend(api):
     api.answer = {"choices": [{"message": {"content": "a + b"}, "finish_reason": "stop"}]}
@@ -528,3 +547,16 @@ def test_https_with_a_private_ca_from_ca_bundle_or_ssl_cert_file(api, private_ca
         assert b.submit(request()).result(10).text == " + b"
     finally:
         b.stop()
+
+
+@pytest.mark.parametrize("uri, secret", [
+    ("file:///w/.env", True), ("file:///w/.env.production", True), ("file:///w/certs/Server.PEM", True),
+    ("file:///w/deploy/id_ed25519", True), ("file:///home/u/.aws/config", True), ("file:///w/.npmrc", True),
+    ("file:///w/envoy.py", False), ("file:///w/src/keys.py", False), ("file:///w/pem.rs", False),
+])
+def test_the_secret_file_list(uri, secret):
+    from codestral_ls.server.options import SECRET_FILES
+    from codestral_ls.server.privacy import is_secret
+
+    assert is_secret(uri, SECRET_FILES) is secret
+    assert is_secret(uri, ("*.py",)) is uri.endswith(".py") or ".aws/" in uri  # the list is configurable
