@@ -299,9 +299,16 @@ async def inprocess_phase(args: argparse.Namespace, tasks: list[dict[str, Any]],
     proxy = _NoPrefetch(worker)
     out: Answers = {}
 
+    errors: list[str] = []
+
     async def pipe(doc: Any, offset: int, opts: Options, disabled: frozenset[str] = frozenset()) -> tuple[str, float]:
         t0 = time.perf_counter()
-        s = await Completer(proxy, opts, disabled_filters=disabled).complete(doc, offset)  # type: ignore[arg-type]
+        try:
+            s = await Completer(proxy, opts, disabled_filters=disabled).complete(doc, offset)  # type: ignore[arg-type]
+        except Exception as exc:  # a pipeline fault is that task's empty answer, counted, as the server does
+            errors.append(f"{doc.uri}: {type(exc).__name__}: {exc}"[:300])
+            print(f"  pipeline error: {errors[-1]}", flush=True)
+            s = None
         return (s.text if s is not None else ""), (time.perf_counter() - t0) * 1000
 
     async def raw(uri: str, hole: Hole, single: bool) -> tuple[str, float]:
@@ -344,7 +351,7 @@ async def inprocess_phase(args: argparse.Namespace, tasks: list[dict[str, Any]],
     model = {"source": engine.loaded.source, "device": engine.loaded.device, "dtype": engine.loaded.dtype,
              "quantize": engine.loaded.quantize, "fim": engine.encoder.profile.name}
     return out, {"options": dataclasses.asdict(options), "load_s": round(load_s, 1), "model": model,
-                 "peak_rss_mib": peak_rss_mib()}
+                 "peak_rss_mib": peak_rss_mib(), "errors": errors}
 
 
 def llama_main(gguf: str, prompts: list[tuple[str, str]], max_tokens: int, first_line: bool, device: str,
