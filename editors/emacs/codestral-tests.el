@@ -102,6 +102,19 @@ Then wait until the model is loaded."
     (codestral-eglot-register)
     (should (= n (length eglot-server-programs)))))
 
+(ert-deftest codestral-0-accept-line ()
+  "C-M-f takes the suggestion up to its first line break; the rest stays shown."
+  (with-temp-buffer
+    (insert "if x:\n    ")
+    (codestral--show (list :text "a = 1\n    b = 2" :partial 0))
+    (should (eq (key-binding (kbd "C-M-f")) #'codestral-accept-line))
+    (codestral-accept-line)
+    (should (equal (buffer-string) "if x:\n    a = 1\n"))
+    (should (equal (codestral-suggestion-text) "    b = 2"))
+    (codestral-accept-line)                 ; the last line: all of it
+    (should (equal (buffer-string) "if x:\n    a = 1\n    b = 2"))
+    (should-not (codestral-visible-p))))
+
 (ert-deftest codestral-1-completion-at-point ()
   "Eglot's completion-at-point offers and inserts the suggestion, and reports it."
   (with-current-buffer (codestral-test--visit "capf.py" codestral-test-text)

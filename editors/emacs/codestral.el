@@ -262,6 +262,7 @@ terminals alike; `shadow' elsewhere.")
     (define-key map (kbd "TAB") #'codestral-accept)
     (define-key map (kbd "<tab>") #'codestral-accept)
     (define-key map (kbd "M-f") #'codestral-accept-word)
+    (define-key map (kbd "C-M-f") #'codestral-accept-line)
     map)
   "Keymap active only while a suggestion is shown.")
 
@@ -295,7 +296,8 @@ partial accepts.")
 (defvar-local codestral--stash nil "Suggestion hidden before a self-insert: (POINT . SUGGESTION).")
 (defvar-local codestral--inserting nil "Non-nil while codestral itself edits the buffer.")
 
-(defconst codestral--own-commands '(codestral-accept codestral-accept-word codestral-complete)
+(defconst codestral--own-commands '(codestral-accept codestral-accept-word codestral-accept-line
+                                                      codestral-complete)
   "Commands that do not hide the suggestion before they run.")
 
 (defun codestral--clear ()
@@ -599,23 +601,35 @@ Turn it off otherwise.  Meant for `eglot-managed-mode-hook'."
     (when codestral-auto-trigger
       (codestral--schedule))))
 
+(defun codestral--accept-part (n)
+  "Insert the first N characters of the suggestion and keep showing the rest."
+  (let* ((suggestion codestral--suggestion)
+         (text (plist-get suggestion :text)))
+    (if (>= n (length text))
+        (codestral-accept)
+      (codestral--clear)
+      (codestral--insert (substring text 0 n))
+      (codestral--notify-partial (plist-get suggestion :server) (plist-get suggestion :command) n)
+      (codestral--show (append (list :text (substring text n)
+                                     :partial (+ n (plist-get suggestion :partial)))
+                               suggestion)))))
+
 (defun codestral-accept-word ()
   "Insert the next word of the suggestion and keep showing the rest."
   (interactive)
   (unless (codestral-visible-p)
     (user-error "[codestral] no suggestion"))
-  (let* ((suggestion codestral--suggestion)
-         (text (plist-get suggestion :text))
-         (n (if (string-match "\\`\\W*\\w+" text) (match-end 0) (length text)))
-         (word (substring text 0 n)))
-    (if (= n (length text))
-        (codestral-accept)
-      (codestral--clear)
-      (codestral--insert word)
-      (codestral--notify-partial (plist-get suggestion :server) (plist-get suggestion :command) n)
-      (codestral--show (append (list :text (substring text n)
-                                     :partial (+ n (plist-get suggestion :partial)))
-                               suggestion)))))
+  (let ((text (plist-get codestral--suggestion :text)))
+    (codestral--accept-part (if (string-match "\\`\\W*\\w+" text) (match-end 0) (length text)))))
+
+(defun codestral-accept-line ()
+  "Insert the suggestion up to the end of its first line (with the line break).
+The rest stays shown."
+  (interactive)
+  (unless (codestral-visible-p)
+    (user-error "[codestral] no suggestion"))
+  (let ((text (plist-get codestral--suggestion :text)))
+    (codestral--accept-part (if (string-match "\n" text) (match-end 0) (length text)))))
 
 ;;;; What the server says: status, progress, longer suggestions
 
