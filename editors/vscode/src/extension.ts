@@ -11,6 +11,7 @@ import {
   DidChangeConfigurationNotification,
   LanguageClient,
   type LanguageClientOptions,
+  type Middleware,
   type ServerOptions,
   State,
 } from "vscode-languageclient/node";
@@ -108,30 +109,7 @@ async function startClient(): Promise<void> {
     documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
     initializationOptions: currentServerSettings(),
     outputChannel: output,
-    middleware: {
-      async provideInlineCompletionItems(document, position, context, token, next) {
-        const manual = context.triggerKind === vscode.InlineCompletionTriggerKind.Invoke;
-        if (!manual && !enabledFor(document.languageId)) return null;
-        const started = Date.now();
-        const result = await next(document, position, context, token);
-        if (!token.isCancellationRequested) status.answered(Date.now() - started);
-        return result;
-      },
-      // The server's textDocument/completion is a fallback for editors without inline completion;
-      // here it would duplicate the ghost text in the suggest widget and compete for the model.
-      provideCompletionItem: () => undefined,
-      handleWorkDoneProgress(token, params, next) {
-        if (token === LOAD_PROGRESS_TOKEN) {
-          if (params.kind === "end") {
-            if (params.message?.startsWith("failed")) status.error(params.message);
-            else status.ready();
-          } else {
-            status.loading(params.message, params.percentage);
-          }
-        }
-        next(token, params);
-      },
-    },
+    middleware,
   };
 
   const c = new LanguageClient(SECTION, "Codestral", serverOptions, clientOptions);
@@ -144,18 +122,8 @@ async function startClient(): Promise<void> {
     getState: () => ({ kind: "static" }),
     clear() {},
   });
-  c.onNotification("codestral/status", (params: ServerStatus) => status.server(params));
-  c.onNotification("codestral/suggestionUpdated", (params: SuggestionUpdated) => {
-    const editor = vscode.window.activeTextEditor;
-    const here = editor && {
-      uri: editor.document.uri.toString(),
-      line: editor.selection.active.line,
-      character: editor.selection.active.character,
-      empty: editor.selection.isEmpty,
-    };
-    // The cursor is still there: show the longer suggestion without a keystroke.
-    if (shouldRetrigger(params, here)) void vscode.commands.executeCommand("editor.action.inlineSuggest.trigger");
-  });
+  c.onNotification("codestral/status", onServerStatus);
+  c.onNotification("codestral/suggestionUpdated", onSuggestionUpdated);
   c.onDidChangeState((e) => {
     if (e.newState === State.Stopped && client === c) status.error("server stopped (see the Codestral output)");
   });
@@ -191,6 +159,53 @@ function noteFocus(): void {
     });
   }, FOCUS_DEBOUNCE_MS);
 }
+
+/** What the extension adds between VS Code and the protocol: the toggle and disabled languages, the
+ * latency and load progress on the status bar, no completion-widget duplicates. */
+const middleware: Middleware = {
+  async provideInlineCompletionItems(document, position, context, token, next) {
+    const manual = context.triggerKind === vscode.InlineCompletionTriggerKind.Invoke;
+    if (!manual && !enabledFor(document.languageId)) return null;
+    const started = Date.now();
+    const result = await next(document, position, context, token);
+    if (!token.isCancellationRequested) status.answered(Date.now() - started);
+    return result;
+  },
+  // The server's textDocument/completion is a fallback for editors without inline completion;
+  // here it would duplicate the ghost text in the suggest widget and compete for the model.
+  provideCompletionItem: () => undefined,
+  handleWorkDoneProgress(token, params, next) {
+    if (token === LOAD_PROGRESS_TOKEN) {
+      if (params.kind === "end") {
+        if (params.message?.startsWith("failed")) status.error(params.message);
+        else status.ready();
+      } else {
+        status.loading(params.message, params.percentage);
+      }
+    }
+    next(token, params);
+  },
+};
+
+/** `codestral/status`: the status bar says what the server is doing and why nothing is shown. */
+function onServerStatus(params: ServerStatus): void {
+  status.server(params);
+}
+
+/** `codestral/suggestionUpdated`: a longer suggestion where the cursor still is shows with no keystroke. */
+function onSuggestionUpdated(params: SuggestionUpdated): void {
+  const editor = vscode.window.activeTextEditor;
+  const here = editor && {
+    uri: editor.document.uri.toString(),
+    line: editor.selection.active.line,
+    character: editor.selection.active.character,
+    empty: editor.selection.isEmpty,
+  };
+  if (shouldRetrigger(params, here)) void vscode.commands.executeCommand("editor.action.inlineSuggest.trigger");
+}
+
+/** For the tests (test/middleware.test.mjs): the extension's own handlers, driven by a real server. */
+export const testing = { middleware, onServerStatus, onSuggestionUpdated };
 
 async function stopClient(): Promise<void> {
   const c = client;

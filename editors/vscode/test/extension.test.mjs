@@ -10,59 +10,10 @@ import { createRequire } from "node:module";
 import { test } from "node:test";
 
 const require = createRequire(import.meta.url);
+const stub = require("./vscode-stub.cjs");
 const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
 
-const settings = { serverPath: "/nowhere/codestral-ls", enabled: true, disabledLanguages: [] };
-const updates = [];
-const errors = [];
-const warnings = [];
-const commands = new Map();
-const statusItem = { show() {}, dispose() {} };
-const disposable = { dispose() {} };
-const channel = { info() {}, warn() {}, error() {}, appendLine() {}, show() {}, dispose() {} };
-
-const api = {
-  window: {
-    createOutputChannel: () => channel,
-    createStatusBarItem: () => statusItem,
-    showErrorMessage: async (message) => void errors.push(message),
-    showWarningMessage: async (message) => void warnings.push(message),
-    onDidChangeActiveTextEditor: () => disposable,
-    onDidChangeTextEditorSelection: () => disposable,
-    activeTextEditor: undefined,
-  },
-  workspace: {
-    workspaceFolders: undefined,
-    isTrusted: true,
-    onDidGrantWorkspaceTrust: () => disposable,
-    getConfiguration: () => ({
-      get: (key, fallback) => settings[key] ?? fallback,
-      inspect: (key) => ({ key, globalValue: settings[key] }),
-      update: async (key, value, target) => void updates.push({ key, value, target }),
-    }),
-    onDidChangeConfiguration: () => disposable,
-  },
-  commands: {
-    registerCommand: (id, fn) => (commands.set(id, fn), disposable),
-    executeCommand: async () => undefined,
-  },
-  StatusBarAlignment: { Left: 1, Right: 2 },
-  ConfigurationTarget: { Global: 1, Workspace: 2, WorkspaceFolder: 3 },
-  InlineCompletionTriggerKind: { Invoke: 0, Automatic: 1 },
-  ThemeColor: class {
-    constructor(id) {
-      this.id = id;
-    }
-  },
-};
-// vscode-languageclient subclasses and reads vscode classes at load time: give it empty ones.
-const vscode = new Proxy(api, { get: (target, key) => (key in target ? target[key] : class {}) });
-
-const Module = require("node:module");
-const load = Module._load;
-Module._load = function (request, ...rest) {
-  return request === "vscode" ? vscode : load.call(this, request, ...rest);
-};
+const { settings, updates, errors, warnings, commands, statusItem, api } = stub;
 
 test("activates, registers the contributed commands, and reports a missing server", async () => {
   const extension = require("../out/extension.js");
