@@ -2,7 +2,10 @@
 errors) and runs its ERT tests in `emacs --batch` with Eglot 1.9 against the real server and the
 embedded model: completion-at-point through Eglot inserts `a + b`; codestral-mode's debounced
 textDocument/inlineCompletion shows the ghost text, TAB accepts it, the acceptance reaches the
-server. Then test-tty.py does the same with real keystrokes in `emacs -nw` on a pseudo-terminal."""
+server; stale requests are cancelled; TAB asks again; the server's notifications reach the lighter
+and the ghost text. Then test-tty.py does the same with real keystrokes in `emacs -nw` on a
+pseudo-terminal, and test-screen.py runs `emacs -Q -nw` in tmux with the README's snippet and three
+buffers open, asserting on the captured screen."""
 
 from __future__ import annotations
 

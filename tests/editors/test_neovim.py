@@ -1,6 +1,9 @@
 """The Neovim client end to end: editors/neovim/test.sh drives headless Neovim 0.12 (PyPI wheel, native
 vim.lsp.inline_completion and the extmark fallback) and Neovim 0.7 (Debian's, extmark fallback) against
-the real server and the embedded model: type, see the ghost text, accept it, check the line."""
+the real server and the embedded model: type, see the ghost text, accept it, check the line; then
+runs each in tmux (test/screen_test.py) with the README's snippet and three buffers open, asserting on
+the captured screen: load progress and status, ghost text never over the code after the cursor, in a
+colour of its own, accept word then rest, only the current buffer asked."""
 
 from __future__ import annotations
 

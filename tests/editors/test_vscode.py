@@ -1,7 +1,9 @@
 """The VS Code client end to end: editors/vscode/test.sh installs it (npm ci), type-checks and bundles
 it, packages the .vsix with vsce, then drives the real server over stdio with
 vscode-languageserver-protocol (the library under vscode-languageclient) and the extension's own
-initializationOptions: inline completion, acceptance, typed-through, settings change, stats."""
+initializationOptions: inline completion, acceptance, typed-through, settings change, stats; and the
+extension's own middleware and notification handlers against the real server (status bar, re-trigger
+on codestral/suggestionUpdated), workspace trust."""
 
 from __future__ import annotations
 

@@ -136,6 +136,29 @@ co = coroutine.create(function()
     assert(status:match('^codestral: '), 'the statusline function says nothing')
   end
   feed('<Esc>')
+
+  -- The cursor comes to rest on another line: codestral/didFocus tells the server (once, debounced).
+  if caps and caps.codestral and caps.codestral.didFocus then
+    local focused = {}
+    local notify = client.notify
+    client.notify = function(...)
+      local a = { ... }
+      local method, params = (a[1] == client and a[2] or a[1]), (a[1] == client and a[3] or a[2])
+      if method == 'codestral/didFocus' then
+        table.insert(focused, params)
+      end
+      return notify(...)
+    end
+    wait_for('normal mode', function() return not api.nvim_get_mode().mode:match('^i') end, 2000)
+    api.nvim_win_set_cursor(0, { 1, 0 })
+    api.nvim_win_set_cursor(0, { 1, 3 }) -- moves within the line: no second notification
+    wait_for('codestral/didFocus', function() return #focused > 0 end, 3000)
+    vim.wait(400)
+    client.notify = notify
+    assert(#focused == 1, ('%d codestral/didFocus notifications, expected 1'):format(#focused))
+    assert(focused[1].position.line == 0 and focused[1].textDocument.uri == uri, vim.inspect(focused[1]))
+    log(('codestral/didFocus: line %d'):format(focused[1].position.line))
+  end
   finish(true, ('line 2 is %q'):format(line()))
 end)
 
