@@ -334,7 +334,7 @@ async def replay_all(system: System, sites: list[Site], typist: Typist,
 
 
 STAT_KEYS = ("requests", "typed_through_hits", "engine_calls", "prompt_tokens", "reused_tokens",
-             "replayed_tokens", "decoded_tokens", "empty", "cancelled", "errors")
+             "replayed_tokens", "decoded_tokens", "empty", "cancelled", "errors", "warm_prompts")
 
 
 class ServerSystem(System):
@@ -396,7 +396,8 @@ class ServerSystem(System):
         self.last = snap
         source = ("typed-through" if delta["typed_through_hits"] else "engine" if delta["engine_calls"]
                   else "cancelled" if delta["cancelled"] else "none")
-        info = {k: delta[k] for k in ("prompt_tokens", "reused_tokens", "replayed_tokens", "decoded_tokens")}
+        info = {k: delta[k] for k in ("prompt_tokens", "reused_tokens", "replayed_tokens", "decoded_tokens",
+                                      "warm_prompts")}  # warm_prompts: the whole prompt was prefilled already
         return text, {"source": source, **info}
 
     def pid(self) -> int | None:
@@ -605,6 +606,9 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
         out["kv_reuse_ratio"] = round(sum(q.get("reused_tokens", 0) for q in reqs) / prompt, 3) if prompt else None
         out["replayed_tokens"] = sum(q.get("replayed_tokens", 0) for q in reqs)
         out["decoded_tokens"] = sum(q.get("decoded_tokens", 0) for q in reqs)
+        engine = [q for q in reqs if q.get("source") == "engine"]
+        out["warm_prompt_rate"] = round(sum(bool(q.get("warm_prompts")) for q in engine) / len(engine), 3) \
+            if engine else None
     return out
 
 
@@ -628,10 +632,11 @@ def report(result: dict[str, Any]) -> str:
                      _ms(s.get("site_first_suggestion_ms")), _pct(s.get("site_first_suggestion_right_rate")),
                      _ms(s.get("site_right_line_ms")), updates, fmt(s["engine_latency_ms"]["p50"]),
                      _pct(s.get("typed_through_hit_rate")), _pct(s.get("kv_reuse_ratio")),
+                     _pct(s.get("warm_prompt_rate")),
                      fmt(s["peak_rss_mib"]), fmt(s.get("load1_mean"), 1), run.get("label", name)])
     header = ["system", "reqs", "p50 ms", "p95 ms", "chars saved", "site->1st sugg. ms", "1st right",
-              "site->right line ms", "updates recv/asked", "engine p50", "typed-thru", "kv reuse", "peak RSS MiB",
-              "load", "what"]
+              "site->right line ms", "updates recv/asked", "engine p50", "typed-thru", "kv reuse", "warm",
+              "peak RSS MiB", "load", "what"]
     files = ", ".join(sorted({s["file"] for r in runs.values() for s in r["sites"]}))
     lines = [f"typing replay, {result['typist']['mode']}, {result['n_sites']} sites ({files}), "
              f"device {result['device']}", table(rows, header),
