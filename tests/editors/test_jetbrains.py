@@ -182,6 +182,12 @@ async def test_template_server_completes_known_good_buffer() -> None:
         language_id = _language_id_for(_load("template.json"), "jetbrains_known_good.py")[0]
         open_doc(client, uri, KNOWN_GOOD, language=language_id)
         here = types.Position(line=1, character=len("    return "))
+        # The server answers nothing while the model loads (LSP4IJ shows its $/progress meanwhile).
+        deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+        while not any(getattr(v, "kind", None) == "end" or (isinstance(v, dict) and v.get("kind") == "end")
+                      for v in client.progress):
+            assert asyncio.get_running_loop().time() < deadline, f"the model did not load: {client.progress}"
+            await asyncio.sleep(0.2)
 
         # LSP4IJ before 0.20: the completion popup.
         completion = await asyncio.wait_for(client.text_document_completion_async(types.CompletionParams(
