@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from codestral_ls.engine.errors import Cancelled, EngineError
-from codestral_ls.engine.request import FimRequest, FimResult, StopRule
+from codestral_ls.engine.request import FimRequest, FimResult
+from codestral_ls.engine.wire import from_wire, to_wire
 
 log = logging.getLogger(__name__)
 
@@ -166,65 +167,27 @@ def pid_alive(pid: int) -> bool:
 
 
 def request_to_wire(req: FimRequest) -> dict[str, Any]:
-    return {"doc": req.doc, "prefix": req.prefix, "suffix": req.suffix, "forced_middle": req.forced_middle,
-            "extra_files": [list(f) for f in req.extra_files], "max_tokens": req.max_tokens,
-            "stop": {"single_line": req.stop.single_line, "max_lines": req.stop.max_lines,
-                     "block_indent": req.stop.block_indent, "stop_strings": list(req.stop.stop_strings),
-                     "line_comment": req.stop.line_comment},
-            "budget_ms": req.budget_ms, "background": req.background, "heal": req.heal, "avoid": list(req.avoid)}
-
-
-def _typed(d: dict[str, Any], key: str, types: type | tuple[type, ...], default: Any = ...) -> Any:
-    if key not in d:
-        if default is ...:
-            raise ValueError(f"missing field {key!r}")
-        return default
-    value = d[key]
-    bad_bool = isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,))
-    if not isinstance(value, types) or bad_bool:
-        raise ValueError(f"field {key!r} has the wrong type ({type(value).__name__})")
-    return value
+    return to_wire(req)
 
 
 def request_from_wire(d: Any) -> FimRequest:
     """A validated FimRequest; ValueError names the first bad field."""
-    if not isinstance(d, dict):
-        raise ValueError("request must be a JSON object")
-    stop = _typed(d, "stop", dict, {})
-    extra = _typed(d, "extra_files", list, [])
-    if not all(isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f) for f in extra):
-        raise ValueError("field 'extra_files' must be a list of [name, text] pairs")
-    strings = _typed(stop, "stop_strings", list, [])
-    if not all(isinstance(x, str) for x in strings):
-        raise ValueError("field 'stop_strings' must be a list of strings")
-    avoid = _typed(d, "avoid", list, [])
-    if not all(isinstance(x, str) for x in avoid):
-        raise ValueError("field 'avoid' must be a list of strings")
-    max_tokens = _typed(d, "max_tokens", int, 64)
-    if not 0 < max_tokens <= 4096:
+    req = from_wire(FimRequest, d, "")
+    if not 0 < req.max_tokens <= 4096:
         raise ValueError("field 'max_tokens' must be between 1 and 4096")
-    budget = _typed(d, "budget_ms", (int, float, type(None)), None)
-    return FimRequest(
-        doc=_typed(d, "doc", str), prefix=_typed(d, "prefix", str), suffix=_typed(d, "suffix", str),
-        forced_middle=_typed(d, "forced_middle", str, ""), extra_files=tuple((a, b) for a, b in extra),
-        max_tokens=max_tokens,
-        stop=StopRule(single_line=_typed(stop, "single_line", bool, False),
-                      max_lines=_typed(stop, "max_lines", int, 12),
-                      block_indent=_typed(stop, "block_indent", (int, type(None)), None),
-                      stop_strings=tuple(strings), line_comment=_typed(stop, "line_comment", str, "")),
-        budget_ms=float(budget) if budget is not None else None, background=_typed(d, "background", bool, True),
-        heal=_typed(d, "heal", bool, True), avoid=tuple(avoid))
+    return req
 
 
 def result_to_wire(r: FimResult) -> dict[str, Any]:
-    return asdict(r)
+    return to_wire(r)
 
 
 def result_from_wire(d: Any) -> FimResult:
-    if not isinstance(d, dict) or not isinstance(d.get("text"), str):
-        raise ValueError("result must be an object with a text")
+    if not isinstance(d, dict):
+        raise ValueError("result must be a JSON object")
+    # A newer daemon may report more counters than this client knows: those are dropped.
     known = {f.name for f in fields(FimResult)}
-    return FimResult(**{k: v for k, v in d.items() if k in known})
+    return from_wire(FimResult, {k: v for k, v in d.items() if k in known}, "result.")
 
 
 # -- the daemon -----------------------------------------------------------------------------------

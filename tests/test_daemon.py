@@ -124,7 +124,19 @@ def test_wire_format_round_trip_and_validation():
     assert (back.doc, back.prefix, back.suffix, back.forced_middle, back.extra_files, back.max_tokens, back.stop,
             back.budget_ms, back.background, back.heal, back.avoid) == (
         "d", "p", "s", "f", (("a.py", "x"),), 9, r.stop, 50.0, False, False, ("return x",))
+    # Derived from the dataclasses: every field but the local cancel token crosses, new ones included.
+    from dataclasses import fields
+
+    assert set(request_to_wire(r)) == {f.name for f in fields(FimRequest)} - {"cancel"}
+    assert set(request_to_wire(r)["stop"]) == {f.name for f in fields(StopRule)}
+    deadline = time.monotonic() + 0.25  # a monotonic instant goes as "seconds from now"
+    wired = request_to_wire(FimRequest(doc="d", prefix="", suffix="", stop=StopRule(line_deadline=deadline)))
+    assert 0 < wired["stop"]["line_deadline"] <= 0.25
+    assert abs(request_from_wire(wired).stop.line_deadline - deadline) < 0.05
     for bad in ({"doc": 1, "prefix": "", "suffix": ""}, {"prefix": "", "suffix": ""},
+                {"doc": "", "prefix": "", "suffix": "", "stop": {"max_lines": "3"}},
+                {"doc": "", "prefix": "", "suffix": "", "extra_files": [["a.py"]]},
+                {"doc": "", "prefix": "", "suffix": "", "cancel": True},
                 {"doc": "", "prefix": "", "suffix": "", "avoid": [1]},
                 {"doc": "", "prefix": "", "suffix": "", "max_tokens": True},
                 {"doc": "", "prefix": "", "suffix": "", "max_tokens": 10**6}):
