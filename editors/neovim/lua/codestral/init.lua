@@ -221,6 +221,8 @@ local function pos_of(bufnr, position, client)
 end
 
 -- `codestral/suggestionUpdated`: a longer suggestion is ready where the cursor may still be.
+local REGROW_MS = 100
+local regrow = { timer = nil, pending = nil, last = 0 }
 local function on_suggestion_updated(_, params, ctx)
   local doc, position = type(params) == 'table' and params.textDocument, params and params.position
   local bufnr = api.nvim_get_current_buf()
@@ -233,7 +235,18 @@ local function on_suggestion_updated(_, params, ctx)
   if not col then
     return
   end
-  ask_again(bufnr, position.line, col)
+  -- The server may send one per decoded token: ask at most every 100 ms (the last one always).
+  regrow.pending = { bufnr, position.line, col }
+  if regrow.timer then
+    return
+  end
+  local now = (vim.uv or vim.loop).now()
+  regrow.timer = vim.defer_fn(function()
+    regrow.timer, regrow.last = nil, (vim.uv or vim.loop).now()
+    local p = regrow.pending
+    regrow.pending = nil
+    ask_again(p[1], p[2], p[3])
+  end, math.max(0, REGROW_MS - (now - regrow.last)))
 end
 
 -- Native renderer, client side of the request: Neovim 0.12-dev builds before neovim/neovim#35965
