@@ -165,7 +165,8 @@ class Engine:
         """The suggestion for `req`; raises `Cancelled` if its cancel token is set meanwhile."""
         t0 = time.perf_counter()
         self._background = None  # a new request always wins over prefetch work
-        prompt = self.encoder.build(req.prefix, req.suffix, req.forced_middle, req.extra_files, heal=req.heal)
+        prompt = self.encoder.build(req.prefix, req.suffix, req.forced_middle, req.extra_files, heal=req.heal,
+                                     path=req.path, repo=req.repo)
         entry, shared = self.store.take(req.doc, prompt.ids)
         st = _Decode(req, prompt, entry, Constraint(self.heal, prompt.heal, req.avoid),
                      FimResult(text="", finish="", prompt_tokens=len(prompt.ids)))

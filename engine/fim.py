@@ -14,6 +14,13 @@ cursor is taken back out of the prompt and the model is constrained to regenerat
 in the middle of a word (or after indentation) does not force an unnatural token boundary. With
 nothing typed, the prompt is exactly the family's prompt minus that token, and `heal` is exactly
 its text (decoded piece by piece, so a SentencePiece "▁return" owes " return").
+
+Extra context (other files' snippets, server/retrieval.py) goes first, where each family reads it
+and where it keeps the KV cache: typing in the current file changes only what comes after it.
+Families trained on repository context (Qwen2.5-Coder, StarCoder2) get their training layout,
+`<|repo_name|>repo\n<|file_sep|>path\ntext\n…<|file_sep|>current path\n<|fim_prefix|>…`; the
+others (Codestral, DeepSeek, CodeLlama) get the files as text after BOS, before the FIM tokens,
+each under a comment naming its path. Without extra files the prompt is the family's plain one.
 """
 
 from __future__ import annotations
@@ -200,11 +207,13 @@ class FimEncoder:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def build(self, prefix: str, suffix: str, forced_middle: str = "",
-              extra_files: tuple[tuple[str, str], ...] = (), heal: bool = True) -> FimPrompt:
+              extra_files: tuple[tuple[str, str], ...] = (), heal: bool = True,
+              path: str = "", repo: str = "") -> FimPrompt:
         """Token ids for `prefix|cursor|suffix`, where `forced_middle` was typed after the anchor.
 
         The text before the cursor is `prefix + forced_middle`; keeping them apart lets the prompt
         stay byte-identical across keystrokes while the user types at an anchored position.
+        `path` (the current file's) and `repo` (the workspace's name) label the extra files' block.
         """
         p = self.profile
         # The prefix starts the text; for SentencePiece it keeps its dummy "▁" (see module docstring).
@@ -233,7 +242,7 @@ class FimEncoder:
             else:
                 middle_ids.pop()
         head: list[int] = [self.bos_id] if self.bos_id is not None else []
-        head += self._extra_context(extra_files)
+        head += self.extra_context(extra_files, path, repo)
         suffix_part = [self._ids[p.suffix_token], *self.encode_text(suffix)]
         if p.order == "spm":
             prefix_part = [self._ids[p.prefix_token]] if p.prefix_token else []
@@ -246,13 +255,33 @@ class FimEncoder:
         ids += middle_ids
         return FimPrompt(ids=ids, heal=heal_text, stop_ids=self.stop_ids)
 
-    def _extra_context(self, extra_files: tuple[tuple[str, str], ...]) -> list[int]:
-        """Other files as `<|file_sep|>path\\ntext` blocks, for families trained on repo context."""
-        sep = self._ids.get(self.profile.file_sep_token or "")
-        if sep is None or not extra_files:
+    def extra_context(self, extra_files: tuple[tuple[str, str], ...], path: str = "", repo: str = "") -> list[int]:
+        """The ids of the extra files' block, placed right after BOS (empty without extra files)."""
+        if not extra_files:
             return []
+        sep = self._ids.get(self.profile.file_sep_token or "")
+        if sep is None:
+            # No repository tokens: the files as text, each under a comment naming it, then the
+            # current file's name; this text starts the prompt's text (SentencePiece keeps its "▁").
+            text = "".join(f"{_comment(p)} {p}\n{t.rstrip()}\n\n" for p, t in extra_files)
+            if path:
+                text += f"{_comment(path)} {path}\n"
+            return self.encode_start(text) if self._dummy else self.encode_text(text)
         ids: list[int] = []
-        for path, text in extra_files:
-            ids += [sep, *self.encode_text(f"{path}\n{text}\n")]
+        repo_id = self._ids.get(self.profile.repo_name_token or "")
+        if repo_id is not None and repo:
+            ids += [repo_id, *self.encode_text(f"{repo}\n")]
+        for name, text in extra_files:
+            ids += [sep, *self.encode_text(f"{name}\n{text.rstrip()}\n")]
         ids.append(sep)
+        if path:
+            ids += self.encode_text(f"{path}\n")
         return ids
+
+
+# Line comment of a file's language, by extension, for naming files in plain-text extra context.
+_HASH_COMMENT = (".py", ".rb", ".sh", ".bash", ".toml", ".yaml", ".yml", ".pl", ".r", ".jl")
+
+
+def _comment(path: str) -> str:
+    return "#" if path.lower().endswith(_HASH_COMMENT) else "//"

@@ -116,7 +116,9 @@ class FimRequest:
     prefix: str
     suffix: str
     forced_middle: str = ""
-    extra_files: tuple[tuple[str, str], ...] = ()
+    extra_files: tuple[tuple[str, str], ...] = ()  # (path, text) of other files' snippets
+    path: str = ""  # the current file's path as the extra files name theirs (repo-level prompts)
+    repo: str = ""  # the workspace's name (Qwen/StarCoder2 <|repo_name|>)
     max_tokens: int = 64
     stop: StopRule = field(default_factory=StopRule)
     budget_ms: float | None = None

@@ -33,6 +33,7 @@ from codestral_ls.server.documents import LspTextDocument, adopt
 from codestral_ls.server.options import Options, model_changed, parse_client_options, parse_options
 from codestral_ls.server.pipeline import Completer, Document, Suggestion
 from codestral_ls.server.protocol import AnsweringProtocol, answer_unreadable_frame
+from codestral_ls.server.retrieval import Workspace
 from codestral_ls.server.stats import Stats
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInternalError, JsonRpcInvalidParams
@@ -64,6 +65,7 @@ class CodestralServer(LanguageServer):
         self.client_features: dict[str, Any] = {}  # the client's experimental.codestral opt-ins
         self._pauses: dict[str, asyncio.TimerHandle] = {}  # pending warm-up per document
         self._asked: dict[str, float] = {}  # last request time per document
+        self.roots = Workspace()  # rootUri / workspace folders: the only folders files are read from
 
     # -- model lifecycle --------------------------------------------------------------------
 
@@ -91,6 +93,7 @@ class CodestralServer(LanguageServer):
         self.worker = open_backend(self.options, progress=report,
                                    on_loaded=lambda: loop.call_soon_threadsafe(self._loaded, progress_ok))
         self.completer = Completer(self.worker, self.options, self.stats, self.other_documents)
+        self.completer.retriever.workspace = self.roots
 
     def _loaded(self, progress_ok: bool) -> None:
         assert self.worker is not None
@@ -245,6 +248,8 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
         experimental = params.capabilities.experimental
         features = experimental.get("codestral") if isinstance(experimental, dict) else None
         ls.client_features = features if isinstance(features, dict) else {}
+        folders = [f.uri for f in params.workspace_folders or []]
+        ls.roots = Workspace.of(folders or ([params.root_uri] if params.root_uri else []))
         ls.apply_settings(params.initialization_options)
 
     @server.feature(types.INITIALIZED)
@@ -261,6 +266,9 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
         uri = params.text_document.uri
         ls.touched(uri)
         change = params.content_changes[-1] if params.content_changes else None
+        if ls.completer is not None:  # where the user edits: context for the other files (server/retrieval.py)
+            ls.completer.retriever.edits.edited(
+                uri, change.range.start.line if isinstance(change, types.TextDocumentContentChangePartial) else None)
         if isinstance(change, types.TextDocumentContentChangePartial) and ls.event_loop is not None:
             # Where the edit ended: the start of the range plus what was inserted.
             lines = change.text.split("\n")
@@ -298,17 +306,19 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
         # A range only where the item replaces text (auto-closed brackets after the cursor): with one,
         # Neovim draws the ghost text over the code after the cursor. Our VS Code client adds the
         # empty range VS Code needs (it would otherwise replace the word before the cursor).
-        replaced = ""
-        if s.replace_after:
-            doc = ls.open_document(params.text_document.uri)
-            replaced = doc.source[s.offset:s.offset + s.replace_after] if doc else ""
-        rng = None
-        if replaced and "\n" not in replaced and "\r" not in replaced:
-            end = types.Position(line=params.position.line, character=params.position.character + _units(replaced, ls))
-            rng = types.Range(start=params.position, end=end)
-        return types.InlineCompletionList(items=[types.InlineCompletionItem(
-            insert_text=s.text, range=rng,
-            command=types.Command(title="codestral: accepted", command=ACCEPT_COMMAND, arguments=[s.id]))])
+        doc = ls.open_document(params.text_document.uri) if s.replace_after or s.alternatives else None
+        items = []
+        for c in [s, *s.alternatives]:  # the best first; the others distinct, for clients that cycle
+            replaced = doc.source[c.offset:c.offset + c.replace_after] if c.replace_after and doc else ""
+            rng = None
+            if replaced and "\n" not in replaced and "\r" not in replaced:
+                end = types.Position(line=params.position.line,
+                                     character=params.position.character + _units(replaced, ls))
+                rng = types.Range(start=params.position, end=end)
+            items.append(types.InlineCompletionItem(
+                insert_text=c.text, range=rng,
+                command=types.Command(title="codestral: accepted", command=ACCEPT_COMMAND, arguments=[c.id])))
+        return types.InlineCompletionList(items=items)
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", " "]))
     async def completion(ls: CodestralServer, params: types.CompletionParams) -> types.CompletionList:

@@ -89,6 +89,9 @@ class Options:
     second_opinions: int = opt(3, "replace a suggestion that cannot fit the code after it by the next-best, "
                                "up to N times (0: drop it)", "engine")
     multiline: str = opt("auto", "multi-line suggestions", "engine", choices=("auto", "never", "always"))
+    # Each candidate past the first costs a decode (the model's next-best start): 1 on a CPU.
+    candidates: int = opt(1, "inline suggestions offered at once, distinct, best first (clients cycle "
+                          "through them)", "engine")
     # -- context --------------------------------------------------------------------------------
     # Context windows in tokens; 0: sized to the measured prefill speed so that a cold prompt takes
     # about coldTargetMs (server/speed.py). 0 there: the device's default (CPU 2000, CUDA 300).
@@ -96,7 +99,13 @@ class Options:
     suffix_tokens: int = opt(0, "tokens of text after the cursor (0: sized to the prefill speed)", "context")
     cold_target_ms: int = opt(0, "time a cold prompt may take, sizing the windows (0: the device's default)",
                               "context")
-    extra_context_tokens: int = opt(256, "tokens from other open documents", "context")
+    # Extra context from the rest of the project (server/retrieval.py), placed where the model
+    # family reads it and recomputed only when the cursor enters another block (the KV cache).
+    extra_context_tokens: int = opt(384, "tokens of context from other files (retrieval)", "context")
+    retrieval: tuple[str, ...] = opt(("chunks", "definitions", "edits"), "sources of context from other files: "
+                                     "similar chunks of open files, definitions of imported names, recent edits "
+                                     "elsewhere (none: no other file)", "context",
+                                     choices=("chunks", "definitions", "edits", "none"))
     typed_cache_entries: int = opt(256, "suggestions kept for typing through them", "context")
     disabled_languages: tuple[str, ...] = opt((), "language ids never completed nor sent as context", "context",
                                               metavar="LANGUAGE")
@@ -163,6 +172,9 @@ def _coerce(name: str, value: Any) -> Any:
     if typ.startswith("tuple"):
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"option {label} must be a list of strings, got {value!r}")
+        choices = meta(name).choices
+        if choices and any(v not in choices for v in value):
+            raise ValueError(f"option {label} takes {', '.join(choices)}, got {value!r}")
         return tuple(value)
     if typ == "bool":
         if not isinstance(value, bool):
@@ -331,7 +343,7 @@ def markdown_table() -> str:
         default = f.default
         shown = ("embedded" if default is None and name == "model" else "" if default in (None, "", ())
                  else "…" if name == "secret_files" else str(default).lower() if isinstance(default, bool)
-                 else str(default))
+                 else ", ".join(default) if isinstance(default, tuple) else str(default))
         trust = f" **Command line or config file only ({m.trusted}).**" if m.trusted else ""
         rows.append(f"| `{flag(name)}{' ' + arg if arg else ''}` | `{camel(name)}` | {shown} | {m.help}.{trust} |")
     return "\n".join(rows)

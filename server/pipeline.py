@@ -1,7 +1,7 @@
 """The keystroke path, one straight line:
 
     document + cursor → typed-through cache? → context (anchored) → FimRequest → engine worker
-    → postprocess + fit (second opinions) → Suggestion
+    → postprocess + fit (second opinions) → Suggestion (+ alternatives: the next-best starts)
 
 Used by the LSP handlers and by `codestral-ls complete`; knows nothing of LSP types.
 
@@ -31,6 +31,7 @@ from codestral_ls.server.cursor import Cursor, language_for, read_cursor
 from codestral_ls.server.options import Options
 from codestral_ls.server.postprocess import first_words, misfit, postprocess, replaced_after
 from codestral_ls.server.privacy import shareable
+from codestral_ls.server.retrieval import Retriever
 from codestral_ls.server.speed import DeviceSpeed
 from codestral_ls.server.stats import Stats
 from codestral_ls.server.typed_cache import Shown, TypedThroughCache
@@ -62,6 +63,8 @@ class Suggestion:
     latency_ms: float
     result: FimResult | None = None
     replace_after: int = 0  # characters after the cursor that `text` replaces (auto-closed brackets)
+    # Other distinct finished suggestions here, best first (the `candidates` option): clients cycle.
+    alternatives: list[Suggestion] = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Completer:
         self.speed = DeviceSpeed()
         self.declined = ""  # why the last request got no suggestion (shown by our clients)
         self._growing: dict[str, asyncio.Task[None]] = {}  # follow-up decode per document
+        self.retriever = Retriever()  # context from other files; its workspace is set by the LSP layer
 
     async def complete(self, doc: Document, offset: int,
                        on_grow: Callable[[Suggestion], None] | None = None) -> Suggestion | None:
@@ -120,6 +124,8 @@ class Completer:
             return self._empty(t0, "the model had nothing that fits here")
         shown = self._shown(Suggestion(self._new_id(), suggestion, line, offset, "engine", _ms(t0), result,
                                        replace_after=replace), doc.uri, cursor)
+        if self.options.candidates > 1:
+            shown.alternatives = await self._alternatives(ask, shown)
         deadline = ask.req.stop.line_deadline
         if deadline is not None and result is not None and result.finish == "stop" and time.monotonic() >= deadline:
             # The budget ended the block early: decode the rest while the user reads the first lines.
@@ -161,7 +167,8 @@ class Completer:
         deadline = time.monotonic() + o.budget_ms / 1000 if o.budget_ms and mode == "multi" else None
         req = FimRequest(
             doc=doc.uri, prefix=ctx.prefix, suffix=ctx.suffix, forced_middle=placement.forced_middle,
-            extra_files=self._extra_files(doc), max_tokens=o.max_tokens,
+            extra_files=self._extra_files(doc, cursor), max_tokens=o.max_tokens,
+            path=self.retriever.workspace.relative(doc.uri), repo=self.retriever.workspace.name,
             stop=StopRule(single_line=mode == "single", max_lines=o.max_lines, block_indent=cursor.block_indent,
                           line_comment=cursor.line_comment, line_deadline=deadline),
         )
@@ -254,19 +261,45 @@ class Completer:
             raise EngineError(self.worker.load_error)
         return ""
 
-    def _extra_files(self, doc: Document) -> tuple[tuple[str, str], ...]:
-        budget = self.options.extra_context_tokens * 3  # characters, roughly 3 per token
-        out = []
-        for other in self.other_documents(doc.uri):
-            if budget <= 0:
+    def _extra_files(self, doc: Document, cursor: Cursor) -> tuple[tuple[str, str], ...]:
+        """What the cursor needs from other files (server/retrieval.py), the same across keystrokes
+        in a block. Credentials and turned-off languages are never sent (server/privacy.py)."""
+        o = self.options
+        others = [d for d in self.other_documents(doc.uri)
+                  if shareable(d.uri, d.language_id, o.secret_files, o.disabled_languages)]
+        return self.retriever.select(doc.uri, doc.text, cursor.offset, cursor.language, others, o.retrieval,
+                                     o.extra_context_tokens, o.secret_files, o.disabled_languages)
+
+    async def _alternatives(self, ask: _Ask, first: Suggestion) -> list[Suggestion]:
+        """Up to `candidates - 1` more suggestions, each finished, fitting and distinct: the model's
+        next-best starts (`FimRequest.avoid`), best first. Never for a backend that cannot steer."""
+        if not getattr(self.worker, "steerable", False):
+            return []
+        o, out = self.options, []
+        seen = {first.text.strip()}
+        avoid = [first_words(first.text)]
+        for _ in range(o.candidates - 1 + o.second_opinions):
+            if len(out) >= o.candidates - 1:
                 break
-            if not shareable(other.uri, other.language_id, self.options.secret_files, self.options.disabled_languages):
-                continue  # credentials, or a language the user turned off: never sent (server/privacy.py)
-            head = other.text[:budget]
-            head = head[: head.rfind("\n") + 1] or head
-            out.append((other.uri.rsplit("/", 1)[-1], head))
-            budget -= len(head)
-        return tuple(out)
+            stop = ask.req.stop
+            if stop.line_deadline is not None:  # each candidate gets its own budget
+                stop = dataclasses.replace(stop, line_deadline=time.monotonic() + o.budget_ms / 1000)
+            req = dataclasses.replace(ask.req, avoid=tuple(avoid), stop=stop, background=False, cancel=CancelToken())
+            result = await self._engine(req)
+            text = postprocess(result.text, ask.cursor, self.disabled_filters)
+            replace = replaced_after(text, ask.cursor)
+            if not first_words(text) or first_words(text) in avoid:
+                break  # nothing else the model would start with
+            avoid.append(first_words(text))
+            if result.finish != "stop" or text.strip() in seen or misfit(text, ask.cursor, replace,
+                                                                         self.disabled_filters):
+                continue
+            seen.add(text.strip())
+            alt = dataclasses.replace(first, id=self._new_id(), text=ask.cursor.in_document(text), result=result,
+                                      replace_after=replace, alternatives=[])
+            self.stats.shown[alt.id] = len(alt.text)  # for acceptance feedback; typing through is the first's
+            out.append(alt)
+        return out
 
     def accepted(self, suggestion_id: str, chars: int | None = None) -> None:
         """Acceptance feedback: whole (`chars` None) or partial."""
@@ -280,6 +313,7 @@ class Completer:
 
     def forget(self, uri: str) -> None:
         self._stop_growing(uri)
+        self.retriever.forget(uri)
         self.anchors.forget(uri)
         self.typed.forget(uri)
 

@@ -1,0 +1,290 @@
+"""Context from other files (server/retrieval.py): ranking, import-following under the workspace
+root only, never a secret or a disabled language, a prompt whose extra part stays token-identical
+while the user types (and the engine reuses its cache), and distinct finished candidates.
+
+Pure functions on real files in a temporary workspace; the embedded model only for the cache and
+candidate tests (loaded once per session)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from codestral_ls.engine.fim import FimEncoder, detect_profile
+from codestral_ls.engine.request import FimRequest, StopRule
+from codestral_ls.server.options import Options
+from codestral_ls.server.pipeline import Completer, Document
+from codestral_ls.server.retrieval import Retriever, Workspace, chunk_spans, identifiers, jaccard, parse_file
+
+ALL = ("chunks", "definitions", "edits")
+
+GEOMETRY = '''"""Shapes."""
+
+import math
+
+
+def circle_area(radius: float) -> float:
+    """Area of a circle."""
+    return math.pi * radius ** 2
+
+
+def unrelated_logging_setup(level):
+    logger = make_logger(level)
+    logger.propagate = False
+    return logger
+
+
+class Rectangle:
+    """An axis-aligned rectangle."""
+
+    width: float
+    height: float
+
+    def scaled_rectangle_area(self, factor: float) -> float:
+        return self.width * self.height * factor * factor
+'''
+
+USES = '''from .geometry import Rectangle, circle_area
+
+
+def total(shapes):
+    room = Rectangle()
+    return room.scaled_rectangle_area(2.0) + circle_area(1.0)
+'''
+
+
+def doc(path: Path | str, text: str, language: str = "python") -> Document:
+    uri = path.as_uri() if isinstance(path, Path) else path
+    return Document(uri, text, language)
+
+
+def select(r: Retriever, current: Document, others: list[Document], sources=ALL, budget: int = 384,
+           offset: int | None = None, **kw) -> tuple[tuple[str, str], ...]:
+    off = len(current.text) if offset is None else offset
+    return r.select(current.uri, current.text, off, "python", others, sources, budget, **kw)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "proj"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "geometry.py").write_text(GEOMETRY)
+    (root / "pkg" / "uses.py").write_text(USES)
+    return root
+
+
+def test_jaccard_and_identifiers():
+    assert identifiers("def f(room, x): return room.width") == {"room", "width"}
+    assert jaccard({"a", "b"}, {"b", "c"}) == pytest.approx(1 / 3)
+    assert jaccard(set(), {"a"}) == 0.0
+
+
+def test_chunks_are_cut_on_top_level_nodes_and_bounded():
+    parsed = parse_file(GEOMETRY * 3, "python")
+    spans = chunk_spans(parsed)
+    assert spans[0][0] == 0 and all(b - a < 24 for a, b in spans)
+    tops = {first for first, _ in parsed.tops}
+    assert all(a in tops or a == 0 for a, _ in spans), "a chunk starts on a top-level node"
+
+
+def test_ranking_picks_the_chunk_with_the_needed_definition(tmp_path):
+    head, rectangle = GEOMETRY.split("class Rectangle")
+    filler = "".join(f"def filler_{i}(value):\n    return value + {i}\n\n\n" for i in range(12))
+    other = doc(tmp_path / "geometry.py", head + filler + "class Rectangle" + rectangle)
+    current = doc(tmp_path / "main.py", "def measure(box):\n    return box.scaled_rectangle_area(factor) * box.width\n")
+    # A budget for one chunk: the chunk holding Rectangle wins over the file's head (what the
+    # server sent before) and over the filler.
+    out = select(Retriever(), current, [other], sources=("chunks",), budget=150)
+    assert len(out) == 1 and "class Rectangle" in out[0][1], out
+    assert "circle_area" not in out[0][1] and "filler_3" not in out[0][1], out
+    # Nothing in common with the code around the cursor: the file's top is what fills the budget.
+    out = select(Retriever(), doc(tmp_path / "x.py", "zzz = qqq\n"), [other], sources=("chunks",), budget=150)
+    assert len(out) == 1 and "circle_area" in out[0][1] and "class Rectangle" not in out[0][1], out
+
+
+def test_import_following_finds_a_sibling_definition_on_disk(project):
+    r = Retriever()
+    r.workspace = Workspace.of([project.as_uri()])
+    current = doc(project / "pkg" / "main.py", "from .geometry import Rectangle\n\n\ndef f(room):\n    return room.")
+    out = select(r, current, [], sources=("definitions",))
+    assert [p for p, _ in out] == ["pkg/geometry.py"], out
+    text = out[0][1]
+    assert "class Rectangle:" in text and "width: float" in text and "def scaled_rectangle_area(self" in text
+    assert "return self.width" not in text, "bodies are elided: signatures, docstrings and fields only"
+    assert "circle_area" not in text, "only the names the file imports"
+    # Absolute imports resolve from the package's parent folder too (a root at the package itself).
+    r2 = Retriever()
+    r2.workspace = Workspace.of([(project / "pkg").as_uri()])
+    absolute = doc(project / "pkg" / "main.py", "from pkg.geometry import circle_area\n\nx = circle_area(")
+    assert "def circle_area(radius: float) -> float:" in select(r2, absolute, [], sources=("definitions",))[0][1]
+
+
+def test_import_following_never_reads_outside_the_workspace(project, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "leak.py").write_text("def leaked_secret_function():\n    pass\n")
+    (project / "pkg" / "link.py").symlink_to(outside / "leak.py")
+    r = Retriever()
+    r.workspace = Workspace.of([(project / "pkg").as_uri()])
+    for source in ("from ..outside.leak import leaked_secret_function\nleaked_secret_function(",
+                   "from .link import leaked_secret_function\nleaked_secret_function(",
+                   "from ...outside.leak import leaked_secret_function\nleaked_secret_function("):
+        out = select(r, doc(project / "pkg" / "main.py", source), [], sources=("definitions",))
+        assert "leaked_secret_function" not in str(out), (source, out)
+    # The control: the same import inside the workspace is followed.
+    r.workspace = Workspace.of([tmp_path.as_uri()])
+    source = "from .link import leaked_secret_function\nleaked_secret_function("
+    out = select(r, doc(project / "pkg" / "main.py", source), [], sources=("definitions",))
+    assert "leaked_secret_function" in str(out)
+
+
+def test_secrets_and_disabled_languages_are_never_context(project):
+    (project / "pkg" / "secrets.py").write_text("API_TOKEN = 'sk-live-123'\ndef token_for(user):\n    pass\n")
+    r = Retriever()
+    r.workspace = Workspace.of([project.as_uri()])
+    current = doc(project / "pkg" / "main.py", "from .secrets import token_for, API_TOKEN\n\nx = token_for(API_TOKEN")
+    env = doc(project / ".env", "API_TOKEN=sk-live-123\n", "dotenv")
+    js = doc(project / "web.js", "const API_TOKEN = token_for('sk-live-123');\n", "javascript")
+    patterns = Options().secret_files
+    out = select(r, current, [env, js], secret_files=patterns, disabled_languages=("javascript",))
+    assert "sk-live" not in str(out) and "token_for(user)" not in str(out), out
+    # The control: without the lists each of them would be sent.
+    out = select(Retriever(), current, [env, js])
+    assert "sk-live" in str(out)
+    r2 = Retriever()
+    r2.workspace = r.workspace
+    assert "def token_for(user)" in str(select(r2, current, [], sources=("definitions",)))
+
+
+def test_recent_edits_in_other_files_are_context(tmp_path):
+    r = Retriever()
+    other = doc(tmp_path / "a.py", "\n".join(f"line_{i} = {i}" for i in range(50)))
+    r.edits.edited(other.uri, 30)
+    out = select(r, doc(tmp_path / "b.py", "x = 1\n"), [other], sources=("edits",))
+    assert out and "line_30 = 30" in out[0][1] and "line_10" not in out[0][1]
+
+
+def test_selection_changes_in_coarse_steps(project):
+    r = Retriever()
+    r.workspace = Workspace.of([project.as_uri()])
+    geometry = doc(project / "pkg" / "geometry.py", GEOMETRY)
+    notes = doc(project / "pkg" / "notes.py", "def scaled_twice(room):\n    return room.scaled_rectangle_area(2)\n")
+    head = "from .geometry import Rectangle\n\n\ndef total(room):\n    return room."
+    first = select(r, doc(project / "pkg" / "main.py", head), [geometry, notes])
+    assert first
+    # Typing in the block: the very same selection (identical objects: nothing recomputed).
+    for typed in ("s", "sc", "scaled_rectangle_area(", "scaled_rectangle_area(2)\n    x = circle"):
+        assert select(r, doc(project / "pkg" / "main.py", head + typed), [geometry, notes]) is first
+    # An edit in another file: that file moves last, the files before it keep their text and order.
+    edited = doc(notes.uri, notes.text + "\n\ndef scaled_thrice(room):\n    return room.scaled_rectangle_area(3)\n")
+    r.edits.edited(edited.uri, 3)
+    after = select(r, doc(project / "pkg" / "main.py", head), [geometry, edited])
+    assert after is not first and after[-1][0] == "pkg/notes.py"
+    assert after[:-1] == tuple(f for f in first if f[0] != "pkg/notes.py")
+
+
+@pytest.fixture(scope="module")
+def qwen_tok():
+    from codestral_ls.engine.embedded import converted_dir
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(converted_dir())
+
+
+def test_qwen_repo_layout_with_paths(qwen_tok):
+    enc = FimEncoder(qwen_tok, detect_profile(qwen_tok))
+    v = qwen_tok.get_vocab()
+    extra = (("pkg/geometry.py", "def circle_area(r): ...\n"),)
+    p = enc.build("x = ", "\n", extra_files=extra, heal=False, path="pkg/main.py", repo="proj")
+    expected = [v["<|repo_name|>"], *enc.encode_text("proj\n"), v["<|file_sep|>"],
+                *enc.encode_text("pkg/geometry.py\ndef circle_area(r): ...\n"), v["<|file_sep|>"],
+                *enc.encode_text("pkg/main.py\n"), v["<|fim_prefix|>"]]
+    assert p.ids[:len(expected)] == expected
+    # The model card's string, tokenized whole, is the same prompt.
+    card = ("<|repo_name|>proj\n<|file_sep|>pkg/geometry.py\ndef circle_area(r): ...\n<|file_sep|>pkg/main.py\n"
+            "<|fim_prefix|>x = <|fim_suffix|>\n<|fim_middle|>")
+    assert p.ids == qwen_tok.encode(card)
+
+
+def test_codestral_gets_extra_context_before_the_fim_tokens(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    enc = FimEncoder(tok, detect_profile(tok))
+    plain = enc.build("x = ", "\n", heal=False)
+    with_extra = enc.build("x = ", "\n", extra_files=(("a.py", "y = 1\n"),), heal=False, path="b.py")
+    suffix_at = with_extra.ids.index(tok.get_vocab()["[SUFFIX]"])
+    assert with_extra.ids[0] == tok.bos_token_id and with_extra.ids[suffix_at:] == plain.ids[1:]
+    assert "a.py" in tok.decode(with_extra.ids[1:suffix_at]) and "y = 1" in tok.decode(with_extra.ids[1:suffix_at])
+
+
+# -- on the real model ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def worker(qwen_engine):
+    from codestral_ls.engine.worker import EngineWorker
+
+    w = EngineWorker(lambda: qwen_engine).start()
+    w.loaded.wait(600)
+    yield w
+    w.stop()
+
+
+@pytest.mark.model
+def test_two_keystrokes_share_the_extra_part_and_the_cache(project, qwen_engine, worker):
+    c = Completer(worker, Options(budget_ms=0), other_documents=lambda uri: [
+        doc(project / "pkg" / "geometry.py", GEOMETRY)])
+    c.retriever.workspace = Workspace.of([project.as_uri()])
+    base = USES + "\n\ndef area_of(room):\n    return room."
+    main = project / "pkg" / "main.py"
+
+    reqs = []
+    for text in (base, base + "s"):
+        from codestral_ls.server.cursor import read_cursor
+
+        ask = c._ask(doc(main, text), read_cursor(text, len(text), "python"))
+        reqs.append(ask.req)
+    assert reqs[0].extra_files and reqs[0].extra_files == reqs[1].extra_files
+    enc = qwen_engine.encoder
+    parts = [enc.extra_context(r.extra_files, r.path, r.repo) for r in reqs]
+    assert parts[0] == parts[1] and len(parts[0]) > 20
+    ids = [enc.build(r.prefix, r.suffix, r.forced_middle, r.extra_files, path=r.path, repo=r.repo).ids for r in reqs]
+    assert ids[0][:len(parts[0])] == ids[1][:len(parts[1])] == parts[0], "the extra part starts both prompts"
+    first = asyncio.run(c._engine(reqs[0]))
+    second = asyncio.run(c._engine(reqs[1]))
+    assert first.prefilled_tokens >= len(parts[0])
+    assert second.reused_tokens >= len(parts[0]) and second.prefilled_tokens < first.prefilled_tokens, second
+
+
+@pytest.mark.model
+def test_candidates_are_distinct_and_each_finished(worker):
+    c = Completer(worker, Options(candidates=3, budget_ms=0, multiline="never"))
+    text = "def mean(values):\n    total = "
+    s = asyncio.run(c.complete(Document("file:///w/mean.py", text, "python"), len(text)))
+    assert s is not None and 1 <= len(s.alternatives) <= 2, s
+    texts = [s.text, *(a.text for a in s.alternatives)]
+    assert len({t.strip() for t in texts}) == len(texts), texts
+    for t in texts:
+        assert t.strip() and "\n" not in t, texts
+        compile(text + t + "\n    return total\n", "mean.py", "exec")
+    assert len({s.id, *(a.id for a in s.alternatives)}) == len(texts)
+
+
+@pytest.mark.model
+def test_one_candidate_by_default(worker):
+    c = Completer(worker, Options(budget_ms=0))
+    text = "def mean(values):\n    total = "
+    s = asyncio.run(c.complete(Document("file:///w/mean1.py", text, "python"), len(text)))
+    assert s is not None and s.alternatives == []
+
+
+def test_path_and_repo_cross_the_daemon_wire():
+    from codestral_ls.engine.daemon import request_from_wire, request_to_wire
+
+    r = FimRequest(doc="d", prefix="", suffix="", extra_files=(("a.py", "x"),), path="a/b.py", repo="proj",
+                   stop=StopRule())
+    back = request_from_wire(request_to_wire(r))
+    assert (back.path, back.repo, back.extra_files) == ("a/b.py", "proj", (("a.py", "x"),))
