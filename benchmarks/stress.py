@@ -14,6 +14,11 @@ about suggestion quality. Phases:
               whether the server still answers afterwards.
   big inputs  one suggestion each in a 2 MB document, a 100 000-character line, NUL bytes, CRLF,
               emoji and CJK: all answered, and how long each took.
+  hostile     workspace-level settings that try to run code or send the document elsewhere
+              (backend/endpoint/trustRemoteCode/model/allowDownload/apiKeyEnv over
+              didChangeConfiguration), and a second server with `--engine auto` whose discovery
+              file was planted (readable by others, pointing at a listener): how many connections
+              the listener got (must be 0), the refusals shown, and the server still answering.
   burst       200 keystrokes (didChange + inlineCompletion) fired without waiting, every tenth
               one cancelled by the client: the time until every request is answered (drain), how
               many were superseded, and the latency of the next normal request.
@@ -79,6 +84,14 @@ async def answered(c: Client, message: dict[str, Any] | bytes, null_id: bool = F
     except Exception:  # an error answer is an answer
         pass
     return True
+
+
+async def wait_loaded(c: Client, timeout: float = 600) -> None:
+    end = time.monotonic() + timeout
+    while getattr(await c.protocol.send_request_async("codestral/stats", {}), "model", None) is None:
+        if time.monotonic() > end:
+            raise TimeoutError("the model did not load")
+        await asyncio.sleep(0.2)
 
 
 async def alive(c: Client) -> bool:
@@ -179,6 +192,72 @@ async def big_inputs(c: Client) -> dict[str, Any]:
     return out
 
 
+class Listener:
+    """A loopback socket standing for an attacker's endpoint: counts the connections it gets."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def hostile(c: Client) -> dict[str, Any]:
+    from codestral_ls.engine.daemon import DaemonInfo, write_daemon_file
+
+    listener = Listener()
+    try:
+        settings = {"backend": "openai", "endpoint": listener.url, "remoteModel": "m", "trustRemoteCode": True,
+                    "model": "evil/model", "allowDownload": True, "apiKeyEnv": "HOME", "maxTokens": 16}
+        shown = len(c.messages)
+        c.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"codestral": settings}))
+        uri = "file:///stress/hostile.py"
+        open_doc(c, uri, "def add(a, b):\n    return ")
+        answered_locally = True
+        try:
+            await asyncio.wait_for(inline(c, uri, 1, 11), HANG_GUARD)
+        except Exception:
+            answered_locally = False
+        await asyncio.sleep(0.2)
+        refused = sum("never from editor or workspace settings" in m.message for m in c.messages[shown:])
+        # A planted discovery file: right owner but readable and writable by others, naming the listener.
+        with tempfile.TemporaryDirectory(prefix="codestral-stress-planted-") as cache:
+            file = Path(cache) / "engine.serve" / "daemon.json"
+            write_daemon_file(file, DaemonInfo("127.0.0.1", int(listener.url.rsplit(":", 1)[1]), "t", os.getpid()))
+            file.chmod(0o666)
+            d, _ = await start(["--engine", "auto", "--log-level", "warning"], env={"CODESTRAL_LS_CACHE": cache})
+            try:
+                open_doc(d, uri, "def add(a, b):\n    return ")
+                try:
+                    await asyncio.wait_for(inline(d, uri, 1, 11), HANG_GUARD)
+                    planted_error = ""
+                except Exception as exc:
+                    planted_error = str(exc)
+            finally:
+                await stop(d)
+        return {"settings_tried": len(settings) - 1, "refused_with_message": refused,
+                "answered_by_the_local_model": answered_locally,
+                "planted_discovery_file_error": planted_error[:300],
+                "listener_connections": listener.connections, "alive_after": await alive(c)}
+    finally:
+        listener.close()
+
+
 async def burst(c: Client, n: int = 200) -> dict[str, Any]:
     uri = "file:///stress/burst.py"
     open_doc(c, uri, "def f(x):\n    return \n")
@@ -261,13 +340,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         open_doc(c, "file:///stress/warm.py", "def f(x):\n    return ")
         t0 = time.perf_counter()
+        await wait_loaded(c)  # a loading model answers empty at once: wait for it, not for an answer
         await asyncio.wait_for(inline(c, "file:///stress/warm.py", 1, 11), 600)
         load_s = time.perf_counter() - t0
         report: dict[str, Any] = {"model": str(args.model), "first_answer_s": round(load_s, 1)}
-        report["bad_inputs"] = await bad_inputs(c)
-        report["big_inputs"] = await big_inputs(c)
-        report["burst"] = await burst(c, args.burst)
-        report["soak"] = await soak(c, args.keystrokes)
+        phases = {"bad": ("bad_inputs", lambda: bad_inputs(c)), "big": ("big_inputs", lambda: big_inputs(c)),
+                  "hostile": ("hostile", lambda: hostile(c)), "burst": ("burst", lambda: burst(c, args.burst)),
+                  "soak": ("soak", lambda: soak(c, args.keystrokes))}
+        for phase in args.phases.split(","):
+            key, step = phases[phase]
+            report[key] = await step()
         report["alive_at_end"] = await alive(c)
     finally:
         await stop(c)
@@ -275,14 +357,31 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_report(r: dict[str, Any]) -> None:
-    b = r["bad_inputs"]
     print(f"model: {r['model']} (first answer after {r['first_answer_s']} s)")
+    if "bad_inputs" in r:
+        _print_bad_and_big(r)
+    if "hostile" in r:
+        h = r["hostile"]
+        print(f"hostile: {h['settings_tried']} dangerous workspace settings, {h['refused_with_message']} refused "
+              f"with a message, answered by the local model: {h['answered_by_the_local_model']}; planted discovery "
+              f"file: {h['planted_discovery_file_error'] or 'NOT REFUSED'}; connections to the attacker's "
+              f"endpoint: {h['listener_connections']}")
+    if "burst" in r:
+        _print_burst_and_soak(r)
+    print(f"alive at the end: {r['alive_at_end']}")
+
+
+def _print_bad_and_big(r: dict[str, Any]) -> None:
+    b = r["bad_inputs"]
     print(f"bad inputs tried: {b['tried']} ({b['requests']} requests, {b['frames']} frames, "
           f"{b['notifications']} notifications); answered: {b['requests_answered']}/{b['requests']} requests, "
           f"{b['frames_answered']}/{b['frames']} frames; server alive after: {b['alive_after']}")
     print("big inputs:")
-    for name, v in r["big_inputs"].items():
+    for name, v in r.get("big_inputs", {}).items():
         print(f"  {name:<38} answered: {v['answered']}  {v['ms']} ms")
+
+
+def _print_burst_and_soak(r: dict[str, Any]) -> None:
     u = r["burst"]
     print(f"burst: {u['keystrokes']} keystrokes, {u['answered']} answered, drained in {u['drain_s']} s "
           f"({u['cancelled_by_client']} cancelled by the client, {u['superseded_or_empty']} superseded or empty, "
@@ -293,7 +392,6 @@ def print_report(r: dict[str, Any]) -> None:
           f"warm-up, {s['rss_mb_half']} MB at half, {s['rss_mb_end']} MB at the end (max {s['rss_mb_max']} MB)")
     print(f"      caches at the end: typed-through {s['typed_through_entries']} entries, KV {s['kv_entries']} "
           f"entries ({s['kv_bytes'] / 2**20:.1f} MiB), latency samples {s['latency_samples_kept']}")
-    print(f"alive at the end: {r['alive_at_end']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, help="model folder (default: the tests' tiny random model, built now)")
     p.add_argument("--keystrokes", type=int, default=10_000, help="soak length (default 10000)")
     p.add_argument("--burst", type=int, default=200, help="burst size (default 200)")
+    p.add_argument("--phases", default="bad,big,hostile,burst,soak", help="which phases, in order (default: all)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
     os.environ.setdefault("CODESTRAL_TEST_QUIET_SERVER", "1")  # the server's log is kept, not echoed
@@ -313,8 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    ok = (report["bad_inputs"]["requests_answered"] == report["bad_inputs"]["requests"]
-          and report["bad_inputs"]["frames_answered"] == report["bad_inputs"]["frames"]
+    bad, hostile_ = report.get("bad_inputs"), report.get("hostile")
+    ok = ((bad is None or (bad["requests_answered"] == bad["requests"] and bad["frames_answered"] == bad["frames"]))
+          and (hostile_ is None or (hostile_["listener_connections"] == 0
+                                    and hostile_["refused_with_message"] == hostile_["settings_tried"]
+                                    and bool(hostile_["planted_discovery_file_error"])))
           and report["alive_at_end"])
     return 0 if ok else 1
 
