@@ -1,6 +1,7 @@
 """The model side of codestral-ls: loading, FIM formats, KV cache, decoding. Knows nothing of LSP.
 
-Importing this package does not import torch; `load_engine` does.
+Importing this package does not import torch; `load_engine` does only for the torch runner (the
+llama.cpp runner never does, see engine/runner.py).
 """
 
 from __future__ import annotations

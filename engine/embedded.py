@@ -208,3 +208,55 @@ def gguf_tokenizer(gguf: Path, progress: Progress | None = None) -> Path:
         shutil.rmtree(out, ignore_errors=True)
         tmp.replace(out)
     return out
+
+
+class GgufTokenizer:
+    """The extracted tokenizer on the `tokenizers` library alone: the calls the engine makes of a
+    transformers fast tokenizer, answered the same way (transformers' fast tokenizers are this
+    library underneath), without importing transformers (~120 MB resident).
+
+    Two instances of the backend: special-token text is split into plain text in one and matched in
+    the other, so no call ever flips a shared flag (the event loop counts tokens while the engine
+    thread encodes).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self.name_or_path = str(folder)
+        self.backend_tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._split = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._split.encode_special_tokens = True
+        try:
+            config = json.loads((folder / "tokenizer_config.json").read_text())
+        except (OSError, ValueError):
+            config = {}
+        names = {k: config.get(k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+        names = {k: (v.get("content") if isinstance(v, dict) else v) for k, v in names.items()}
+        self.bos_token_id = self.convert_tokens_to_ids(names["bos_token"]) if names["bos_token"] else None
+        self.eos_token_id = self.convert_tokens_to_ids(names["eos_token"]) if names["eos_token"] else None
+        self.all_special_ids = sorted({i for v in names.values() if v
+                                       and (i := self.convert_tokens_to_ids(v)) is not None})
+        self.added_tokens_decoder = self.backend_tokenizer.get_added_tokens_decoder()
+
+    def __len__(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.backend_tokenizer.get_vocab(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = True, split_special_tokens: bool = False) -> list[int]:
+        tok = self._split if split_special_tokens else self.backend_tokenizer
+        return tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False, **_: object) -> str:
+        return self.backend_tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, batch: list[list[int]], skip_special_tokens: bool = False, **_: object) -> list[str]:
+        return self.backend_tokenizer.decode_batch([list(b) for b in batch], skip_special_tokens=skip_special_tokens)
+
+    def convert_tokens_to_ids(self, token: str) -> int | None:
+        return self.backend_tokenizer.token_to_id(token)
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str | None]:
+        return [self.backend_tokenizer.id_to_token(i) for i in ids]

@@ -149,7 +149,6 @@ def load_model(spec: ModelSpec, progress: embedded.Progress | None = None) -> Lo
 def load_llamacpp(spec: ModelSpec, why: str, progress: embedded.Progress | None = None) -> LoadedModel:
     """The GGUF as it is on llama.cpp; tokenizer from its metadata (extracted once)."""
     from codestral_ls.engine.runner_llamacpp import LlamaCppRunner
-    from transformers import PreTrainedTokenizerFast  # does not import torch
 
     if spec.model is None:
         gguf, description = embedded.gguf_path(progress), embedded.EMBEDDED_NAME
@@ -159,7 +158,7 @@ def load_llamacpp(spec: ModelSpec, why: str, progress: embedded.Progress | None 
             raise ModelLoadError(f"model file {gguf} does not exist")
         description = f"{gguf.name} (GGUF)"
     try:
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(embedded.gguf_tokenizer(gguf, progress))
+        tokenizer = embedded.GgufTokenizer(embedded.gguf_tokenizer(gguf, progress))
         if progress:
             progress(f"loading {description}", 95)
         runner = LlamaCppRunner(gguf, threads=spec.threads)

@@ -413,3 +413,25 @@ def test_the_llamacpp_path_never_imports_torch(tiny_gguf, tmp_path):
                          env={**__import__("os").environ, "CODESTRAL_LS_CACHE": str(tmp_path)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["llamacpp", "False"]
+
+
+def test_the_gguf_tokenizer_reads_like_transformers(tiny_llamacpp_engine):
+    """The llama.cpp path tokenizes with `tokenizers` alone (no transformers import); every call the
+    engine makes answers as transformers' fast tokenizer of the same files does."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = tiny_llamacpp_engine.loaded.tokenizer
+    ref = PreTrainedTokenizerFast.from_pretrained(tok.name_or_path)
+    text = PREFIX + SUFFIX + " [PREFIX] <s> tab\there\r\n"
+    for split in (True, False):
+        assert tok.encode(text, add_special_tokens=False, split_special_tokens=split) == ref.encode(
+            text, add_special_tokens=False, split_special_tokens=split)
+    ids = ref.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == ref.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    singles = [[i] for i in range(len(ref))]
+    assert tok.batch_decode(singles) == ref.batch_decode(singles, skip_special_tokens=False,
+                                                         clean_up_tokenization_spaces=False)
+    assert tok.get_vocab() == ref.get_vocab() and len(tok) == len(ref)
+    assert (tok.bos_token_id, tok.eos_token_id, tok.all_special_ids) == (ref.bos_token_id, ref.eos_token_id,
+                                                                          ref.all_special_ids)
+    assert set(tok.added_tokens_decoder) == set(ref.added_tokens_decoder)
