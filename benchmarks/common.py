@@ -248,9 +248,10 @@ class LspServer:
     Otherwise it is a generic LSP client (no experimental capabilities).
     """
 
-    def __init__(self, flags: list[str], suggestion_updates: bool = False) -> None:
+    def __init__(self, flags: list[str], suggestion_updates: bool = False, folders: list[str] | None = None) -> None:
         self.flags = flags
         self.suggestion_updates = suggestion_updates
+        self.folders = folders or []  # workspace folder URIs an editor sends (files are read only under them)
         self.client: Any = None
         self.init_result: Any = None
         self.updates: list[dict[str, Any]] = []  # suggestionUpdated params, in arrival order
@@ -297,8 +298,10 @@ class LspServer:
             general=types.GeneralClientCapabilities(position_encodings=["utf-16"]),
             window=types.WindowClientCapabilities(work_done_progress=True),
             experimental=experimental)
+        folders = [types.WorkspaceFolder(uri=u, name=u.rsplit("/", 1)[-1]) for u in self.folders] or None
         self.init_result = await client.initialize_async(types.InitializeParams(
-            capabilities=caps, process_id=os.getpid()))
+            capabilities=caps, process_id=os.getpid(), root_uri=self.folders[0] if self.folders else None,
+            workspace_folders=folders))
         client.initialized(types.InitializedParams())
         while wait_for_model:  # the model loads after `initialized`; the first request must not be the load
             model = (await self.stats()).get("model") or {}

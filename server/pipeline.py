@@ -168,7 +168,7 @@ class Completer:
         req = FimRequest(
             doc=doc.uri, prefix=ctx.prefix, suffix=ctx.suffix, forced_middle=placement.forced_middle,
             extra_files=self._extra_files(doc, cursor), max_tokens=o.max_tokens,
-            path=self.retriever.workspace.relative(doc.uri), repo=self.retriever.workspace.name,
+            path=self.retriever.workspace.relative(doc.uri), repo=self.retriever.workspace.name_of(doc.uri),
             stop=StopRule(single_line=mode == "single", max_lines=o.max_lines, block_indent=cursor.block_indent,
                           line_comment=cursor.line_comment, line_deadline=deadline),
         )

@@ -26,6 +26,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
@@ -49,8 +50,11 @@ CHUNK_LINES = 24  # a chunk holds top-level nodes up to this many lines; a longe
 QUERY_ABOVE, QUERY_BELOW = 30, 10  # lines around the cursor whose identifiers rank the chunks
 MAX_FILE_BYTES = 256_000  # a file read from disk for its definitions is at most this big
 MAX_FILES = 24  # files read from disk per selection
+RESOLVE_TTL_S = 30.0  # an import's file is looked up again after this long
+STAT_TTL_S = 2.0  # ... and a closed file's time and size read again after this long
 HEAD_CHARS = 64_000  # the current file's imports are read from at most this much text above the cursor
 MAX_DEF_LINES = 40  # a rendered definition is cut after this many lines
+MIN_CUT_CHARS = 300  # a definition bigger than the budget left is cut to it when this much is left
 EDIT_CONTEXT = 2  # lines around an edited line that go with it
 EDITS_KEPT = 16  # edited places remembered (other files)
 CHARS_PER_TOKEN = 3.2  # budget estimate: counting tokens exactly costs more than it saves
@@ -85,7 +89,10 @@ def identifiers(text: str) -> set[str]:
 
 
 def jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b) if a and b else 0.0
+    if not a or not b:
+        return 0.0
+    common = len(a & b) if len(a) < len(b) else len(b & a)
+    return common / (len(a) + len(b) - common)
 
 
 # -- syntax helpers -------------------------------------------------------------------------------
@@ -100,6 +107,17 @@ class Parsed:
     tops: list[tuple[int, int]]  # (first line, last line) of each top-level node
     defs: dict[str, tuple[int, str]] = field(default_factory=dict)  # name → (line, rendered text)
     imports: list[Import] = field(default_factory=list)
+    _chunks: list[tuple[int, str, set[str]]] | None = None
+
+    def chunks(self) -> list[tuple[int, str, set[str]]]:
+        """(first line, text, identifier set) of each chunk, computed once per file version."""
+        if self._chunks is None:
+            self._chunks = []
+            for first, last in chunk_spans(self):
+                body = "\n".join(self.lines[first:last + 1])
+                if body.strip():
+                    self._chunks.append((first, body, identifiers(body)))
+        return self._chunks
 
 
 @dataclass(frozen=True)
@@ -225,6 +243,10 @@ def _render(node: Any, data: bytes, language: str, depth: int = 0, indent: str =
     python = language == "python"
     members: list[str] = []
     doc = _docstring(body, data) if python else ""
+    if doc and depth > 0 and "\n" in doc:  # a member's docstring: its summary line is enough
+        first = doc.split("\n", 1)[0].rstrip()
+        quote = first.lstrip("rbuRBU")[:3]
+        doc = first if len(first.lstrip("rbuRBU")) > 6 and first.endswith(quote) else first + quote
     if doc:
         members.append(" " * body.start_point[1] + doc)
     if any(k in target.type for k in CONTAINERS) and depth == 0:
@@ -347,9 +369,10 @@ class Workspace:
             pass
         return p.name
 
-    @property
-    def name(self) -> str:
-        return self.roots[0].name if self.roots else ""
+    def name_of(self, uri: str) -> str:
+        """The name of the root holding the file (the repository's name in Qwen's layout), else ""."""
+        p = path_of(uri)
+        return next((r.name for r in self.roots if p is not None and p.is_relative_to(r)), "")
 
 
 # -- edits ---------------------------------------------------------------------------------------
@@ -403,6 +426,7 @@ class Retriever:
         self.edits = RecentEdits()
         self._parsed: OrderedDict[tuple[str, int], Parsed] = OrderedDict()  # (uri or path, hash) → parse
         self._blocks: dict[str, _Block] = {}  # per current document
+        self._where: dict[tuple[Any, ...], tuple[Any, float]] = {}  # (file, import, roots) → file, when
         self.last_ms = 0.0  # what the last selection cost (reported by the benchmark)
 
     def forget(self, uri: str) -> None:
@@ -451,6 +475,11 @@ class Retriever:
 
         def take(s: Snippet, limit: int) -> int:
             n = len(s.text) + len(s.path) + 2
+            if n > limit and s.source == "definitions" and limit >= MIN_CUT_CHARS:
+                # A big class: its head (signature, docstring, first fields and methods) still helps.
+                head = s.text[:limit - len(s.path) - 10]
+                s = dataclasses.replace(s, text=head[:head.rfind("\n") + 1] + "    ...\n")
+                n = len(s.text) + len(s.path) + 2
             if n > limit:
                 return 0
             span = (s.line, s.line + s.text.count("\n"))
@@ -482,6 +511,62 @@ class Retriever:
             files.setdefault(s.path, []).append(s.text.rstrip("\n"))
         return tuple((p, "\n...\n".join(parts) + "\n") for p, parts in files.items())
 
+    def _candidates(self, module: str, here: Path, language: str) -> list[str]:
+        """`resolve`'s candidates as normalized path strings, remembered for `RESOLVE_TTL_S`."""
+        key = ("candidates", str(here), module, self.workspace.roots)
+        now = time.monotonic()
+        hit = self._where.get(key)
+        if hit is None or now - hit[1] >= RESOLVE_TTL_S:
+            hit = self._where[key] = ([os.path.normpath(p) for p in resolve(module, here, language, self.workspace)],
+                                      now)
+        return hit[0]
+
+    def _on_disk(self, module: str, here: Path, language: str) -> Path | None:
+        """The workspace file an import names, or None; remembered for `RESOLVE_TTL_S` (files come and
+        go rarely, and resolving costs stats). Never a stat outside the workspace roots."""
+        key = (str(here), module, self.workspace.roots)
+        now = time.monotonic()
+        hit = self._where.get(key)
+        if hit is not None and now - hit[1] < RESOLVE_TTL_S:
+            return hit[0]
+        found = None
+        for lexical in self._candidates(module, here, language):
+            if not any(lexical.startswith(str(r) + os.sep) for r in self.workspace.roots):
+                continue  # outside by its name: not even looked at
+            if os.path.isfile(lexical) and self.workspace.root_of(Path(lexical)) is not None:  # symlinks too
+                found = Path(lexical)
+                break
+        self._where[key] = (found, now)
+        if len(self._where) > 4096:
+            self._where.clear()
+        return found
+
+    def _disk_parse(self, path: Path) -> Parsed | None:
+        """A workspace file's parse, read again only when its size or time changed."""
+        now = time.monotonic()
+        seen = self._where.get(("stat", path))
+        if seen is not None and now - seen[1] < STAT_TTL_S:
+            version = seen[0]
+        else:
+            try:
+                st = path.stat()
+            except OSError:
+                return None
+            version = self._where[("stat", path)] = ((st.st_mtime_ns, st.st_size), now)
+            version = version[0]
+        if version[1] > MAX_FILE_BYTES:
+            return None
+        k = (f"disk:{path}", hash(version))
+        parsed = self._parsed.get(k)
+        if parsed is None:
+            body = _read(path)
+            if body is None:
+                return None
+            parsed = self._parsed[k] = parse_file(body, language_for("", str(path)))
+            while len(self._parsed) > 64:
+                self._parsed.popitem(last=False)
+        return parsed
+
     def _order(self, uri: str) -> float:
         return self.edits.last_edit.get(uri, 0.0)
 
@@ -504,11 +589,8 @@ class Retriever:
             language = language_for(d.language_id, d.uri)
             parsed = self._parse(d.uri, d.text, language)
             path = self.workspace.relative(d.uri)
-            for first, last in chunk_spans(parsed):
-                body = "\n".join(parsed.lines[first:last + 1])
-                if not body.strip():
-                    continue
-                score = jaccard(query, identifiers(body))
+            for first, body, ids in parsed.chunks():
+                score = jaccard(query, ids)
                 scored.append((-score, rank, first, Snippet(path, first, body, "chunks", self._order(d.uri))))
         scored.sort(key=lambda x: x[:3])
         return [s for *_, s in scored]
@@ -544,36 +626,35 @@ class Retriever:
         reads = 0
         wanted: list[tuple[int, Snippet]] = []
         for n, imp in enumerate(parsed.imports):
-            for path in resolve(imp.module, here, language, self.workspace):
-                key = os.path.normpath(path)
-                doc = open_docs.get(key)
-                if doc is None and self.workspace.root_of(path) is None:
-                    continue  # never a file outside the workspace (nor a stat of one)
-                if doc is not None:
-                    target = self._parse(doc.uri, doc.text, language_for(doc.language_id, doc.uri))
-                    target_uri = doc.uri
-                else:
-                    target_uri = file_uri(path)
-                    if reads >= MAX_FILES or not shareable(target_uri, "", secret_files, disabled):
-                        continue
-                    body = _read(path)
-                    if body is None:
-                        continue
-                    reads += 1
-                    target = self._parse(str(path), body, language_for("", str(path)))
-                rel = self.workspace.relative(target_uri)
-                names = [x for x in imp.names if x] or sorted(target.defs)  # a module: what the code uses of it
-                for name in names:
-                    found = target.defs.get(name.rsplit(".", 1)[-1])
-                    if found is None:
-                        continue
-                    line, rendered = found
-                    # Names used around the cursor first, then in import order.
-                    rank = (0 if name.rsplit(".", 1)[-1] in query else 1) * 10_000 + n * 100
-                    if not imp.names and name not in query:
-                        continue  # a whole module: only the names the code near the cursor uses
-                    wanted.append((rank, Snippet(rel, line, rendered, "definitions", self._order(target_uri))))
-                break  # the first candidate file that exists is the module
+            path = next((p for p in self._candidates(imp.module, here, language) if p in open_docs), None)
+            doc = open_docs.get(path) if path is not None else None
+            if doc is not None:  # open: its text in the editor, whatever is on disk
+                target = self._parse(doc.uri, doc.text, language_for(doc.language_id, doc.uri))
+                target_uri = doc.uri
+            else:
+                path = self._on_disk(imp.module, here, language)
+                if path is None or reads >= MAX_FILES:
+                    continue
+                target_uri = file_uri(path)
+                if not shareable(target_uri, "", secret_files, disabled):
+                    continue
+                reads += 1
+                got = self._disk_parse(path)
+                if got is None:
+                    continue
+                target = got
+            rel = self.workspace.relative(target_uri)
+            names = [x for x in imp.names if x] or sorted(target.defs)  # a module: what the code uses of it
+            for name in names:
+                found = target.defs.get(name.rsplit(".", 1)[-1])
+                if found is None:
+                    continue
+                line, rendered = found
+                # Names used around the cursor first, then in import order.
+                rank = (0 if name.rsplit(".", 1)[-1] in query else 1) * 10_000 + n * 100
+                if not imp.names and name not in query:
+                    continue  # a whole module: only the names the code near the cursor uses
+                wanted.append((rank, Snippet(rel, line, rendered, "definitions", self._order(target_uri))))
         wanted.sort(key=lambda x: x[0])
         return [s for _, s in wanted]
 
