@@ -609,9 +609,11 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(run(args))
     out = args.out or RESULTS_DIR / f"quality_{'multi' if args.multi_line else 'single'}.json"
     write_json(out, result)
+    text = report(result)
+    out.with_suffix(".txt").write_text(text + "\n")  # the table as printed, next to its JSON
     print()
-    print(report(result))
-    print(f"results: {out}")
+    print(text)
+    print(f"results: {out} (table: {out.with_suffix('.txt').name})")
     if not args.no_plot:
         png = plot(result, out.with_suffix(".png"))
         if png:

@@ -782,9 +782,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = asyncio.run(run(args, sites, typist, systems, save))
     save(runs, complete=True)
     result.update(wall_s=round(time.perf_counter() - t0, 1), systems=runs)
+    text = report(result)
+    out.with_suffix(".txt").write_text(text + "\n")  # the table as printed, next to its JSON
     print()
-    print(report(result))
-    print(f"results: {out}")
+    print(text)
+    print(f"results: {out} (table: {out.with_suffix('.txt').name})")
     if not args.no_plot:
         for png in plot(result, out.with_suffix("")):
             print(f"plot: {png}")

@@ -196,6 +196,7 @@ def test_quality_drives_the_default_server_over_lsp_at_both_cursors(tmp_path, ti
             assert rec["answers"][f"lsp@{c}"]["latency_ms"] > 0
     assert "llama.cpp peer" in proc.stdout  # skipped, and saying why: the tiny model is no GGUF
     assert "target @indent" in proc.stdout and "pass@1" in proc.stdout
+    assert "lsp@col0" in out.with_suffix(".txt").read_text()  # the printed table, kept next to the JSON
 
 
 @needs_data
@@ -232,6 +233,7 @@ def test_typing_replay_drives_the_default_server_with_a_pause_at_the_site(tmp_pa
     assert result["systems"]["generic"]["client"] == "generic"
     assert default["summary"]["kv_reuse_ratio"] is not None and default["summary"]["updates_received"] is not None
     assert "site->1st sugg." in proc.stdout and "peak RSS" in proc.stdout
+    assert "headline" in out.with_suffix(".txt").read_text()
     if importlib.util.find_spec("matplotlib"):
         assert out.with_name("r_cdf.png").is_file() and out.with_name("r_timeline.png").is_file()
 
