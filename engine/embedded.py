@@ -215,18 +215,19 @@ class GgufTokenizer:
     transformers fast tokenizer, answered the same way (transformers' fast tokenizers are this
     library underneath), without importing transformers (~120 MB resident).
 
-    Two instances of the backend: special-token text is split into plain text in one and matched in
-    the other, so no call ever flips a shared flag (the event loop counts tokens while the engine
-    thread encodes).
+    `split_special_tokens` flips the backend's `encode_special_tokens` flag for one call, under a
+    lock: the event loop counts tokens while the engine thread encodes (a second backend instance
+    would cost ~100 MB for a 150k vocabulary).
     """
 
     def __init__(self, folder: Path) -> None:
+        import threading
+
         from tokenizers import Tokenizer
 
         self.name_or_path = str(folder)
         self.backend_tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self._split = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self._split.encode_special_tokens = True
+        self._lock = threading.Lock()
         try:
             config = json.loads((folder / "tokenizer_config.json").read_text())
         except (OSError, ValueError):
@@ -246,8 +247,13 @@ class GgufTokenizer:
         return self.backend_tokenizer.get_vocab(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = True, split_special_tokens: bool = False) -> list[int]:
-        tok = self._split if split_special_tokens else self.backend_tokenizer
-        return tok.encode(text, add_special_tokens=add_special_tokens).ids
+        tok = self.backend_tokenizer
+        with self._lock:
+            tok.encode_special_tokens = split_special_tokens
+            try:
+                return tok.encode(text, add_special_tokens=add_special_tokens).ids
+            finally:
+                tok.encode_special_tokens = False
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False, **_: object) -> str:
         return self.backend_tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
