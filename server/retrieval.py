@@ -52,7 +52,9 @@ MAX_FILE_BYTES = 256_000  # a file read from disk for its definitions is at most
 MAX_FILES = 24  # files read from disk per selection
 RESOLVE_TTL_S = 30.0  # an import's file is looked up again after this long
 STAT_TTL_S = 2.0  # ... and a closed file's time and size read again after this long
+USED_ABOVE_CHARS = 64_000  # the code above the cursor read for the names it uses already
 HEAD_CHARS = 64_000  # the current file's imports are read from at most this much text above the cursor
+DOC_LINES = 6  # a docstring is cut after this many lines
 MAX_DEF_LINES = 40  # a rendered definition is cut after this many lines
 MIN_CUT_CHARS = 300  # a definition bigger than the budget left is cut to it when this much is left
 EDIT_CONTEXT = 2  # lines around an edited line that go with it
@@ -108,6 +110,7 @@ class Parsed:
     defs: dict[str, tuple[int, str]] = field(default_factory=dict)  # name → (line, rendered text)
     imports: list[Import] = field(default_factory=list)
     _chunks: list[tuple[int, str, set[str]]] | None = None
+    _code_ids: set[str] | None = None
 
     def chunks(self) -> list[tuple[int, str, set[str]]]:
         """(first line, text, identifier set) of each chunk, computed once per file version."""
@@ -247,6 +250,10 @@ def _render(node: Any, data: bytes, language: str, depth: int = 0, indent: str =
         first = doc.split("\n", 1)[0].rstrip()
         quote = first.lstrip("rbuRBU")[:3]
         doc = first if len(first.lstrip("rbuRBU")) > 6 and first.endswith(quote) else first + quote
+    if doc and doc.count("\n") > DOC_LINES:  # the summary and the start of the details
+        lines = doc.split("\n")
+        quote = doc.lstrip("rbuRBU")[:3]
+        doc = "\n".join(lines[:DOC_LINES] + [lines[-1][:len(lines[-1]) - len(lines[-1].lstrip())] + "..." + quote])
     if doc:
         members.append(" " * body.start_point[1] + doc)
     if any(k in target.type for k in CONTAINERS) and depth == 0:
@@ -623,6 +630,9 @@ class Retriever:
             p = path_of(d.uri)
             if p is not None:
                 open_docs[os.path.normpath(p)] = d
+        # Names the code above the cursor does not use yet: an import not used so far is most often
+        # what the code being written is about to use.
+        used_above = identifiers(text[len(head):offset][-USED_ABOVE_CHARS:]) | _used_outside_imports(parsed)
         reads = 0
         wanted: list[tuple[int, Snippet]] = []
         for n, imp in enumerate(parsed.imports):
@@ -650,13 +660,28 @@ class Retriever:
                 if found is None:
                     continue
                 line, rendered = found
-                # Names used around the cursor first, then in import order.
-                rank = (0 if name.rsplit(".", 1)[-1] in query else 1) * 10_000 + n * 100
+                short = name.rsplit(".", 1)[-1]
+                # Imported and not used yet first, then used around the cursor, then in import order.
+                tier = 0 if imp.names and short not in used_above else 1 if short in query else 2
+                rank = tier * 10_000 + n * 100
                 if not imp.names and name not in query:
                     continue  # a whole module: only the names the code near the cursor uses
                 wanted.append((rank, Snippet(rel, line, rendered, "definitions", self._order(target_uri))))
         wanted.sort(key=lambda x: x[0])
         return [s for _, s in wanted]
+
+
+def _used_outside_imports(parsed: Parsed) -> set[str]:
+    """Identifiers of the head's lines that are not import statements (the code above the block),
+    once per head version."""
+    if parsed._code_ids is None:
+        lines = parsed.lines
+        code = []
+        for first, last in parsed.tops:
+            if not lines[first].lstrip().startswith(("import ", "from ", "#include", "use ", "package ")):
+                code.append("\n".join(lines[first:last + 1]))
+        parsed._code_ids = identifiers("\n".join(code))
+    return parsed._code_ids
 
 
 def chunk_spans(parsed: Parsed) -> list[tuple[int, int]]:
