@@ -98,6 +98,9 @@ class LlamaCppRunner:
         cp.n_batch = cp.n_ubatch = n_batch  # one prefill chunk is one ubatch
         cp.n_seq_max = slots
         cp.kv_unified = True  # every slot draws on the same cells: one long prompt may use them all
+        # No flash attention: on the CPU it changes greedy picks (measured on the embedded model, a
+        # 512-token prompt: the 7th token differs from torch fp32's and llama.cpp's own default).
+        cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.n_threads = cp.n_threads_batch = self.threads
         cp.no_perf = True
         self.ctx = ll.llama_init_from_model(self.model, cp)
