@@ -253,6 +253,9 @@ class Line:
 PARSE_CHECK = "parse_check"  # in `misfit`'s `disabled`: no syntax check (the benchmarks' ablation)
 
 
+MIN_REPEATED = 12  # characters: shorter lines (`i += 1`, `pass`) repeat legitimately
+
+
 def misfit(suggestion: str, c: Cursor, replace_after: int = 0, disabled: frozenset[str] = frozenset()) -> str | None:
     """Why `suggestion` (replacing `replace_after` characters after the cursor) cannot be right
     where the cursor is (None: nothing against it)."""
@@ -275,6 +278,11 @@ def _line_misfit(suggestion: str, c: Cursor) -> str | None:
         return None
     if len(lines) == 1 and last.text == following.text and any(ch.isalnum() for ch in last.text):
         return "repeats the next line"
+    if (len(lines) == 1 and len(last.text) >= MIN_REPEATED and not _TERMINAL.match(last.text)
+            and any(b.text == last.text and b.indent < last.indent for b in _code_lines_below(c))):
+        # Already written a few lines down, after this block ends: the model skipped the line that
+        # belongs here. (Deeper or sibling copies are legitimate: the same call in if and else.)
+        return "repeats a line below"
     if (_TERMINAL.match(last.text) and following.indent == last.indent
             and not _CONTINUES.match(following.text)):
         return "unreachable code follows it"
@@ -293,6 +301,19 @@ def _line_misfit(suggestion: str, c: Cursor) -> str | None:
 def first_words(suggestion: str) -> str:
     """What `FimRequest.avoid` gets for a rejected suggestion: its first line, stripped."""
     return suggestion.split("\n", 1)[0].strip()
+
+
+def _code_lines_below(c: Cursor, count: int = 3) -> list[Line]:
+    """The next `count` lines below the cursor's line that hold code (not blank, not only a comment)."""
+    out = []
+    below = c.suffix.split("\n", 1)[1] if "\n" in c.suffix else ""
+    for raw in below.split("\n", 50)[:50]:
+        text = raw.strip()
+        if text and not (c.line_comment and text.startswith(c.line_comment)):
+            out.append(Line(text, _indent(raw)))
+            if len(out) == count:
+                break
+    return out
 
 
 def _next_code_line(text: str) -> Line | None:

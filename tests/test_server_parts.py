@@ -273,6 +273,19 @@ def test_misfit_rejects_lines_that_cannot_be_right_before_the_code_below():
     assert misfit_("x = f()", "    y = ", "", "\n" + body, "python") is None
     assert misfit_("x = f()", "    ", ")", ")\n" + body, "python") is None
     assert misfit_("y = 2", "    ", "", "\n" + body, "python") is None
+    # A line that is already written a little further down, past a comment and a blank line: the
+    # model skipped the line that belongs here (textwrap.py, "else:" body, in the typing replay).
+    below = ("\n\n    # Maximum width for this line.\n    width = self.width - len(indent)\n"
+             "\n    # First chunk\n    if chunks:\n        del chunks[-1]\n")
+    assert misfit_("width = self.width - len(indent)", "        ", "", below, "python") == "repeats a line below"
+    assert misfit_("indent = self.initial_indent", "        ", "", below, "python") is None
+    # Copies that are legitimate: the same call in a sibling branch or deeper, a repeated return,
+    # short lines (`i += 1`). (10 of HumanEval's 1033 right single lines are such copies.)
+    assert misfit_("del chunks[-1]", "    ", "", below, "python") is None
+    branches = "\n    else:\n        out.append(value)\n"
+    assert misfit_("out.append(value)", "        ", "", branches, "python") is None
+    assert misfit_("return False", "        ", "", "\n    x = 1\n    return False\n", "python") is None
+    assert misfit_("i += 1", "        ", "", "\n    x = 1\n    i += 1\n", "python") is None
 
 
 def test_a_comment_alone_does_not_end_a_single_line_suggestion():
