@@ -24,6 +24,18 @@ function M.check()
   local native = pcall(require, 'vim.lsp.inline_completion')
   if codestral.native() then
     ok('native vim.lsp.inline_completion (Neovim 0.12+)')
+    -- Builds before neovim/neovim#35965 create each buffer's inline-completion autocmds for every
+    -- buffer: say that the plugin filters the requests, where a buffer shows it.
+    for _, b in ipairs(vim.api.nvim_list_bufs()) do
+      local okg, cmds = pcall(vim.api.nvim_get_autocmds, { group = 'nvim.lsp.inline_completion:' .. b })
+      if okg and #cmds > 0 then
+        if cmds[1].buffer == nil then
+          info('this build runs every buffer\'s inline-completion autocmds on each keystroke'
+            .. ' (fixed by neovim/neovim#35965): codestral sends only the current buffer\'s requests')
+        end
+        break
+      end
+    end
   elseif native then
     ok('extmark ghost text (renderer = "extmark"; native vim.lsp.inline_completion is available)')
   elseif config.renderer == 'native' then
