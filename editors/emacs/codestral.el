@@ -397,8 +397,8 @@ its keywords), returning the request's id, or nil where jsonrpc does not say."
 
 (defun codestral--cancel-request ()
   "Cancel the inline request in flight, if any: the server stops decoding it.
-Without this every keystroke's request stayed queued on the server, a new
-one waiting behind the old ones until it timed out."
+Without this every keystroke's request stayed pending, answered or timed out
+long after its position was gone."
   (let ((flight codestral--in-flight))
     (setq codestral--in-flight nil)
     (when flight
