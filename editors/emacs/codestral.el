@@ -66,7 +66,7 @@ e.g. the
 (defcustom codestral-initialization-options nil
   "Plist sent as the LSP initializationOptions when codestral-ls starts.
 Keys are the server's camelCase option names, for instance
-  (:model \"~/models/codestral-22b\" :device \"cuda\" :budgetMs 100
+  (:device \"cuda\" :budgetMs 100
    :maxTokens 64 :multiline \"auto\" :disabledLanguages [\"markdown\"])
 Use a vector for JSON arrays.  nil sends no options (server defaults).
 Changes apply to servers started afterwards (\\[eglot-reconnect])."

@@ -8,7 +8,6 @@ import * as path from "node:path";
 
 /** `codestral.*` settings forwarded to the server, under the camelCase names it accepts. */
 export const SERVER_KEYS = [
-  "model",
   "device",
   "dtype",
   "quantize",
@@ -19,16 +18,31 @@ export const SERVER_KEYS = [
   "prefixTokens",
   "suffixTokens",
   "secondOpinions",
-  "draftModel",
 ] as const;
+
+/**
+ * Settings the server takes from its command line only (it refuses them over LSP: a workspace must
+ * not choose the files it loads): passed as flags, from the user's settings only.
+ */
+export const COMMAND_LINE_KEYS = { model: "--model", draftModel: "--draft-model" } as const;
+export type CommandLineKey = keyof typeof COMMAND_LINE_KEYS;
+
+/** The server's command-line flags for `codestral.model` / `codestral.draftModel` (empty: none). */
+export function serverArgs(get: (key: CommandLineKey) => unknown): string[] {
+  const args: string[] = [];
+  for (const [key, flag] of Object.entries(COMMAND_LINE_KEYS) as [CommandLineKey, string][]) {
+    const value = get(key);
+    if (typeof value === "string" && value.trim()) args.push(flag, value.trim());
+  }
+  return args;
+}
 
 export type ServerKey = (typeof SERVER_KEYS)[number];
 export type ServerSettings = Partial<Record<ServerKey, unknown>>;
 
 /**
  * The `initializationOptions` (and `didChangeConfiguration` settings) for the server: every key is
- * sent, so that removing a setting puts the server back on its default. An empty `model` means the
- * embedded model.
+ * sent, so that removing a setting puts the server back on its default.
  */
 export function serverSettings(get: (key: ServerKey) => unknown): ServerSettings {
   const out: ServerSettings = {};

@@ -17,8 +17,10 @@ import {
 } from "vscode-languageclient/node";
 import {
   CLIENT_EXTENSIONS,
+  COMMAND_LINE_KEYS,
   findServer,
   SERVER_KEYS,
+  serverArgs,
   serverSettings,
   shouldRetrigger,
   statusText,
@@ -104,7 +106,9 @@ async function startClient(): Promise<void> {
   output.info(`starting ${found.path}`);
 
   // stdio transport; the server logs to stderr, which goes to the output channel.
-  const serverOptions: ServerOptions = { command: found.path, args: [] };
+  // The model files come from the user's settings only (global scope), as command-line flags.
+  const args = serverArgs((key) => config().inspect<string>(key)?.globalValue);
+  const serverOptions: ServerOptions = { command: found.path, args };
   const clientOptions: LanguageClientOptions = {
     documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
     initializationOptions: currentServerSettings(),
@@ -226,7 +230,8 @@ async function restart(): Promise<void> {
 
 function onConfigurationChanged(e: vscode.ConfigurationChangeEvent): void {
   if (!e.affectsConfiguration(SECTION)) return;
-  if (e.affectsConfiguration(`${SECTION}.serverPath`)) {
+  const restartKeys = ["serverPath", ...Object.keys(COMMAND_LINE_KEYS)];
+  if (restartKeys.some((k) => e.affectsConfiguration(`${SECTION}.${k}`))) {
     void restart();
   } else if (client?.isRunning() && SERVER_KEYS.some((k) => e.affectsConfiguration(`${SECTION}.${k}`))) {
     void client.sendNotification(DidChangeConfigurationNotification.type, {

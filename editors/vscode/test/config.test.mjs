@@ -8,7 +8,7 @@ import path from "node:path";
 import { after, test } from "node:test";
 
 const require = createRequire(import.meta.url);
-const { findServer, serverSettings, SERVER_KEYS, statusText, shouldRetrigger } = require("../out/config.js");
+const { findServer, serverSettings, serverArgs, SERVER_KEYS, statusText, shouldRetrigger } = require("../out/config.js");
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "codestral-vscode-"));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -77,4 +77,13 @@ test("serverSettings sends every server key that has a value", () => {
   const all = serverSettings((key) => `v-${key}`);
   assert.deepEqual(Object.keys(all), [...SERVER_KEYS]);
   assert.deepEqual(serverSettings((key) => (key === "budgetMs" ? 0 : undefined)), { budgetMs: 0 });
+});
+
+test("model and draftModel go on the command line, never in initializationOptions", () => {
+  // The server refuses them over LSP (a workspace must not choose the files it loads).
+  assert.ok(!SERVER_KEYS.includes("model") && !SERVER_KEYS.includes("draftModel"));
+  const settings = { model: " ~/models/codestral-22b ", draftModel: "embedded" };
+  assert.deepEqual(serverArgs((k) => settings[k]), ["--model", "~/models/codestral-22b", "--draft-model", "embedded"]);
+  assert.deepEqual(serverArgs(() => ""), []);
+  assert.deepEqual(serverArgs(() => undefined), []);
 });

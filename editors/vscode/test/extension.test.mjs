@@ -38,8 +38,10 @@ test("package.json: untrusted workspaces are limited, and serverPath is a user s
   const untrusted = pkg.capabilities?.untrustedWorkspaces;
   assert.ok(untrusted, "capabilities.untrustedWorkspaces is not declared");
   assert.equal(untrusted.supported, "limited");
-  const scope = pkg.contributes.configuration.properties["codestral.serverPath"].scope;
-  assert.equal(scope, "machine", "a workspace's settings can choose the program that runs");
+  for (const key of ["serverPath", "model", "draftModel"]) {
+    const scope = pkg.contributes.configuration.properties[`codestral.${key}`].scope;
+    assert.equal(scope, "machine", `a workspace's settings can set codestral.${key}`);
+  }
 });
 
 test("in an untrusted workspace the server in its .venv is not run", async () => {

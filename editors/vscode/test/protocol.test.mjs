@@ -180,6 +180,25 @@ step("package.json declares every setting the extension sends", async () => {
   assert.deepEqual(Object.keys(defaults).sort(), [...SERVER_KEYS].sort());
 });
 
+step("package.json's defaults are the server's defaults (an untouched setting changes nothing)", async () => {
+  // The server's own defaults, as its CLI prints them: `codestral-ls --help` is not structured, so ask
+  // the server module itself.
+  const { execFileSync } = await import("node:child_process");
+  const python = path.join(path.dirname(process.env.CODESTRAL_LS ?? path.join(repo, ".venv/bin/codestral-ls")), "python");
+  const camel = JSON.parse(
+    execFileSync(python, [
+      "-c",
+      "import json, dataclasses; from codestral_ls.server.options import Options, camel; " +
+        "print(json.dumps({camel(f.name): f.default for f in dataclasses.fields(Options) " +
+        "if f.default is not dataclasses.MISSING and isinstance(f.default, (int, str))}))",
+    ]).toString(),
+  );
+  for (const key of SERVER_KEYS) {
+    if (!(key in camel)) continue;
+    assert.deepEqual(defaults[key], camel[key], `codestral.${key}: package.json ${defaults[key]}, server ${camel[key]}`);
+  }
+});
+
 step("initialize: inline completion and the accept command", async () => {
   const caps = initializeResult.capabilities;
   assert.ok(caps.inlineCompletionProvider, "no inlineCompletionProvider");

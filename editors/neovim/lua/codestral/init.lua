@@ -7,7 +7,7 @@ local M = {}
 
 M.defaults = {
   cmd = { 'codestral-ls' },
-  init_options = {}, -- sent as a JSON object even when empty; model, device, dtype, quantize, budgetMs, maxTokens, multiline, secondOpinions, disabledLanguages
+  init_options = {}, -- a JSON object even when empty: device, dtype, quantize, budgetMs, maxTokens, multiline, secondOpinions, disabledLanguages (the model: --model in cmd)
   filetypes = {
     'python', 'javascript', 'javascriptreact', 'typescript', 'typescriptreact',
     'go', 'rust', 'java', 'c', 'cpp', 'lua', 'sh',
