@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from codestral_ls.server.options import ALIASES, parse_options
+from codestral_ls.server.options import ALIASES, parse_client_options, parse_options
 from lsprotocol import types
 
 from tests.lsp_client import Client, open_doc, stop
@@ -117,9 +117,12 @@ def test_options_are_ones_the_server_accepts() -> None:
     init = _load("initializationOptions.json")
     settings = _load("settings.json")
     assert set(init) <= set(ALIASES), set(init) - set(ALIASES)
-    assert set(init) >= {"model", "device", "dtype", "quantize", "budgetMs", "maxTokens", "multiline",
+    assert set(init) >= {"device", "dtype", "quantize", "budgetMs", "maxTokens", "multiline",
                          "disabledLanguages"}
     assert parse_options(init)[1] == []  # values valid too
+    # Nothing the server refuses from an editor (model files, backends): it would say so on every start.
+    assert parse_client_options(init, None)[1] == []
+    assert parse_client_options(settings, None)[1] == []
     assert isinstance(settings.get("codestral"), dict)
     assert set(settings["codestral"]) <= set(ALIASES)
     assert parse_options(settings)[1] == []
