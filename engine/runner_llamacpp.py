@@ -53,6 +53,7 @@ class LlamaKV:
     runner: LlamaCppRunner | None
     seq_id: int
     bytes_per_token: int
+    finalizer: weakref.finalize | None = None  # frees the slot if this handle dies unreleased
 
     def crop(self, n: int) -> None:
         if self.runner is not None:
@@ -62,6 +63,8 @@ class LlamaKV:
         return n_tokens * self.bytes_per_token
 
     def release(self) -> None:
+        if self.finalizer is not None:
+            self.finalizer.detach()  # the slot may go to another sequence: this handle must not free it
         if self.runner is not None:
             self.runner.free_slot(self.seq_id)
             self.runner = None
@@ -124,9 +127,10 @@ class LlamaCppRunner:
 
     def forward(self, seq: Sequence, ids: list[int], n_logits: int = 1) -> np.ndarray:
         if seq.kv is None:
-            seq.kv = LlamaKV(self, self._take_slot(), self.bytes_per_token)
+            kv = LlamaKV(self, self._take_slot(), self.bytes_per_token)
             # A sequence dropped without `release` (an exception unwinding) still frees its slot.
-            weakref.finalize(seq.kv, self.free_slot, seq.kv.seq_id)
+            kv.finalizer = weakref.finalize(kv, self.free_slot, kv.seq_id)
+            seq.kv = kv
         kv = seq.kv
         assert isinstance(kv, LlamaKV) and kv.runner is self
         rows: list[np.ndarray] = []

@@ -435,3 +435,23 @@ def test_the_gguf_tokenizer_reads_like_transformers(tiny_llamacpp_engine):
     assert (tok.bos_token_id, tok.eos_token_id, tok.all_special_ids) == (ref.bos_token_id, ref.eos_token_id,
                                                                           ref.all_special_ids)
     assert set(tok.added_tokens_decoder) == set(ref.added_tokens_decoder)
+
+
+def test_a_slot_given_to_another_sequence_stays_with_it(tiny_llamacpp_engine):
+    """A released sequence's slot goes to the next one; the old handle dying later must not free it."""
+    import gc
+
+    r = tiny_llamacpp_engine.runner
+    ids = tiny_llamacpp_engine.encoder.build(PREFIX, SUFFIX).ids[:40]
+    a = Sequence()
+    r.forward(a, ids[:20])
+    old = a.kv
+    a.release()
+    b = Sequence()
+    r.forward(b, ids[:20])
+    assert b.kv.seq_id == old.seq_id  # the same slot, reused
+    del old
+    gc.collect()
+    reused = r.forward(b, ids[20:])
+    recomputed = r.forward(Sequence(), ids)
+    assert np.allclose(reused, recomputed, rtol=1e-4, atol=1e-3)
