@@ -204,8 +204,8 @@ def doctor(options: Options) -> int:
 
     row("cache dir", embedded.cache_dir())
     if options.model is None:
-        converted = "yes" if embedded.is_converted() else "no (first load converts it)"
-        row("model", f"{embedded.EMBEDDED_NAME}; converted: {converted}")
+        converted = "yes" if embedded.is_converted() else "no (a first --runner torch load converts it)"
+        row("model", f"{embedded.EMBEDDED_NAME}; fp32 copy for the torch runner: {converted}")
     else:
         row("model", options.model)
     from codestral_ls.engine import load_engine
