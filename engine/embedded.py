@@ -98,6 +98,11 @@ def gguf_path(progress: Progress | None = None) -> Path:
     return dest
 
 
+def tokenizer_dir(progress: Progress | None = None) -> Path:
+    """The embedded model's tokenizer folder, extracted once from its GGUF (no fp32 conversion)."""
+    return gguf_tokenizer(gguf_path(progress), progress)
+
+
 def converted_dir() -> Path:
     return cache_dir() / "qwen2.5-coder-0.5b-instruct"
 

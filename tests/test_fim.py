@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from codestral_ls.engine.embedded import converted_dir
+from codestral_ls.engine.embedded import tokenizer_dir
 from codestral_ls.engine.fim import CODESTRAL, QWEN, FimEncoder, detect_profile
 from codestral_ls.engine.heal import HealIndex
 from transformers import AutoTokenizer
@@ -22,7 +22,7 @@ def tiny_tok(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def qwen_tok():
-    return AutoTokenizer.from_pretrained(converted_dir())
+    return AutoTokenizer.from_pretrained(tokenizer_dir())  # the GGUF's own, as the server uses
 
 
 def test_codestral_layout_is_bos_suffix_prefix_no_middle(tiny_tok):

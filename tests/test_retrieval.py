@@ -187,10 +187,10 @@ def test_selection_changes_in_coarse_steps(project):
 
 @pytest.fixture(scope="module")
 def qwen_tok():
-    from codestral_ls.engine.embedded import converted_dir
+    from codestral_ls.engine.embedded import tokenizer_dir
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(converted_dir())
+    return AutoTokenizer.from_pretrained(tokenizer_dir())  # the GGUF's own, as the server uses
 
 
 def test_qwen_repo_layout_with_paths(qwen_tok):
