@@ -6,6 +6,8 @@ string) gets edits applied at the wrong place and drifts from the editor's copy.
 the whole text for every position it converts and clamps a character past the end of the last
 line to one before its end. Here lines end at \\n, \\r\\n or \\r only (the LSP rule), the line index
 is built once per text version, and a position converts by encoding one line (a prefix of it).
+The pygls private members this needs (and the workspace's class swap) are listed and checked in
+server/pygls_seam.py.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote
 
+from codestral_ls.server import pygls_seam
 from lsprotocol import types
 from pygls.workspace import TextDocument, Workspace
 
@@ -169,6 +172,4 @@ class LspWorkspace(Workspace):
 
 def adopt(workspace: Workspace) -> LspWorkspace:
     """pygls builds a plain `Workspace` on `initialize`: make it this kind before any document opens."""
-    if not isinstance(workspace, LspWorkspace):
-        workspace.__class__ = LspWorkspace
-    return workspace  # type: ignore[return-value]
+    return pygls_seam.adopt_class(workspace, LspWorkspace)

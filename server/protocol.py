@@ -7,6 +7,9 @@ before `initialize` gets ServerNotInitialized, one after `shutdown` (or a second
 InvalidRequest; a notification with bad params is dropped with a warning. What is logged names the
 method and the paths of the bad fields, never their values (pygls' own traceback would quote them:
 document text). Wrong JSON types are errors, not coerced ("1" is no line number).
+
+pygls has no public hook for any of this: the private members used here are listed and checked in
+server/pygls_seam.py, and read through its accessors.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from cattrs import transform_error
 from cattrs.errors import BaseValidationError
+from codestral_ls.server import pygls_seam as seam
 from codestral_ls.server.documents import adopt
 from lsprotocol.types import EXIT, INITIALIZE, ResponseErrorMessage
 from pygls.exceptions import (
@@ -45,7 +49,7 @@ _ANSWERED = SimpleNamespace(jsonrpc="answered")
 class AnsweringProtocol(LanguageServerProtocol):
     def __init__(self, server: Any, converter: Any) -> None:
         super().__init__(server, converter)
-        strict_primitives(self._converter)
+        strict_primitives(seam.converter(self))
 
     @property
     def workspace(self) -> Workspace:
@@ -76,12 +80,12 @@ class AnsweringProtocol(LanguageServerProtocol):
         try:
             if "id" in data:
                 if "error" in data:
-                    return self._converter.structure(data, ResponseErrorMessage)
+                    return seam.converter(self).structure(data, ResponseErrorMessage)
                 if "method" in data:
-                    return self._converter.structure(data, self.get_message_type(method) or JsonRPCRequestMessage)
-                return self._converter.structure(
-                    data, self._result_types.pop(data["id"], None) or JsonRPCResponseMessage)
-            return self._converter.structure(data, self.get_message_type(method or "") or JsonRPCNotification)
+                    return seam.converter(self).structure(data, self.get_message_type(method) or JsonRPCRequestMessage)
+                return seam.converter(self).structure(
+                    data, seam.result_type(self, data["id"]) or JsonRPCResponseMessage)
+            return seam.converter(self).structure(data, self.get_message_type(method or "") or JsonRPCNotification)
         except Exception as exc:
             detail = describe_invalid(exc)
             return self._reject(data, JsonRpcInvalidParams(f"invalid params for {method}: {detail}"), detail)
@@ -116,17 +120,17 @@ class AnsweringProtocol(LanguageServerProtocol):
         method = getattr(message, "method", None)
         is_request = method is not None and hasattr(message, "id")
         if method is not None and method != EXIT:
-            if self._workspace is None and method != INITIALIZE:
+            if not seam.initialized(self) and method != INITIALIZE:
                 if is_request:
                     send_error(self, message.id, JsonRpcServerNotInitialized(f"{method} before initialize"))
                 else:
                     log.warning("ignored %s before initialize", method)
                 return
-            if self._shutdown:
+            if seam.shut_down(self):
                 if is_request:
                     send_error(self, message.id, JsonRpcInvalidRequest(f"{method} after shutdown"))
                 return
-            if method == INITIALIZE and self._workspace is not None:  # would drop every open document
+            if method == INITIALIZE and seam.initialized(self):  # would drop every open document
                 if is_request:
                     send_error(self, message.id, JsonRpcInvalidRequest("the server is already initialized"))
                 return
@@ -136,9 +140,9 @@ class AnsweringProtocol(LanguageServerProtocol):
         # A handler's JsonRpcException (a document that is not open, a line past the end) is an
         # answer like any other: pygls would log a traceback for each one.
         if not future.cancelled() and isinstance(error := future.exception(), JsonRpcException):
-            self._request_futures.pop(msg_id, None)
+            seam.pending(self).pop(msg_id, None)
             log.info("answered a request with an error: %s", error.message)
-            self._send_response(msg_id, error=error.to_response_error())
+            seam.send_response(self, msg_id, error.to_response_error())
             return
         super()._send_handler_result(future, msg_id=msg_id)
 
@@ -146,8 +150,9 @@ class AnsweringProtocol(LanguageServerProtocol):
         # pygls files the future of a generator notification handler (didOpen, didChange, didClose)
         # under a fresh id and never removes it: one future per keystroke, forever. Only in-flight
         # requests are in there otherwise, so the scan is short.
-        for key in [k for k, f in self._request_futures.items() if f is future]:
-            del self._request_futures[key]
+        futures = seam.pending(self)
+        for key in [k for k, f in futures.items() if f is future]:
+            del futures[key]
         super()._check_handler_result(future)
 
 
@@ -185,10 +190,10 @@ def send_error(protocol: LanguageServerProtocol, msg_id: int | str | None, error
     """An error response; with a null id when the request's id is unknown (lsprotocol's converter
     would leave out a None id, and a response without "id" is no response)."""
     if msg_id is not None:
-        protocol._send_response(msg_id, error=error.to_response_error())
+        seam.send_response(protocol, msg_id, error.to_response_error())
         return
     body: dict[str, Any] = {"code": error.code, "message": error.message}
-    protocol._send_data({"jsonrpc": "2.0", "id": None, "error": body})
+    seam.send_data(protocol, {"jsonrpc": "2.0", "id": None, "error": body})
 
 
 def describe_invalid(exc: BaseException) -> str:
