@@ -17,7 +17,8 @@ Each configuration is the real server over stdio (tests' and editors' protocol, 
 sent at initialize), started once; per site it opens B (when the configuration opens it) then A
 (didOpen, as an editor would: A last, the file being edited), asks `textDocument/inlineCompletion`
 at the cursor, and closes both. The first line of the first item is compared with the original
-line (both stripped): exact-line rate, and edit similarity (1 − Levenshtein / longer length).
+line (both stripped): exact-line rate, edit similarity (1 − Levenshtein / longer length), and how
+often the suggestion names the imported name at all.
 
 Configurations (default options unless the label says otherwise):
 
@@ -204,7 +205,7 @@ async def run_config(name: str, sites: list[Site], roots: dict[str, Path]) -> di
                 item, error = None, str(exc)[:200]
             ms = (time.perf_counter() - t0) * 1000
             got = ((item or {}).get("text") or "").split("\n", 1)[0].strip()
-            rows.append({"site": asdict(site), "got": got, "exact": got == site.original,
+            rows.append({"site": asdict(site), "got": got, "exact": got == site.original, "uses_name": site.name in got,
                          "similarity": round(edit_similarity(got, site.original), 3), "ms": round(ms, 1),
                          "error": error})
             server.close(a_uri)
@@ -216,6 +217,7 @@ async def run_config(name: str, sites: list[Site], roots: dict[str, Path]) -> di
     return {"config": name, "flags": flags, "opens_related": open_b, "load_s": round(load_s, 1), "n": n,
             "exact": round(100 * sum(r["exact"] for r in rows) / n, 1) if n else None,
             "similarity": round(statistics.mean(r["similarity"] for r in rows), 3) if n else None,
+            "uses_name": round(100 * sum(r["uses_name"] for r in rows) / n, 1) if n else None,
             "p50_ms": round(statistics.median(r["ms"] for r in rows), 1) if n else None, "rows": rows}
 
 
@@ -281,12 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in configs:
             res = asyncio.run(run_config(name, sites, roots))
             results.append(res)
-            print(f"{name}: exact {res['exact']} %, similarity {res['similarity']}, p50 {res['p50_ms']} ms",
-                  flush=True)
+            print(f"{name}: exact {res['exact']} %, similarity {res['similarity']}, uses the name "
+                  f"{res['uses_name']} %, p50 {res['p50_ms']} ms", flush=True)
     print(table([[r["config"], " ".join(r["flags"]) or "(defaults)", "yes" if r["opens_related"] else "no",
-                  str(r["n"]), f"{r['exact']:.1f}", f"{r['similarity']:.3f}", f"{r['p50_ms']:.0f}"]
-                 for r in results],
-                ["config", "flags", "B open", "n", "exact %", "edit sim", "p50 ms"]))
+                  str(r["n"]), f"{r['exact']:.1f}", f"{r['similarity']:.3f}", f"{r['uses_name']:.1f}",
+                  f"{r['p50_ms']:.0f}"] for r in results],
+                ["config", "flags", "B open", "n", "exact %", "edit sim", "name %", "p50 ms"]))
     out = args.out or RESULTS_DIR / f"crossfile_{len(sites)}.json"
     write_json(out, {"benchmark": "crossfile", "command": " ".join(sys.argv), "sites": len(sites),
                      "packages": list(roots), "retrieval_cost": cost, "results": results,

@@ -288,3 +288,41 @@ def test_path_and_repo_cross_the_daemon_wire():
                    stop=StopRule())
     back = request_from_wire(request_to_wire(r))
     assert (back.path, back.repo, back.extra_files) == ("a/b.py", "proj", (("a.py", "x"),))
+
+
+def test_an_import_not_used_yet_comes_first(project):
+    """The code being written is about to use what was imported and not used so far."""
+    text = ("from .geometry import Rectangle, circle_area\n\n\ndef first(r):\n    return Rectangle()\n\n\n"
+            "def second(radius):\n    ")
+    main = project / "pkg" / "main.py"
+    # A budget for one of the two definitions: the one not used yet wins over import order.
+    for code, wanted, other in ((text, "def circle_area", "class Rectangle"),
+                                (text.replace("return Rectangle()", "return circle_area(r)"), "class Rectangle",
+                                 "def circle_area")):
+        r = Retriever()
+        r.workspace = Workspace.of([project.as_uri()])
+        out = select(r, doc(main, code), [], sources=("definitions",), budget=60)
+        assert len(out) == 1 and wanted in out[0][1] and other not in out[0][1], (wanted, out)
+
+
+def test_crossfile_benchmark_sites_are_first_uses_of_sibling_names(tmp_path):
+    import sys
+
+    root_dir = str(Path(__file__).resolve().parent.parent)
+    if root_dir not in sys.path:
+        sys.path.insert(0, root_dir)
+    from benchmarks.crossfile import blanked, edit_similarity, find_sites
+
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "__init__.py").write_text("from .geometry import circle_area\n")
+    (repo / "pkg" / "geometry.py").write_text(GEOMETRY)
+    (repo / "pkg" / "uses.py").write_text(USES + "\n\ndef later():\n    return circle_area(2.0) + circle_area(3.0)\n")
+    sites = find_sites("pkg", repo)
+    assert [(s.a, s.b, s.name, s.original) for s in sites] == [
+        ("pkg/uses.py", "pkg/geometry.py", "Rectangle", "room = Rectangle()"),
+        ("pkg/uses.py", "pkg/geometry.py", "circle_area",
+         "return room.scaled_rectangle_area(2.0) + circle_area(1.0)")]
+    lines = blanked(repo, sites[0]).split("\n")
+    assert lines[sites[0].line] == "    " and "Rectangle()" not in lines[sites[0].line]
+    assert edit_similarity("abc", "abc") == 1.0 and edit_similarity("abc", "abd") == pytest.approx(2 / 3)
