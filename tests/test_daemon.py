@@ -29,9 +29,9 @@ from codestral_ls.engine.daemon import (
     request_to_wire,
     write_daemon_file,
 )
+from codestral_ls.engine.daemon_client import DaemonBackend
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import FimRequest, FimResult, StopRule
-from codestral_ls.server.backends import DaemonBackend
 from codestral_ls.server.options import Options
 from pygls.exceptions import JsonRpcException
 
