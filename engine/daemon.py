@@ -2,7 +2,8 @@
 
 Editors start one language server per window; with the daemon they all send their FIM requests to
 one process that holds the model, so the newest-per-document rule, the KV cache and the background
-prefetch of its single `EngineWorker` serve every window. Standard library only, no torch at import.
+prefetch of its single `EngineWorker` serve every window. The client is engine/daemon_client.py.
+Standard library only, no torch at import.
 
 Wire protocol (HTTP/1.0, JSON, loopback by default). Every request carries
 `Authorization: Bearer <token>`; a missing or wrong token is answered 401 and nothing else.
@@ -11,7 +12,7 @@ Wire protocol (HTTP/1.0, JSON, loopback by default). Every request carries
     GET  /v1/stats      counters (requests, clients, cancelled, ...)
     GET  /v1/tokenizer  the model's tokenizer as `tokenizers` JSON (clients count tokens exactly); 503 while loading
     POST /v1/prefetch   {"client": str, "request": {FimRequest fields}} → 202 {}: warmed when the worker is idle
-    POST /v1/fim        {"client": str, "request": {FimRequest fields}}
+    POST /v1/fim        {"client": str, "request": {FimRequest fields}}   (fields: engine/wire.py, from the dataclasses)
         → 200, application/x-ndjson, one JSON object per line, ended by the daemon closing the connection:
           {"event": "wait"}  every HEARTBEAT_S while the request is queued or running
           then one of {"result": {FimResult fields}} or {"error": {"kind": "cancelled"|"engine"|"internal",
@@ -45,8 +46,9 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from codestral_ls.engine.backend import Backend
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import FimRequest, FimResult
 from codestral_ls.engine.wire import from_wire, to_wire
@@ -67,15 +69,6 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 class DaemonError(EngineError):
     """The daemon cannot start (address in use, another daemon running, unwritable file)."""
-
-
-class _Worker(Protocol):  # engine.worker.EngineWorker, or a stand-in in tests
-    loaded: threading.Event
-    load_error: str | None
-
-    def submit(self, req: FimRequest) -> Future[FimResult]: ...
-
-    def prefetch(self, req: FimRequest) -> None: ...
 
 
 # -- discovery file -------------------------------------------------------------------------------
@@ -197,7 +190,7 @@ class EngineDaemon(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], worker: _Worker, token: str) -> None:
+    def __init__(self, address: tuple[str, int], worker: Backend, token: str) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.worker = worker
         self.token = token
@@ -458,7 +451,7 @@ def ensure_not_running(file: Path | None = None) -> None:
                           f"stop it first, or point CODESTRAL_LS_CACHE elsewhere for a second one")
 
 
-def serve(worker: _Worker, host: str = "127.0.0.1", port: int = 0, file: Path | None = None,
+def serve(worker: Backend, host: str = "127.0.0.1", port: int = 0, file: Path | None = None,
           token: str | None = None) -> int:
     """Serve `worker` until SIGINT/SIGTERM; writes (and at exit removes) the discovery file."""
     file = file or daemon_file()
