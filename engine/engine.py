@@ -11,6 +11,7 @@ determinism is what lets a cached continuation stand in for decoding (`_replay`)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -243,7 +244,7 @@ class Engine:
                     break
                 entry.choices.append(old)  # how it ranked does not depend on the constraint
                 res.replayed_tokens += 1
-                if self._accept(st, token) or self._at_length(st):
+                if self._accept(st, token, replaying=True) or self._at_length(st):
                     # Stopped inside the cached continuation: keep its tail (with its own
                     # choices) for the next keystroke, no model call at all.
                     entry.choices += old_choices[pos + 1 - old_prompt_len:]
@@ -307,8 +308,13 @@ class Engine:
             return True
         return False
 
-    def _accept(self, st: _Decode, token: int) -> bool:
-        """Add a chosen token to the suggestion; True when the stop rule ends it here."""
+    def _accept(self, st: _Decode, token: int, replaying: bool = False) -> bool:
+        """Add a chosen token to the suggestion; True when the stop rule ends it here.
+
+        The latency budget (`StopRule.line_deadline`) never cuts tokens replayed from the cache: they
+        cost nothing, and a client asking again after a grown block must get all of it (cutting
+        there answered the first line again, and the block grew again, over and over).
+        """
         st.gen.append(token)
         st.rule.advance(token)
         if st.rule.rest:
@@ -316,7 +322,10 @@ class Engine:
         full = self.encoder.decode(st.gen)
         heal = st.prompt.heal
         middle = full[len(heal):] if full.startswith(heal) else full
-        st.text, done = st.req.stop.cut(middle)
+        stop = st.req.stop
+        if replaying and stop.line_deadline is not None:
+            stop = dataclasses.replace(stop, line_deadline=None)
+        st.text, done = stop.cut(middle)
         st.rule.text = st.text
         if done:
             st.finish = "stop"

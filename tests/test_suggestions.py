@@ -132,3 +132,24 @@ async def test_did_focus_warms_the_prompt_and_a_request_preempts_warm_up(default
     final = await stats(c)
     assert final["prefetches"]["cancelled"] > after["prefetches"]["cancelled"], final["prefetches"]
     assert warm_ms < 60_000
+
+
+def test_a_block_replayed_from_the_cache_is_never_cut_by_the_budget(qwen_engine):
+    # A client asks again after codestral/suggestionUpdated; its request may start after the budget
+    # ran out (a busy engine thread). Before, the replay was cut after the first line again, a
+    # follow-up grew it again and announced it again: 12-42 notifications for one block.
+    import dataclasses
+
+    from codestral_ls.engine.engine import Engine
+    from codestral_ls.engine.options import EngineOptions
+    from codestral_ls.engine.request import FimRequest, StopRule
+
+    engine = Engine(qwen_engine.loaded, EngineOptions())
+    stop = StopRule(max_lines=12, block_indent=4)
+    req = FimRequest(doc="b", prefix="def add_all(values):\n    ", suffix="\n\nprint(add_all([1, 2]))\n",
+                     max_tokens=64, stop=stop, background=False)
+    whole = engine.complete(req)
+    assert whole.finish == "stop" and whole.text.count("\n") >= 1, whole
+    late = dataclasses.replace(req, stop=dataclasses.replace(stop, line_deadline=time.monotonic() - 1))
+    again = engine.complete(late)
+    assert again.replayed_tokens > 0 and again.text == whole.text, (whole.text, again.text)
