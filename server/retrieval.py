@@ -175,9 +175,11 @@ def _query(language: str) -> Any:
 
 
 def parse_file(text: str, language: str) -> Parsed:
+    """Top-level spans, definitions and imports of a file; a file over `MAX_FILE_BYTES` characters is
+    not parsed (its chunks are fixed line steps): a request never waits on a huge parse."""
     lines = text.split("\n")
     parser = _parser(language)
-    if parser is None:
+    if parser is None or len(text) > MAX_FILE_BYTES:
         return Parsed(language, lines, [])
     data = text.encode("utf-8", "surrogatepass")
     try:

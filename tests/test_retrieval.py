@@ -326,3 +326,16 @@ def test_crossfile_benchmark_sites_are_first_uses_of_sibling_names(tmp_path):
     lines = blanked(repo, sites[0]).split("\n")
     assert lines[sites[0].line] == "    " and "Rectangle()" not in lines[sites[0].line]
     assert edit_similarity("abc", "abc") == 1.0 and edit_similarity("abc", "abd") == pytest.approx(2 / 3)
+
+
+def test_a_huge_open_file_is_chunked_without_a_parse(tmp_path):
+    from codestral_ls.server import retrieval
+
+    huge = "".join(f"def helper_{i}(value):\n    return value + {i}\n\n" for i in range(12_000))
+    assert len(huge) > retrieval.MAX_FILE_BYTES
+    parsed = parse_file(huge, "python")
+    assert parsed.tops == [] and parsed.defs == {}
+    assert all(b - a == retrieval.CHUNK_LINES - 1 for a, b in chunk_spans(parsed)[:-1])
+    out = select(Retriever(), doc(tmp_path / "b.py", "x = helper_11999(3)\n"), [doc(tmp_path / "h.py", huge)],
+                 sources=("chunks",), budget=150)
+    assert "def helper_11999" in out[0][1]
