@@ -6,8 +6,9 @@ Three sources, each switchable (`retrieval` option, server/options.py):
   syntax boundaries (llama.vim's ring of chunks), ranked by the Jaccard similarity of their
   identifier sets with the lines around the cursor (Continue's snippet ranking);
 - ``definitions``: the signature, docstring and fields of names the current file imports from the
-  workspace (Python, JS/TS, Go, Rust, Java, C/C++ imports read with tree-sitter queries), those
-  used near the cursor first; read from the open document, else from disk under a workspace root;
+  workspace (Python, JS/TS, Go, Rust, Java, C/C++ imports read with tree-sitter queries), names
+  imported but not used yet above the cursor first (the code being written is about to use them),
+  then those used near it; read from the open document, else from disk under a workspace root;
 - ``edits``: the lines the user edited most recently in other files.
 
 Rules it keeps:
@@ -21,7 +22,9 @@ Rules it keeps:
   Files are ordered by when they were last edited (files never edited first, by path), snippets
   in a file by line: an edit elsewhere moves that file last and leaves the files before it alone.
 - Cheap: an unchanged selection costs a hash of the text above the block and of the other
-  documents; a recomputation parses only files not seen at that version.
+  documents; a recomputation parses only files not seen at that version (never one over
+  `MAX_FILE_BYTES`: fixed line-step chunks instead), and remembers where imports lead
+  (`RESOLVE_TTL_S`) and a closed file's size and time (`STAT_TTL_S`).
 """
 
 from __future__ import annotations
