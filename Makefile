@@ -10,11 +10,12 @@ $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "codestral-ls needs Python 3.11+"'
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstalls when pyproject.toml changes. torch==2.13.0 is pinned: an unpinned torch pulls a
+# Reinstalls when pyproject.toml changes. llama-cpp-python compiles from source (~5 min on 2 cores,
+# once: pip caches the wheel); its multimodal library is not used, so it is not built. torch==2.13.0 is pinned: an unpinned torch pulls a
 # multi-GB CUDA build (GPU users: see README).
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[model,dev]'
+	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" $(PY) -m pip install --quiet -e '.[model,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -370,8 +370,9 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
             snap["model"] = {"source": engine.loaded.source, "device": engine.loaded.device,
                              "dtype": engine.loaded.dtype, "quantize": engine.loaded.quantize,
                              "fim": engine.encoder.profile.name}
+            # `oversized`: times one entry alone was over the budget (kept, never evicted: see kvcache.py).
             snap["kv_cache"] = {"entries": len(engine.store.entries), "bytes": engine.store.total_bytes(),
-                                "budget_bytes": engine.store.budget_bytes}
+                                "budget_bytes": engine.store.budget_bytes, "oversized": engine.store.oversized}
         elif ls.worker and ls.worker.load_error:
             snap["model"] = {"error": ls.worker.load_error}
         return snap
