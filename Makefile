@@ -11,8 +11,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstalls when pyproject.toml changes. llama-cpp-python compiles from source (~5 min on 2 cores,
-# once: pip caches the wheel); its multimodal library is not used, so it is not built. torch==2.13.0 is pinned: an unpinned torch pulls a
-# multi-GB CUDA build (GPU users: see README).
+# once: pip caches the wheel); its multimodal library is not used, so it is not built.
+# torch==2.13.0 is pinned: an unpinned torch pulls a multi-GB CUDA build (GPU users: see README).
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" $(PY) -m pip install --quiet -e '.[model,dev]'
