@@ -51,7 +51,10 @@ class TorchRunner:
         if seq.kv is None:
             from transformers import DynamicCache
 
-            seq.kv = TorchKV(DynamicCache(config=self.model.config))
+            # Full layers even for a sliding-window model: the attention mask still applies the
+            # window (it comes from the config), and only a full layer can be cropped back for the
+            # next keystroke once the window is reached. Prompts are bounded by the context windows.
+            seq.kv = TorchKV(DynamicCache())
         kv = seq.kv
         assert isinstance(kv, TorchKV)
         inp = torch.tensor([ids], device=self.device)

@@ -455,3 +455,17 @@ def test_a_slot_given_to_another_sequence_stays_with_it(tiny_llamacpp_engine):
     reused = r.forward(b, ids[20:])
     recomputed = r.forward(Sequence(), ids)
     assert np.allclose(reused, recomputed, rtol=1e-4, atol=1e-3)
+
+
+def test_a_prompt_longer_than_the_sliding_window_can_still_be_cropped(tiny_torch_engine):
+    # Mistral configs carry a sliding window (4096 here): a cache built from the config keeps only the
+    # window, and cropping it for the next keystroke raised "crop was called, but the current layer
+    # does not track past states" (the stress benchmark's 2 MB document, once windows grew with speed).
+    e = fresh(tiny_torch_engine)
+    long_prefix = "value = compute(1, 2)\n" * 700 + "def add(a, b):\n    ret"
+    assert len(e.encoder.build(long_prefix, SUFFIX).ids) > 4096
+    e.complete(req(prefix=long_prefix, background=False))
+    edited = long_prefix[:-3] + "x = 1\n    ret"
+    got = e.complete(req(prefix=edited, background=False))
+    cold = fresh(tiny_torch_engine, kv_reuse=False).complete(req(prefix=edited, background=False))
+    assert got.reused_tokens > 4000 and got.text == cold.text
