@@ -70,6 +70,8 @@ KEYWORDS = frozenset(
     "mod mut new nil none not null or package pass pub raise return self static struct super switch this throw "
     "true try type use var void while with yield int str bool float char long".split())
 
+NEAR_CHARS = 40_000  # before the cursor (a quarter of it after): text a snippet may already be part of
+
 
 @dataclass(frozen=True)
 class Snippet:
@@ -484,8 +486,13 @@ class Retriever:
         budget = int(budget_tokens * CHARS_PER_TOKEN)
         picked: list[Snippet] = []
         taken: dict[str, list[tuple[int, int]]] = {}  # path → line spans already in
+        near = text[max(0, offset - NEAR_CHARS):offset + NEAR_CHARS // 4]  # what the prompt holds anyway
 
         def take(s: Snippet, limit: int) -> int:
+            if s.text.strip() in near:
+                # Already in the current file (a copy, the same file open twice): it adds nothing,
+                # and an unfinished copy of the cursor's line made the model think it was written.
+                return 0
             n = len(s.text) + len(s.path) + 2
             if n > limit and s.source == "definitions" and limit >= MIN_CUT_CHARS:
                 # A big class: its head (signature, docstring, first fields and methods) still helps.

@@ -339,3 +339,15 @@ def test_a_huge_open_file_is_chunked_without_a_parse(tmp_path):
     out = select(Retriever(), doc(tmp_path / "b.py", "x = helper_11999(3)\n"), [doc(tmp_path / "h.py", huge)],
                  sources=("chunks",), budget=150)
     assert "def helper_11999" in out[0][1]
+
+
+def test_code_already_in_the_current_file_is_not_sent_again(tmp_path):
+    # The same text open twice (a copy, a split view, a scratch buffer): its chunk told the model the
+    # line was already written, and it answered '0' or 'a' instead of 'a + b' (the editor tests saw it).
+    text = "def add(a, b):\n    return "
+    copy = doc(tmp_path / "copy.py", text + "\n")
+    assert select(Retriever(), doc(tmp_path / "main.py", text), [copy], sources=("chunks",)) == ()
+    # A chunk that differs is still sent.
+    other = doc(tmp_path / "other.py", "def sub(a, b):\n    return a - b\n")
+    out = select(Retriever(), doc(tmp_path / "main.py", text), [other], sources=("chunks",))
+    assert out and "def sub" in out[0][1]
