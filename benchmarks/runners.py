@@ -74,7 +74,7 @@ def part_llamacpp(args: argparse.Namespace) -> dict[str, Any]:
     tok = PreTrainedTokenizerFast.from_pretrained(embedded.gguf_tokenizer(gguf))
     ids = prompt_ids(tok, args.prompt)
     runner = LlamaCppRunner(gguf, threads=args.threads)
-    chunk = EngineOptions().prefill_chunk
+    chunk = EngineOptions().prefill_chunk or runner.prefill_chunk
     threads = runner.threads
     llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads, n_batch=512,
                 n_ubatch=512, verbose=False)
@@ -132,7 +132,8 @@ def part_torch(args: argparse.Namespace) -> dict[str, Any]:
 
     loaded = load_model(ModelSpec(device="cpu", runner="torch", threads=args.threads))
     ids = prompt_ids(loaded.tokenizer, args.prompt)
-    out = time_runner(loaded.runner, ids, args.decode, args.rounds, EngineOptions().prefill_chunk)
+    out = time_runner(loaded.runner, ids, args.decode, args.rounds,
+                      EngineOptions().prefill_chunk or loaded.runner.prefill_chunk)
     import torch
 
     out |= {"prefill_best": max(out["prefill_all"]), "decode_best": min(out["decode_all"])}

@@ -274,7 +274,7 @@ class Engine:
         return st.prompt.ids[pos] if pos < n else st.gen[pos - n]
 
     def _prefill(self, seq: Sequence, ids: list[int], cancel: CancelToken) -> np.ndarray:
-        return prefill(self._forward, seq, ids, self.options.prefill_chunk, cancel)
+        return prefill(self._forward, seq, ids, self.options.prefill_chunk or self.runner.prefill_chunk, cancel)
 
     def _decode(self, st: _Decode, logits: np.ndarray, deadline: float | None) -> None:
         entry, req = st.entry, st.req

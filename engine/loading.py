@@ -243,7 +243,8 @@ def load_draft(spec: ModelSpec, target: LoadedModel, options: Any) -> Any:  # ->
     DraftModel.check_compatible(target.tokenizer, loaded.tokenizer, target.runner.vocab_size,
                                 loaded.runner.vocab_size)
     log.info("draft model %s (%.0f MB) drafts for %s", loaded.source, loaded.weight_bytes / 2**20, target.source)
-    return DraftModel(loaded.runner, budget_bytes=options.kv_budget_bytes // 4, prefill_chunk=options.prefill_chunk)
+    return DraftModel(loaded.runner, budget_bytes=options.kv_budget_bytes // 4,
+                      prefill_chunk=options.prefill_chunk or loaded.runner.prefill_chunk)
 
 
 def _bnb_config(quantize: str, dtype: Any) -> Any:

@@ -27,6 +27,9 @@ RUNNERS = ("auto", "torch", "llamacpp")
 class Runner(Protocol):
     name: str  # "torch" or "llamacpp"
     vocab_size: int  # logits' width
+    # Tokens per prefill forward: cancellation (a newer keystroke, a real request over a warm-up)
+    # lands between chunks, so a chunk is the longest a request can wait behind superseded work.
+    prefill_chunk: int
 
     def forward(self, seq: Sequence, ids: list[int], n_logits: int = 1) -> Any:
         """Feed `ids` after `seq.ids` (extending it); logits [n_logits, vocab] of the last positions."""
