@@ -72,9 +72,11 @@ class CodestralServer(LanguageServer):
     def start_engine(self) -> None:
         from codestral_ls.server.backends import open_backend
 
-        if self.worker is not None:
-            self.worker.stop()
         loop = asyncio.get_event_loop()
+        if self.worker is not None:
+            # A reload: the old engine stops between two tokens, but its thread may take a while to
+            # leave a forward pass. Waiting for it here would freeze every request on the loop.
+            loop.run_in_executor(None, self.worker.stop)
         # Load progress only where a model loads in this process (a daemon or a remote API: none).
         progress_ok = self.options.backend == "local" and bool(
             self.client_capabilities.window and self.client_capabilities.window.work_done_progress)

@@ -794,3 +794,40 @@ def test_every_private_pygls_member_we_reach_is_listed_and_still_there(monkeypat
     monkeypatch.setattr(LanguageServerProtocol, "_send_handler_result", changed)
     assert [m.split(" ")[0].split("(")[0] for m in pygls_seam.missing()] == [
         "LanguageServerProtocol._send_data", "LanguageServerProtocol._send_handler_result"]
+
+
+async def test_a_settings_reload_never_waits_for_the_old_engine_on_the_event_loop(monkeypatch):
+    # A reload stops the old engine, whose thread may be inside a forward pass for a while: joining it
+    # on the event loop froze every request for up to 10 s.
+    import threading
+    import time
+
+    from codestral_ls.server import backends
+    from codestral_ls.server.lsp import create_server
+
+    stopped_on: list[threading.Thread] = []
+
+    class Busy:  # the old engine, still inside a forward pass
+        def stop(self) -> None:
+            stopped_on.append(threading.current_thread())
+            time.sleep(0.3)
+
+    class New:
+        loaded = threading.Event()
+        load_error = None
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(backends, "open_backend", lambda *a, **kw: New())
+    server = create_server(Options(backend="mistral"))
+    server.worker = Busy()
+    t0 = time.perf_counter()
+    server.start_engine()
+    assert time.perf_counter() - t0 < 0.3  # the loop went on while the old engine stopped
+    for _ in range(100):
+        if stopped_on:
+            break
+        await asyncio.sleep(0.01)
+    assert stopped_on and stopped_on[0] is not threading.current_thread()
+    assert isinstance(server.worker, New)
