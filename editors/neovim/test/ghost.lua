@@ -7,47 +7,15 @@
 local root = vim.fn.fnamemodify(debug.getinfo(1, 'S').source:sub(2), ':p:h:h')
 vim.opt.runtimepath:prepend(root)
 local api = vim.api
-local uv = vim.uv or vim.loop
-local timeout = tonumber(os.getenv('CODESTRAL_TIMEOUT') or '120') * 1000
-local co
+local h = dofile(root .. '/test/harness.lua')
+local log, finish, wait_for = h.log, h.finish, h.wait_for
 vim.o.showmode = false
-
-local function log(msg)
-  io.stderr:write(('[%6.1fs] %s\n'):format(uv.hrtime() / 1e9 % 1e5, msg))
-end
-
-local function finish(ok, msg)
-  log((ok and 'PASS: ' or 'FAIL: ') .. msg)
-  vim.cmd(ok and 'qall!' or 'cquit!')
-end
-
-local function resume()
-  local ok, err = coroutine.resume(co)
-  if not ok then
-    finish(false, debug.traceback(co, err))
-  end
-end
-
--- Yields to the main loop (which runs the typed keys, the LSP and the timers) until cond() holds.
-local function wait_for(what, cond, ms)
-  local deadline = uv.hrtime() + (ms or timeout) * 1e6
-  local value = cond()
-  while not value do
-    if uv.hrtime() > deadline then
-      error('timed out waiting for ' .. what, 0)
-    end
-    vim.defer_fn(resume, 50)
-    coroutine.yield()
-    value = cond()
-  end
-  return value
-end
 
 local function feed(keys)
   api.nvim_feedkeys(api.nvim_replace_termcodes(keys, true, false, true), 't', false)
 end
 
-co = coroutine.create(function()
+h.run(function()
   local codestral = require('codestral')
   codestral.setup({
     cmd = { (assert(os.getenv('CODESTRAL_LS'), 'set CODESTRAL_LS')) },
@@ -161,5 +129,3 @@ co = coroutine.create(function()
   end
   finish(true, ('line 2 is %q'):format(line()))
 end)
-
-vim.schedule(resume)
