@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/codestral-ls complete server/samples/sample.py:8:11
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check server engine tests benchmarks
+	$(VENV)/bin/ruff check server engine tests benchmarks editors
 
 test: $(STAMP) lint
 	$(VENV)/bin/pytest -q -ra

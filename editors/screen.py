@@ -14,7 +14,9 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ESC = re.compile(r"\x1b\[[0-9;:]*m")
 
@@ -53,7 +55,8 @@ class Screen:
     def capture(self, escapes: bool = False) -> str:
         return self._tmux("capture-pane", "-p", "-t", "0", *(["-e"] if escapes else []))
 
-    def wait(self, what: str, cond, timeout: float, every: float = 0.25, each=None):
+    def wait(self, what: str, cond: Callable[[str, str], Any], timeout: float, every: float = 0.25,
+             each: Callable[[str, str], Any] | None = None) -> Any:
         """Capture every `every` s until cond(plain screen, screen with escapes) is truthy; `each` is
         called on every capture (to assert something holds all along). Returns cond's value."""
         end = time.monotonic() + timeout
@@ -187,6 +190,15 @@ def foreground_at(raw: str, text: str) -> tuple[str | None, str | None] | None:
             fg = _fg(fg, m.group(0))
             pos = m.end()
         start = shown.find(text)
-        first = next((c for ch, c in zip(shown, at) if not ch.isspace()), None)
+        first = next((c for ch, c in zip(shown, at, strict=False) if not ch.isspace()), None)
         return at[start], first
     return None
+
+
+def readme_snippet(readme: Path, language: str, must: str, must_not: str | None = None) -> str:
+    """The README's setup snippet, as printed there: the first ```language block holding `must`
+    (and not `must_not`). The screen tests run it verbatim, as a new user would paste it."""
+    for block in re.findall(rf"```{language}\n(.*?)```", readme.read_text(), re.S):
+        if must in block and (must_not is None or must_not not in block):
+            return block
+    raise AssertionError(f"{readme} has no {language} snippet with {must}")

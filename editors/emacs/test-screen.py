@@ -32,15 +32,6 @@ SOURCE = f"from functools import reduce\nxs = [1, 2, 3]\n{LINE}\n"
 REDUCE = re.compile(r"reduce\(lambda a, b: (.*)$")
 
 
-def readme_snippet() -> str:
-    """The README's setup without use-package, as printed there."""
-    text = (HERE / "README.md").read_text()
-    for block in re.findall(r"```elisp\n(.*?)```", text, re.S):
-        if "(require 'codestral)" in block and "use-package" not in block:
-            return block
-    raise AssertionError("README.md has no setup snippet with (require 'codestral)")
-
-
 def main() -> int:
     emacs = os.environ.get("EMACS", "emacs")
     version = subprocess.run([emacs, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
@@ -51,7 +42,7 @@ def main() -> int:
     (work / "total.py").write_text(SOURCE)
     (work / "one.py").write_text("def one():\n    return 1\n")
     (work / "two.py").write_text("def two():\n    return 2\n")
-    snippet = readme_snippet()
+    snippet = screen.readme_snippet(HERE / "README.md", "elisp", "(require 'codestral)", "use-package")
     snippet = snippet.replace('"~/src/codestral-ls/editors/emacs"', f'"{os.environ.get("CODESTRAL_EL_DIR", HERE)}"')
     snippet = snippet.replace('"~/src/codestral-ls/.venv/bin/codestral-ls"', f'"{wrapper}"')
     (tmp / "init.el").write_text(snippet)
@@ -83,12 +74,12 @@ def main() -> int:
         try:
             scr.wait("the server to start", lambda text, raw: "Codestral" in text, TIMEOUT_S, each=watch)
             scr.wait("the model to load", lambda text, raw: re.search(r"Codestral\[\d+ms\]", text) or (
-                any("loading" in l for l in lighters) and "Codestral" in text and "loading" not in text),
+                any("loading" in x for x in lighters) and "Codestral" in text and "loading" not in text),
                 TIMEOUT_S, each=watch)
             print(f"screen: model ready after {time.monotonic() - t0:.1f} s", flush=True)
         except AssertionError as exc:
             check(False, f"no model load on screen: {exc}")
-        check(any("loading" in l for l in lighters), f"the mode line never said the model was loading: {set(lighters)}")
+        check(any("loading" in x for x in lighters), f"the mode line never said the model was loading: {set(lighters)}")
 
         # To the line, before `, xs)`, and type a space (the ghost text follows an edit).
         scr.keys("M->", "C-p", "C-e", "C-b", "C-b", "C-b", "C-b", "C-b")
@@ -144,7 +135,7 @@ def main() -> int:
                      5)
         except AssertionError:
             check(False, "no new request after the accept until a key is pressed")
-        lat = [l for l in lighters if re.match(r"Codestral\[\d+ms\]", l)]
+        lat = [x for x in lighters if re.match(r"Codestral\[\d+ms\]", x)]
         print(f"screen: mode line lighters seen: {sorted(set(lighters))}", flush=True)
         check(lat, "the mode line never showed a latency")
         scr.keys("C-x", "C-s")

@@ -31,15 +31,6 @@ SOURCE = f"const xs = [1, 2, 3];\n{LINE}\nconsole.log(total);\n"
 REDUCE = re.compile(r"xs\.reduce\(\(a, b\) => (.*)$")
 
 
-def readme_snippet() -> str:
-    """The README's setup without a plugin manager, as printed there."""
-    text = (PLUGIN / "README.md").read_text()
-    for block in re.findall(r"```lua\n(.*?)```", text, re.S):
-        if "runtimepath:append" in block:
-            return block
-    raise AssertionError("README.md has no snippet with runtimepath:append")
-
-
 def main(nvim: str) -> int:
     nvim = str(Path(nvim).resolve())
     version = subprocess.run([nvim, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
@@ -50,7 +41,7 @@ def main(nvim: str) -> int:
     (work / "sum.js").write_text(SOURCE)
     (work / "one.py").write_text("def one():\n    return 1\n")
     (work / "two.py").write_text("def two():\n    return 2\n")
-    snippet = readme_snippet()
+    snippet = screen.readme_snippet(PLUGIN / "README.md", "lua", "runtimepath:append")
     snippet = snippet.replace('"~/src/codestral-ls/editors/neovim"', repr(str(PLUGIN)).replace("'", '"'))
     snippet = snippet.replace('"/path/to/codestral-ls"', f'"{wrapper}"')
     statusline = "vim.o.laststatus = 2\nvim.o.statusline = \"%f %{v:lua.require'codestral'.statusline()}\"\n"
@@ -92,7 +83,7 @@ def main(nvim: str) -> int:
             check(False, "no 'codestral: ready' on the statusline")
         check(seen_loading, "the model loaded with no 'codestral: loading' on screen")
         if seen_loading:
-            print(f"screen: saw loading progress: {[l for l in seen_loading[-1].splitlines() if 'loading' in l]}",
+            print(f"screen: saw loading progress: {[x for x in seen_loading[-1].splitlines() if 'loading' in x]}",
                   flush=True)
 
         scr.keys("2", "G", "$", "h", "i")  # insert before `);`, as a person would get there
