@@ -440,3 +440,28 @@ def test_the_parse_check_passes_every_canonical_humaneval_infilling_answer():
                 total += 1
                 caught += adds_syntax_error(middle + ")", c)
     assert total > 1000 and caught > 0.95 * total
+
+
+def test_context_windows_follow_the_measured_prefill_speed():
+    from types import SimpleNamespace
+
+    from codestral_ls.server.speed import DeviceSpeed
+
+    cpu = DeviceSpeed(device="cpu")
+    # Nothing measured, or a slow CPU: never below the windows HumanEval needs (smaller ones cost
+    # 5 points of pass@1 on this machine's 2 cores).
+    assert cpu.windows(0, 0, 0) == (512, 128)
+    cpu.observe(SimpleNamespace(prefilled_tokens=400, prefill_ms=4400.0))  # ~90 tok/s
+    assert cpu.windows(0, 0, 0) == (512, 128)
+    # A GPU prefilling thousands of tokens a second gets more context for the same wait.
+    gpu = DeviceSpeed(device="cuda")
+    gpu.observe(SimpleNamespace(prefilled_tokens=2000, prefill_ms=400.0))  # 5000 tok/s, 300 ms target
+    prefix, suffix = gpu.windows(0, 0, 0)
+    assert prefix + suffix == 1472 and prefix > suffix and prefix % 64 == 0
+    # Coarse steps: a slightly different estimate keeps the windows (the prompt start and its cache).
+    gpu.observe(SimpleNamespace(prefilled_tokens=2000, prefill_ms=420.0))
+    assert gpu.windows(0, 0, 0) == (prefix, suffix)
+    # Too short to be a rate; and windows the user set are never resized.
+    gpu.observe(SimpleNamespace(prefilled_tokens=3, prefill_ms=0.1))
+    assert gpu.windows(0, 0, 0) == (prefix, suffix)
+    assert gpu.windows(300, 50, 0) == (300, 50)
