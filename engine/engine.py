@@ -11,7 +11,6 @@ determinism is what lets a cached continuation stand in for decoding (`_replay`)
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -322,9 +321,7 @@ class Engine:
         full = self.encoder.decode(st.gen)
         heal = st.prompt.heal
         middle = full[len(heal):] if full.startswith(heal) else full
-        stop = st.req.stop
-        if replaying and stop.line_deadline is not None:
-            stop = dataclasses.replace(stop, line_deadline=None)
+        stop = st.req.stop.unbudgeted() if replaying else st.req.stop
         st.text, done = stop.cut(middle)
         st.rule.text = st.text
         if done:

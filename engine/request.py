@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,10 @@ class StopRule:
     stop_strings: tuple[str, ...] = ()
     line_comment: str = ""
     line_deadline: float | None = None
+
+    def unbudgeted(self) -> StopRule:
+        """The same rule without the latency budget: for what is decoded past the first answer."""
+        return dataclasses.replace(self, line_deadline=None) if self.line_deadline is not None else self
 
     def cut(self, text: str) -> tuple[str, bool]:
         """Return (text up to the stop, whether a stop was reached)."""

@@ -146,7 +146,7 @@ class Completer:
         if ask is None:
             return False
         self.stats.warm_ups += 1
-        self.worker.prefetch(dataclasses.replace(ask.req, stop=dataclasses.replace(ask.req.stop, line_deadline=None)))
+        self.worker.prefetch(dataclasses.replace(ask.req, stop=ask.req.stop.unbudgeted()))
         return True
 
     # -- phases -----------------------------------------------------------------------------
@@ -199,8 +199,7 @@ class Completer:
 
     def _grow(self, uri: str, ask: _Ask, shown: Suggestion, on_grow: Callable[[Suggestion], None] | None) -> None:
         """Decode the rest of a budget-cut block; remember it and announce it if it says more."""
-        req = dataclasses.replace(ask.req, stop=dataclasses.replace(ask.req.stop, line_deadline=None),
-                                  cancel=CancelToken())
+        req = dataclasses.replace(ask.req, stop=ask.req.stop.unbudgeted(), cancel=CancelToken())
         grown = dataclasses.replace(ask, req=req)
 
         async def follow_up() -> None:
