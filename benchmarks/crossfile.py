@@ -180,8 +180,9 @@ def edit_similarity(a: str, b: str) -> float:
     return 1 - prev[-1] / max(len(a), len(b))
 
 
-async def run_config(name: str, sites: list[Site], roots: dict[str, Path]) -> dict[str, Any]:
+async def run_config(name: str, sites: list[Site], roots: dict[str, Path], model: str | None = None) -> dict[str, Any]:
     flags, open_b, edit_b = CONFIGS[name]
+    flags = [*flags, *(["--model", model] if model else [])]
     # Workspace folders: every package's repository (a multi-root workspace, as an editor sends it).
     server = LspServer(flags, folders=[r.as_uri() for r in roots.values()])
     load_s = await server.start()
@@ -264,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sites", type=int, default=24, help="sites, picked with a fixed stride (default 24)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
     p.add_argument("--packages", default=",".join(PACKAGES))
+    p.add_argument("--model", help="a model other than the embedded one (the server's --model: an ablation, "
+                                   "labelled with the model in the results)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
@@ -281,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"retrieval per request: cold {cost['cold_ms']} ms, keystroke {cost['keystroke_ms']} ms", flush=True)
         results = []
         for name in configs:
-            res = asyncio.run(run_config(name, sites, roots))
+            res = asyncio.run(run_config(name, sites, roots, args.model))
             results.append(res)
             print(f"{name}: exact {res['exact']} %, similarity {res['similarity']}, uses the name "
                   f"{res['uses_name']} %, p50 {res['p50_ms']} ms", flush=True)
@@ -290,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['p50_ms']:.0f}"] for r in results],
                 ["config", "flags", "B open", "n", "exact %", "edit sim", "name %", "p50 ms"]))
     out = args.out or RESULTS_DIR / f"crossfile_{len(sites)}.json"
-    write_json(out, {"benchmark": "crossfile", "command": " ".join(sys.argv), "sites": len(sites),
+    write_json(out, {"benchmark": "crossfile", "command": " ".join(sys.argv), "model": args.model, "sites": len(sites),
                      "packages": list(roots), "retrieval_cost": cost, "results": results,
                      "load_average": load_average(), "machine": machine()})
     print(f"results: {out}")

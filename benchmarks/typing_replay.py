@@ -30,6 +30,10 @@ Systems, one after another on the same sites and schedule:
             editor clients (suggestion updates opted in, didFocus sent).
   generic   the same server and options, a generic LSP client (no opt-in, no didFocus).
   plain     ablation: the server with `--no-kv-reuse --no-speculation --budget-ms 0`, our client.
+  torch     ablation: the server with `--runner torch` (the transformers runner instead of llama.cpp's
+            on a GGUF on CPU), our client: the same replay per runner.
+  noretrieval  ablation: `--retrieval none`, our client: what retrieval costs per keystroke (the other
+            sites' documents stay open, so the default server has other files to rank).
   llama     llama.cpp (llama-cpp-python) on the same GGUF, n_threads=2, n_ctx=2048, the FIM prompt text
             in Qwen PSM format, greedy, its built-in prompt-prefix reuse, stop at \n (what llama.vim shows).
   hf        plain `transformers` `model.generate` per request: same prompt ids
@@ -86,12 +90,15 @@ from benchmarks.common import (
     write_json,
 )
 
-SYSTEMS = ("default", "generic", "plain", "llama", "hf")
-SERVER_ARGS = {"default": [], "generic": [], "plain": ["--no-kv-reuse", "--no-speculation", "--budget-ms", "0"]}
+SYSTEMS = ("default", "generic", "plain", "torch", "noretrieval", "llama", "hf")
+SERVER_ARGS = {"default": [], "generic": [], "plain": ["--no-kv-reuse", "--no-speculation", "--budget-ms", "0"],
+               "torch": ["--runner", "torch"], "noretrieval": ["--retrieval", "none"]}
 LABELS = {
     "default": "headline: server defaults, our client (updates, didFocus)",
     "generic": "server defaults, generic LSP client",
     "plain": "ablation: --no-kv-reuse --no-speculation --budget-ms 0",
+    "torch": "ablation: --runner torch (transformers fp32), our client",
+    "noretrieval": "ablation: --retrieval none (no context from other files), our client",
     "llama": "peer: llama.cpp, same GGUF, first line",
     "hf": "peer: transformers generate, first line",
 }
