@@ -24,6 +24,10 @@ ever superseded). A client that opted in (client capability
 suggestion equals the rest of the line the typist accepts it: the rest counts as characters saved
 and the site ends.
 
+The other replayed files are open as whole files (editor tabs) while a site is typed, never the
+file being typed in, and each site's document is closed when the site ends: retrieval has real
+neighbours to rank and no copy of the blanked line to find.
+
 Systems, one after another on the same sites and schedule:
 
   default   headline: the real server over stdio with **default options** (no flags), driven like our
@@ -228,6 +232,9 @@ class System:
     async def insert(self, uri: str, line: int, col: int, text: str) -> None:
         raise NotImplementedError
 
+    async def close(self, uri: str) -> None:
+        raise NotImplementedError
+
     async def suggest(self, uri: str, line: int, col: int) -> tuple[str | None, dict[str, Any]]:
         raise NotImplementedError
 
@@ -307,6 +314,7 @@ async def replay_site(system: System, site: Site, typist: Typist, index: int) ->
         key_time = loop.time()
         gap = typist.gap_after(target[pos])
         pos += 1
+    await system.close(uri)  # the site's copy of the file is done with (it would be a neighbour that leaks)
     return {"file": Path(site.file).name, "line": site.line + 1, "target": target, "chars": len(target),
             "saved": saved, "accepted": saved > 0, "first_suggestion": first, "correct_ms": correct_ms,
             "requests": requests}
@@ -322,10 +330,34 @@ async def warm_up(system: System) -> None:
     await system.suggest(uri, 1, 4)
 
 
+async def open_neighbours(system: System, sites: list[Site]) -> Callable[[Site], Any]:
+    """The other replayed files, whole, as open editor tabs: what retrieval may rank. The file being
+    typed in is never among them (its whole text holds the blanked line), so `neighbours(site)` opens
+    every other file and closes the one the site is in."""
+    files = {s.file: s.language for s in sites}
+    opened: set[str] = set()
+
+    def uri_of(path: str) -> str:
+        return f"file:///replay/open/{Path(path).name}"
+
+    async def neighbours(site: Site) -> None:
+        for path, language in files.items():
+            if path == site.file and path in opened:
+                await system.close(uri_of(path))
+                opened.discard(path)
+            elif path != site.file and path not in opened:
+                await system.open(uri_of(path), Path(path).read_text(encoding="utf-8"), language)
+                opened.add(path)
+
+    return neighbours
+
+
 async def replay_all(system: System, sites: list[Site], typist: Typist,
                      progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    neighbours = await open_neighbours(system, sites)
     out = []
     for k, site in enumerate(sites):
+        await neighbours(site)
         r = await replay_site(system, site, typist, k)
         lat = [q["latency_ms"] for q in r["requests"]]
         f = r["first_suggestion"]
@@ -372,6 +404,9 @@ class ServerSystem(System):
 
     async def insert(self, uri: str, line: int, col: int, text: str) -> None:
         self.server.insert(uri, line, col, text)
+
+    async def close(self, uri: str) -> None:
+        self.server.close(uri)
 
     async def focus(self, uri: str, line: int, col: int) -> None:
         if self.ours:
@@ -460,6 +495,9 @@ class PeerSystem(System):
         doc, language = self.docs[uri]
         off = _offset(doc, line, col)
         self.docs[uri] = (doc[:off] + text + doc[off:], language)
+
+    async def close(self, uri: str) -> None:
+        self.docs.pop(uri, None)
 
     async def suggest(self, uri: str, line: int, col: int) -> tuple[str | None, dict[str, Any]]:
         from codestral_ls.server.context import build_context

@@ -8,6 +8,7 @@ quality figure is asserted anywhere: the numbers belong in benchmarks/README.md,
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import subprocess
@@ -98,6 +99,43 @@ def test_sites_blank_a_code_line_to_its_indentation(tmp_path):
     assert lines[site.line] == site.indent + site.target
     assert site.text.split("\n")[site.line] == site.indent
     assert site.text.split("\n")[: site.line] == lines[: site.line]
+
+
+def test_replay_never_shows_the_server_the_line_being_typed(tmp_path):
+    """While a site is typed the other files are open whole, the site's own file never is (its whole
+    text holds the blanked line: retrieval would find the answer), and each site's document is closed."""
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text(SHORT_FILE)
+    b.write_text(SHORT_FILE.replace("def ", "def other_"))
+    sites = typing_replay.pick_sites(a, 1) + typing_replay.pick_sites(b, 1)
+
+    class Recorder(typing_replay.System):
+        def __init__(self) -> None:
+            self.docs: dict[str, str] = {}
+            self.seen: list[set[str]] = []  # per request: the texts of the other open documents
+
+        async def open(self, uri, text, language):
+            self.docs[uri] = text
+
+        async def insert(self, uri, line, col, text):
+            pass
+
+        async def close(self, uri):
+            del self.docs[uri]
+
+        async def suggest(self, uri, line, col):
+            self.seen.append({t for u, t in self.docs.items() if u != uri})
+            return None, {}
+
+    system = Recorder()
+    typist = typing_replay.Typist(every_key=True, debounce_ms=0, char_ms=0, pause_ms=0, read_ms=0)
+    asyncio.run(typing_replay.replay_all(system, sites, typist, progress=lambda _: None))
+    assert len(system.seen) >= 2
+    # a's site saw b whole and not a; b's site saw a whole and not b; nothing left open but the neighbours
+    first, last = system.seen[0], system.seen[-1]
+    assert b.read_text() in first and a.read_text() not in first
+    assert a.read_text() in last and b.read_text() not in last
+    assert not any(u.startswith("file:///replay/0/") or u.startswith("file:///replay/1/") for u in system.docs)
 
 
 def test_typist_requests_only_at_pauses_when_debounced():
