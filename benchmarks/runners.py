@@ -118,8 +118,28 @@ def part_llamacpp(args: argparse.Namespace) -> dict[str, Any]:
 
     ratios = {"decode": statistics.median(a / b for a, b in zip(ours["decode"], theirs["decode"], strict=True)),
               "prefill": statistics.median(a / b for a, b in zip(ours["prefill"], theirs["prefill"], strict=True))}
-    return {"ours": summary(ours) | {"weight_bytes": runner.weight_bytes, "config": runner.describe(),
-                                     "n_params": int(llama_cpp.llama_model_n_params(runner.model)), "chunk": chunk,
+    # The same runner with other prompts resident, as the prefix store keeps them after a dozen sites:
+    # our layout (a cache stream per sequence) and, as an ablation, one unified cache (the old layout).
+    resident = {}
+    config, n_params = runner.describe(), int(llama_cpp.llama_model_n_params(runner.model))
+    if args.resident:
+        runner.close()
+        all_ids = prompt_ids(tok, args.prompt * (args.resident + 1))
+        others = [all_ids[(k + 1) * args.prompt:(k + 2) * args.prompt] for k in range(args.resident)]
+        for layout, unified in (("streams", False), ("unified", True)):
+            r = LlamaCppRunner(gguf, threads=args.threads, kv_unified=unified)
+            held = []
+            for other in others:
+                seq = Sequence()
+                prefill(r.forward, seq, other, 256, CancelToken())
+                held.append(seq)
+            resident[layout] = time_runner(r, ids, args.decode, args.rounds, chunk) | {"config": r.describe()}
+            for seq in held:
+                seq.release()
+            r.close()
+    return {"ours": summary(ours) | {"weight_bytes": runner.weight_bytes, "config": config,
+                                     "resident": resident, "resident_n": args.resident,
+                                     "n_params": n_params, "chunk": chunk,
                                      "system_info": llama_cpp.llama_print_system_info().decode().strip()},
             "llama": summary(theirs) | {"config": f"Llama(n_threads={threads}, n_batch={llm.n_batch}, n_ubatch=512, "
                                                   f"n_ctx=2048), generate top_k=1"},
@@ -184,7 +204,7 @@ PARTS = {"llamacpp": part_llamacpp, "torch": part_torch, "gemm": part_gemm}
 
 def child(part: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "benchmarks.runners", "--part", part, "--prompt", str(args.prompt),
-           "--decode", str(args.decode), "--rounds", str(args.rounds)]
+           "--decode", str(args.decode), "--rounds", str(args.rounds), "--resident", str(args.resident)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     env = dict(os.environ)
@@ -221,6 +241,13 @@ def report(r: dict[str, Any]) -> None:
         flops = 2 * ours["n_params"]
         rows.append([f"floor: 2 x {ours['n_params'] / 1e6:.0f} M params at {gemm['gflops']:.0f} GFLOP/s (fp32 GEMM)",
                      f"{flops / (gemm['gflops'] * 1e9) * 1000:.1f}", f"{gemm['gflops'] * 1e9 / flops:.0f}", ""])
+    for layout, label in (("streams", "our llama.cpp runner, {n} other prompts resident"),
+                          ("unified", "ablation: same, one unified cache (the old layout)")):
+        x = (ours.get("resident") or {}).get(layout)
+        if x:
+            rows.append([label.format(n=ours.get("resident_n")),
+                         f"{x['decode_ms']:.1f} (best {min(x['decode_all']):.1f})",
+                         f"{x['prefill_tok_s']:.1f} (best {max(x['prefill_all']):.1f})", x.get("config", "")])
     print(table(rows, ["", "decode ms/token", "prefill tok/s", "configuration"]))
     if r.get("paired_ratio"):
         pr = r["paired_ratio"]
@@ -245,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="repetitions, median reported (default 5)")
     p.add_argument("--omp-wait", choices=["passive", "active"], default="passive",
                    help="OMP_WAIT_POLICY for every runner (default passive, as the server runs llama.cpp)")
+    p.add_argument("--resident", type=int, default=7,
+                   help="other prompts held in the cache for the 'resident' rows (default 7: a full prefix store)")
     p.add_argument("--no-server", action="store_true", help="skip the server RSS measurement")
     p.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help="also write the figures here")

@@ -1,10 +1,16 @@
 """The llama.cpp runner: GGUF files on the CPU through llama-cpp-python's low-level C API.
 
 The model computes with the GGUF's own quantized weights (no dequantized copy), and one llama.cpp
-context holds the keys/values of several sequences in one unified cache: each `Sequence` gets a
-sequence id (a slot) for as long as it lives, `crop` is `llama_memory_seq_rm` past n, and a batch
-asks logits only for the positions the engine needs (the last one, or every verified draft
-position). Never imports torch.
+context holds the keys/values of several sequences, each in a stream of its own (`kv_unified` off):
+each `Sequence` gets a sequence id (a slot) for as long as it lives, `crop` is `llama_memory_seq_rm`
+past n, and a batch asks logits only for the positions the engine needs (the last one, or every
+verified draft position). Never imports torch.
+
+Why streams of their own: in one unified cache every forward attends over all the cells in use,
+masked, whoever they belong to. With the prefix store's other prompts resident (11 of ~600 tokens,
+as after a dozen sites of the typing replay) a 576-token prefill ran at 65 tok/s instead of 147 and
+a decoded token took 43 ms instead of 26 (`python -m benchmarks.runners`, "resident" rows). A stream
+per slot costs its cells up front: SLOTS x SEQ_CTX tokens at 12 KiB (the 0.5B) is 192 MiB.
 
 Threads wait passively (OMP_WAIT_POLICY=PASSIVE unless the user set it, before llama.cpp loads):
 llama.cpp's OpenMP threads meet at a barrier after every operation, and with the default spinning
@@ -12,9 +18,10 @@ barrier a busy machine (an editor, a browser, a build) turns that into a collaps
 2 cores under load, 2 threads decoded at 4455 ms/token spinning and 74 ms/token passive (1 thread:
 45 ms).
 
-Rules: slots and cache cells are bounded (`SLOTS`, `n_ctx`). When a forward finds no free slot or
-no room, the runner frees the least recently used entry of the prefix stores attached to it and
-tries again; a sequence the engine holds is never taken from it. A failed decode raises, and the
+Rules: slots and cache cells are bounded (`SLOTS`, `SEQ_CTX` a sequence). When a forward finds no
+free slot, the runner frees the least recently used entry of the prefix stores attached to it and
+tries again; a sequence the engine holds is never taken from it. A prompt longer than a stream is
+an error that says so. A failed decode raises, and the
 engine drops that sequence (its cache may be half written). One thread uses a runner at a time
 (the engine worker).
 """
@@ -34,9 +41,10 @@ from codestral_ls.engine.kvcache import PrefixStore, Sequence
 
 log = logging.getLogger(__name__)
 
-SLOTS = 16  # sequences held at once: the store's entries plus the one being decoded
-MAX_CTX = 8192  # cache cells shared by all slots (f16 K+V: 12 KiB a token for the 0.5B, 96 MiB)
-MIN_CTX = 2048
+SLOTS = 8  # sequences held at once: the store's entries plus the one being decoded
+# Cache cells of one sequence (f16 K+V: 12 KiB a token for the 0.5B). A CPU prompt is the 640-token
+# windows, extra context, the typed middle and up to max_tokens plus background tokens.
+SEQ_CTX = 2048
 
 
 def default_threads() -> int:
@@ -76,8 +84,8 @@ class LlamaCppRunner:
     # request up to 2.5 s behind a warm-up or a superseded request (measured: 113/105 vs 96/100 tok/s).
     prefill_chunk = 64
 
-    def __init__(self, path: Path, threads: int | None = None, n_ctx: int = MAX_CTX, slots: int = SLOTS,
-                 n_batch: int = 512) -> None:
+    def __init__(self, path: Path, threads: int | None = None, seq_ctx: int = SEQ_CTX, slots: int = SLOTS,
+                 n_batch: int = 512, kv_unified: bool = False) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when the OpenMP runtime loads
         import llama_cpp as ll
 
@@ -98,12 +106,14 @@ class LlamaCppRunner:
         n_head_kv = ll.llama_model_n_head_kv(self.model)
         head_dim = ll.llama_model_n_embd(self.model) // max(1, n_head)
         self.bytes_per_token = n_layer * n_head_kv * head_dim * 2 * 2  # K and V, f16
-        self.n_ctx = max(MIN_CTX, min(n_ctx, ll.llama_model_n_ctx_train(self.model) or n_ctx))
+        seq_ctx = min(seq_ctx, ll.llama_model_n_ctx_train(self.model) or seq_ctx)
         cp = ll.llama_context_default_params()
-        cp.n_ctx = self.n_ctx
+        cp.n_ctx = seq_ctx * slots
         cp.n_batch = cp.n_ubatch = n_batch  # one prefill chunk is one ubatch
         cp.n_seq_max = slots
-        cp.kv_unified = True  # every slot draws on the same cells: one long prompt may use them all
+        # A stream per slot: a forward attends over its own sequence's cells only (`kv_unified=True`,
+        # one shared cache, is the old layout: benchmarks.runners measures it as an ablation).
+        cp.kv_unified = kv_unified
         # No flash attention: on the CPU it changes greedy picks (measured on the embedded model, a
         # 512-token prompt: the 7th token differs from torch fp32's and llama.cpp's own default).
         cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -114,6 +124,7 @@ class LlamaCppRunner:
             ll.llama_model_free(self.model)
             raise ModelLoadError(f"llama.cpp cannot create a context for {path}")
         self.mem = ll.llama_get_memory(self.ctx)
+        self.seq_ctx = int(ll.llama_n_ctx_seq(self.ctx))  # every cell, when unified
         self.n_batch = int(ll.llama_n_batch(self.ctx))
         self.n_ubatch = int(ll.llama_n_ubatch(self.ctx))
         self.weight_bytes = int(ll.llama_model_size(self.model))
@@ -176,9 +187,9 @@ class LlamaCppRunner:
     def _decode(self, seq_id: int, pos0: int, ids: list[int], n_logits: int) -> list[np.ndarray]:
         ll, b = self.ll, self._batch
         n = len(ids)
-        if pos0 + n > self.n_ctx:
-            raise EngineError(f"the prompt needs {pos0 + n} tokens of cache; the llama.cpp context holds "
-                              f"{self.n_ctx}")
+        if pos0 + n > self.seq_ctx:
+            raise EngineError(f"the prompt needs {pos0 + n} tokens of cache; a llama.cpp sequence holds "
+                              f"{self.seq_ctx} (smaller prefixTokens/suffixTokens/extraContextTokens)")
         b.n_tokens = n
         for i, t in enumerate(ids):
             b.token[i] = t
@@ -191,7 +202,7 @@ class LlamaCppRunner:
             if rc == 0:
                 break
             if rc == 1 and self._reclaim():  # no room in the cache: free an old entry, retry
-                continue
+                continue  # (with a stream per slot only a fragmented stream: rare, but harmless)
             # A failed decode may have written part of the batch: clear it so the slot stays a
             # valid cache of its first pos0 tokens (the engine drops the sequence anyway).
             ll.llama_memory_seq_rm(self.mem, seq_id, pos0, -1)
@@ -218,7 +229,8 @@ class LlamaCppRunner:
 
     def describe(self) -> str:
         return (f"llama.cpp {self.threads} threads (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), "
-                f"n_ctx {self.n_ctx}, n_batch {self.n_batch}, n_ubatch {self.n_ubatch}, {len(self._free)} free slots")
+                f"{self.seq_ctx} tokens a sequence, n_batch {self.n_batch}, n_ubatch {self.n_ubatch}, "
+                f"{len(self._free)} free slots")
 
 
 _LOG_CB = None

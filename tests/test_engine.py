@@ -380,6 +380,33 @@ def test_llamacpp_frees_slots_for_more_documents_than_it_has(tiny_llamacpp_engin
     assert len(e.store.entries) <= SLOTS  # the oldest gave their slots to the newest
 
 
+def test_llamacpp_sequences_have_cache_streams_of_their_own(tiny_gguf):
+    """Each slot has its own cells (a forward attends over its own sequence only: with other prompts
+    resident, one shared cache made prefill 2.2x slower on the embedded model, benchmarks.runners).
+    A prompt longer than a stream is refused with an error that says what to lower, and the runner
+    goes on serving the other sequences."""
+    from codestral_ls.engine.errors import EngineError
+    from codestral_ls.engine.runner_llamacpp import LlamaCppRunner
+
+    r = LlamaCppRunner(tiny_gguf, threads=1, seq_ctx=256, slots=3)
+
+    def ids(n: int) -> list[int]:
+        return [3 + i % (r.vocab_size - 3) for i in range(n)]
+
+    try:
+        assert r.seq_ctx == 256
+        held = [Sequence() for _ in range(2)]
+        for seq in held:
+            r.forward(seq, ids(200))  # 2 x 200 tokens resident
+        alone = r.forward(Sequence(), ids(40))
+        with pytest.raises(EngineError, match="a llama.cpp sequence holds 256.*prefixTokens"):
+            r.forward(Sequence(), ids(300))
+        again = r.forward(held[0], [7])  # the others are intact and usable
+        assert again.shape == alone.shape and np.isfinite(again).all()
+    finally:
+        r.close()
+
+
 def test_runner_auto_takes_llamacpp_for_a_gguf_on_the_cpu(tmp_path):
     from codestral_ls.engine.errors import ModelLoadError
     from codestral_ls.engine.loading import gguf_of
