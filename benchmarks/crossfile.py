@@ -24,8 +24,10 @@ Configurations (default options unless the label says otherwise):
 
   alone-none       A alone, `--retrieval none`: nothing from any other file (the baseline)
   alone            A alone, default options: definitions are read from disk under the workspace root
-  open             headline: A with B open, default options
-  open-chunks      ablation: B open, `--retrieval chunks` only
+  open             headline: A with B open, default options (context from other files is sized to the
+                   device: none on a CPU whose cold prompt is already at the window floor)
+  open-384         ablation: B open, `--extra-context-tokens 384` (every source, whatever the device)
+  open-chunks      ablation: B open, `--retrieval chunks` only (each source ablation with 384 tokens)
   open-defs        ablation: B open, `--retrieval definitions` only
   open-edits       ablation: B open, `--retrieval edits` only; the user's last edit in B was the line
                    defining the name (retyped), an optimistic case labelled as such
@@ -59,9 +61,10 @@ CONFIGS: dict[str, tuple[list[str], bool, bool]] = {  # name → (server flags, 
     "alone-none": (["--retrieval", "none"], False, False),
     "alone": ([], False, False),
     "open": ([], True, False),
-    "open-chunks": (["--retrieval", "chunks"], True, False),
-    "open-defs": (["--retrieval", "definitions"], True, False),
-    "open-edits": (["--retrieval", "edits"], True, True),
+    "open-384": (["--extra-context-tokens", "384"], True, False),
+    "open-chunks": (["--retrieval", "chunks", "--extra-context-tokens", "384"], True, False),
+    "open-defs": (["--retrieval", "definitions", "--extra-context-tokens", "384"], True, False),
+    "open-edits": (["--retrieval", "edits", "--extra-context-tokens", "384"], True, True),
 }
 MAX_PER_MODULE = 2
 SKIP_STARTS = ("def ", "async def ", "class ", "@", "import ", "from ", "#", "\"\"\"", "'''")

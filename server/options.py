@@ -101,7 +101,8 @@ class Options:
                               "context")
     # Extra context from the rest of the project (server/retrieval.py), placed where the model
     # family reads it and recomputed only when the cursor enters another block (the KV cache).
-    extra_context_tokens: int = opt(384, "tokens of context from other files (retrieval)", "context")
+    extra_context_tokens: int = opt(0, "tokens of context from other files (retrieval; 0: sized to the prefill "
+                                    "speed, none where the windows already fill coldTargetMs, up to 384)", "context")
     retrieval: tuple[str, ...] = opt(("chunks", "definitions", "edits"), "sources of context from other files: "
                                      "similar chunks of open files, definitions of imported names, recent edits "
                                      "elsewhere (none: no other file)", "context",

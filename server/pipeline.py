@@ -267,7 +267,8 @@ class Completer:
         others = [d for d in self.other_documents(doc.uri)
                   if shareable(d.uri, d.language_id, o.secret_files, o.disabled_languages)]
         return self.retriever.select(doc.uri, doc.text, cursor.offset, cursor.language, others, o.retrieval,
-                                     o.extra_context_tokens, o.secret_files, o.disabled_languages)
+                                     self.speed.extra_tokens(o.extra_context_tokens), o.secret_files,
+                                     o.disabled_languages)
 
     async def _alternatives(self, ask: _Ask, first: Suggestion) -> list[Suggestion]:
         """Up to `candidates - 1` more suggestions, each finished, fitting and distinct: the model's

@@ -5,6 +5,11 @@ either seconds of waiting on the first or wasted context on the second. `DeviceS
 running estimate from what requests really cost (`FimResult.prefilled_tokens` / `prefill_ms`) and
 sizes the prefix/suffix windows so that prefilling a whole cold prompt takes about the target.
 
+Context from other files (retrieval) is part of the cold prompt too: it gets what the device can
+prefill beyond the window floor within the target, up to `EXTRA_MAX`. On this project's 2-core CPU
+that is nothing (the floor alone takes ~7 s); 384 tokens there cost ~3 s at every new site in the
+typing replay for no measured gain with the embedded model (benchmarks/README.md).
+
 Rules: windows change in coarse steps and only when the estimate moved by two steps or more, so
 the prompt's start (and with it the KV cache) does not wander with every measurement; a window
 the user set explicitly (non-zero `prefixTokens`/`suffixTokens`) is never resized.
@@ -21,6 +26,7 @@ STEP = 64  # tokens: windows are multiples of this
 # same with both runners), 8 of the 10 tasks that differed came back with 512 + 128.
 MIN_TOTAL = 640
 MAX_TOTAL = 4096
+EXTRA_MAX = 384  # tokens of context from other files on a device fast enough for them
 PREFIX_SHARE = 0.8  # of the total, before the cursor (the old fixed default was 512 + 128)
 MIN_MEASURED = 32  # prefills shorter than this are dominated by fixed costs: not a rate
 # How long prefilling a whole cold prompt may take, per device, when the user sets no target.
@@ -54,6 +60,13 @@ class DeviceSpeed:
                 self.total = wanted
         prefix = round(self.total * PREFIX_SHARE / STEP) * STEP
         return prefix_tokens or prefix, suffix_tokens or self.total - prefix
+
+    def extra_tokens(self, configured: int) -> int:
+        """Tokens of context from other files: the user's when set, else what the current windows leave
+        above the floor (so it moves with them, in the same coarse steps), up to EXTRA_MAX."""
+        if configured:
+            return configured
+        return max(0, min(EXTRA_MAX, self.total - MIN_TOTAL))
 
     def snapshot(self) -> dict[str, Any]:
         return {"prefill_tok_s": round(self.prefill_tok_s, 1) if self.prefill_tok_s else None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from codestral_ls.engine.fim import FimEncoder, detect_profile
@@ -234,8 +235,25 @@ def worker(qwen_engine):
 
 
 @pytest.mark.model
+def test_context_from_other_files_is_sized_to_the_device(project, worker):
+    """With default options a device whose cold prompt is already at the window floor (this CPU) sends
+    no other file: it would cost seconds at every new site. A faster device gets them."""
+    from codestral_ls.server.cursor import read_cursor
+
+    c = Completer(worker, Options(), other_documents=lambda uri: [doc(project / "pkg" / "geometry.py", GEOMETRY)])
+    c.retriever.workspace = Workspace.of([project.as_uri()])
+    text = USES + "\n\ndef area_of(room):\n    return room."
+    main = project / "pkg" / "main.py"
+    c.speed.device = "cpu"
+    c.speed.observe(SimpleNamespace(prefilled_tokens=400, prefill_ms=4400.0))  # ~90 tok/s, this machine
+    assert c._ask(doc(main, text), read_cursor(text, len(text), "python")).req.extra_files == ()
+    c.speed.device = "cuda"
+    c.speed.observe(SimpleNamespace(prefilled_tokens=5000, prefill_ms=100.0))  # thousands of tokens a second
+    assert c._ask(doc(main, text), read_cursor(text, len(text), "python")).req.extra_files
+
+
 def test_two_keystrokes_share_the_extra_part_and_the_cache(project, qwen_engine, worker):
-    c = Completer(worker, Options(budget_ms=0), other_documents=lambda uri: [
+    c = Completer(worker, Options(budget_ms=0, extra_context_tokens=384), other_documents=lambda uri: [
         doc(project / "pkg" / "geometry.py", GEOMETRY)])
     c.retriever.workspace = Workspace.of([project.as_uri()])
     base = USES + "\n\ndef area_of(room):\n    return room."

@@ -465,3 +465,14 @@ def test_context_windows_follow_the_measured_prefill_speed():
     gpu.observe(SimpleNamespace(prefilled_tokens=3, prefill_ms=0.1))
     assert gpu.windows(0, 0, 0) == (prefix, suffix)
     assert gpu.windows(300, 50, 0) == (300, 50)
+
+    # Context from other files is part of the cold prompt: none where the windows are at their floor
+    # (this CPU: 3 s more at every new site for no gain), the old 384 where the device has room,
+    # and the user's number when set.
+    assert cpu.extra_tokens(0) == 0 and DeviceSpeed(device="cpu").extra_tokens(0) == 0
+    assert gpu.extra_tokens(0) == 384
+    assert cpu.extra_tokens(200) == 200 and gpu.extra_tokens(100) == 100
+    mid = DeviceSpeed(device="cuda")
+    mid.observe(SimpleNamespace(prefilled_tokens=3000, prefill_ms=1000.0))  # 3000 tok/s: 896-token windows
+    mid.windows(0, 0, 0)
+    assert mid.extra_tokens(0) == 256
