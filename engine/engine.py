@@ -24,7 +24,7 @@ from codestral_ls.engine.heal import HealIndex
 from codestral_ls.engine.kvcache import Entry, PrefixStore, Ranking, Sequence
 from codestral_ls.engine.loading import LoadedModel
 from codestral_ls.engine.options import EngineOptions
-from codestral_ls.engine.request import CancelToken, FimRequest, FimResult
+from codestral_ls.engine.request import FimRequest, FimResult
 from codestral_ls.engine.runner import prefill
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class Engine:
             last = self._token_at(st, pos - 1)
             entry.truncate(pos - 1)
             res.prefilled_tokens = 1
-            logits = self._prefill(entry.seq, [last], st.req.cancel)
+            logits = self._prefill(entry.seq, [last], st.req)
             entry.prompt_len, entry.choices = n, choices
             return logits
         keep = min(shared, n - 1)
@@ -264,7 +264,7 @@ class Engine:
         entry.prompt_len, entry.choices = 0, []
         res.reused_tokens = keep
         res.prefilled_tokens = n - keep
-        logits = self._prefill(entry.seq, ids[keep:], st.req.cancel)
+        logits = self._prefill(entry.seq, ids[keep:], st.req)
         entry.prompt_len = n
         return logits
 
@@ -272,8 +272,9 @@ class Engine:
         n = len(st.prompt.ids)
         return st.prompt.ids[pos] if pos < n else st.gen[pos - n]
 
-    def _prefill(self, seq: Sequence, ids: list[int], cancel: CancelToken) -> np.ndarray:
-        return prefill(self._forward, seq, ids, self.options.prefill_chunk or self.runner.prefill_chunk, cancel)
+    def _prefill(self, seq: Sequence, ids: list[int], req: FimRequest) -> np.ndarray:
+        chunk = self.options.prefill_chunk or (self.runner.warm_chunk if req.warm else self.runner.prefill_chunk)
+        return prefill(self._forward, seq, ids, chunk, req.cancel)
 
     def _decode(self, st: _Decode, logits: np.ndarray, deadline: float | None) -> None:
         entry, req = st.entry, st.req

@@ -133,6 +133,9 @@ class FimRequest:
     # passed over for the next best. How a caller asks for a second opinion after rejecting one.
     avoid: tuple[str, ...] = ()
     cancel: CancelToken = field(default_factory=CancelToken)
+    # A warm-up (prefetch): prefilled in the runner's small `warm_chunk`s, so that a real request,
+    # which cancels it, waits behind it only that long.
+    warm: bool = False
 
 
 @dataclass

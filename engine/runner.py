@@ -29,7 +29,11 @@ class Runner(Protocol):
     vocab_size: int  # logits' width
     # Tokens per prefill forward: cancellation (a newer keystroke, a real request over a warm-up)
     # lands between chunks, so a chunk is the longest a request can wait behind superseded work.
+    # A real request's prefill is mostly useful to the request that supersedes it (the same
+    # document, the cursor a key further): it takes `prefill_chunk`; a warm-up (`FimRequest.warm`),
+    # which a real request preempts, takes `warm_chunk`.
     prefill_chunk: int
+    warm_chunk: int
 
     def forward(self, seq: Sequence, ids: list[int], n_logits: int = 1) -> Any:
         """Feed `ids` after `seq.ids` (extending it); logits [n_logits, vocab] of the last positions."""

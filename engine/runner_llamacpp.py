@@ -80,9 +80,11 @@ class LlamaKV:
 
 class LlamaCppRunner:
     name = "llamacpp"
-    # 64 tokens ≈ 0.6 s on 2 CPU cores (~100 tok/s): 256 prefilled 5-10 % faster but left a real
-    # request up to 2.5 s behind a warm-up or a superseded request (measured: 113/105 vs 96/100 tok/s).
-    prefill_chunk = 64
+    # On 2 quiet CPU cores 64-token forwards prefill at 0.80x llama.cpp's own 512-token batches
+    # (237 vs 297 tok/s, benchmarks.runners): a real request prefills in 256-token chunks (~1 s).
+    # A warm-up takes 64 (~0.3 s): that is how long a real request can wait behind one.
+    prefill_chunk = 256
+    warm_chunk = 64
 
     def __init__(self, path: Path, threads: int | None = None, seq_ctx: int = SEQ_CTX, slots: int = SLOTS,
                  n_batch: int = 512, kv_unified: bool = False) -> None:

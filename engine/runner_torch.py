@@ -39,6 +39,7 @@ class TorchKV:
 class TorchRunner:
     name = "torch"
     prefill_chunk = 256  # a GPU prefills 256 tokens in milliseconds; fewer, wider forwards pay there
+    warm_chunk = 256
 
     def __init__(self, model: Any, device: str) -> None:
         self.model = model

@@ -146,7 +146,7 @@ class Completer:
         if ask is None:
             return False
         self.stats.warm_ups += 1
-        self.worker.prefetch(dataclasses.replace(ask.req, stop=ask.req.stop.unbudgeted()))
+        self.worker.prefetch(dataclasses.replace(ask.req, stop=ask.req.stop.unbudgeted(), warm=True))
         return True
 
     # -- phases -----------------------------------------------------------------------------

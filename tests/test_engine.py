@@ -44,10 +44,10 @@ def test_reused_cache_gives_the_same_logits_as_recompute(tiny_engine):
     shared = min(common_prefix(a, b), len(b) - 1)
     assert shared > 10
     cached = Sequence()
-    e._prefill(cached, a, req().cancel)
+    e._prefill(cached, a, req())
     cached.truncate(shared)
-    reused = e._prefill(cached, b[shared:], req().cancel)
-    recomputed = e._prefill(Sequence(), b, req().cancel)
+    reused = e._prefill(cached, b[shared:], req())
+    recomputed = e._prefill(Sequence(), b, req())
     assert np.allclose(reused, recomputed, rtol=1e-4, atol=1e-3)
     assert int(reused.argmax()) == int(recomputed.argmax())
 
@@ -405,6 +405,33 @@ def test_llamacpp_sequences_have_cache_streams_of_their_own(tiny_gguf):
         assert again.shape == alone.shape and np.isfinite(again).all()
     finally:
         r.close()
+
+
+def test_warm_ups_prefill_in_small_chunks_and_real_requests_in_large_ones(tiny_llamacpp_engine):
+    """A real request waits behind a warm-up at most one small chunk; its own prefill goes in the
+    large chunks that run at llama.cpp's batch speed (64-token forwards: 0.8x, benchmarks.runners)."""
+    e = fresh(tiny_llamacpp_engine)
+    runner = e.runner
+    assert runner.warm_chunk < runner.prefill_chunk
+    sizes: list[int] = []
+    forward = runner.forward
+
+    def spy(seq, ids, n_logits=1):
+        sizes.append(len(ids))
+        return forward(seq, ids, n_logits)
+
+    long_prefix = "".join(f"# note {i}: the fib and add functions below\n" for i in range(60)) + PREFIX
+    runner.forward = spy
+    try:
+        e.complete(req(doc="w", prefix=long_prefix, background=False, warm=True))
+        warm = sizes[:]
+        sizes.clear()
+        e.complete(req(doc="r", prefix="# another file\n" + long_prefix, background=False))
+        real = sizes[:]
+    finally:
+        del runner.forward
+    assert sum(warm) > runner.prefill_chunk  # long enough for the difference to show
+    assert max(warm) == runner.warm_chunk and max(real) == runner.prefill_chunk
 
 
 def test_runner_auto_takes_llamacpp_for_a_gguf_on_the_cpu(tmp_path):
