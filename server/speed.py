@@ -7,8 +7,9 @@ sizes the prefix/suffix windows so that prefilling a whole cold prompt takes abo
 
 Context from other files (retrieval) is part of the cold prompt too: it gets what the device can
 prefill beyond the window floor within the target, up to `EXTRA_MAX`. On this project's 2-core CPU
-that is nothing (the floor alone takes ~7 s); 384 tokens there cost ~3 s at every new site in the
-typing replay for no measured gain with the embedded model (benchmarks/README.md).
+that is nothing (the floor alone exceeds the 2 s target at ~280 tok/s): 384 more tokens are ~1.4 s
+more at every new site (~3 s in the typing replay of the slower, unified-cache runner) for no
+measured gain with the embedded model (README, "Context from other files").
 
 Rules: windows change in coarse steps and only when the estimate moved by two steps or more, so
 the prompt's start (and with it the KV cache) does not wander with every measurement; a window
