@@ -7,10 +7,10 @@ past n, and a batch asks logits only for the positions the engine needs (the las
 verified draft position). Never imports torch.
 
 Why streams of their own: in one unified cache every forward attends over all the cells in use,
-masked, whoever they belong to. With the prefix store's other prompts resident (11 of ~600 tokens,
-as after a dozen sites of the typing replay) a 576-token prefill ran at 65 tok/s instead of 147 and
-a decoded token took 43 ms instead of 26 (`python -m benchmarks.runners`, "resident" rows). A stream
-per slot costs its cells up front: SLOTS x SEQ_CTX tokens at 12 KiB (the 0.5B) is 192 MiB.
+masked, whoever they belong to. With the prefix store's 7 other prompts resident (as after a few
+sites of the typing replay) a 512-token prefill ran at 147 tok/s instead of 279 and a decoded token
+took 47.6 ms instead of 37.9 (`python -m benchmarks.runners`, "resident" rows). A stream per slot
+costs its cells up front: SLOTS x SEQ_CTX tokens at 12 KiB (the 0.5B) is 192 MiB.
 
 Threads wait passively (OMP_WAIT_POLICY=PASSIVE unless the user set it, before llama.cpp loads):
 llama.cpp's OpenMP threads meet at a barrier after every operation, and with the default spinning
@@ -115,7 +115,7 @@ class LlamaCppRunner:
         cp.n_seq_max = slots
         # A stream per slot: a forward attends over its own sequence's cells only (`kv_unified=True`,
         # one shared cache, is the old layout: benchmarks.runners measures it as an ablation).
-        cp.kv_unified = kv_unified
+        cp.kv_unified = self.kv_unified = kv_unified
         # No flash attention: on the CPU it changes greedy picks (measured on the embedded model, a
         # 512-token prompt: the 7th token differs from torch fp32's and llama.cpp's own default).
         cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -203,8 +203,10 @@ class LlamaCppRunner:
             rc = ll.llama_decode(self.ctx, b)
             if rc == 0:
                 break
-            if rc == 1 and self._reclaim():  # no room in the cache: free an old entry, retry
-                continue  # (with a stream per slot only a fragmented stream: rare, but harmless)
+            # No room: in one unified cache, freeing an old entry makes room; a stream of its own
+            # cannot be helped by freeing the others (and its length was checked above).
+            if rc == 1 and self.kv_unified and self._reclaim():
+                continue
             # A failed decode may have written part of the batch: clear it so the slot stays a
             # valid cache of its first pos0 tokens (the engine drops the sequence anyway).
             ll.llama_memory_seq_rm(self.mem, seq_id, pos0, -1)

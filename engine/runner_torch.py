@@ -39,7 +39,7 @@ class TorchKV:
 class TorchRunner:
     name = "torch"
     prefill_chunk = 256  # a GPU prefills 256 tokens in milliseconds; fewer, wider forwards pay there
-    warm_chunk = 256
+    warm_chunk = 256  # the same for warm-ups: a GPU forward of 256 tokens is milliseconds
 
     def __init__(self, model: Any, device: str) -> None:
         self.model = model
