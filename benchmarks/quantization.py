@@ -43,14 +43,14 @@ def measure(name: str, keep: tuple[str, ...] | None, holes: list[tuple[str, str]
     from codestral_ls.engine.kvcache import Sequence
     from codestral_ls.engine.loading import load_model
     from codestral_ls.engine.quantize import quantize_int8_cpu
-    from codestral_ls.engine.request import CancelToken, FimRequest, StopRule
+    from codestral_ls.engine.request import FimRequest, StopRule
 
     loaded = load_model(ModelSpec(device="cpu", runner="torch"))  # torch's own int8 kernels are measured
     if keep is not None:
         quantize_int8_cpu(loaded.model, skip=keep)
     engine = Engine(loaded, EngineOptions(kv_reuse=False, speculation=False))
     seq = Sequence()
-    engine._prefill(seq, list(range(1000, 1200)), CancelToken())
+    engine._prefill(seq, list(range(1000, 1200)), FimRequest(doc="warm-up", prefix="", suffix=""))
     engine._forward(seq, [1200])  # warm-up
     t0 = time.perf_counter()
     for i in range(steps):

@@ -67,6 +67,8 @@ class DeviceSpeed:
         above the floor (so it moves with them, in the same coarse steps), up to EXTRA_MAX."""
         if configured:
             return configured
+        if not self.device:  # a remote backend: its speed is not measured here, its server decides
+            return EXTRA_MAX
         return max(0, min(EXTRA_MAX, self.total - MIN_TOTAL))
 
     def snapshot(self) -> dict[str, Any]:

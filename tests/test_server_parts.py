@@ -471,6 +471,7 @@ def test_context_windows_follow_the_measured_prefill_speed():
     # and the user's number when set.
     assert cpu.extra_tokens(0) == 0 and DeviceSpeed(device="cpu").extra_tokens(0) == 0
     assert gpu.extra_tokens(0) == 384
+    assert DeviceSpeed().extra_tokens(0) == 384  # a remote backend (no local device): as before
     assert cpu.extra_tokens(200) == 200 and gpu.extra_tokens(100) == 100
     mid = DeviceSpeed(device="cuda")
     mid.observe(SimpleNamespace(prefilled_tokens=3000, prefill_ms=1000.0))  # 3000 tok/s: 896-token windows
