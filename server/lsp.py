@@ -149,8 +149,23 @@ class CodestralServer(LanguageServer):
         except Exception:  # warm-up is a hint: it never fails anything
             log.exception("warm-up failed")
 
-    def paused(self, uri: str, position: types.Position, since: float) -> None:
-        """An edit at `position` with no request since: the user paused there."""
+    def warm_after_pause(self, uri: str, position: types.Position | None) -> None:
+        """Warm `position` (None: the end) once the document has been left alone for PAUSE_S. A
+        document just opened is usually asked about (or focused) at once, somewhere else than its
+        end: warming it at once would make that request wait behind a chunk of a prompt nobody asked."""
+        self.cancel_pause(uri)
+        if self.event_loop is None:
+            self.warm(uri, position)
+            return
+        self._pauses[uri] = self.event_loop.call_later(PAUSE_S, self.paused, uri, position, time.monotonic())
+
+    def cancel_pause(self, uri: str) -> None:
+        old = self._pauses.pop(uri, None)
+        if old is not None:
+            old.cancel()
+
+    def paused(self, uri: str, position: types.Position | None, since: float) -> None:
+        """An edit at `position` (None: opened) with no request since: the user paused there."""
         self._pauses.pop(uri, None)
         if self._asked.get(uri, 0.0) < since:
             self.warm(uri, position)
@@ -261,7 +276,7 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: CodestralServer, params: types.DidOpenTextDocumentParams) -> None:
         ls.touched(params.text_document.uri)
-        ls.warm(params.text_document.uri, None)
+        ls.warm_after_pause(params.text_document.uri, None)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: CodestralServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -277,10 +292,7 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
             end = types.Position(line=change.range.start.line + len(lines) - 1,
                                  character=(change.range.start.character if len(lines) == 1 else 0)
                                  + _units(lines[-1], ls))
-            old = ls._pauses.pop(uri, None)
-            if old is not None:
-                old.cancel()
-            ls._pauses[uri] = ls.event_loop.call_later(PAUSE_S, ls.paused, uri, end, time.monotonic())
+            ls.warm_after_pause(uri, end)
 
     @server.feature(DID_FOCUS)
     def did_focus(ls: CodestralServer, params: Any) -> None:
@@ -289,6 +301,7 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
         line, character = _get(pos, "line"), _get(pos, "character")
         if isinstance(uri, str) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                                         for v in (line, character)):
+            ls.cancel_pause(uri)  # the cursor is here now: not where the document was opened or edited
             ls.warm(uri, types.Position(line=line, character=character))
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
