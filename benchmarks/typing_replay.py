@@ -330,7 +330,7 @@ async def warm_up(system: System) -> None:
     await system.suggest(uri, 1, 4)
 
 
-async def open_neighbours(system: System, sites: list[Site]) -> Callable[[Site], Any]:
+def open_neighbours(system: System, sites: list[Site]) -> Callable[[Site], Any]:
     """The other replayed files, whole, as open editor tabs: what retrieval may rank. The file being
     typed in is never among them (its whole text holds the blanked line), so `neighbours(site)` opens
     every other file and closes the one the site is in."""
@@ -354,7 +354,7 @@ async def open_neighbours(system: System, sites: list[Site]) -> Callable[[Site],
 
 async def replay_all(system: System, sites: list[Site], typist: Typist,
                      progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    neighbours = await open_neighbours(system, sites)
+    neighbours = open_neighbours(system, sites)
     out = []
     for k, site in enumerate(sites):
         await neighbours(site)
