@@ -538,7 +538,7 @@ def _llama_peer(device: str, max_tokens: int, model: str | None) -> PeerSystem:
 
 def _hf_peer(device: str, dtype: str, quantize: str, max_tokens: int, model: str | None) -> PeerSystem:
     import torch
-    from codestral_ls.engine.loading import ModelSpec, load_model
+    from codestral_ls.engine.models.loading import ModelSpec, load_model
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     lm = load_model(ModelSpec(model=model, device=device, dtype=dtype, quantize=quantize))

@@ -5,14 +5,14 @@ context window, anchoring and post-processing are the same whichever one answers
 is the one way to open any of them from options:
 
     local     EngineWorker: the model in this process (server/lsp.py builds it, with load progress)
-    daemon    DaemonBackend: `codestral-ls engine serve` on this machine (engine/daemon_client.py,
-              next to the daemon in engine/daemon.py and its wire format in engine/wire.py)
+    daemon    DaemonBackend: `codestral-ls engine serve` on this machine (engine/serving/daemon_client.py,
+              next to the daemon in engine/serving/daemon.py and its wire format in engine/serving/wire.py)
     mistral   Mistral's FIM API          POST /v1/fim/completions  → choices[0].message.content
     openai    OpenAI-compatible (vLLM)   POST /v1/completions + suffix → choices[0].text
     llamacpp  llama.cpp's llama-server   POST /infill              → content
     ollama    Ollama                     POST /api/generate + suffix → response
 
-The HTTP backends share engine/http_client.py: a small thread pool, one HTTP request each, the
+The HTTP backends share engine/serving/http_client.py: a small thread pool, one HTTP request each, the
 transport limits (timeouts, answer size, proxies, CAs). This module keeps the remote API table and
 RemoteBackend. Newest per document wins: a newer request for a document cancels the older one, and a
 cancelled request (superseded, or `$/cancelRequest` via the pipeline) closes its connection at
@@ -39,18 +39,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from codestral_ls.engine.backend import Backend
-from codestral_ls.engine.daemon_client import DaemonBackend
-from codestral_ls.engine.embedded import Progress
 from codestral_ls.engine.errors import EngineError
-from codestral_ls.engine.http_client import (
+from codestral_ls.engine.models.embedded import Progress
+from codestral_ls.engine.request import FimRequest, FimResult
+from codestral_ls.engine.serving.backend import Backend
+from codestral_ls.engine.serving.daemon_client import DaemonBackend
+from codestral_ls.engine.serving.http_client import (
     HttpBackend,
     _loopback,
     _origin,
     _valid_url,
     approx_tokens,
 )
-from codestral_ls.engine.request import FimRequest, FimResult
 from codestral_ls.server.options import Options
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def open_backend(options: Options, progress: Progress | None = None,
     """
     if options.backend == "local":
         from codestral_ls.engine import load_engine
-        from codestral_ls.engine.worker import EngineWorker
+        from codestral_ls.engine.serving.worker import EngineWorker
         from codestral_ls.server.options import engine_config
 
         return EngineWorker(lambda: load_engine(*engine_config(options), progress=progress),

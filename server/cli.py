@@ -199,8 +199,8 @@ def doctor(options: Options) -> int:
     cuda = torch.cuda.is_available()
     row("cuda", torch.cuda.get_device_name(0) if cuda else "not available")
     row("cpu threads", torch.get_num_threads())
-    from codestral_ls.engine import embedded
     from codestral_ls.engine.errors import EngineError
+    from codestral_ls.engine.models import embedded
 
     row("cache dir", embedded.cache_dir())
     if options.model is None:
@@ -220,7 +220,7 @@ def doctor(options: Options) -> int:
     row("runner", f"{engine.runner.name} ({engine.loaded.runner_why})")
     row("device", f"{engine.loaded.device} ({engine.loaded.dtype}, quantize={engine.loaded.quantize})")
     row("FIM format", engine.encoder.profile.name)
-    from codestral_ls.engine.tokenizer import tokenizer_name
+    from codestral_ls.engine.models.tokenizer import tokenizer_name
 
     row("tokenizer", tokenizer_name(engine.loaded.tokenizer))
     row("weights", f"{engine.loaded.weight_bytes / 2**20:.0f} MiB")
@@ -233,9 +233,9 @@ def doctor(options: Options) -> int:
 
 
 def engine_command(options: Options, args: argparse.Namespace) -> int:
-    """`engine serve`: the shared daemon (engine/daemon.py); `engine status`: is one running."""
-    from codestral_ls.engine.daemon import DaemonError, ensure_not_running
-    from codestral_ls.engine.daemon import serve as serve_daemon
+    """`engine serve`: the shared daemon (engine/serving/daemon.py); `engine status`: is one running."""
+    from codestral_ls.engine.serving.daemon import DaemonError, ensure_not_running
+    from codestral_ls.engine.serving.daemon import serve as serve_daemon
 
     if args.engine_command == "status":
         return engine_status()
@@ -259,7 +259,7 @@ def engine_command(options: Options, args: argparse.Namespace) -> int:
 def engine_status() -> int:
     import urllib.request
 
-    from codestral_ls.engine.daemon import daemon_file, pid_alive, read_daemon_file
+    from codestral_ls.engine.serving.daemon import daemon_file, pid_alive, read_daemon_file
 
     file = daemon_file()
     try:

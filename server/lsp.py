@@ -26,8 +26,8 @@ import logging
 import time
 from typing import Any
 
-from codestral_ls.engine.backend import Backend
 from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.serving.backend import Backend
 from codestral_ls.server import __version__
 from codestral_ls.server.documents import LspTextDocument, adopt
 from codestral_ls.server.options import Options, model_changed, parse_client_options, parse_options
@@ -283,7 +283,7 @@ def create_server(options: Options, cli_raw: dict[str, Any] | None = None) -> Co
         uri = params.text_document.uri
         ls.touched(uri)
         change = params.content_changes[-1] if params.content_changes else None
-        if ls.completer is not None:  # where the user edits: context for the other files (server/retrieval.py)
+        if ls.completer is not None:  # where the user edits: context for the other files (server/retrieval/)
             ls.completer.retriever.edits.edited(
                 uri, change.range.start.line if isinstance(change, types.TextDocumentContentChangePartial) else None)
         if isinstance(change, types.TextDocumentContentChangePartial) and ls.event_loop is not None:

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from codestral_ls.engine.fim import PROFILES
-from codestral_ls.engine.loading import DEVICES, DTYPES, QUANTIZE, RUNNERS
+from codestral_ls.engine.models.fim import PROFILES
+from codestral_ls.engine.models.loading import DEVICES, DTYPES, QUANTIZE, RUNNERS
 
 # Why an option is trusted: said in the refusal and the docs.
 RUNS_CODE = "runs code"
@@ -99,7 +99,7 @@ class Options:
     suffix_tokens: int = opt(0, "tokens of text after the cursor (0: sized to the prefill speed)", "context")
     cold_target_ms: int = opt(0, "time a cold prompt may take, sizing the windows (0: the device's default)",
                               "context")
-    # Extra context from the rest of the project (server/retrieval.py), placed where the model
+    # Extra context from the rest of the project (server/retrieval/), placed where the model
     # family reads it and recomputed only when the cursor enters another block (the KV cache).
     extra_context_tokens: int = opt(0, "tokens of context from other files (retrieval; 0: sized to the prefill "
                                     "speed, none where the windows already fill coldTargetMs, up to 384)", "context")
@@ -115,7 +115,7 @@ class Options:
                                         "context (replaces the default list)", "privacy", trusted=SENDS_DATA,
                                         metavar="GLOB")
     log_document_text: bool = opt(False, "debug: allow document text in logs", "privacy")
-    # -- backend: where requests go (engine/backend.py) -------------------------------------------
+    # -- backend: where requests go (engine/serving/backend.py) -------------------------------------------
     backend: str = opt("local", "where requests go: the model in this process, an engine daemon or a remote API",
                        "backend", choices=BACKENDS, reload=True, trusted=SENDS_DATA)
     endpoint: str = opt("", "daemon: URL or auto; remote: base URL (default: the backend's usual one)", "backend",

@@ -27,7 +27,8 @@ from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import CancelToken, FimRequest, FimResult, StopRule
 from codestral_ls.server.anchor import Anchors
 from codestral_ls.server.context import build_context
-from codestral_ls.server.cursor import Cursor, language_for, read_cursor
+from codestral_ls.server.cursor import Cursor, read_cursor
+from codestral_ls.server.languages import language_for
 from codestral_ls.server.options import Options
 from codestral_ls.server.postprocess import first_words, misfit, postprocess, replaced_after
 from codestral_ls.server.privacy import shareable
@@ -37,7 +38,7 @@ from codestral_ls.server.stats import Stats
 from codestral_ls.server.typed_cache import Shown, TypedThroughCache
 
 if TYPE_CHECKING:
-    from codestral_ls.engine.backend import Backend
+    from codestral_ls.engine.serving.backend import Backend
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -261,7 +262,7 @@ class Completer:
         return ""
 
     def _extra_files(self, doc: Document, cursor: Cursor) -> tuple[tuple[str, str], ...]:
-        """What the cursor needs from other files (server/retrieval.py), the same across keystrokes
+        """What the cursor needs from other files (server/retrieval/), the same across keystrokes
         in a block. Credentials and turned-off languages are never sent (server/privacy.py)."""
         o = self.options
         others = [d for d in self.other_documents(doc.uri)

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from codestral_ls.engine.request import StopRule
-from codestral_ls.server.cursor import Cursor, _parser
+from codestral_ls.server.cursor import Cursor
+from codestral_ls.server.languages import parser
 
 log = logging.getLogger(__name__)
 
@@ -344,15 +345,15 @@ def adds_syntax_error(suggestion: str, c: Cursor, replace_after: int = 0) -> boo
     accepts a block header with no body, so a block cut short by the latency budget passes too.
     """
     syntax = c.syntax
-    parser = _parser(c.language)
-    if syntax.tree is None or parser is None or not suggestion.strip():
+    ts_parser = parser(c.language)
+    if syntax.tree is None or ts_parser is None or not suggestion.strip():
         return False
     data, at = syntax.data, syntax.cursor_byte
     inserted = c.in_document(suggestion).encode("utf-8", "surrogatepass")
     replaced = len(c.text[c.offset:c.offset + replace_after].encode("utf-8", "surrogatepass"))
     changed = data[:at] + inserted + data[at + replaced:]
     try:
-        tree = parser.parse(changed)
+        tree = ts_parser.parse(changed)
     except Exception as exc:  # never lose a suggestion to the checker itself
         log.warning("tree-sitter parse failed: %s", exc)
         return False
@@ -374,7 +375,7 @@ def adds_syntax_error(suggestion: str, c: Cursor, replace_after: int = 0) -> boo
 def _error_query(language: str):  # -> tree_sitter.Query
     import tree_sitter
 
-    return tree_sitter.Query(_parser(language).language, "(ERROR) @error (MISSING) @missing")
+    return tree_sitter.Query(parser(language).language, "(ERROR) @error (MISSING) @missing")
 
 
 def _errors(language: str, tree, start: int, end: int) -> list[tuple[str, int, int]]:  # noqa: ANN001

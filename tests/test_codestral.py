@@ -22,12 +22,12 @@ import mistral_common
 import pytest
 import torch
 from codestral_ls.engine import EngineOptions, ModelSpec, load_engine
-from codestral_ls.engine.engine import Engine
-from codestral_ls.engine.fim import CODESTRAL, FimEncoder, detect_profile
-from codestral_ls.engine.heal import HealIndex
-from codestral_ls.engine.mistral_format import is_mistral_layout, permute_for_rotate_half
+from codestral_ls.engine.decoding.engine import Engine
+from codestral_ls.engine.decoding.heal import HealIndex
+from codestral_ls.engine.models.fim import CODESTRAL, FimEncoder, detect_profile
+from codestral_ls.engine.models.mistral_format import is_mistral_layout, permute_for_rotate_half
+from codestral_ls.engine.models.tokenizer import MistralCommonTokenizer
 from codestral_ls.engine.request import FimRequest, StopRule
-from codestral_ls.engine.tokenizer import MistralCommonTokenizer
 
 V3 = Path(mistral_common.__file__).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "human-eval-infilling"

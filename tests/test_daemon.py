@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from codestral_ls.engine.daemon import (
+from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.request import FimRequest, FimResult, StopRule
+from codestral_ls.engine.serving.daemon import (
     DaemonInfo,
     EngineDaemon,
     daemon_file,
@@ -29,9 +31,7 @@ from codestral_ls.engine.daemon import (
     request_to_wire,
     write_daemon_file,
 )
-from codestral_ls.engine.daemon_client import DaemonBackend
-from codestral_ls.engine.errors import Cancelled, EngineError
-from codestral_ls.engine.request import FimRequest, FimResult, StopRule
+from codestral_ls.engine.serving.daemon_client import DaemonBackend
 from codestral_ls.server.options import Options
 from pygls.exceptions import JsonRpcException
 
@@ -192,7 +192,7 @@ def test_a_planted_discovery_file_is_not_trusted(daemon, monkeypatch):
 
 
 def test_another_users_process_is_not_our_daemon(monkeypatch):
-    from codestral_ls.engine.daemon import pid_alive
+    from codestral_ls.engine.serving.daemon import pid_alive
 
     def kill(pid: int, sig: int) -> None:
         raise PermissionError(1, "Operation not permitted")  # what os.kill says for another user's pid
@@ -430,7 +430,7 @@ def _get(info: DaemonInfo, path: str) -> dict[str, Any]:
 
 
 def test_a_second_daemon_is_refused_before_loading_anything(daemon):
-    from codestral_ls.engine.daemon import DaemonError, ensure_not_running
+    from codestral_ls.engine.serving.daemon import DaemonError, ensure_not_running
 
     httpd, _ = daemon
     ensure_not_running()  # the file names this very process: not "another" daemon

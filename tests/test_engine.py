@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 from codestral_ls.engine import EngineOptions, ModelSpec, load_engine
-from codestral_ls.engine.engine import Engine
+from codestral_ls.engine.decoding.engine import Engine
+from codestral_ls.engine.decoding.kvcache import Sequence, common_prefix
 from codestral_ls.engine.errors import Cancelled, EngineError
-from codestral_ls.engine.kvcache import Sequence, common_prefix
 from codestral_ls.engine.request import FimRequest, StopRule
-from codestral_ls.engine.worker import EngineWorker
+from codestral_ls.engine.serving.worker import EngineWorker
 
 PREFIX = "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n\n\ndef add(a, b):\n    ret"
 SUFFIX = "\n\n\nfor i in range(10):\n    print(add(i, i))\n"
@@ -244,8 +244,8 @@ def test_draft_model_greedy_equals_plain_greedy(tiny_engine, tiny_model_dir, tin
     """--draft-model: a model with the same tokenizer proposes, the target verifies. With the
     target itself as drafter every draft is accepted (fewer target forwards); with another random
     model most are rejected. The text is plain greedy's either way."""
-    from codestral_ls.engine.draft import DraftModel
-    from codestral_ls.engine.loading import load_draft
+    from codestral_ls.engine.decoding.draft import DraftModel
+    from codestral_ls.engine.models.loading import load_draft
 
     from tests.conftest import build_tiny_model, write_tiny_gguf
 
@@ -273,7 +273,7 @@ def test_draft_model_greedy_equals_plain_greedy(tiny_engine, tiny_model_dir, tin
 
 def test_draft_model_with_another_tokenizer_is_refused(tiny_engine, tiny_model_dir):
     from codestral_ls.engine.errors import ModelLoadError
-    from codestral_ls.engine.loading import load_draft
+    from codestral_ls.engine.models.loading import load_draft
 
     class Other:
         def get_vocab(self):
@@ -372,7 +372,7 @@ def test_both_runners_compute_the_same_function(tiny_torch_engine, tiny_llamacpp
 
 
 def test_llamacpp_frees_slots_for_more_documents_than_it_has(tiny_llamacpp_engine):
-    from codestral_ls.engine.runner_llamacpp import SLOTS
+    from codestral_ls.engine.models.runner_llamacpp import SLOTS
 
     e = fresh(tiny_llamacpp_engine)
     for i in range(SLOTS + 4):
@@ -386,7 +386,7 @@ def test_llamacpp_sequences_have_cache_streams_of_their_own(tiny_gguf):
     A prompt longer than a stream is refused with an error that says what to lower, and the runner
     goes on serving the other sequences."""
     from codestral_ls.engine.errors import EngineError
-    from codestral_ls.engine.runner_llamacpp import LlamaCppRunner
+    from codestral_ls.engine.models.runner_llamacpp import LlamaCppRunner
 
     r = LlamaCppRunner(tiny_gguf, threads=1, seq_ctx=256, slots=3)
 
@@ -435,9 +435,9 @@ def test_warm_ups_prefill_in_small_chunks_and_real_requests_in_large_ones(tiny_l
 
 
 def test_runner_auto_takes_llamacpp_for_a_gguf_on_the_cpu(tmp_path):
+    from codestral_ls.engine.decoding.runner import choose_runner, llamacpp_available
     from codestral_ls.engine.errors import ModelLoadError
-    from codestral_ls.engine.loading import gguf_of
-    from codestral_ls.engine.runner import choose_runner, llamacpp_available
+    from codestral_ls.engine.models.loading import gguf_of
 
     gguf = tmp_path / "m.gguf"
     if llamacpp_available():

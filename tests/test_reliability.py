@@ -344,7 +344,7 @@ def test_allow_download_later_is_not_undone_by_an_earlier_offline_load(tiny_mode
     """Issue 16: the first offline load set $HF_HUB_OFFLINE for the whole process, so turning
     allowDownload on later could never download. Offline is now per call (local_files_only)."""
     import transformers
-    from codestral_ls.engine.loading import ModelSpec, load_model
+    from codestral_ls.engine.models.loading import ModelSpec, load_model
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     load_model(ModelSpec(model=str(tiny_model_dir), device="cpu", runner="torch"))
@@ -365,7 +365,7 @@ def test_allow_download_later_is_not_undone_by_an_earlier_offline_load(tiny_mode
 def test_folder_models_load_from_safetensors_and_no_remote_code(tiny_model_dir, monkeypatch):
     import transformers
     from codestral_ls.engine.errors import ModelLoadError
-    from codestral_ls.engine.loading import ModelSpec, load_model
+    from codestral_ls.engine.models.loading import ModelSpec, load_model
 
     seen: dict[str, Any] = {}
 
@@ -510,7 +510,7 @@ def local(tiny_model_dir):
 
 async def test_engine_faults_fail_one_request_and_the_next_one_works(local, monkeypatch):
     import torch
-    from codestral_ls.engine.engine import Engine
+    from codestral_ls.engine.decoding.engine import Engine
 
     await local.initialize()
     uri = "file:///w/fault.py"
@@ -548,7 +548,7 @@ async def test_engine_faults_fail_one_request_and_the_next_one_works(local, monk
 
 
 async def test_caches_and_bookkeeping_stay_bounded_over_a_soak():
-    from codestral_ls.engine.kvcache import Entry, PrefixStore, Sequence
+    from codestral_ls.engine.decoding.kvcache import Entry, PrefixStore, Sequence
     from codestral_ls.engine.request import FimResult
     from codestral_ls.server.pipeline import Completer, Document
     from codestral_ls.server.stats import Stats
@@ -683,14 +683,14 @@ def test_a_request_never_splits_or_parses_the_whole_document(monkeypatch):
 
     tokenized: list[int] = []
     parsed: list[int] = []
-    real_parser = cursor._parser("python")
+    real_parser = cursor.parser_for("python")
 
     class Parser:
         def parse(self, data: bytes) -> Any:
             parsed.append(len(data))
             return real_parser.parse(data)
 
-    monkeypatch.setattr(cursor, "_parser", lambda language: Parser())
+    monkeypatch.setattr(cursor, "parser_for", lambda language: Parser())
 
     def count(text: str) -> int:
         tokenized.append(len(text))
@@ -730,7 +730,7 @@ def test_a_cancelled_queued_request_then_a_newer_one_leaves_the_engine_thread_al
     import threading
 
     from codestral_ls.engine.request import FimRequest, FimResult
-    from codestral_ls.engine.worker import EngineWorker
+    from codestral_ls.engine.serving.worker import EngineWorker
 
     started, gate = threading.Event(), threading.Event()
 

@@ -1,4 +1,4 @@
-"""Context from other files (server/retrieval.py): ranking, import-following under the workspace
+"""Context from other files (server/retrieval/): ranking, import-following under the workspace
 root only, never a secret or a disabled language, a prompt whose extra part stays token-identical
 while the user types (and the engine reuses its cache), and distinct finished candidates.
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from codestral_ls.engine.fim import FimEncoder, detect_profile
+from codestral_ls.engine.models.fim import FimEncoder, detect_profile
 from codestral_ls.engine.request import FimRequest, StopRule
 from codestral_ls.server.options import Options
 from codestral_ls.server.pipeline import Completer, Document
@@ -188,7 +188,7 @@ def test_selection_changes_in_coarse_steps(project):
 
 @pytest.fixture(scope="module")
 def qwen_tok():
-    from codestral_ls.engine.embedded import tokenizer_dir
+    from codestral_ls.engine.models.embedded import tokenizer_dir
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tokenizer_dir())  # the GGUF's own, as the server uses
@@ -226,7 +226,7 @@ def test_codestral_gets_extra_context_before_the_fim_tokens(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def worker(qwen_engine):
-    from codestral_ls.engine.worker import EngineWorker
+    from codestral_ls.engine.serving.worker import EngineWorker
 
     w = EngineWorker(lambda: qwen_engine).start()
     w.loaded.wait(600)
@@ -300,7 +300,7 @@ def test_one_candidate_by_default(worker):
 
 
 def test_path_and_repo_cross_the_daemon_wire():
-    from codestral_ls.engine.daemon import request_from_wire, request_to_wire
+    from codestral_ls.engine.serving.daemon import request_from_wire, request_to_wire
 
     r = FimRequest(doc="d", prefix="", suffix="", extra_files=(("a.py", "x"),), path="a/b.py", repo="proj",
                    stop=StopRule())
@@ -347,7 +347,7 @@ def test_crossfile_benchmark_sites_are_first_uses_of_sibling_names(tmp_path):
 
 
 def test_a_huge_open_file_is_chunked_without_a_parse(tmp_path):
-    from codestral_ls.server import retrieval
+    from codestral_ls.server.retrieval import outline as retrieval
 
     huge = "".join(f"def helper_{i}(value):\n    return value + {i}\n\n" for i in range(12_000))
     assert len(huge) > retrieval.MAX_FILE_BYTES

@@ -78,14 +78,14 @@ def test_modes_from_the_cursor_place():
 def test_one_parse_per_request(monkeypatch):
     """Mode, block indent and the context windows come from one tree-sitter parse."""
     parses = []
-    real = cursor_module._parser("python")
+    real = cursor_module.parser_for("python")
 
     class Counting:
         def parse(self, data: bytes):
             parses.append(len(data))
             return real.parse(data)
 
-    monkeypatch.setattr(cursor_module, "_parser", lambda language: Counting())
+    monkeypatch.setattr(cursor_module, "parser_for", lambda language: Counting())
     c = at(PY.replace("data = ", "data = |"))
     assert c.mode == "single" and c.block_indent == 4
     build_context(c, count, 512, 64)

@@ -15,7 +15,7 @@ in the middle of a word (or after indentation) does not force an unnatural token
 nothing typed, the prompt is exactly the family's prompt minus that token, and `heal` is exactly
 its text (decoded piece by piece, so a SentencePiece "▁return" owes " return").
 
-Extra context (other files' snippets, server/retrieval.py) goes first, where each family reads it
+Extra context (other files' snippets, server/retrieval/) goes first, where each family reads it
 and where it keeps the KV cache: typing in the current file changes only what comes after it.
 Families trained on repository context (Qwen2.5-Coder, StarCoder2) get their training layout,
 `<|repo_name|>repo\n<|file_sep|>path\ntext\n…<|file_sep|>current path\n<|fim_prefix|>…`; the
@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from codestral_ls.engine.tokenizer import piece_decoder
+from codestral_ls.engine.models.tokenizer import piece_decoder
 
 Order = Literal["spm", "psm"]
 # mistral-common's `_encode_infilling` and Meta's CodeLlama `encode_infilling` both cut off "☺".

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from codestral_ls.engine.decoding.kvcache import PrefixStore, Sequence
 from codestral_ls.engine.errors import EngineError, ModelLoadError
-from codestral_ls.engine.kvcache import PrefixStore, Sequence
 
 log = logging.getLogger(__name__)
 

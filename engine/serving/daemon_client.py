@@ -1,5 +1,5 @@
-"""The engine daemon's client: sends FIM requests to `codestral-ls engine serve` (engine/daemon.py,
-whose docstring holds the wire protocol; engine/wire.py the format). No model in this process.
+"""The engine daemon's client: sends FIM requests to `codestral-ls engine serve` (engine/serving/daemon.py,
+whose docstring holds the wire protocol; engine/serving/wire.py the format). No model in this process.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import time
 import urllib.parse
 from typing import Any, Protocol
 
-from codestral_ls.engine.daemon import (
+from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.request import FimRequest, FimResult
+from codestral_ls.engine.serving.daemon import (
     LOOPBACK,
     TOKEN_ENV,
     daemon_file,
@@ -22,8 +24,7 @@ from codestral_ls.engine.daemon import (
     request_to_wire,
     result_from_wire,
 )
-from codestral_ls.engine.errors import Cancelled, EngineError
-from codestral_ls.engine.http_client import (
+from codestral_ls.engine.serving.http_client import (
     MAX_TOKENIZER,
     HttpBackend,
     HttpSettings,
@@ -31,7 +32,6 @@ from codestral_ls.engine.http_client import (
     _valid_url,
     approx_tokens,
 )
-from codestral_ls.engine.request import FimRequest, FimResult
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class DaemonSettings(HttpSettings, Protocol):
 
 
 class DaemonBackend(HttpBackend):
-    """Sends requests to `codestral-ls engine serve` (engine/daemon.py); no model in this process.
+    """Sends requests to `codestral-ls engine serve` (engine/serving/daemon.py); no model in this process.
 
     `endpoint` is the daemon's URL, or "auto" (or empty): the URL in the daemon's discovery file.
     The token comes from the discovery file (re-read before every request, so a restarted daemon

@@ -1,7 +1,7 @@
 """The HTTP plumbing every out-of-process backend shares: the engine daemon's client
-(engine/daemon_client.py) and the remote APIs (server/backends.py).
+(engine/serving/daemon_client.py) and the remote APIs (server/backends.py).
 
-One HTTP request per FIM request, on a small thread pool; newest per document wins (engine/backend.py)
+One HTTP request per FIM request, on a small thread pool; newest per document wins (engine/serving/backend.py)
 and a cancelled request closes its connection at once. Transport rules kept here, once: connect and
 read timeouts plus a total deadline per request (`total_timeout`), answers read up to a size limit,
 $HTTPS_PROXY / $HTTP_PROXY / $NO_PROXY honoured (loopback always direct), TLS with the system's CAs
@@ -24,10 +24,10 @@ import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
-from codestral_ls.engine.backend import Job, NewestPerDocument, settle
-from codestral_ls.engine.daemon import LOOPBACK
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import CancelToken, FimRequest, FimResult
+from codestral_ls.engine.serving.backend import Job, NewestPerDocument, settle
+from codestral_ls.engine.serving.daemon import LOOPBACK
 
 log = logging.getLogger(__name__)
 

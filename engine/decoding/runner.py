@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from codestral_ls.engine.decoding.kvcache import PrefixStore, Sequence
 from codestral_ls.engine.errors import Cancelled, ModelLoadError
-from codestral_ls.engine.kvcache import PrefixStore, Sequence
 from codestral_ls.engine.request import CancelToken
 
 RUNNERS = ("auto", "torch", "llamacpp")

@@ -2,7 +2,7 @@
 
 Read it like gpt-fast's generate.py: `_replay` / `_prefill` / `_decode` / `_verify` are the phases,
 their state is explicit (`_Decode`), and the model is one hop away (`self.runner.forward`, see
-`engine/runner.py`: torch or llama.cpp, logits as numpy rows). Which token may come next (owed heal
+`engine/decoding/runner.py`: torch or llama.cpp, logits as numpy rows). Which token may come next (owed heal
 text, avoided starts, a replay re-making a constrained pick) is one object, `Constraint`.
 
 Greedy decoding only: a completion must be the same every time for the same text, and that
@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from codestral_ls.engine.draft import DraftModel
+from codestral_ls.engine.config import EngineOptions
+from codestral_ls.engine.decoding.draft import DraftModel
+from codestral_ls.engine.decoding.heal import HealIndex
+from codestral_ls.engine.decoding.kvcache import Entry, PrefixStore, Ranking, Sequence
+from codestral_ls.engine.decoding.runner import prefill
 from codestral_ls.engine.errors import Cancelled
-from codestral_ls.engine.fim import FimPrompt
-from codestral_ls.engine.heal import HealIndex
-from codestral_ls.engine.kvcache import Entry, PrefixStore, Ranking, Sequence
-from codestral_ls.engine.loading import LoadedModel
-from codestral_ls.engine.options import EngineOptions
+from codestral_ls.engine.models.fim import FimPrompt
+from codestral_ls.engine.models.loading import LoadedModel
 from codestral_ls.engine.request import FimRequest, FimResult
-from codestral_ls.engine.runner import prefill
 
 log = logging.getLogger(__name__)
 

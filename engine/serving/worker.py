@@ -1,7 +1,7 @@
 """One engine thread: loads the model, runs requests one at a time, newest per document wins.
 
 Callers get a `concurrent.futures.Future` and never block. A newer request for a document cancels
-the older one (queued or running, between tokens; engine/backend.py holds the rule). When no
+the older one (queued or running, between tokens; engine/serving/backend.py holds the rule). When no
 request is queued the thread warms the newest `prefetch` prompt, then spends its time on
 `Engine.background_step` (decoding past the last answer). A prefetch is newer intent than the
 last answer's continuation, so it goes first; a real request cancels both at once, so neither
@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from codestral_ls.engine.backend import Job, NewestPerDocument, settle
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import FimRequest, FimResult
+from codestral_ls.engine.serving.backend import Job, NewestPerDocument, settle
 
 log = logging.getLogger(__name__)
 

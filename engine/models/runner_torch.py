@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from codestral_ls.engine.kvcache import PrefixStore, Sequence
+from codestral_ls.engine.decoding.kvcache import PrefixStore, Sequence
 
 
 @dataclass(eq=False)

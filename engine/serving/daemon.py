@@ -2,7 +2,7 @@
 
 Editors start one language server per window; with the daemon they all send their FIM requests to
 one process that holds the model, so the newest-per-document rule, the KV cache and the background
-prefetch of its single `EngineWorker` serve every window. The client is engine/daemon_client.py.
+prefetch of its single `EngineWorker` serve every window. The client is engine/serving/daemon_client.py.
 Standard library only, no torch at import.
 
 Wire protocol (HTTP/1.0, JSON, loopback by default). Every request carries
@@ -12,7 +12,7 @@ Wire protocol (HTTP/1.0, JSON, loopback by default). Every request carries
     GET  /v1/stats      counters (requests, clients, cancelled, ...)
     GET  /v1/tokenizer  the model's tokenizer as `tokenizers` JSON (clients count tokens exactly); 503 while loading
     POST /v1/prefetch   {"client": str, "request": {FimRequest fields}} → 202 {}: warmed when the worker is idle
-    POST /v1/fim        {"client": str, "request": {FimRequest fields}}   (fields: engine/wire.py, from the dataclasses)
+    POST /v1/fim        {"client": str, "request": {FimRequest fields}}   (engine/serving/wire.py)
         → 200, application/x-ndjson, one JSON object per line, ended by the daemon closing the connection:
           {"event": "wait"}  every HEARTBEAT_S while the request is queued or running
           then one of {"result": {FimResult fields}} or {"error": {"kind": "cancelled"|"engine"|"internal",
@@ -48,10 +48,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from codestral_ls.engine.backend import Backend
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import FimRequest, FimResult
-from codestral_ls.engine.wire import from_wire, to_wire
+from codestral_ls.engine.serving.backend import Backend
+from codestral_ls.engine.serving.wire import from_wire, to_wire
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class DaemonError(EngineError):
 
 def daemon_file() -> Path:
     """Where the running daemon says how to reach it: <cache dir>/engine.serve/daemon.json."""
-    from codestral_ls.engine.embedded import cache_dir
+    from codestral_ls.engine.models.embedded import cache_dir
 
     return cache_dir() / "engine.serve" / "daemon.json"
 
