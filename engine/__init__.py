@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from codestral_ls.engine.config import EngineOptions
-from codestral_ls.engine.models.loading import ModelSpec
+from codestral_ls.engine.config import EngineOptions, ModelSpec
 
 if TYPE_CHECKING:
     from codestral_ls.engine.decoding.engine import Engine

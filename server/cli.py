@@ -259,7 +259,7 @@ def engine_command(options: Options, args: argparse.Namespace) -> int:
 def engine_status() -> int:
     import urllib.request
 
-    from codestral_ls.engine.serving.daemon import daemon_file, pid_alive, read_daemon_file
+    from codestral_ls.engine.serving.discovery import daemon_file, pid_alive, read_daemon_file
 
     file = daemon_file()
     try:

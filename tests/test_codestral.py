@@ -492,7 +492,7 @@ async def test_ghost_text_and_typed_through_over_lsp_on_this_tokenizer(codestral
 def test_mistral_backend_sends_the_reference_fim_request(monkeypatch):
     """The body is what Mistral's client sends to POST /v1/fim/completions (model, prompt, suffix,
     max_tokens, temperature, stop), valid as mistral-common's FIMRequest, and its answer is read."""
-    from codestral_ls.server.backends import APIS, RemoteBackend
+    from codestral_ls.engine.serving.remote import APIS, RemoteBackend
     from codestral_ls.server.options import Options
     from mistral_common.protocol.fim.request import FIMRequest
 

@@ -162,7 +162,7 @@ def test_budget_answers_early_and_background_decodes_the_rest(tiny_engine):
 
 
 def test_kv_store_stays_under_its_byte_budget(tiny_engine):
-    e = fresh(tiny_engine, kv_budget_bytes=64 * 1024)
+    e = fresh(tiny_engine, kv_budget_mb=64 / 1024)
     for i in range(12):
         e.complete(req(doc=f"d{i}", prefix=f"# file {i}\n" + PREFIX, background=False))
     assert e.store.total_bytes() <= 64 * 1024
@@ -302,7 +302,7 @@ def test_a_multi_line_replay_keeps_max_tokens(tiny_engine):
 
 def test_the_most_recent_entry_is_kept_even_over_the_budget(tiny_engine, caplog):
     """One entry alone over the byte budget is kept (the next keystroke needs it), logged, counted."""
-    e = fresh(tiny_engine, speculation=False, kv_budget_bytes=1)
+    e = fresh(tiny_engine, speculation=False, kv_budget_mb=1 / 2**20)
     first = e.complete(req(background=False))
     assert len(e.store.entries) == 1 and e.store.oversized == 1
     assert "over the whole budget" in caplog.text

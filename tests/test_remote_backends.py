@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import FimRequest, StopRule
-from codestral_ls.server.backends import APIS, RemoteBackend, approx_tokens, open_backend
+from codestral_ls.engine.serving.http_client import approx_tokens
+from codestral_ls.engine.serving.remote import APIS, RemoteBackend
+from codestral_ls.server.backends import open_backend
 from codestral_ls.server.options import Options, parse_options
 from codestral_ls.server.pipeline import Completer, Document
 from lsprotocol import types

@@ -300,11 +300,11 @@ def test_one_candidate_by_default(worker):
 
 
 def test_path_and_repo_cross_the_daemon_wire():
-    from codestral_ls.engine.serving.daemon import request_from_wire, request_to_wire
+    from codestral_ls.engine.serving.wire import request_from_wire, to_wire
 
     r = FimRequest(doc="d", prefix="", suffix="", extra_files=(("a.py", "x"),), path="a/b.py", repo="proj",
                    stop=StopRule())
-    back = request_from_wire(request_to_wire(r))
+    back = request_from_wire(to_wire(r))
     assert (back.path, back.repo, back.extra_files) == ("a/b.py", "proj", (("a.py", "x"),))
 
 

@@ -18,38 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from codestral_ls.engine.decoding.runner import RUNNERS, choose_runner
+from codestral_ls.engine.config import ModelSpec
+from codestral_ls.engine.decoding.runner import choose_runner
 from codestral_ls.engine.errors import ModelLoadError
 from codestral_ls.engine.models import embedded, mistral_format
 from codestral_ls.engine.models.fim import FimEncoder, detect_profile
 
 log = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-QUANTIZE = ("auto", "none", "int8", "nf4")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the user asked for; `model=None` means the embedded default."""
-
-    model: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    quantize: str = "none"
-    fim_format: str = "auto"
-    trust_remote_code: bool = False
-    allow_download: bool = False
-    threads: int | None = None
-    runner: str = "auto"  # auto | torch | llamacpp (engine/decoding/runner.py)
-
-    def validate(self) -> None:
-        for name, value, allowed in (("device", self.device, DEVICES), ("dtype", self.dtype, DTYPES),
-                                     ("quantize", self.quantize, QUANTIZE), ("runner", self.runner, RUNNERS)):
-            if value not in allowed:
-                raise ModelLoadError(f"--{name} {value!r} is not one of {', '.join(allowed)}")
-
 
 @dataclass
 class LoadedModel:

@@ -1,7 +1,7 @@
 """The one seam between the server and whatever answers FIM requests: `FimRequest → FimResult`.
 
 `Backend` is what the pipeline holds: the in-process `EngineWorker` (engine/serving/worker.py), the engine
-daemon's client (engine/serving/daemon_client.py) and the remote APIs (server/backends.py) all satisfy it.
+daemon's client (engine/serving/daemon_client.py) and the remote APIs (engine/serving/remote.py) all satisfy it.
 `Job`/`settle` and the newest-per-document rule are written here once and shared by them.
 
 Rules every backend keeps:

@@ -15,23 +15,10 @@ from typing import Any, Protocol
 
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import FimRequest, FimResult
-from codestral_ls.engine.serving.daemon import (
-    LOOPBACK,
-    TOKEN_ENV,
-    daemon_file,
-    pid_alive,
-    read_daemon_file,
-    request_to_wire,
-    result_from_wire,
-)
-from codestral_ls.engine.serving.http_client import (
-    MAX_TOKENIZER,
-    HttpBackend,
-    HttpSettings,
-    _origin,
-    _valid_url,
-    approx_tokens,
-)
+from codestral_ls.engine.serving.discovery import TOKEN_ENV, daemon_file, pid_alive, read_daemon_file
+from codestral_ls.engine.serving.http_client import MAX_TOKENIZER, HttpBackend, HttpSettings, approx_tokens
+from codestral_ls.engine.serving.urls import is_loopback, origin_of, url_problem
+from codestral_ls.engine.serving.wire import result_from_wire, to_wire
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +47,7 @@ class DaemonBackend(HttpBackend):
         self.client_id = f"{os.getpid()}-{secrets.token_hex(4)}"  # namespaces this window's documents
         self._tokenizer: Any = None  # tokenizers.Tokenizer once the daemon shared it
         self._tokenizer_next = 0.0  # when to ask again
-        if self.url is not None and (problem := _valid_url(self.url)):
+        if self.url is not None and (problem := url_problem(self.url)):
             self.load_error = f"engine daemon: --engine {problem}"
             self.loaded.set()
             return
@@ -78,11 +65,11 @@ class DaemonBackend(HttpBackend):
     def _send_prefetch(self, req: FimRequest) -> None:
         try:
             url, token = self._locate()
-            body = json.dumps({"client": self.client_id, "request": request_to_wire(req)}).encode()
+            body = json.dumps({"client": self.client_id, "request": to_wire(req)}).encode()
             conn, resp = self._open(req, "POST", url + "/v1/prefetch", body,
                                     {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
             try:
-                self._read(req, conn, resp, _origin(url))
+                self._read(req, conn, resp, origin_of(url))
             finally:
                 resp.close()
                 conn.close()
@@ -141,7 +128,7 @@ class DaemonBackend(HttpBackend):
         req = FimRequest(doc="", prefix="", suffix="")
         conn, resp = self._open(req, "GET", url + "/v1/tokenizer", None, {"Authorization": f"Bearer {token}"})
         try:
-            body = self._read(req, conn, resp, _origin(url), limit=MAX_TOKENIZER)
+            body = self._read(req, conn, resp, origin_of(url), limit=MAX_TOKENIZER)
         finally:
             resp.close()
             conn.close()
@@ -156,8 +143,8 @@ class DaemonBackend(HttpBackend):
 
     def _call(self, req: FimRequest) -> FimResult:
         url, token = self._locate()
-        origin = _origin(url)
-        body = json.dumps({"client": self.client_id, "request": request_to_wire(req)}).encode()
+        origin = origin_of(url)
+        body = json.dumps({"client": self.client_id, "request": to_wire(req)}).encode()
         conn, resp = self._open(req, "POST", url + "/v1/fim", body,
                                 {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
         try:
@@ -196,5 +183,5 @@ class DaemonBackend(HttpBackend):
 
 def _same_place(a: str, b: str) -> bool:
     ua, ub = urllib.parse.urlsplit(a), urllib.parse.urlsplit(b)
-    same_host = ua.hostname == ub.hostname or (ua.hostname in LOOPBACK and ub.hostname in LOOPBACK)
+    same_host = ua.hostname == ub.hostname or (is_loopback(ua.hostname or "") and is_loopback(ub.hostname or ""))
     return same_host and ua.port == ub.port

@@ -1,5 +1,5 @@
 """The HTTP plumbing every out-of-process backend shares: the engine daemon's client
-(engine/serving/daemon_client.py) and the remote APIs (server/backends.py).
+(engine/serving/daemon_client.py) and the remote APIs (engine/serving/remote.py).
 
 One HTTP request per FIM request, on a small thread pool; newest per document wins (engine/serving/backend.py)
 and a cancelled request closes its connection at once. Transport rules kept here, once: connect and
@@ -27,7 +27,7 @@ from typing import Protocol
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import CancelToken, FimRequest, FimResult
 from codestral_ls.engine.serving.backend import Job, NewestPerDocument, settle
-from codestral_ls.engine.serving.daemon import LOOPBACK
+from codestral_ls.engine.serving.urls import is_loopback, origin_of
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class HttpBackend:
         """Send one request (through $HTTPS_PROXY / $HTTP_PROXY unless $NO_PROXY or loopback says
         not); the connection closes as soon as `req` is cancelled or its deadline passes."""
         u = urllib.parse.urlsplit(url)
-        origin = _origin(url)
+        origin = origin_of(url)
         host, port = u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
         proxy = _proxy_for(u.scheme, host)
         headers = {"User-Agent": "codestral-ls", **headers}
@@ -267,13 +267,6 @@ class HttpBackend:
         return text.replace(self._secret, "***") if self._secret else text
 
 
-def _origin(url: str) -> str:
-    """scheme://host:port, without credentials, path or query: safe to show."""
-    u = urllib.parse.urlsplit(url)
-    host = u.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{u.scheme}://{host}" + (f":{u.port}" if u.port else "")
 
 
 class _Deadline:
@@ -298,14 +291,12 @@ class _Deadline:
             self._timer.cancel()
 
 
-def _loopback(host: str) -> bool:
-    return host in LOOPBACK or host.startswith("127.")
 
 
 def _proxy_for(scheme: str, host: str) -> urllib.parse.SplitResult | None:
     """The proxy $HTTPS_PROXY / $HTTP_PROXY names for `host`, unless $NO_PROXY exempts it; loopback
     is always reached directly."""
-    if _loopback(host):
+    if is_loopback(host):
         return None
     proxies = urllib.request.getproxies_environment()
     url = proxies.get(scheme)
@@ -349,13 +340,3 @@ def _error_detail(body: bytes) -> str:
     return text[:200] + ("…" if len(text) > 200 else "")
 
 
-def _valid_url(url: str) -> str | None:
-    """Why `url` is not a usable http(s) URL, or None."""
-    try:
-        u = urllib.parse.urlsplit(url)
-        u.port  # noqa: B018 - raises on a bad port
-    except ValueError as exc:
-        return f"{url!r} is not a URL: {exc}"
-    if u.scheme not in ("http", "https") or not u.hostname:
-        return f"expected an http:// or https:// URL, got {url!r}"
-    return None
