@@ -21,7 +21,7 @@ from codestral_ls.server.options import (
     read_user_config,
 )
 
-log = logging.getLogger("codestral-ls")
+log = logging.getLogger(__name__)
 
 
 def _common() -> argparse.ArgumentParser:
@@ -141,20 +141,20 @@ def complete(options: Options, where: str, language: str | None, as_json: bool) 
     offset = sum(len(ln) + 1 for ln in lines[: line_no - 1]) + col_no - 1
 
     t_load = time.perf_counter()
-    worker = open_backend(options, progress=_stderr_progress)
-    worker.loaded.wait()
-    if worker.load_error is not None:
-        raise CliError(worker.load_error)
+    backend = open_backend(options, progress=_stderr_progress)
+    backend.loaded.wait()
+    if backend.load_error is not None:
+        raise CliError(backend.load_error)
     load_s = time.perf_counter() - t_load
     # The one-shot CLI shows the whole suggestion: no latency budget.
-    completer = Completer(worker, options.replace(budget_ms=0))
+    completer = Completer(backend, options.replace(budget_ms=0))
     doc = Document(path.resolve().as_uri(), text, language or "")
     try:
         s = asyncio.run(completer.complete(doc, offset))
     except EngineError as exc:
         raise CliError(str(exc)) from None
     finally:
-        worker.stop()
+        backend.stop()
     suggestion = s.text if s else ""
     r = s.result if s else None
     if as_json:
@@ -163,7 +163,7 @@ def complete(options: Options, where: str, language: str | None, as_json: bool) 
                "prompt_tokens": r.prompt_tokens if r else None, "decoded_tokens": r.decoded_tokens if r else None}
         sys.stdout.write(json.dumps(out) + "\n")
         return 0
-    engine = worker.engine
+    engine = backend.engine
     where = f"{engine.loaded.source}, {engine.loaded.device}" if engine is not None else f"{options.backend} backend"
     sys.stdout.write(f"{path}:{line_no}:{col_no}  [{where}]\n")
     if not suggestion:

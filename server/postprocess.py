@@ -22,7 +22,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from codestral_ls.engine.request import StopRule
 from codestral_ls.server.cursor import Cursor
 from codestral_ls.server.languages import parser
 
@@ -94,10 +93,9 @@ def scan(code: str, line_comment: str = "", quotes: str = QUOTES) -> Brackets:
 # -- repairs --------------------------------------------------------------------------------------
 
 
-def trim_to_line(text: str, c: Cursor) -> str:
-    """Single-line mode ends at the line break; multi-line drops trailing blank lines."""
-    if c.single_line:
-        return StopRule(single_line=True, line_comment=c.line_comment).cut(text)[0].rstrip()
+def strip_end(text: str, c: Cursor) -> str:
+    """Trailing blank lines and spaces go. Where the suggestion ends (a single line's break, the
+    block's end) was decided once, by the request's `StopRule`, which every backend applies."""
     return text.rstrip()
 
 
@@ -185,7 +183,7 @@ def drop_empty(text: str, c: Cursor) -> str:
 
 Filter = Callable[[str, Cursor], str]
 FILTERS: dict[str, Filter] = {
-    "trim_to_line": trim_to_line,
+    "strip_end": strip_end,
     "drop_suffix_overlap": drop_suffix_overlap,
     "balance_brackets": balance_brackets,
     "drop_repetition": drop_repetition,

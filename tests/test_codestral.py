@@ -434,8 +434,8 @@ async def test_the_whole_lsp_path_on_a_mistral_layout_model(codestral_dirs):
     ip = InProcess(Options(model=str(codestral_dirs["mistral"]), device="cpu", budget_ms=0, max_tokens=6))
     try:
         await ip.initialize()
-        assert await asyncio.to_thread(ip.server.worker.loaded.wait, 60)
-        assert ip.server.worker.load_error is None
+        assert await asyncio.to_thread(ip.server.backend.loaded.wait, 60)
+        assert ip.server.backend.load_error is None
         uri = "file:///w/codestral.py"
         ip.open(uri, "def add(a, b):\n    ret\n\n\ndef sub(a, b):\n    \n")
         for line, col in ((1, 7), (5, 4)):  # mid-word, after an auto-indent
@@ -474,7 +474,7 @@ async def test_ghost_text_and_typed_through_over_lsp_on_this_tokenizer(codestral
     ip = InProcess(Options(model=str(codestral_dirs["hf"]), device="cpu", budget_ms=0, max_tokens=12))
     try:
         await ip.initialize()
-        assert await asyncio.to_thread(ip.server.worker.loaded.wait, 60)
+        assert await asyncio.to_thread(ip.server.backend.loaded.wait, 60)
         uri = "file:///w/add.py"
         ip.open(uri, "def add(a, b):\n    ret\n")
         first = await ip.inline(uri, 1, 7)

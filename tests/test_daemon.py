@@ -113,11 +113,11 @@ def test_wire_format_round_trip_and_validation():
     r = FimRequest(doc="d", prefix="p", suffix="s", forced_middle="f", extra_files=(("a.py", "x"),), max_tokens=9,
                    stop=StopRule(single_line=False, max_lines=3, block_indent=4, stop_strings=("#",),
                                  line_comment="//"),
-                   budget_ms=50.0, background=False, heal=False, avoid=("return x",))
+                   background=False, heal=False, avoid=("return x",))
     back = request_from_wire(json.loads(json.dumps(to_wire(r))))
     assert (back.doc, back.prefix, back.suffix, back.forced_middle, back.extra_files, back.max_tokens, back.stop,
-            back.budget_ms, back.background, back.heal, back.avoid) == (
-        "d", "p", "s", "f", (("a.py", "x"),), 9, r.stop, 50.0, False, False, ("return x",))
+            back.background, back.heal, back.avoid) == (
+        "d", "p", "s", "f", (("a.py", "x"),), 9, r.stop, False, False, ("return x",))
     # Derived from the dataclasses: every field but the local cancel token crosses, new ones included.
     from dataclasses import fields
 

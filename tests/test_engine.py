@@ -136,29 +136,39 @@ def test_cancel_stops_within_one_token(tiny_engine):
     assert e.forward_calls - calls_at_cancel[0] <= 1
 
 
-def test_budget_answers_early_and_background_decodes_the_rest(tiny_engine):
+def early_stop(engine: Engine, doc: str) -> StopRule:
+    """A stop rule that ends the model's greedy answer after a few tokens, whatever it says: a random
+    model may never write a line break (which a latency budget needs), but it writes some character
+    for the first time after its first few tokens, and greedy decoding writes it again."""
+    seen = fresh(engine, speculation=False).complete(req(doc=doc, max_tokens=30, background=False)).text
+    for i in range(1, len(seen)):
+        if seen[i] not in seen[:i] and seen[:i].strip():
+            return StopRule(max_lines=1000, stop_strings=(seen[i],))
+    raise AssertionError(f"the tiny model's answer has too few distinct characters: {seen!r}")
+
+
+def test_an_answer_is_decoded_on_in_the_background_and_replayed(tiny_engine):
     e = fresh(tiny_engine, speculation=False)
-    slow_forward = e._forward
-
-    def forward(seq, ids, n_logits=1):
-        time.sleep(0.02)  # make each token take visible time
-        return slow_forward(seq, ids, n_logits)
-
-    e._forward = forward
-    stop = StopRule(max_lines=1000)
-    quick = e.complete(req(budget_ms=1, max_tokens=30, stop=stop))
-    if quick.finish != "budget":
-        pytest.skip(f"the tiny model stopped by itself ({quick.finish}) before the budget")
+    stop = early_stop(tiny_engine, "a")
+    quick = e.complete(req(max_tokens=30, stop=stop))
+    assert quick.finish == "stop" and e.has_background_work()
     steps = 0
     while e.has_background_work() and steps < 100:
         e.background_step()
         steps += 1
     assert steps > 0
     calls = e.forward_calls
-    later = e.complete(req(budget_ms=None, max_tokens=30, stop=stop, background=False))
+    later = e.complete(req(max_tokens=30, stop=StopRule(max_lines=1000), background=False))
     assert later.text.startswith(quick.text) and len(later.text) > len(quick.text)
     assert later.replayed_tokens > 0
     assert e.forward_calls - calls <= 2
+
+
+def test_a_passed_line_deadline_ends_a_block_after_its_last_whole_line():
+    rule = StopRule(max_lines=1000, line_deadline=time.monotonic() - 1)
+    assert rule.cut("a = 1\nb = 2\nc =") == ("a = 1\nb = 2", "budget")
+    assert rule.cut("a = 1") == ("a = 1", None)  # no whole line yet: never half a line
+    assert rule.unbudgeted().cut("a = 1\nb =") == ("a = 1\nb =", None)
 
 
 def test_kv_store_stays_under_its_byte_budget(tiny_engine):
@@ -314,17 +324,8 @@ def test_the_most_recent_entry_is_kept_even_over_the_budget(tiny_engine, caplog)
 
 
 def _with_background_work(e: Engine, doc: str):
-    slow_forward = e._forward
-
-    def forward(seq, ids, n_logits=1):
-        time.sleep(0.02)  # make each token take visible time
-        return slow_forward(seq, ids, n_logits)
-
-    e._forward = forward
-    quick = e.complete(req(doc=doc, budget_ms=1, max_tokens=30, stop=StopRule(max_lines=1000)))
-    e._forward = slow_forward
-    if quick.finish != "budget" or not e.has_background_work():
-        pytest.skip(f"the tiny model stopped by itself ({quick.finish}) before the budget")
+    quick = e.complete(req(doc=doc, max_tokens=30, stop=early_stop(e, doc)))
+    assert quick.finish == "stop" and e.has_background_work()
     return quick
 
 

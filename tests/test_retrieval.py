@@ -240,22 +240,24 @@ def test_context_from_other_files_is_sized_to_the_device(project, worker):
     no other file: it would cost seconds at every new site. A faster device gets them."""
     from codestral_ls.server.cursor import read_cursor
 
-    c = Completer(worker, Options(), other_documents=lambda uri: [doc(project / "pkg" / "geometry.py", GEOMETRY)])
-    c.retriever.workspace = Workspace.of([project.as_uri()])
+    c = Completer(worker, Options())
+    c.workspace = Workspace.of([project.as_uri()])
+    others = [doc(project / "pkg" / "geometry.py", GEOMETRY)]
     text = USES + "\n\ndef area_of(room):\n    return room."
     main = project / "pkg" / "main.py"
     c.speed.device = "cpu"
     c.speed.observe(SimpleNamespace(prefilled_tokens=400, prefill_ms=4400.0))  # ~90 tok/s, this machine
-    assert c._ask(doc(main, text), read_cursor(text, len(text), "python")).req.extra_files == ()
+    assert c.request(doc(main, text), read_cursor(text, len(text), "python"), others).extra_files == ()
     c.speed.device = "cuda"
     c.speed.observe(SimpleNamespace(prefilled_tokens=5000, prefill_ms=100.0))  # thousands of tokens a second
-    assert c._ask(doc(main, text), read_cursor(text, len(text), "python")).req.extra_files
+    c.anchors.forget(doc(main, text).uri)  # a new device: the windows are sized again
+    assert c.request(doc(main, text), read_cursor(text, len(text), "python"), others).extra_files
 
 
 def test_two_keystrokes_share_the_extra_part_and_the_cache(project, qwen_engine, worker):
-    c = Completer(worker, Options(budget_ms=0, extra_context_tokens=384), other_documents=lambda uri: [
-        doc(project / "pkg" / "geometry.py", GEOMETRY)])
-    c.retriever.workspace = Workspace.of([project.as_uri()])
+    c = Completer(worker, Options(budget_ms=0, extra_context_tokens=384))
+    c.workspace = Workspace.of([project.as_uri()])
+    others = [doc(project / "pkg" / "geometry.py", GEOMETRY)]
     base = USES + "\n\ndef area_of(room):\n    return room."
     main = project / "pkg" / "main.py"
 
@@ -263,8 +265,7 @@ def test_two_keystrokes_share_the_extra_part_and_the_cache(project, qwen_engine,
     for text in (base, base + "s"):
         from codestral_ls.server.cursor import read_cursor
 
-        ask = c._ask(doc(main, text), read_cursor(text, len(text), "python"))
-        reqs.append(ask.req)
+        reqs.append(c.request(doc(main, text), read_cursor(text, len(text), "python"), others))
     assert reqs[0].extra_files and reqs[0].extra_files == reqs[1].extra_files
     enc = qwen_engine.encoder
     parts = [enc.extra_context(r.extra_files, r.path, r.repo) for r in reqs]

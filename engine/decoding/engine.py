@@ -18,110 +18,18 @@ from typing import Any
 
 import numpy as np
 from codestral_ls.engine.config import EngineOptions
+from codestral_ls.engine.decoding.constraint import Constraint, Lookup
 from codestral_ls.engine.decoding.draft import DraftModel
 from codestral_ls.engine.decoding.heal import HealIndex
 from codestral_ls.engine.decoding.kvcache import Entry, PrefixStore, Ranking, Sequence
 from codestral_ls.engine.decoding.runner import prefill
 from codestral_ls.engine.errors import Cancelled
+from codestral_ls.engine.models.counting import counter_for
 from codestral_ls.engine.models.fim import FimPrompt
 from codestral_ls.engine.models.loading import LoadedModel
 from codestral_ls.engine.request import FimRequest, FimResult
 
 log = logging.getLogger(__name__)
-
-RANKED = 1024  # most tokens ranked at a constrained pick, so a replay can re-make it exactly
-
-
-def top(logits: np.ndarray, k: int) -> list[int]:
-    """The k best token ids, best first."""
-    k = min(k, logits.shape[0])
-    part = np.argpartition(-logits, k - 1)[:k]
-    return part[np.argsort(-logits[part], kind="stable")].tolist()
-
-
-@dataclass
-class Constraint:
-    """What may come next: the owed heal text (`rest`) is paid first, and the suggestion's first
-    words must not begin an `avoid`ed line. `text` is the suggestion so far."""
-
-    heal: HealIndex
-    rest: str
-    avoid: tuple[str, ...] = ()
-    text: str = ""
-
-    def active(self) -> bool:
-        """Is a constraint still in force (heal text owed, or avoided starts not yet passed)?"""
-        return bool(self.rest) or bool(self.avoid and not self.text.strip())
-
-    def permits(self, token: int) -> bool:
-        """May `token` come next: it pays the owed heal text and does not begin an avoided line."""
-        return self.heal.consistent(token, self.rest) and not (self.avoid and self._starts_avoided(token))
-
-    def _starts_avoided(self, token: int) -> bool:
-        if self.text.strip():
-            return False  # only the suggestion's first words are steered
-        piece = self.heal.strings[token]
-        if self.rest:
-            piece = piece[len(self.rest):] if piece.startswith(self.rest) else ""
-        content = (self.text + piece).lstrip()
-        return bool(content) and any(a.startswith(content) for a in self.avoid)
-
-    def choose(self, logits: np.ndarray) -> tuple[int, Ranking | None]:
-        """The token to take and how it was chosen (see `Entry.choices`)."""
-        best = int(np.argmax(logits))
-        if not self.active() or self.permits(best):
-            return best, None
-        if self.rest:
-            allowed = self.heal.allowed(self.rest)
-            if not allowed:  # nothing spells the owed text: fall back to free choice
-                return best, None
-            scores = logits[np.asarray(allowed)]
-            candidates = [allowed[i] for i in np.argsort(-scores, kind="stable").tolist()]
-        else:
-            candidates = top(logits, RANKED)
-        # Every candidate starting an avoided line: give up avoiding, keep paying the heal text.
-        token = next((t for t in candidates if self.permits(t)), candidates[0])
-        if token == best:
-            return best, None
-        # Rank everything that scored above the pick (capped: past that, a replay re-decodes).
-        above = int((logits > logits[token]).sum()) + 1
-        return token, tuple(top(logits, min(max(above, 8), RANKED)))
-
-    def still_chosen(self, token: int, old: Ranking | None) -> bool:
-        """Would cached `token` be chosen now? An argmax (`old` None) stays the pick wherever it is
-        permitted. A constrained pick is re-made from its ranking: the best-ranked token permitted
-        now must be `token` (tokens outside the ranking score lower than all in it)."""
-        if old is None:
-            return self.permits(token)
-        for t in old:
-            if self.permits(t):
-                return t == token
-        return False
-
-    def advance(self, token: int) -> None:
-        self.rest = self.heal.advance(self.rest, token)
-
-
-@dataclass
-class _Lookup:
-    """Adaptive prompt-lookup state: draft only while drafts are being accepted."""
-
-    proposed: int = 0
-    accepted: int = 0
-    cooldown: int = 0
-
-    def worth_trying(self) -> bool:
-        if self.cooldown > 0:
-            self.cooldown -= 1
-            return False
-        return True
-
-    def record(self, proposed: int, accepted: int) -> None:
-        self.proposed += proposed
-        self.accepted += accepted
-        if accepted == 0:
-            self.cooldown = 8  # a rejected draft cost a wider forward for nothing: back off
-
 
 @dataclass
 class _Decode:
@@ -133,6 +41,8 @@ class _Decode:
     rule: Constraint
     result: FimResult
     gen: list[int] = field(default_factory=list)
+    decoded: str = ""  # the text of gen[:clean]
+    clean: int = 0  # gen[:clean] decodes to whole characters
     text: str = ""
     finish: str = ""
 
@@ -152,14 +62,23 @@ class Engine:
         self.store = PrefixStore(budget_bytes=self.options.kv_budget_bytes, enabled=self.options.kv_reuse)
         self.runner.attach(self.store)
         self.heal = HealIndex.build(loaded.tokenizer, self.runner.vocab_size)
-        self.lookup = _Lookup()
+        # Counting for the server's window sizing: the vocabulary's own offsets, or its pieces.
+        self.counter = counter_for(loaded.tokenizer, self.encoder.encode_text, self.heal.strings.__getitem__)
+        self.lookup = Lookup()
         self._background: _Decode | None = None
         self.forward_calls = 0
 
     # -- public -----------------------------------------------------------------------------
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.encoder.encode_text(text))
+    @property
+    def context_tokens(self) -> int | None:
+        """Most tokens one sequence holds, less what background decoding adds past an answer."""
+        seq_ctx = getattr(self.runner, "seq_ctx", None)
+        return None if seq_ctx is None else seq_ctx - self.options.background_tokens
+
+    def drop_background(self) -> None:
+        """Forget the continuation being decoded past the last answer (after a fault, or to free memory)."""
+        self._background = None
 
     def complete(self, req: FimRequest) -> FimResult:
         """The suggestion for `req`; raises `Cancelled` if its cancel token is set meanwhile."""
@@ -174,8 +93,7 @@ class Engine:
             logits = self._replay(st, shared)
             st.result.prefill_ms = (time.perf_counter() - t0) * 1000
             if not st.finish:
-                deadline = t0 + req.budget_ms / 1000 if req.budget_ms else None
-                self._decode(st, logits, deadline)
+                self._decode(st, logits)
         except Cancelled:
             # Cancellation lands between forwards: the sequence is a valid cache of its ids.
             entry.next_logits = None
@@ -276,7 +194,7 @@ class Engine:
         chunk = self.options.prefill_chunk or (self.runner.warm_chunk if req.warm else self.runner.prefill_chunk)
         return prefill(self._forward, seq, ids, chunk, req.cancel)
 
-    def _decode(self, st: _Decode, logits: np.ndarray, deadline: float | None) -> None:
+    def _decode(self, st: _Decode, logits: np.ndarray) -> None:
         entry, req = st.entry, st.req
         while True:
             token, choice = st.rule.choose(logits)
@@ -285,9 +203,6 @@ class Engine:
                 st.finish = "stop"
                 return
             if self._accept(st, token) or self._at_length(st):
-                return
-            if deadline is not None and time.perf_counter() > deadline and not st.rule.rest and st.text.strip():
-                st.finish = "budget"
                 return
             if req.cancel.cancelled:
                 raise Cancelled("request superseded")
@@ -319,15 +234,20 @@ class Engine:
         st.rule.advance(token)
         if st.rule.rest:
             return False
-        full = self.encoder.decode(st.gen)
+        # Decode only what is new: the tokens since the last whole character (a byte-level token
+        # may end inside one).
+        tail = self.encoder.decode(st.gen[st.clean:])
+        full = st.decoded + tail
+        if not tail.endswith("\ufffd"):
+            st.decoded, st.clean = full, len(st.gen)
         heal = st.prompt.heal
         middle = full[len(heal):] if full.startswith(heal) else full
         stop = st.req.stop.unbudgeted() if replaying else st.req.stop
-        st.text, done = stop.cut(middle)
+        st.text, why = stop.cut(middle)
         st.rule.text = st.text
-        if done:
-            st.finish = "stop"
-        return done
+        if why is not None:
+            st.finish = why
+        return why is not None
 
     # -- speculation (prompt lookup, draft model) -------------------------------------------
 

@@ -186,7 +186,14 @@ class PrefixStore:
         return True
 
     def total_bytes(self) -> int:
-        return sum(e.nbytes() for e in self.entries)
+        return sum(e.nbytes() for e in list(self.entries))
+
+    def summary(self) -> dict[str, int]:
+        """For `codestral/stats`, from any thread: a copy of the entry list is read, never the list
+        the engine thread is changing. `oversized`: times one entry alone was over the budget."""
+        entries = list(self.entries)
+        return {"entries": len(entries), "bytes": sum(e.nbytes() for e in entries),
+                "budget_bytes": self.budget_bytes, "oversized": self.oversized}
 
     def clear(self) -> None:
         for entry in self.entries:

@@ -45,6 +45,8 @@ class TorchRunner:
         self.model = model
         self.device = torch.device(device)
         self.vocab_size = int(model.config.vocab_size)
+        # The model's trained context: prompts past it lose what it was trained to attend to.
+        self.seq_ctx = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
 
     def attach(self, store: PrefixStore) -> None:
         pass  # caches live in device memory and grow as needed: the store's byte budget bounds them

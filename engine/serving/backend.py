@@ -21,22 +21,32 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from codestral_ls.engine.errors import Cancelled
+from codestral_ls.engine.models.counting import TokenCounter
 from codestral_ls.engine.request import FimRequest, FimResult
 
 
 class Backend(Protocol):
     """What the pipeline needs from whatever answers FIM requests."""
 
-    loaded: threading.Event  # set once `submit` and `count_tokens` can be used (or load_error is set)
+    loaded: threading.Event  # set once `submit` and `counter` can be used (or load_error is set)
     load_error: str | None  # why this backend can never answer (bad model, bad configuration)
     steerable: bool  # honours FimRequest.avoid (a remote API answers the same again)
-    engine: Any  # the in-process engine.engine.Engine, or None (daemon, remote)
+    engine: Any  # the in-process engine.decoding.engine.Engine, or None (daemon, remote)
+
+    @property
+    def device(self) -> str:
+        """Where the model computes: "cpu", "cuda", or "" where that is not known here (remote)."""
+
+    @property
+    def context_tokens(self) -> int | None:
+        """Most tokens one engine sequence holds (prompt and suggestion); None where not known."""
+
+    def counter(self) -> TokenCounter:
+        """Counts tokens of the model's vocabulary, from any thread, without engine work."""
 
     def submit(self, req: FimRequest) -> Future[FimResult]: ...
 
     def prefetch(self, req: FimRequest) -> None: ...
-
-    def count_tokens(self, text: str) -> int: ...
 
     def stop(self) -> None: ...
 

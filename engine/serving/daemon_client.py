@@ -14,9 +14,10 @@ import urllib.parse
 from typing import Any, Protocol
 
 from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.models.counting import ApproxCounter, FastCounter, TokenCounter
 from codestral_ls.engine.request import FimRequest, FimResult
 from codestral_ls.engine.serving.discovery import TOKEN_ENV, daemon_file, pid_alive, read_daemon_file
-from codestral_ls.engine.serving.http_client import MAX_TOKENIZER, HttpBackend, HttpSettings, approx_tokens
+from codestral_ls.engine.serving.http_client import MAX_TOKENIZER, HttpBackend, HttpSettings
 from codestral_ls.engine.serving.urls import is_loopback, origin_of, url_problem
 from codestral_ls.engine.serving.wire import result_from_wire, to_wire
 
@@ -76,11 +77,9 @@ class DaemonBackend(HttpBackend):
         except EngineError as exc:  # a warm-up that cannot be sent costs nothing
             log.debug("engine daemon: prefetch not sent: %s", exc)
 
-    def count_tokens(self, text: str) -> int:
+    def counter(self) -> TokenCounter:
         tok = self._tokenizer
-        if tok is None:
-            return approx_tokens(text)
-        return len(tok.encode(text, add_special_tokens=False).ids)
+        return ApproxCounter() if tok is None else FastCounter(tok)
 
     def _first_contact(self) -> None:
         # Nothing loads in this process: usable at once, counting tokens approximately until the

@@ -14,7 +14,6 @@ import base64
 import http.client
 import json
 import logging
-import math
 import os
 import socket
 import ssl
@@ -25,19 +24,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.models.counting import ApproxCounter, TokenCounter
 from codestral_ls.engine.request import CancelToken, FimRequest, FimResult
 from codestral_ls.engine.serving.backend import Job, NewestPerDocument, settle
 from codestral_ls.engine.serving.urls import is_loopback, origin_of
 
 log = logging.getLogger(__name__)
 
-CHARS_PER_TOKEN = 3.5
 MAX_RESPONSE = 4 * 2**20  # a FIM answer is a few KiB; anything this big is refused unread
 MAX_TOKENIZER = 64 * 2**20  # the daemon's tokenizer JSON (Qwen's is ~7 MiB)
-
-
-def approx_tokens(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
 
@@ -75,8 +70,11 @@ class HttpBackend:
 
     # -- Backend --
 
-    def count_tokens(self, text: str) -> int:
-        return approx_tokens(text)
+    device = ""  # not known here
+    context_tokens: int | None = None
+
+    def counter(self) -> TokenCounter:
+        return ApproxCounter()
 
     def submit(self, req: FimRequest) -> Future[FimResult]:
         fut: Future[FimResult] = Future()

@@ -10,7 +10,7 @@ CAs, cancellation by closing the connection).
 
 Prompts are `prefix + forced_middle` (what was typed since the anchor) and the middle comes back
 after it; the request's `StopRule` is applied to the returned text (single-line requests also send
-stop ["\\n"]). Token counts are approximate there (`approx_tokens`). API keys come from environment
+stop ["\\n"]). Token counts are estimated there (`counting.ApproxCounter`). API keys come from environment
 variables and never appear in logs or error messages.
 """
 
@@ -217,7 +217,7 @@ class RemoteBackend(HttpBackend):
             answer = self.api.answer(json.loads(raw))
         except ValueError as exc:
             raise EngineError(f"{self.label}: unexpected answer from {origin}: {exc}") from None
-        text, stopped = req.stop.cut(answer.text)
-        return FimResult(text=text, finish="length" if answer.length_cut and not stopped else "stop",
+        text, why = req.stop.cut(answer.text)
+        return FimResult(text=text, finish=why or ("length" if answer.length_cut else "stop"),
                          prompt_tokens=answer.prompt_tokens, decoded_tokens=answer.decoded_tokens,
                          elapsed_ms=(time.perf_counter() - t0) * 1000)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.models.counting import ApproxCounter, TokenCounter
 from codestral_ls.engine.request import FimRequest, FimResult
 from codestral_ls.engine.serving.backend import Job, NewestPerDocument, settle
 
@@ -95,12 +96,16 @@ class EngineWorker:
                 req.cancel.cancel()
         self._prefetch = None
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens in `text` for the loaded model (the context window's budget unit)."""
-        engine = self.engine
-        if engine is None:
-            raise EngineError(self.load_error or "the model is not loaded")
-        return engine.count_tokens(text)
+    @property
+    def device(self) -> str:
+        return self.engine.loaded.device.split(":")[0] if self.engine is not None else ""
+
+    @property
+    def context_tokens(self) -> int | None:
+        return self.engine.context_tokens if self.engine is not None else None
+
+    def counter(self) -> TokenCounter:
+        return self.engine.counter if self.engine is not None else ApproxCounter()
 
     def busy(self) -> bool:
         with self._cv:
@@ -192,8 +197,8 @@ class EngineWorker:
         """After an out-of-memory: drop the KV cache and prefetch so the next request has room."""
         engine = self.engine
         if engine is not None:
-            engine.store.clear()  # type: ignore[attr-defined]
-            engine._background = None  # type: ignore[attr-defined]
+            engine.store.clear()
+            engine.drop_background()
         try:
             import torch
 
@@ -214,7 +219,7 @@ class EngineWorker:
             self.engine.background_step()  # type: ignore[union-attr]
         except Exception:
             log.exception("background decoding failed; dropping it")
-            self.engine._background = None  # type: ignore[union-attr]
+            self.engine.drop_background()  # type: ignore[union-attr]
 
     def _fail_all(self) -> None:
         with self._cv:
