@@ -74,9 +74,9 @@ def did_focus(ls: CodestralServer, params: Any) -> None:
 
 async def inline_completion(ls: CodestralServer, params: types.InlineCompletionParams
                             ) -> types.InlineCompletionList:
-    place = ls.place(params.text_document.uri, params.position)
-    s = await ls.suggest(place)
-    if s is None:
+    place = ls.place_of(params.text_document.uri, params.position)
+    s = await ls.suggest(place) if place is not None else None
+    if s is None or place is None:
         return types.InlineCompletionList(items=[])
     items = []
     for c in [s, *s.alternatives]:  # the best first; the others distinct, for clients that cycle
@@ -95,9 +95,9 @@ async def inline_completion(ls: CodestralServer, params: types.InlineCompletionP
 
 
 async def completion(ls: CodestralServer, params: types.CompletionParams) -> types.CompletionList:
-    place = ls.place(params.text_document.uri, params.position)
-    s = await ls.suggest(place)
-    if s is None:
+    place = ls.place_of(params.text_document.uri, params.position)
+    s = await ls.suggest(place) if place is not None else None
+    if s is None or place is None:
         return types.CompletionList(is_incomplete=True, items=[])
     return types.CompletionList(is_incomplete=True, items=[completion_item(ls, place, s)])
 

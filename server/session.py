@@ -9,6 +9,7 @@ cursor once per request; `suggest` runs the pipeline and maps its failures to LS
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -36,6 +37,17 @@ STATUS_NOTIFICATION = "codestral/status"
 PAUSE_S = 0.5  # after an edit, this long without a request: warm the prompt at the edit
 LOAD_PROGRESS_TOKEN = "codestral-ls/model-load"
 RECENT_DOCS = 16  # documents remembered as recently edited (context from other files)
+MAX_ARRIVALS = 1024  # completion requests read but not yet handled
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """What a completion request was about when it arrived: its place (or why it has none) and its
+    number among the requests for that document (the newest one wins)."""
+
+    place: Place | None
+    error: JsonRpcInvalidParams | None
+    number: int
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,11 @@ class CodestralServer(LanguageServer):
         self._errors_shown: set[str] = set()
         self._pauses: dict[str, asyncio.TimerHandle] = {}  # pending warm-up per document
         self._asked: dict[str, float] = {}  # last request time per document
+        self._arrivals: dict[Any, Arrival] = {}  # by request id, until its handler runs
+        self._newest: dict[str, int] = {}  # per document: the number of its newest completion request
+        self._numbers = itertools.count(1)
+        for method in (types.TEXT_DOCUMENT_INLINE_COMPLETION, types.TEXT_DOCUMENT_COMPLETION):
+            self.protocol.on_arrival[method] = self.arrived
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -221,6 +238,7 @@ class CodestralServer(LanguageServer):
             self.recent.remove(uri)
         self.cancel_pause(uri)
         self._asked.pop(uri, None)
+        self._newest.pop(uri, None)
         if self.completer:
             self.completer.forget(uri)
 
@@ -267,6 +285,35 @@ class CodestralServer(LanguageServer):
             self.warm(uri, position)
 
     # -- requests -----------------------------------------------------------------------------
+
+    def arrived(self, msg_id: Any, params: Any) -> None:
+        """A completion request arrived (before its handler runs, and before the messages read after it):
+        read its place now, at the document version it was sent for, and number it. A request that a
+        newer one for its document overtakes before its handler starts costs nothing more."""
+        try:
+            uri, position = params.text_document.uri, params.position
+            place, error = self.place(uri, position), None
+        except JsonRpcInvalidParams as exc:
+            place, error = None, exc
+        except Exception:  # malformed params: the handler answers them as it always did
+            return
+        number = next(self._numbers)
+        self._newest[uri] = number
+        self._arrivals[msg_id] = Arrival(place, error, number)
+        while len(self._arrivals) > MAX_ARRIVALS:  # requests whose handler never ran (cancelled first)
+            del self._arrivals[next(iter(self._arrivals))]
+
+    def place_of(self, uri: str, position: types.Position) -> Place | None:
+        """The request's place as it arrived; None when a newer request for the document came since."""
+        arrival = self._arrivals.pop(self.protocol.msg_id, None)
+        if arrival is None:  # not from the message stream (called directly)
+            return self.place(uri, position)
+        if arrival.error is not None:
+            raise arrival.error
+        if self._newest.get(uri) != arrival.number:
+            self.stats.overtaken += 1
+            return None
+        return arrival.place
 
     async def suggest(self, place: Place) -> Suggestion | None:
         uri = place.doc.uri

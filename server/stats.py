@@ -25,6 +25,7 @@ class Stats:
     suggestions: int = 0
     empty: int = 0
     cancelled: int = 0
+    overtaken: int = 0  # requests a newer one for their document overtook before they started
     errors: int = 0
     typed_through_hits: int = 0
     rejected: int = 0  # suggestions that could not fit the code around the cursor (postprocess.misfit)

@@ -31,6 +31,7 @@ from codestral_ls.engine.request import FimRequest, FimResult
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class _Decode:
     """One request's decode state; `gen` holds chosen tokens (the last may not be fed yet)."""
