@@ -134,6 +134,12 @@ class FimRequest:
     # A warm-up (prefetch): prefilled in the runner's small `warm_chunk`s, so that a real request,
     # which cancels it, waits behind it only that long.
     warm: bool = False
+    # A spine (a warm-up too): only the prompt's start, through `prefix`, is prefilled and kept for
+    # every cursor whose prompt starts with it (engine/decoding/kvcache.py); nothing is decoded.
+    spine: bool = False
+    # Where, in `prefix`, a shorter window starts (0: none): the engine takes it when that costs
+    # less prefill than the whole `prefix` (a cold place), the whole one when its start is cached.
+    short_start: int = 0
 
 
 @dataclass
@@ -149,3 +155,5 @@ class FimResult:
     draft_proposed: int = 0
     elapsed_ms: float = 0.0
     prefill_ms: float = 0.0
+    window: str = ""  # which prefix window the engine took: "long" or "short" ("" when there was no choice)
+    queued_ms: float = 0.0  # waiting behind other work before the engine started it

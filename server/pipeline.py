@@ -28,7 +28,7 @@ from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import CancelToken, FimRequest, FimResult, StopRule
 from codestral_ls.engine.serving.backend import Backend
 from codestral_ls.server.anchor import Anchors
-from codestral_ls.server.context import build_context
+from codestral_ls.server.context import Spines, build_context, spine_plan, spine_text
 from codestral_ls.server.cursor import Cursor, read_cursor
 from codestral_ls.server.languages import language_for
 from codestral_ls.server.options import Options
@@ -44,6 +44,7 @@ _ids = itertools.count(1)
 # A request whose prompt needed at most this many new tokens found it cached (warm).
 WARM_TOKENS = 2
 NOTHING_FITS = "the model had nothing that fits here"
+MIDDLE_ROOM = 128  # tokens a sequence keeps for what is typed after the window's anchor
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ class Completer:
             return False
         self.stats.warm_ups += 1
         self.backend.prefetch(dataclasses.replace(req, stop=req.stop.unbudgeted(), warm=True))
+        self.backend.plan(self.plan(doc, offset))
         return True
 
     # -- the steps ----------------------------------------------------------------------------
@@ -173,18 +175,49 @@ class Completer:
         o = self.options
         placement = self.anchors.lookup(doc.uri, doc.text, cursor.offset)
         if placement is None:
-            self.speed.device = self.backend.device
-            prefix_tokens, suffix_tokens = self.speed.windows(o.prefix_tokens, o.suffix_tokens, o.cold_target_ms,
-                                                              self._context_limit())
-            ctx = build_context(cursor, self.backend.counter(), prefix_tokens, suffix_tokens)
+            prefix_tokens, suffix_tokens, spines = self._windows()
+            ctx = build_context(cursor, self.backend.counter(), prefix_tokens, suffix_tokens, spines)
             placement = self.anchors.remember(doc.uri, doc.text, cursor.offset, ctx)
-        extra_tokens = self.speed.extra_tokens(o.extra_context_tokens)
-        extra = self.retriever.select(doc.uri, doc.text, cursor.offset, cursor.language, others, o.retrieval,
-                                      extra_tokens, o.secret_files, o.disabled_languages) if extra_tokens else ()
         return FimRequest(
             doc=doc.uri, prefix=placement.ctx.prefix, suffix=placement.ctx.suffix,
-            forced_middle=placement.forced_middle, extra_files=extra, max_tokens=o.max_tokens,
-            path=self.workspace.relative(doc.uri), repo=self.workspace.name_of(doc.uri), stop=self._stop_rule(cursor))
+            forced_middle=placement.forced_middle, extra_files=self._extra(doc, cursor, others),
+            max_tokens=o.max_tokens, path=self.workspace.relative(doc.uri), repo=self.workspace.name_of(doc.uri),
+            stop=self._stop_rule(cursor), short_start=placement.ctx.short_start)
+
+    def plan(self, doc: Document, offset: int) -> list[FimRequest]:
+        """The spines of `doc` around `offset`, nearest first, as warm-up requests (none where the
+        backend keeps none)."""
+        capacity = self.backend.spines
+        _, _, spines = self._windows()
+        if not capacity or spines is None:
+            return []
+        language = language_for(doc.language_id, doc.uri)
+        extra = self._extra(doc, read_cursor(doc.text, offset, language, self.options.multiline))
+        return [FimRequest(doc=doc.uri, prefix=spine_text(doc.text, a, e), suffix="", extra_files=extra,
+                           max_tokens=1, path=self.workspace.relative(doc.uri), repo=self.workspace.name_of(doc.uri),
+                           spine=True, warm=True)
+                for a, e in spine_plan(doc.text, offset, self.backend.counter(), spines, capacity)]
+
+    def _windows(self) -> tuple[int, int, Spines | None]:
+        """Token budgets of the prefix and suffix windows (sized to the device), and the spines."""
+        o = self.options
+        self.speed.device = self.backend.device
+        prefix_tokens, suffix_tokens = self.speed.windows(o.prefix_tokens, o.suffix_tokens, o.cold_target_ms,
+                                                          self._context_limit())
+        limit = self._context_limit()
+        spines = None
+        if self.backend.spines and limit is not None:
+            spines = Spines.sized(prefix_tokens, limit - suffix_tokens - MIDDLE_ROOM)
+        return prefix_tokens, suffix_tokens, spines
+
+    def _extra(self, doc: Document, cursor: Cursor, others: Iterable[Document] = ()) -> tuple[tuple[str, str], ...]:
+        """What the cursor needs from other files (server/retrieval/), none where the device has no room."""
+        o = self.options
+        tokens = self.speed.extra_tokens(o.extra_context_tokens)
+        if not tokens:
+            return ()
+        return self.retriever.select(doc.uri, doc.text, cursor.offset, cursor.language, others, o.retrieval,
+                                     tokens, o.secret_files, o.disabled_languages)
 
     def _stop_rule(self, cursor: Cursor) -> StopRule:
         """Where a suggestion ends. A budget only shortens a block by whole lines; a single line is always
@@ -246,9 +279,14 @@ class Completer:
                 result = await self._engine(dataclasses.replace(req, cancel=CancelToken()))
             except (Cancelled, EngineError, asyncio.CancelledError):
                 return None  # the user typed (a newer request won) or the engine failed: nothing to add
-            text = cursor.in_document(postprocess(result.text, cursor, self.disabled_filters))
-            if not text.startswith(shown.text) or text == shown.text or \
-                    misfit(text, cursor, replaced_after(text, cursor), self.disabled_filters):
+            text = postprocess(result.text, cursor, self.disabled_filters)
+            if result.finish == "length" and "\n" in text:
+                text = text[:text.rfind("\n")].rstrip()  # whole lines only, as the first answer
+            elif result.finish in ("stop", "budget") and misfit(text, cursor, replaced_after(text, cursor),
+                                                               self.disabled_filters):
+                return None
+            text = cursor.in_document(text)
+            if not text.startswith(shown.text) or text == shown.text:
                 return None
             self.stats.grown += 1
             return self._shown(dataclasses.replace(shown, id=self._new_id(), text=text, result=result,

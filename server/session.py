@@ -368,7 +368,9 @@ class CodestralServer(LanguageServer):
             snap["speed"] = self.completer.speed.snapshot()
         if self.backend is not None and hasattr(self.backend, "prefetches"):
             snap["prefetches"] = dict(self.backend.prefetches)
+            snap["spines"] = dict(self.backend.spine_warms)
         if self.backend and (engine := self.backend.engine) is not None:
+            snap["prefill"] = {k: round(v, 1) for k, v in engine.prefilled.items()}
             snap["model"] = {"source": engine.loaded.source, "device": engine.loaded.device,
                              "dtype": engine.loaded.dtype, "quantize": engine.loaded.quantize,
                              "fim": engine.encoder.profile.name}

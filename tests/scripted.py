@@ -18,6 +18,7 @@ class ScriptedBackend:
     steerable = True
     engine = None
     device = "cpu"
+    spines = 0
 
     def __init__(self, answer: Callable[[FimRequest], str] | list[str] | str = "",
                  context_tokens: int | None = None, finish: str = "stop") -> None:
@@ -52,6 +53,9 @@ class ScriptedBackend:
 
     def prefetch(self, req: FimRequest) -> None:
         self.prefetched.append(req)
+
+    def plan(self, reqs: list[FimRequest]) -> None:
+        self.planned = list(reqs)
 
     def stop(self) -> None:
         pass

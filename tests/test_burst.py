@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from codestral_ls.server.options import Options
 from codestral_ls.server.pipeline import Completer
+
 from tests.inprocess import InProcess
 from tests.scripted import ScriptedBackend
 

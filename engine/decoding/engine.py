@@ -31,6 +31,9 @@ from codestral_ls.engine.request import FimRequest, FimResult
 
 log = logging.getLogger(__name__)
 
+WORKING_SEQUENCES = 3  # slots kept for requests' own sequences (this document, another, a grown block)
+DEFAULT_SPINES = 6  # spines on a runner whose sequences are bounded by bytes, not slots
+
 
 @dataclass
 class _Decode:
@@ -68,6 +71,8 @@ class Engine:
         self.lookup = Lookup()
         self._background: _Decode | None = None
         self.forward_calls = 0
+        # Prompt tokens prefilled while a request waited vs ahead of one (warm-ups), and their time.
+        self.prefilled = {"request_tokens": 0, "request_ms": 0.0, "warm_tokens": 0, "warm_ms": 0.0}
 
     # -- public -----------------------------------------------------------------------------
 
@@ -77,6 +82,15 @@ class Engine:
         seq_ctx = getattr(self.runner, "seq_ctx", None)
         return None if seq_ctx is None else seq_ctx - self.options.background_tokens
 
+    @property
+    def spine_capacity(self) -> int:
+        """How many spines the cache can hold besides the sequences requests work in (0: none: a
+        suffix-first family shares no prompt start between cursors, or the cache is off)."""
+        if self.encoder.profile.order != "psm" or not self.options.kv_reuse:
+            return 0
+        slots = getattr(self.runner, "slots", None)
+        return max(0, slots - WORKING_SEQUENCES) if slots else DEFAULT_SPINES
+
     def drop_background(self) -> None:
         """Forget the continuation being decoded past the last answer (after a fault, or to free memory)."""
         self._background = None
@@ -85,11 +99,12 @@ class Engine:
         """The suggestion for `req`; raises `Cancelled` if its cancel token is set meanwhile."""
         t0 = time.perf_counter()
         self._background = None  # a new request always wins over prefetch work
-        prompt = self.encoder.build(req.prefix, req.suffix, req.forced_middle, req.extra_files, heal=req.heal,
-                                     path=req.path, repo=req.repo)
-        entry, shared = self.store.take(req.doc, prompt.ids)
+        if req.spine:
+            return self._warm_spine(req, t0)
+        prompt, window = self._prompt(req)
+        entry, shared = self.store.take(req.doc, prompt.ids, self.runner.fork)
         st = _Decode(req, prompt, entry, Constraint(self.heal, prompt.heal, req.avoid),
-                     FimResult(text="", finish="", prompt_tokens=len(prompt.ids)))
+                     FimResult(text="", finish="", prompt_tokens=len(prompt.ids), window=window))
         try:
             logits = self._replay(st, shared)
             st.result.prefill_ms = (time.perf_counter() - t0) * 1000
@@ -142,6 +157,47 @@ class Engine:
 
     # -- phases -----------------------------------------------------------------------------
 
+    def _prompt(self, req: FimRequest) -> tuple[FimPrompt, str]:
+        """The prompt's ids, with the whole `prefix` or, when that costs more prefill, the shorter window
+        from `short_start` (a place whose long window's start nobody prefilled yet)."""
+        def build(prefix: str) -> FimPrompt:
+            return self.encoder.build(prefix, req.suffix, req.forced_middle, req.extra_files, heal=req.heal,
+                                      path=req.path, repo=req.repo)
+
+        long = build(req.prefix)
+        if not req.short_start:
+            return long, ""
+        short = build(req.prefix[req.short_start:])
+        if len(long.ids) - self.store.peek(long.ids) <= len(short.ids) - self.store.peek(short.ids):
+            return long, "long"
+        return short, "short"
+
+    def _warm_spine(self, req: FimRequest, t0: float) -> FimResult:
+        """Prefill the start shared by every prompt whose prefix starts with `req.prefix`, and keep it
+        as a spine (engine/decoding/kvcache.py); nothing is decoded."""
+        ids = self.encoder.spine(req.prefix, req.extra_files, req.path, req.repo)
+        if ids is None:
+            return FimResult(text="", finish="stop")
+        entry, shared = self.store.take(req.doc, ids, self.runner.fork, spine=True)
+        keep = min(shared, len(ids))
+        entry.truncate(keep)
+        entry.prompt_len, entry.choices, entry.next_logits, entry.shared = keep, [], None, True
+        try:
+            if keep < len(ids):
+                self._prefill(entry.seq, ids[keep:], req)
+        except Cancelled:  # between chunks: a valid cache of what it holds, continued next time
+            entry.prompt_len = len(entry.ids)
+            self.store.put(entry)
+            raise
+        except BaseException:
+            entry.seq.release()
+            raise
+        entry.prompt_len = len(entry.ids)
+        self.store.put(entry)
+        elapsed = (time.perf_counter() - t0) * 1000
+        return FimResult(text="", finish="stop", prompt_tokens=len(ids), reused_tokens=keep,
+                         prefilled_tokens=len(ids) - keep, elapsed_ms=elapsed, prefill_ms=elapsed)
+
     def _replay(self, st: _Decode, shared: int) -> np.ndarray | None:
         """Bring `st.entry` to the prompt; replay cached decoded tokens that are still valid.
 
@@ -193,7 +249,16 @@ class Engine:
 
     def _prefill(self, seq: Sequence, ids: list[int], req: FimRequest) -> np.ndarray:
         chunk = self.options.prefill_chunk or (self.runner.warm_chunk if req.warm else self.runner.prefill_chunk)
-        return prefill(self._forward, seq, ids, chunk, req.cancel)
+        kind = "warm" if req.warm else "request"
+
+        def step(seq: Sequence, part: list[int]) -> Any:  # counted chunk by chunk: a cancelled prefill counts too
+            t = time.perf_counter()
+            out = self._forward(seq, part)
+            self.prefilled[f"{kind}_tokens"] += len(part)
+            self.prefilled[f"{kind}_ms"] += (time.perf_counter() - t) * 1000
+            return out
+
+        return prefill(step, seq, ids, chunk, req.cancel)
 
     def _decode(self, st: _Decode, logits: np.ndarray) -> None:
         entry, req = st.entry, st.req

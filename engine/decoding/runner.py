@@ -40,6 +40,9 @@ class Runner(Protocol):
     def attach(self, store: PrefixStore) -> None:
         """A store whose oldest entries may be freed when the runner runs out of room."""
 
+    def fork(self, seq: Sequence) -> Sequence:
+        """A new sequence holding a copy of `seq`'s ids and keys/values (`seq` is left as it is)."""
+
 
 def prefill(step: Callable[[Sequence, list[int]], Any], seq: Sequence, ids: list[int], chunk: int,
             cancel: CancelToken) -> Any:

@@ -255,6 +255,19 @@ class FimEncoder:
         ids += middle_ids
         return FimPrompt(ids=ids, heal=heal_text, stop_ids=self.stop_ids)
 
+    def spine(self, text: str, extra_files: tuple[tuple[str, str], ...] = (), path: str = "",
+              repo: str = "") -> list[int] | None:
+        """The ids every prompt whose prefix starts with `text` starts with: the head and the prefix
+        token, then `text` (a prompt with a shorter prefix shares all but the last few). None for a
+        suffix-first family (Codestral): there the suffix comes first and no two cursors share it."""
+        p = self.profile
+        if p.order != "psm":
+            return None
+        head: list[int] = [self.bos_id] if self.bos_id is not None else []
+        head += self.extra_context(extra_files, path, repo)
+        body = self.encode_start(text) if self._dummy else self.encode_text(text)
+        return head + [self._ids[p.prefix_token], *body]
+
     def extra_context(self, extra_files: tuple[tuple[str, str], ...], path: str = "", repo: str = "") -> list[int]:
         """The ids of the extra files' block, placed right after BOS (empty without extra files)."""
         if not extra_files:

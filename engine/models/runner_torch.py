@@ -7,6 +7,7 @@ float32 rows, so the decode logic above never touches a tensor.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,13 @@ class TorchRunner:
 
     def attach(self, store: PrefixStore) -> None:
         pass  # caches live in device memory and grow as needed: the store's byte budget bounds them
+
+    def fork(self, seq: Sequence) -> Sequence:
+        """A sequence of its own holding a copy of `seq`'s ids and keys/values."""
+        kv = seq.kv
+        if kv is None or not isinstance(kv, TorchKV) or kv.cache is None:
+            return Sequence()
+        return Sequence(ids=list(seq.ids), kv=TorchKV(copy.deepcopy(kv.cache)))
 
     def forward(self, seq: Sequence, ids: list[int], n_logits: int = 1) -> np.ndarray:
         if seq.kv is None:

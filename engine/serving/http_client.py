@@ -72,6 +72,7 @@ class HttpBackend:
 
     device = ""  # not known here
     context_tokens: int | None = None
+    spines = 0  # no cache of ours to warm
 
     def counter(self) -> TokenCounter:
         return ApproxCounter()
@@ -95,6 +96,9 @@ class HttpBackend:
 
     def prefetch(self, req: FimRequest) -> None:
         """Remote APIs have no prompt cache we can warm without paying for a completion: ignored."""
+
+    def plan(self, reqs: list[FimRequest]) -> None:
+        """Nor spines: ignored (a daemon's engine warms its own windows' spines from its requests)."""
 
     def stop(self) -> None:
         with self._lock:

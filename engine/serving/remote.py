@@ -199,7 +199,8 @@ class RemoteBackend(HttpBackend):
     def _call(self, req: FimRequest) -> FimResult:
         t0 = time.perf_counter()
         origin = origin_of(self.url)
-        body = self.api.body(req, self.model, req.prefix + req.forced_middle)
+        # The window sized to a cold prompt: a remote cache holds none of our spines.
+        body = self.api.body(req, self.model, req.prefix[req.short_start:] + req.forced_middle)
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._secret:
             headers["Authorization"] = f"Bearer {self._secret}"
