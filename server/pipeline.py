@@ -35,7 +35,7 @@ from codestral_ls.server.options import Options
 from codestral_ls.server.postprocess import first_words, misfit, postprocess, replaced_after
 from codestral_ls.server.retrieval import Retriever, Workspace
 from codestral_ls.server.speed import DeviceSpeed
-from codestral_ls.server.stats import Stats
+from codestral_ls.server.stats import Stats, Timings
 from codestral_ls.server.typed_cache import Shown, TypedThroughCache
 
 log = logging.getLogger(__name__)
@@ -98,46 +98,55 @@ class Completer:
         `others` are the other open documents, read only when context from other files is wanted.
         """
         t0 = time.perf_counter()
+        timing = Timings()
         self.stats.requests += 1
         self.stop_growing(doc.uri)
         language = language_for(doc.language_id, doc.uri)
         if language in self.options.disabled_languages:
-            return self._declined(t0, f"completions are off for {language}")
+            return self._declined(t0, f"completions are off for {language}", timing)
         cursor = read_cursor(doc.text, offset, language, self.options.multiline)  # the one cursor analysis
 
         # Typing through the suggestion on screen: its rest, no model.
         rest = self.typed.lookup(doc.uri, cursor)
         if rest is not None:
             self.stats.typed_through_hits += 1
+            self._timed(timing, t0, "typed-through", cursor_ms=_ms(t0))
             return self._shown(Suggestion(self._new_id(), rest.text, cursor.line, offset, "typed-through", _ms(t0),
                                           replace_after=rest.replace_after), doc.uri, cursor)
         if why := self._not_ready():
-            return self._declined(t0, why)
+            return self._declined(t0, why, timing)
 
         # The prompt: anchored windows around the cursor, and what it needs from other files.
-        req = self.request(doc, cursor, others)
+        mode = cursor.mode  # the parse, where the kind of suggestion depends on it
+        timing.cursor_ms = _ms(t0)
+        req = self.request(doc, cursor, others) if mode != "none" else None
+        timing.prompt_ms = _ms(t0) - timing.cursor_ms
         if req is None:
-            return self._declined(t0, "no suggestion inside a word")
+            return self._declined(t0, "no suggestion inside a word", timing)
 
         # The engine; a line that cannot fit the code after it is replaced by the next-best start.
         avoid: list[str] = []
         while True:
             result = await self._engine(req)
+            timing.add_engine(result)
+            t_post = time.perf_counter()
             text = postprocess(result.text, cursor, self.disabled_filters)
             replace = replaced_after(text, cursor)
             why = misfit(text, cursor, replace, self.disabled_filters) if result.finish in ("stop", "budget") else None
+            timing.post_ms += _ms(t_post)
             if why is None:
                 break
             log.debug("suggestion rejected (%s); asking for another", why)
             self.stats.rejected += 1
             if len(avoid) >= self.options.second_opinions or not self.backend.steerable:
-                return self._declined(t0, NOTHING_FITS)
+                return self._declined(t0, NOTHING_FITS, timing)
             avoid.append(first_words(text))
             req = dataclasses.replace(req, avoid=tuple(avoid), cancel=CancelToken())
         if not text:
-            return self._declined(t0, NOTHING_FITS)
+            return self._declined(t0, NOTHING_FITS, timing)
         shown = self._shown(Suggestion(self._new_id(), cursor.in_document(text), cursor.line, offset, "engine",
                                        _ms(t0), result, replace_after=replace), doc.uri, cursor)
+        self._timed(timing, t0, "engine")
 
         # More candidates: the model's next-best starts, each finished, fitting and distinct.
         if self.options.candidates > 1 and self.backend.steerable:
@@ -313,11 +322,19 @@ class Completer:
         self.stats.remember_shown(s.id, len(s.text))
         return s
 
-    def _declined(self, t0: float, why: str) -> None:
+    def _declined(self, t0: float, why: str, timing: Timings | None = None) -> None:
         self.declined = why
         self.stats.empty += 1
         self.stats.latencies_ms.append(_ms(t0))
+        if timing is not None:
+            self._timed(timing, t0, "declined")
         return None
+
+    def _timed(self, timing: Timings, t0: float, source: str, **phases: float) -> None:
+        for name, ms in phases.items():
+            setattr(timing, name, ms)
+        timing.total_ms, timing.source = _ms(t0), source
+        self.stats.timed(timing)
 
     def _not_ready(self) -> str:
         """Why no request can run now ("" when one can). Never waits: a loading model answers empty."""

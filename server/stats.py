@@ -19,6 +19,34 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 @dataclass
+class Timings:
+    """Where one request's time went (ms), from the handler's call to the answer."""
+
+    cursor_ms: float = 0.0  # reading the cursor (its parse included when the request needed it)
+    prompt_ms: float = 0.0  # the windows (token counting) and context from other files
+    queued_ms: float = 0.0  # waiting behind other engine work
+    prefill_tokens: int = 0
+    prefill_ms: float = 0.0
+    decoded_tokens: int = 0
+    decode_ms: float = 0.0
+    engine_calls: int = 0  # the first answer plus second opinions
+    post_ms: float = 0.0  # post-processing and the fit check
+    total_ms: float = 0.0
+    source: str = ""  # engine, typed-through, declined
+
+    def add_engine(self, r: Any) -> None:
+        self.engine_calls += 1
+        self.queued_ms += r.queued_ms
+        self.prefill_tokens += r.prefilled_tokens
+        self.prefill_ms += r.prefill_ms
+        self.decoded_tokens += r.decoded_tokens
+        self.decode_ms += max(0.0, r.elapsed_ms - r.prefill_ms)
+
+    def rounded(self) -> dict[str, Any]:
+        return {k: round(v, 1) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+@dataclass
 class Stats:
     started: float = field(default_factory=time.monotonic)
     requests: int = 0
@@ -44,6 +72,14 @@ class Stats:
     draft_accepted: int = 0
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
     shown: dict[str, int] = field(default_factory=dict)  # suggestion id -> length, for acceptance
+    last: Timings = field(default_factory=Timings)  # the latest request's
+    timings_ms: dict[str, float] = field(default_factory=dict)  # every request's, summed by phase
+
+    def timed(self, t: Timings) -> None:
+        self.last = t
+        for k, v in t.rounded().items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                self.timings_ms[k] = round(self.timings_ms.get(k, 0) + v, 1)
 
     def remember_shown(self, suggestion_id: str, length: int) -> None:
         """For acceptance feedback; the oldest go first (a client may never accept anything)."""
@@ -64,4 +100,6 @@ class Stats:
         out["latency_ms"] = {f"p{q}": percentile(lat, q) for q in (50, 90, 95, 99)} | {"count": len(lat)}
         out["kv_reuse_ratio"] = round(self.reused_tokens / self.prompt_tokens, 3) if self.prompt_tokens else None
         out["acceptance_rate"] = round(self.accepted / self.suggestions, 3) if self.suggestions else None
+        out["timings"] = self.last.rounded()
+        out["timings_total"] = dict(self.timings_ms)
         return out
