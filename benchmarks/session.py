@@ -923,12 +923,24 @@ async def run_session(side: Side, plan: dict[str, list[Place]], person: Person,
         end_stats.pop("_prev", None)
     for uri in list(d.texts):
         side.close(uri)
-    rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in d.rows]
-    for r in rows:
-        if isinstance(r.get("stats_after"), dict):
-            r["stats_after"].pop("_prev", None)
+    rows = slim_rows([{k: v for k, v in r.items() if not k.startswith("_")} for r in d.rows])
     return {"places": places, "requests": rows, "events": d.events, "phases": phases,
             "stats_start": start_stats, "stats_end": end_stats, "cpu_s": _sub(side.cpu_s(), cpu_start)}
+
+
+def slim_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stats snapshot after a request is kept where the summary reads it (arrival requests,
+    requests whose suggestion was shown, the last request of each line); every row keeps its source
+    and prefill tokens."""
+    last = {(r.get("place"), r.get("line_i")): r["id"] for r in rows}
+    for r in rows:
+        after = r.get("stats_after")
+        if isinstance(after, dict):
+            after.pop("_prev", None)
+            is_last = last[(r.get("place"), r.get("line_i"))] == r["id"]
+            if r["trigger"] != "arrival" and r["outcome"] != "shown" and not is_last:
+                del r["stats_after"]
+    return rows
 
 
 async def _watch_updates(side: Side, d: Driver) -> None:

@@ -318,6 +318,7 @@ class ScriptedSide(session.Side):
         self.counters = {k: 0 for k in session.STAT_KEYS}
         self.accepts: list[tuple[bool, int]] = []
         self.focused: list[int] = []
+        self.announced: set[int] = set()
 
     def open(self, uri, text, language):
         self.docs[uri] = text
@@ -346,7 +347,14 @@ class ScriptedSide(session.Side):
             self.counters["prompt_tokens"] += 100
             self.counters["reused_tokens"] += 99
         fut.set_result((item, {}))
+        if not typed.strip() and line not in self.announced:  # once per line: "a longer suggestion here"
+            self.announced.add(line)
+            asyncio.get_running_loop().call_later(0.005, self.announce, uri, line, character)
         return fut
+
+    def announce(self, uri, line, character):
+        self.updates.append({"textDocument": {"uri": uri}, "position": {"line": line, "character": character}})
+        self.updated.set()
 
     def accepted(self, item, whole, length):
         self.accepts.append((whole, length))
@@ -373,6 +381,7 @@ def test_session_driver_plays_places_accepts_and_restores_the_file(tmp_path):
     assert rows[0]["trigger"] == "arrival" and {r["outcome"] for r in rows} <= {"shown", "empty", "superseded"}
     assert {r["source"] for r in rows} <= {"engine", "none"} and {r["outcome"] for r in rows} >= {"shown", "empty"}
     assert {e["kind"] for e in run["events"]} >= {"key", "accept", "focus"}
+    assert any(r["trigger"] == "update" for r in rows)  # suggestionUpdated at the cursor: asked again
     summary = session.summarize(run, person)
     assert summary["places"] == len(places) and summary["key_superseded"] <= 2
     assert summary["chars_saved"] == sum(ln["saved"] for ln in lines) and summary["chars_saved_rate"] > 0.5
