@@ -90,7 +90,7 @@ from benchmarks.common import (
     utf16_position,
     write_json,
 )
-from benchmarks.typing_replay import LANGUAGES, WARMUP_TEXT, _python_noncode_lines, peer_window
+from benchmarks.typing_replay import LANGUAGES, WARMUP_TEXT, _python_noncode_lines
 
 SYSTEMS = ("ours", "llama")
 LABELS = {"ours": "headline: server defaults (no flags), our client (updates, didFocus)",
@@ -450,6 +450,7 @@ class LlamaSide(Side):
         self.model, self.max_tokens = model, max_tokens
         self.prefix_tokens, self.suffix_tokens = prefix_tokens, suffix_tokens
         self.llm: Any = None
+        self.counter: Any = None
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.docs: dict[str, tuple[str, str]] = {}
         self.newest: dict[str, threading.Event] = {}
@@ -467,6 +468,7 @@ class LlamaSide(Side):
         self.llm = Llama(model_path=llama_gguf(self.model), n_threads=2, n_ctx=2048, n_gpu_layers=0, verbose=False,
                          seed=0)
         self.load_s = time.perf_counter() - t0
+        self.counter = self._counter()
         await warm_up(self)
 
     async def fresh(self) -> None:
@@ -499,8 +501,17 @@ class LlamaSide(Side):
         if ev is not None:
             ev.set()
 
-    def _count(self, text: str) -> int:
-        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
+    def _tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) if text else []
+
+    def _counter(self) -> Any:
+        """What `server.context.build_context` counts tokens with: a piece counter on the restructured
+        tree (engine/models/counting.py), a plain count function on 6a23252's."""
+        try:
+            from codestral_ls.engine.models.counting import PieceCounter
+        except ImportError:
+            return lambda text: len(self._tokenize(text))
+        return PieceCounter(self._tokenize, lambda token: self.llm.detokenize([token]).decode("utf-8", "replace"))
 
     def _run(self, doc: str, offset: int, language: str, stop: threading.Event
              ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
@@ -515,7 +526,7 @@ class LlamaSide(Side):
                 c["cancelled"] += 1
             return None, {"superseded": "before it started"}
         t0 = time.perf_counter()
-        prefix, suffix = peer_window(doc, offset, language, self._count, self.prefix_tokens, self.suffix_tokens)
+        prefix, suffix = peer_window(doc, offset, language, self.counter, self.prefix_tokens, self.suffix_tokens)
         tokens = self.llm.tokenize(qwen_fim_prompt(prefix, suffix).encode("utf-8"), add_bos=False, special=True)
         cached = np.asarray(self.llm._input_ids)
         n = min(len(cached), len(tokens))
@@ -571,6 +582,18 @@ class LlamaSide(Side):
 
     def rss_mib(self) -> float | None:
         return peak_rss_mib()
+
+
+def peer_window(doc: str, offset: int, language: str, counter: Any, prefix_tokens: int = 512,
+                suffix_tokens: int = 128) -> tuple[str, str]:
+    """The text before / after the cursor in the peer's prompt: the server's own window cutting
+    (`server.context.build_context`: whole lines, stable starts) at fixed budgets, as typing_replay's
+    peers."""
+    from codestral_ls.server.context import build_context
+    from codestral_ls.server.cursor import read_cursor
+
+    ctx = build_context(read_cursor(doc, offset, language, "never"), counter, prefix_tokens, suffix_tokens)
+    return ctx.prefix, ctx.suffix
 
 
 async def warm_up(side: Side) -> None:

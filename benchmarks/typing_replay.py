@@ -500,22 +500,15 @@ class PeerSystem(System):
         self.docs.pop(uri, None)
 
     async def suggest(self, uri: str, line: int, col: int) -> tuple[str | None, dict[str, Any]]:
+        from codestral_ls.server.context import build_context
+        from codestral_ls.server.cursor import read_cursor
+
         doc, language = self.docs[uri]
-        prefix, suffix = peer_window(doc, _offset(doc, line, col), language, self.count_tokens, self.prefix_tokens,
-                                     self.suffix_tokens)
-        text = self.complete(prefix, suffix).split("\n", 1)[0].rstrip()
+        off = _offset(doc, line, col)
+        ctx = build_context(read_cursor(doc, off, language, "never"), self.count_tokens, self.prefix_tokens,
+                            self.suffix_tokens)
+        text = self.complete(ctx.prefix, ctx.suffix).split("\n", 1)[0].rstrip()
         return (text or None), {"source": "engine"}
-
-
-def peer_window(doc: str, offset: int, language: str, count_tokens: Callable[[str], int], prefix_tokens: int = 512,
-                suffix_tokens: int = 128) -> tuple[str, str]:
-    """The text before / after the cursor a peer's prompt holds: the server's own window cutting
-    (`server.context.build_context`, whole lines at stable starts) at fixed token budgets."""
-    from codestral_ls.server.context import build_context
-    from codestral_ls.server.cursor import read_cursor
-
-    ctx = build_context(read_cursor(doc, offset, language, "never"), count_tokens, prefix_tokens, suffix_tokens)
-    return ctx.prefix, ctx.suffix
 
 
 def _offset(text: str, line: int, col: int) -> int:
