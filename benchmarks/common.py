@@ -363,21 +363,50 @@ class LspServer:
                                                          "position": {"line": line, "character": character}})
 
     async def inline(self, uri: str, line: int, character: int) -> dict[str, Any] | None:
-        """One `textDocument/inlineCompletion`; the first item as {text, range}, None when empty."""
+        """One `textDocument/inlineCompletion`; the first item as {text, range, command}, None when empty."""
+        return first_item(await self.inline_request(uri, line, character))
+
+    def inline_request(self, uri: str, line: int, character: int, msg_id: str | None = None) -> Any:
+        """Send one `textDocument/inlineCompletion` without waiting: an awaitable of the raw result
+        (`first_item` reads it). With `msg_id`, `cancel_request(msg_id)` can cancel it."""
         from lsprotocol import types
 
-        result = await self.client.text_document_inline_completion_async(types.InlineCompletionParams(
+        params = types.InlineCompletionParams(
             text_document=types.TextDocumentIdentifier(uri=uri),
             position=types.Position(line=line, character=character),
-            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
-        items = (result if isinstance(result, list) else result.items) if result is not None else []
-        if not items:
-            return None
-        item = items[0]
-        text = item.insert_text if isinstance(item.insert_text, str) else getattr(item.insert_text, "value", "")
-        r = item.range
-        rng = None if r is None else ((r.start.line, r.start.character), (r.end.line, r.end.character))
-        return {"text": text, "range": rng}
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic))
+        return self.client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id=msg_id)
+
+    def cancel_request(self, msg_id: str) -> None:
+        """`$/cancelRequest` for a request sent with `msg_id` (as VS Code sends for a superseded one)."""
+        from lsprotocol import types
+
+        self.client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
+
+    def edit(self, uri: str, start: tuple[int, int], end: tuple[int, int], text: str) -> None:
+        """One incremental `didChange`: the range start..end (LSP positions) replaced by `text`."""
+        from lsprotocol import types
+
+        self.versions[uri] += 1
+        rng = types.Range(start=types.Position(line=start[0], character=start[1]),
+                          end=types.Position(line=end[0], character=end[1]))
+        self.client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=self.versions[uri]),
+            content_changes=[types.TextDocumentContentChangePartial(range=rng, text=text)]))
+
+    async def execute_command(self, command: str, arguments: list[Any] | None) -> Any:
+        """`workspace/executeCommand`, as VS Code runs an accepted inline item's `command`."""
+        from lsprotocol import types
+
+        return await self.client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command=command, arguments=arguments))
+
+    def server_experimental(self) -> dict[str, Any]:
+        """The server's `capabilities.experimental.codestral` ({} when it advertises none)."""
+        caps = getattr(self.init_result, "capabilities", None)
+        experimental = plain(getattr(caps, "experimental", None))
+        ours = experimental.get("codestral") if isinstance(experimental, dict) else None
+        return ours if isinstance(ours, dict) else {}
 
     async def stop(self) -> None:
         if self.client is None:
@@ -390,6 +419,31 @@ class LspServer:
         await self.client.stop()
         if self._stderr_task is not None:
             self._stderr_task.cancel()
+
+
+def first_item(result: Any) -> dict[str, Any] | None:
+    """The first item of an inlineCompletion result as {text, range, command}; None when empty.
+    `command` is {"command", "arguments"} (what the editor runs when the item is accepted) or None."""
+    items = (result if isinstance(result, list) else getattr(result, "items", None) or []) if result else []
+    if not items:
+        return None
+    item = items[0]
+    text = item.insert_text if isinstance(item.insert_text, str) else getattr(item.insert_text, "value", "")
+    r = item.range
+    rng = None if r is None else ((r.start.line, r.start.character), (r.end.line, r.end.character))
+    cmd = getattr(item, "command", None)
+    command = None if cmd is None else {"command": cmd.command, "arguments": plain(cmd.arguments)}
+    return {"text": text, "range": rng, "command": command}
+
+
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """User + system CPU seconds a process has used (/proc/<pid>/stat utime+stime); None where unreadable."""
+    try:
+        with open(f"/proc/{pid or 'self'}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def apply_item(text: str, offset: int, item: dict[str, Any] | None) -> str:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package: import it from the checkout
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import quality, typing_replay  # noqa: E402
+from benchmarks import quality, session, typing_replay  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     apply_item,
     device_problem,
@@ -205,6 +205,202 @@ def test_typist_reads_at_a_new_site_then_types():
     inf = float("inf")
     assert typing_replay._median_ms([300.0, inf, 500.0]) == 500.0
     assert typing_replay._median_ms([inf, inf, 100.0]) == inf  # most sites never got one: never
+
+
+# -- the session benchmark's pure parts (no model) --------------------------------------------------------
+
+SESSION_FILE = '''"""A module docstring
+that spans lines."""
+import math
+
+
+def area(radius):
+    """The area of a circle."""
+    # a comment line that is long enough
+    squared = radius * radius
+    result = math.pi * squared
+    return result
+
+
+def perimeter(radius):
+    doubled = 2 * radius
+    value = math.pi * doubled
+    return value
+
+
+class Shape:
+    def __init__(self, name, sides):
+        self.name = name
+        self.sides = sides
+
+    def describe(self):
+        text = f"{self.name} has {self.sides} sides"
+        return text.upper()
+
+
+def total(shapes):
+    count = sum(s.sides for s in shapes)
+    return count
+'''
+
+
+def test_session_places_are_code_lines_top_to_bottom_with_seeded_jumps(tmp_path):
+    path = tmp_path / "shapes.py"
+    path.write_text(SESSION_FILE)
+    places = session.pick_places(path, 6, lines_per_place=3, seed=0)
+    assert places == session.pick_places(path, 6, lines_per_place=3, seed=0)  # deterministic
+    lines = SESSION_FILE.split("\n")
+    is_code = session.code_lines(SESSION_FILE, "python")
+    assert not any(is_code[i] for i in (0, 1, 6, 7)) and is_code[8]  # docstrings, a comment; code
+    assert len(places) == 6 and len({p.line for p in places}) == 6
+    for k, p in enumerate(places):
+        assert is_code[p.line] and lines[p.line].strip() and not lines[p.line].strip().startswith("#")
+        assert all(is_code[p.line + i] for i in range(p.n_lines)) and 1 <= p.n_lines <= 3
+        assert p.mode == ("newline" if k % 2 else "retype")
+        assert not p.jump or k % 3 == 2  # jumps only every third visit
+    sequential = [p.line for p in places if not p.jump]
+    assert sequential == sorted(sequential)  # the others go top to bottom
+    assert any(p.jump for p in places)
+
+
+def test_session_schedule_and_accept_bookkeeping():
+    person = session.Person(char_ms=80, pause_ms=400)
+    # keys at read time, then 80 ms after a word character, 400 ms after another; last: the line's end
+    assert session.key_schedule(person, "a(b", 2000) == [2000, 2080, 2480, 2560]
+    # the first line is the rest: accepted; the next line too when it is the next real line
+    acc = session.accept_match("c = 1\n    d = 2\n", "c = 1", ["    d = 2", "    e = 3"])
+    assert acc is not None and acc.lines == 2 and acc.whole and acc.text == "c = 1\n    d = 2"
+    assert acc.saved == len("c = 1") + len("d = 2")
+    part = session.accept_match("c = 1\n    wrong", "c = 1", ["    d = 2"])
+    assert part is not None and part.lines == 1 and not part.whole and part.text == "c = 1"
+    assert part.suggestion_chars == len("c = 1") and part.saved == 5
+    assert session.accept_match("c = 2", "c = 1", []) is None  # wrong: typed on
+    assert session.accept_match("c", "c = 1", []) is None  # a start of the rest is not the rest
+    assert session.accept_match("", "c = 1", []) is None and session.accept_match("x", "", []) is None
+    over = session.accept_match("c = 1\n    d = 2", "c = 1", [])  # no more real lines at the place
+    assert over is not None and over.lines == 1 and not over.whole
+
+
+def test_session_cold_and_warm_arrivals_from_the_stats():
+    before = {"prompt_tokens": 100, "reused_tokens": 90, "engine_calls": 1}
+    warm = {"prompt_tokens": 400, "reused_tokens": 385, "engine_calls": 2}
+    cold = {"prompt_tokens": 700, "reused_tokens": 90, "engine_calls": 2}
+    assert session.request_prefill(before, warm) == (5, "prompt-reused")
+    assert session.classify_arrival(5, "prompt-reused", True) == "warm"
+    assert session.request_prefill(before, cold) == (600, "prompt-reused")
+    assert session.classify_arrival(600, "prompt-reused", True) == "cold"
+    # superseded before it answered: today's counters saw none of its prefill, yet it was not ready
+    assert session.classify_arrival(0, "prompt-reused", False) == "cold"
+    # the server's own request-time counter wins when it has one (cancelled prefill counted too)
+    with_section = ({**before, "prefill": {"request_tokens": 50, "warm_tokens": 900}},
+                    {**cold, "prefill": {"request_tokens": 58, "warm_tokens": 1500}})
+    assert session.request_prefill(*with_section) == (8, "prefill.request_tokens")
+    assert session.classify_arrival(8, "prefill.request_tokens", False) == "warm"
+    assert session.classify_arrival(None, "n/a", True) == "unknown"
+    assert session._warm(*with_section)[0] == 600
+    assert session._warm(before, cold) == (None, None)  # no prefill section: n/a, not a failure
+    assert session.request_prefill(None, cold) == (None, "n/a")
+    assert session.source_of({"typed_through_hits": 1, "engine_calls": 0}) == "typed-through"
+    assert session.source_of({"typed_through_hits": 0, "engine_calls": 1}) == "engine"
+
+
+class ScriptedSide(session.Side):
+    """Knows the real file: answers the rest of the line and the next real line once three characters
+    of it are typed, nothing before; counts like codestral/stats. The plumbing, not a model."""
+
+    name = "scripted"
+    focus_supported = True
+
+    def __init__(self, original: str) -> None:
+        super().__init__()
+        self.original = original.split("\n")
+        self.docs: dict[str, str] = {}
+        self.counters = {k: 0 for k in session.STAT_KEYS}
+        self.accepts: list[tuple[bool, int]] = []
+        self.focused: list[int] = []
+        self.announced: set[int] = set()
+
+    def open(self, uri, text, language):
+        self.docs[uri] = text
+
+    def edit(self, uri, start, end, text):
+        doc = self.docs[uri]
+        a, b = utf16_offset(doc, *start), utf16_offset(doc, *end)
+        self.docs[uri] = doc[:a] + text + doc[b:]
+
+    def close(self, uri):
+        self.docs.pop(uri, None)
+
+    def focus(self, uri, line, character):
+        self.focused.append(line)
+
+    def send(self, uri, line, character, req_id):
+        fut = asyncio.get_running_loop().create_future()
+        typed = self.docs[uri].split("\n")[line][:character] if uri in self.docs else ""
+        real = self.original[line] if line < len(self.original) else ""
+        self.counters["requests"] += 1
+        item = None
+        if len(typed.strip()) >= 3 and real.startswith(typed) and real != typed:
+            nxt = self.original[line + 1] if line + 1 < len(self.original) else ""
+            item = {"text": real[len(typed):] + "\n" + nxt, "range": None, "command": {"arguments": [req_id]}}
+            self.counters["engine_calls"] += 1
+            self.counters["prompt_tokens"] += 100
+            self.counters["reused_tokens"] += 99
+        fut.set_result((item, {}))
+        if not typed.strip() and line not in self.announced:  # once per line: "a longer suggestion here"
+            self.announced.add(line)
+            asyncio.get_running_loop().call_later(0.005, self.announce, uri, line, character)
+        return fut
+
+    def announce(self, uri, line, character):
+        self.updates.append({"textDocument": {"uri": uri}, "position": {"line": line, "character": character}})
+        self.updated.set()
+
+    def accepted(self, item, whole, length):
+        self.accepts.append((whole, length))
+
+    async def stats(self):
+        return dict(self.counters)
+
+
+def test_session_driver_plays_places_accepts_and_restores_the_file(tmp_path):
+    path = tmp_path / "shapes.py"
+    path.write_text(SESSION_FILE)
+    places = session.pick_places(path, 3, lines_per_place=3)
+    # Fast, but slow enough that an instant answer comes before the next key (the loop is closed).
+    person = session.Person(idle_s=0.01, read_ms=20, char_ms=20, pause_ms=40, enter_ms=5, move_ms=5, focus_ms=10)
+    side = ScriptedSide(SESSION_FILE)
+    run = asyncio.run(session.run_session(side, {str(path): places}, person, progress=lambda _: None))
+    assert [p["restored"] for p in run["places"]] == [True] * len(places)  # what was typed is the file again
+    lines = [ln for p in run["places"] for ln in p["lines"]]
+    assert all(ln["accept"] and ln["typed"] >= 3 for ln in lines)  # three keys, then the rest was accepted
+    assert all(ln["typed"] + ln["saved"] == ln["chars"] for ln in lines)
+    assert side.accepts and any(whole for whole, _ in side.accepts)  # whole items went through the command
+    assert any(ln["trigger"] == "accept-enter" for ln in lines) or all(p["n_lines"] <= 2 for p in places)
+    rows = run["requests"]
+    assert rows[0]["trigger"] == "arrival" and {r["outcome"] for r in rows} <= {"shown", "empty", "superseded"}
+    assert {r["source"] for r in rows} <= {"engine", "none"} and {r["outcome"] for r in rows} >= {"shown", "empty"}
+    assert {e["kind"] for e in run["events"]} >= {"key", "accept", "focus"}
+    assert any(r["trigger"] == "update" for r in rows)  # suggestionUpdated at the cursor: asked again
+    summary = session.summarize(run, person)
+    assert summary["places"] == len(places) and summary["key_superseded"] <= 2
+    assert summary["chars_saved"] == sum(ln["saved"] for ln in lines) and summary["chars_saved_rate"] > 0.5
+    assert summary["arrival_ms"]["n"] == len(places) and summary["prefill_warm_tokens"] is None
+    # every arrival request answered (empty: nothing typed yet) and needed no prefill: warm
+    assert [a["class"] for a in summary["arrivals"]] == ["warm"] * len(places)
+    assert all(a["span_prefill_tokens"] >= 1 for a in summary["arrivals"])  # the accepted one prefilled 1
+
+
+def test_session_quick_mode_and_defaults():
+    args = session.resolve(session.build_parser().parse_args(["--quick"]))
+    assert len(args.files) == 1 and args.places == 2 and args.idle_s == 2.0 and args.burst == 20
+    full = session.resolve(session.build_parser().parse_args([]))
+    assert [f.name for f in full.files] == ["statistics.py", "ipaddress.py"] and full.places == 10
+    assert full.idle_s == 8 and full.burst == 200 and session.server_flags(full) == []
+    person = session.make_person(full)
+    assert person.read_ms == 2000 and person.cancel and person.char_ms == 80
+    plan = session.make_plan(args)
+    assert len(plan) == 1 and len(next(iter(plan.values()))) == 2
 
 
 # -- end to end -------------------------------------------------------------------------------------------
