@@ -11,6 +11,7 @@ ever delays it by more than one forward chunk.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -194,9 +195,10 @@ class EngineWorker:
         if engine is not None:
             engine.store.clear()  # type: ignore[attr-defined]
             engine._background = None  # type: ignore[attr-defined]
+        torch = sys.modules.get("torch")  # only a torch runner has CUDA memory to free; never import it here
+        if torch is None:
+            return
         try:
-            import torch
-
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         except Exception:  # freeing memory must not fail the worker

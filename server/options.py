@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from codestral_ls.engine import catalog
 from codestral_ls.engine.fim import PROFILES
 from codestral_ls.engine.loading import DEVICES, DTYPES, QUANTIZE, RUNNERS
 
@@ -55,9 +56,10 @@ def opt(default: Any, help: str, group: str, **kw: Any) -> Any:  # noqa: A002 - 
 @dataclass(frozen=True)
 class Options:
     # -- model ----------------------------------------------------------------------------------
-    model: str | None = opt(None, "a local Hugging Face folder, a .gguf file or a hub id (downloaded only with "
-                            "allowDownload); default: the embedded Qwen2.5-Coder-0.5B", "model", reload=True,
-                            trusted=READS_FILES, metavar="PATH|FILE.gguf|org/name")
+    model: str | None = opt(None, "a packaged model by name (qwen2.5-coder-0.5b, the embedded default; "
+                            "qwen2.5-coder-1.5b: `codestral-ls models`), a local Hugging Face folder, a .gguf file "
+                            "or a hub id (downloaded only with allowDownload)", "model", reload=True,
+                            trusted=READS_FILES, metavar="NAME|PATH|FILE.gguf|org/name")
     device: str = opt("auto", "where the model runs", "model", choices=DEVICES, reload=True)
     dtype: str = opt("auto", "auto: bf16 on CUDA, fp32 on CPU", "model", choices=DTYPES, reload=True)
     quantize: str = opt("none", "int8: bitsandbytes on CUDA, dynamic int8 on CPU; nf4: CUDA only", "model",
@@ -71,6 +73,8 @@ class Options:
     threads: int | None = opt(None, "CPU threads for the model (default: torch's)", "model", reload=True)
     runner: str = opt("auto", "what computes the model: llama.cpp (GGUF files, CPU) or transformers/torch; "
                       "auto: llama.cpp for a GGUF on the CPU", "model", choices=RUNNERS, reload=True)
+    n_gpu_layers: int = opt(0, "llama.cpp: layers of a GGUF offloaded to the GPU (-1: all; needs a GPU build of "
+                            "llama-cpp-python, README \"GPU\")", "model", reload=True)
     # -- engine ---------------------------------------------------------------------------------
     kv_reuse: bool = opt(True, "reuse cached prompt prefixes (A/B switch)", "engine", reload=True)
     speculation: bool = opt(True, "prompt-lookup speculative decoding (A/B switch)", "engine", reload=True)
@@ -162,7 +166,14 @@ def _coerce(name: str, value: Any) -> Any:
         if value in (None, "", "embedded"):
             return None
         if not isinstance(value, str):
-            raise ValueError(f"option model must be a string path or hub id, got {value!r}")
+            raise ValueError(f"option model must be a model name, a path or a hub id, got {value!r}")
+        packaged = catalog.lookup(value)
+        if packaged is not None:  # a packaged model by name: the default one is the default (None)
+            return None if packaged.name == catalog.DEFAULT else packaged.name
+        return value
+    if name == "n_gpu_layers":
+        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            raise ValueError(f"option {label} must be a layer count or -1 (all), got {value!r}")
         return value
     if typ == "int | None":
         if value is None:

@@ -267,8 +267,14 @@ class Completer:
         others = [d for d in self.other_documents(doc.uri)
                   if shareable(d.uri, d.language_id, o.secret_files, o.disabled_languages)]
         return self.retriever.select(doc.uri, doc.text, cursor.offset, cursor.language, others, o.retrieval,
-                                     self.speed.extra_tokens(o.extra_context_tokens), o.secret_files,
+                                     self.speed.extra_tokens(o.extra_context_tokens, self._model_extra_tokens()),
+                                     o.secret_files,
                                      o.disabled_languages)
+
+    def _model_extra_tokens(self) -> int | None:
+        """The loaded model's own default for context from other files (engine/catalog.py), if any."""
+        loaded = getattr(getattr(self.worker, "engine", None), "loaded", None)
+        return getattr(loaded, "extra_context_tokens", None)
 
     async def _alternatives(self, ask: _Ask, first: Suggestion) -> list[Suggestion]:
         """Up to `candidates - 1` more suggestions, each finished, fitting and distinct: the model's
