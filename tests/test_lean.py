@@ -83,7 +83,7 @@ def test_first_completion_from_an_empty_cache_never_imports_torch(tmp_path):
     took = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["suggestion"].strip().startswith("return"), out
+    assert "numbers" in out["suggestion"], out  # `    return| sum(numbers) / len(numbers)`
     assert blocked_attempts(tmp_path) == []
     # Progress of the one-time join reaches stderr (the CLI's progress line).
     assert "joining and verifying" in r.stderr
@@ -98,7 +98,8 @@ def test_doctor_without_torch_says_what_is_missing_and_which_model_to_use(tmp_pa
     assert r.returncode == 0, r.stderr
     assert "not installed (the `torch` extra: pip install 'codestral-ls[torch]')" in r.stdout
     assert "recommended model" in r.stdout and "model loads" in r.stdout and "yes" in r.stdout
-    assert blocked_attempts(tmp_path) == []
+    # doctor asks whether torch & co. are there (a look-up, logged by the blocker): never more.
+    assert set(blocked_attempts(tmp_path)) <= {"torch", "transformers", "bitsandbytes"}
 
 
 @pytest.mark.parametrize("args", [
@@ -308,7 +309,7 @@ def test_models_lists_both_with_what_each_costs_and_a_recommendation(tmp_path):
     assert out["recommended"] in names and out["why"]
     shipped = json.loads(catalog.SHIPPED.read_text())
     for m in out["models"]:
-        assert m["installed"] == catalog.MODELS[m["name"]].installed()
+        assert m["parts_installed"] == catalog.MODELS[m["name"]].installed()
         row = shipped["models"].get(m["name"])
         if row:  # the shipped figures come from the benchmark's file, not from the code
             assert m["ms_per_token"] == row["ms_per_token"] and m["pass1_single"] == row["pass1_single"]
