@@ -198,15 +198,23 @@ def load_llamacpp(spec: ModelSpec, why: str, progress: embedded.Progress | None 
         if not gguf.is_file():
             raise ModelLoadError(f"model file {gguf} does not exist")
         description = f"{gguf.name} (GGUF)"
-    try:
-        tokenizer = gguf_tokenizer(gguf, progress)
-        if progress:
-            progress(f"loading {description}", 95)
-        runner = LlamaCppRunner(gguf, threads=spec.threads, n_gpu_layers=spec.n_gpu_layers)
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load model {description}: {type(exc).__name__}: {exc}") from None
+    # llama.cpp maps the weights (a ctypes call: the GIL is released) while the tokenizer is built:
+    # the two take about as long as each other on a first load.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="llama-load") as pool:
+        loading = pool.submit(LlamaCppRunner, gguf, threads=spec.threads, n_gpu_layers=spec.n_gpu_layers)
+        try:
+            tokenizer = gguf_tokenizer(gguf, progress)
+            if progress:
+                progress(f"loading {description}", 95)
+            runner = loading.result()
+        except ModelLoadError:
+            _close_when_loaded(loading)
+            raise
+        except Exception as exc:
+            _close_when_loaded(loading)
+            raise ModelLoadError(f"cannot load model {description}: {type(exc).__name__}: {exc}") from None
     try:
         encoder = FimEncoder(tokenizer, detect_profile(tokenizer, spec.fim_format))
     except ValueError as exc:
@@ -215,6 +223,14 @@ def load_llamacpp(spec: ModelSpec, why: str, progress: embedded.Progress | None 
     return LoadedModel(None, tokenizer, encoder, runner.device, "gguf", "gguf", description, runner.weight_bytes,
                        runner=runner, runner_why=why, packaged=packaged.name if packaged else "",
                        extra_context_tokens=packaged.extra_context_tokens if packaged else None)
+
+
+def _close_when_loaded(loading: Any) -> None:
+    """The runner of a load that failed elsewhere (its tokenizer): freed, whatever became of it."""
+    try:
+        loading.result().close()
+    except Exception:
+        pass
 
 
 def load_torch(spec: ModelSpec, progress: embedded.Progress | None = None) -> LoadedModel:

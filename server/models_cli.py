@@ -67,6 +67,7 @@ def install_command(names: list[str]) -> int:
             return 2
         try:
             path = embedded.download_gguf(m, progress)
+            embedded.gguf_tokenizer(path, progress)  # built now: the first completion finds it ready
         except ModelLoadError as exc:
             sys.stderr.write(f"codestral-ls: error: {exc}\n")
             return 2

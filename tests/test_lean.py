@@ -355,19 +355,23 @@ def test_the_readme_models_table_is_the_benchmark_s_file():
 async def test_the_lsp_shows_the_first_join_as_progress(tmp_path):
     from tests.lsp_client import start, stop
 
+    def field(v: object, name: str) -> object:
+        return v.get(name) if isinstance(v, dict) else getattr(v, name, None)
+
     c, _ = await start([], env={"CODESTRAL_LS_CACHE": str(tmp_path)})
     try:
         async def ended() -> None:
-            while not any(getattr(v, "kind", None) == "end" for v in c.progress):
+            while not any(field(v, "kind") == "end" for v in c.progress):
                 await asyncio.sleep(0.05)
 
         await asyncio.wait_for(ended(), 300)
     finally:
         await stop(c)
-    messages = [getattr(v, "message", None) or "" for v in c.progress]
+    messages = [str(field(v, "message") or "") for v in c.progress]
     assert any("joining and verifying" in m for m in messages), messages
-    percents = [getattr(v, "percentage", None) for v in c.progress if getattr(v, "kind", None) == "report"]
-    assert percents == sorted(p for p in percents if p is not None)
+    percents = [field(v, "percentage") for v in c.progress if field(v, "kind") == "report"]
+    percents = [p for p in percents if p is not None]
+    assert percents and percents == sorted(percents)
 
 
 def test_recommendation_follows_the_measurement():
