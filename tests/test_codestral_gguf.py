@@ -212,3 +212,54 @@ async def test_an_lsp_completion_arrives_through_the_llamacpp_runner(codestral_g
         assert status is not None
     finally:
         await stop(c)
+
+
+# -- llama.cpp GPU offload: --n-gpu-layers ---------------------------------------------------------------
+
+
+def test_n_gpu_layers_picks_llamacpp_and_is_refused_where_it_cannot_apply():
+    from codestral_ls.engine.errors import ModelLoadError
+    from codestral_ls.engine.runner import choose_runner
+
+    assert choose_runner("auto", Path("m.gguf"), "auto", n_gpu_layers=-1)[0] == "llamacpp"
+    with pytest.raises(ModelLoadError, match="needs a GGUF model"):
+        choose_runner("auto", None, "auto", n_gpu_layers=10)
+    with pytest.raises(ModelLoadError, match="needs a GGUF model"):
+        choose_runner("torch", Path("m.gguf"), "auto", n_gpu_layers=10)
+    with pytest.raises(ModelLoadError, match="torch option"):
+        choose_runner("auto", Path("m.gguf"), "auto", quantize="int8", n_gpu_layers=10)
+
+
+def test_a_cpu_only_llama_cpp_refuses_offload_with_the_rebuild_command(codestral_gguf):
+    import llama_cpp
+    from codestral_ls.engine.errors import ModelLoadError
+    from codestral_ls.engine.runner_llamacpp import LlamaCppRunner
+
+    if llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("this llama-cpp-python offloads to a GPU")
+    with pytest.raises(ModelLoadError, match="built for the CPU only.*GGML_CUDA=on"):
+        LlamaCppRunner(codestral_gguf, n_gpu_layers=-1)
+
+
+@pytest.mark.gpu
+def test_offloaded_layers_give_the_cpu_s_greedy_tokens(codestral_gguf, loaded):
+    """On a GPU build of llama-cpp-python: all layers offloaded, the same greedy continuation."""
+    import llama_cpp
+    from codestral_ls.engine.kvcache import Sequence
+    from codestral_ls.engine.runner_llamacpp import LlamaCppRunner
+
+    if not llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("llama-cpp-python was built for the CPU only")
+    ids = loaded.encoder.build("def add(a, b):\n    return ", "\n", heal=False).ids
+
+    def greedy(runner: LlamaCppRunner) -> list[int]:
+        seq, out = Sequence(), []
+        logits = runner.forward(seq, ids)
+        for _ in range(8):
+            out.append(int(np.argmax(logits[-1])))
+            logits = runner.forward(seq, out[-1:])
+        return out
+
+    gpu = LlamaCppRunner(codestral_gguf, n_gpu_layers=-1)
+    assert gpu.device == "gpu"
+    assert greedy(gpu) == greedy(loaded.runner)
