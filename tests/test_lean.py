@@ -374,6 +374,20 @@ async def test_the_lsp_shows_the_first_join_as_progress(tmp_path):
     assert percents and percents == sorted(percents)
 
 
+@pytest.mark.model
+def test_models_measure_writes_what_this_machine_costs_and_the_listing_uses_it(tmp_path):
+    env = {**os.environ, "CODESTRAL_LS_CACHE": str(tmp_path)}
+    r = cli(env, "models", "--measure", "qwen2.5-coder-0.5b")
+    assert r.returncode == 0, r.stderr
+    measured = json.loads((tmp_path / catalog.MEASURED_FILE).read_text())
+    row = measured["models"]["qwen2.5-coder-0.5b"]
+    assert row["prefill_tok_s"] > 0 and row["ms_per_token"] > 0 and row["rss_mib"] > 100
+    out = json.loads(cli(env, "models", "--json").stdout)
+    listed = next(m for m in out["models"] if m["name"] == "qwen2.5-coder-0.5b")
+    assert listed["ms_per_token"] == row["ms_per_token"] and listed["measured"]["ms_per_token"] == "here"
+    assert listed["joined"]  # measuring joined it into this cache
+
+
 def test_recommendation_follows_the_measurement():
     fast = {"qwen2.5-coder-1.5b": {"ms_per_token": 20, "prefill_tok_s": 2000,
                                    "source": {"ms_per_token": "here", "prefill_tok_s": "here"}}}
