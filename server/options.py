@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from codestral_ls.engine.config import CHOICES, DEFAULTS, EngineOptions, ModelSpec, user_fields
+from codestral_ls.engine.models import catalog
 from codestral_ls.engine.models.fim import PROFILES
 from codestral_ls.engine.serving.remote import APIS
 
@@ -63,9 +64,9 @@ def engine_opt(name: str, help: str, group: str, **kw: Any) -> Any:  # noqa: A00
 class Options:
     # -- model ----------------------------------------------------------------------------------
     model: str | None = engine_opt(
-        "model", "a local Hugging Face folder, a .gguf file or a hub id (downloaded only with allowDownload); "
-        "default: the embedded Qwen2.5-Coder-0.5B", "model", reload=True, trusted=READS_FILES,
-        metavar="PATH|FILE.gguf|org/name")
+        "model", "a packaged model by name (qwen2.5-coder-0.5b, the embedded default; qwen2.5-coder-1.5b: "
+        "`codestral-ls models`), a local Hugging Face folder, a .gguf file or a hub id (downloaded only with "
+        "allowDownload)", "model", reload=True, trusted=READS_FILES, metavar="NAME|PATH|FILE.gguf|org/name")
     device: str = engine_opt("device", "where the model runs", "model", reload=True)
     dtype: str = engine_opt("dtype", "auto: bf16 on CUDA, fp32 on CPU", "model", reload=True)
     quantize: str = engine_opt("quantize", "int8: bitsandbytes on CUDA, dynamic int8 on CPU; nf4: CUDA only",
@@ -80,6 +81,8 @@ class Options:
                                      reload=True)
     runner: str = engine_opt("runner", "what computes the model: llama.cpp (GGUF files, CPU) or transformers/torch; "
                              "auto: llama.cpp for a GGUF on the CPU", "model", reload=True)
+    n_gpu_layers: int = engine_opt("n_gpu_layers", "llama.cpp: layers of a GGUF offloaded to the GPU (-1: all; needs "
+                                   "a GPU build of llama-cpp-python, README \"GPU\")", "model", reload=True)
     # -- engine ---------------------------------------------------------------------------------
     kv_reuse: bool = engine_opt("kv_reuse", "reuse cached prompt prefixes (A/B switch)", "engine", reload=True)
     speculation: bool = engine_opt("speculation", "prompt-lookup speculative decoding (A/B switch)", "engine",
@@ -171,7 +174,14 @@ def _coerce(name: str, value: Any) -> Any:
         if value in (None, "", "embedded"):
             return None
         if not isinstance(value, str):
-            raise ValueError(f"option model must be a string path or hub id, got {value!r}")
+            raise ValueError(f"option model must be a model name, a path or a hub id, got {value!r}")
+        packaged = catalog.lookup(value)
+        if packaged is not None:  # a packaged model by name: the default one is the default (None)
+            return None if packaged.name == catalog.DEFAULT else packaged.name
+        return value
+    if name == "n_gpu_layers":
+        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            raise ValueError(f"option {label} must be a layer count or -1 (all), got {value!r}")
         return value
     if typ == "int | None":
         if value is None:

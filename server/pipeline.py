@@ -222,7 +222,7 @@ class Completer:
     def _extra(self, doc: Document, cursor: Cursor, others: Iterable[Document] = ()) -> tuple[tuple[str, str], ...]:
         """What the cursor needs from other files (server/retrieval/), none where the device has no room."""
         o = self.options
-        tokens = self.speed.extra_tokens(o.extra_context_tokens)
+        tokens = self._extra_tokens()
         if not tokens:
             return ()
         return self.retriever.select(doc.uri, doc.text, cursor.offset, cursor.language, others, o.retrieval,
@@ -239,8 +239,14 @@ class Completer:
     def _context_limit(self) -> int | None:
         """Prompt tokens one sequence of the engine can hold, leaving room for the suggestion."""
         limit = self.backend.context_tokens
-        return None if limit is None else limit - self.options.max_tokens - self.speed.extra_tokens(
-            self.options.extra_context_tokens)
+        return None if limit is None else limit - self.options.max_tokens - self._extra_tokens()
+
+    def _extra_tokens(self) -> int:
+        """Tokens of context from other files: the user's, else the model's measured default
+        (engine/models/catalog.py), else what the device leaves (server/speed.py)."""
+        engine = self.backend.engine
+        model_default = engine.loaded.extra_context_tokens if engine is not None else None
+        return self.speed.extra_tokens(self.options.extra_context_tokens, model_default)
 
     async def _alternatives(self, req: FimRequest, cursor: Cursor, first: Suggestion,
                             avoid: list[str]) -> list[Suggestion]:

@@ -31,7 +31,7 @@ EXTRA_MAX = 384  # tokens of context from other files on a device fast enough fo
 PREFIX_SHARE = 0.8  # of the total, before the cursor (the old fixed default was 512 + 128)
 MIN_MEASURED = 32  # prefills shorter than this are dominated by fixed costs: not a rate
 # How long prefilling a whole cold prompt may take, per device, when the user sets no target.
-DEFAULT_TARGET_MS = {"cpu": 2000, "cuda": 300}
+DEFAULT_TARGET_MS = {"cpu": 2000, "cuda": 300, "gpu": 300}  # gpu: llama.cpp offload (--n-gpu-layers)
 FALLBACK_TARGET_MS = 1000
 
 
@@ -69,11 +69,15 @@ class DeviceSpeed:
             suffix = max(0, min(suffix, limit - prefix))
         return prefix, suffix
 
-    def extra_tokens(self, configured: int) -> int:
-        """Tokens of context from other files: the user's when set, else what the current windows leave
-        above the floor (so it moves with them, in the same coarse steps), up to EXTRA_MAX."""
+    def extra_tokens(self, configured: int, model_default: int | None = None) -> int:
+        """Tokens of context from other files: the user's when set, else the model's measured default
+        where it has one (engine/models/catalog.py: none for the 0.5B, which does not use it), else what the
+        current windows leave above the floor (so it moves with them, in the same coarse steps), up
+        to EXTRA_MAX."""
         if configured:
             return configured
+        if model_default is not None:
+            return model_default
         if not self.device:  # a remote backend: its speed is not measured here, its server decides
             return EXTRA_MAX
         return max(0, min(EXTRA_MAX, self.total - MIN_TOTAL))

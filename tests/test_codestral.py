@@ -30,7 +30,7 @@ from codestral_ls.engine.models.tokenizer import MistralCommonTokenizer
 from codestral_ls.engine.request import FimRequest, StopRule
 
 V3 = Path(mistral_common.__file__).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "human-eval-infilling"
+DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "human-eval-infilling"
 PREFIX_ID, MIDDLE_ID, SUFFIX_ID = 11, 12, 13
 
 
@@ -96,7 +96,7 @@ CASES = _cases()
 
 
 def test_prompt_ids_equal_encode_fim_exactly(v3, enc):
-    assert len(CASES) >= 250, f"HumanEval infilling data not found in {DATA} (../shared beside the repo)"
+    assert len(CASES) >= 250, f"HumanEval infilling data not found in {DATA}"
     for prefix, suffix in CASES:
         got = enc.build(prefix, suffix, heal=False).ids
         assert got == v3.encode_fim(prefix, suffix), (prefix[-40:], suffix[:40])

@@ -54,7 +54,7 @@ def test_qwen_prompt_equals_the_model_card_string_on_the_real_tokenizer(qwen_tok
     whole. Ours is built from pieces: the ids must be the same for real code (HumanEval), CRLF, tabs,
     emoji/CJK, empty sides; with healing, the same minus the healed last prefix token."""
     enc = FimEncoder(qwen_tok, detect_profile(qwen_tok))
-    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "human-eval-infilling"
+    data = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "human-eval-infilling"
     with gzip.open(data / "HumanEval-SingleLineInfilling.jsonl.gz", "rt") as f:
         cases = [(r["prompt"], r["suffix"]) for r in map(json.loads, f)][::10]
     cases += [(p.replace("\n", "\r\n"), s.replace("    ", "\t")) for p, s in cases[:20]]

@@ -237,7 +237,9 @@ def worker(qwen_engine):
 @pytest.mark.model
 def test_context_from_other_files_is_sized_to_the_device(project, worker):
     """With default options a device whose cold prompt is already at the window floor (this CPU) sends
-    no other file: it would cost seconds at every new site. A faster device gets them."""
+    no other file: it would cost seconds at every new site. A faster device gets them, for a model
+    that can use them; the embedded 0.5B cannot (engine/models/catalog.py: measured, no gain), so it gets
+    none on any device."""
     from codestral_ls.server.cursor import read_cursor
 
     c = Completer(worker, Options())
@@ -245,13 +247,24 @@ def test_context_from_other_files_is_sized_to_the_device(project, worker):
     others = [doc(project / "pkg" / "geometry.py", GEOMETRY)]
     text = USES + "\n\ndef area_of(room):\n    return room."
     main = project / "pkg" / "main.py"
+    loaded = worker.engine.loaded
+    assert loaded.packaged == "qwen2.5-coder-0.5b" and loaded.extra_context_tokens == 0
+
+    def extra() -> tuple:
+        return c.request(doc(main, text), read_cursor(text, len(text), "python"), others).extra_files
+
     c.speed.device = "cpu"
     c.speed.observe(SimpleNamespace(prefilled_tokens=400, prefill_ms=4400.0))  # ~90 tok/s, this machine
-    assert c.request(doc(main, text), read_cursor(text, len(text), "python"), others).extra_files == ()
+    assert extra() == ()
     c.speed.device = "cuda"
     c.speed.observe(SimpleNamespace(prefilled_tokens=5000, prefill_ms=100.0))  # thousands of tokens a second
-    c.anchors.forget(doc(main, text).uri)  # a new device: the windows are sized again
-    assert c.request(doc(main, text), read_cursor(text, len(text), "python"), others).extra_files
+    assert extra() == ()  # the 0.5B: none, whatever the device
+    loaded.extra_context_tokens = None  # a model with no measured default: the device rule
+    try:
+        c.anchors.forget(doc(main, text).uri)  # a new device: the windows are sized again
+        assert extra()
+    finally:
+        loaded.extra_context_tokens = 0
 
 
 def test_two_keystrokes_share_the_extra_part_and_the_cache(project, qwen_engine, worker):

@@ -6,13 +6,13 @@ frees itself. The engine, the draft model and the prefix store know nothing else
 the same decode loop runs on transformers/torch (`runner_torch`: HF folders, CUDA, bitsandbytes)
 and on llama.cpp (`runner_llamacpp`: GGUF files on CPU). Nothing here imports torch or llama.cpp.
 
-Runner choice (`choose_runner`): `auto` takes llama.cpp for a GGUF on CPU when llama-cpp-python
-is installed, torch otherwise; the reason is kept for `doctor`.
+Runner choice (`choose_runner`): `auto` takes llama.cpp for a GGUF on CPU (or with `--n-gpu-layers`,
+llama.cpp's GPU offload) when llama-cpp-python is installed, torch otherwise; the reason is kept for
+`doctor`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,11 +57,13 @@ def prefill(step: Callable[[Sequence, list[int]], Any], seq: Sequence, ids: list
 
 
 def llamacpp_available() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None
+    from codestral_ls.engine.models.extras import installed
+
+    return installed("llama_cpp")
 
 
 def choose_runner(runner: str, gguf: Path | None, device: str, quantize: str = "none",
-                  dtype: str = "auto") -> tuple[str, str]:
+                  dtype: str = "auto", n_gpu_layers: int = 0) -> tuple[str, str]:
     """(runner, why) for a model that is a GGUF file (`gguf`) or not, on `device` ("auto"/"cpu"/"cuda").
 
     --quantize and --dtype are torch's: a GGUF on llama.cpp computes with its own quantization.
@@ -69,16 +71,28 @@ def choose_runner(runner: str, gguf: Path | None, device: str, quantize: str = "
     if runner not in CHOICES["runner"]:
         raise ModelLoadError(f"runner {runner!r} is not one of {', '.join(CHOICES['runner'])}")
     torch_only = [f"--{k} {v}" for k, v in (("quantize", quantize), ("dtype", dtype)) if v not in ("auto", "none")]
+    if n_gpu_layers:
+        if gguf is None or runner == "torch":
+            raise ModelLoadError(f"--n-gpu-layers {n_gpu_layers} is llama.cpp's GPU offload: it needs a GGUF model "
+                                 "on the llama.cpp runner (for a Hugging Face folder use --device cuda)")
+        if torch_only:
+            raise ModelLoadError(f"{torch_only[0]} is a torch option; --n-gpu-layers runs the GGUF on llama.cpp")
+        if not llamacpp_available():
+            raise ModelLoadError("--n-gpu-layers needs llama-cpp-python (part of the base install): "
+                                 "pip install 'codestral-ls'")
+        return "llamacpp", f"--n-gpu-layers {n_gpu_layers}: llama.cpp offloads the GGUF to the GPU"
     if runner == "llamacpp":
         if gguf is None:
             raise ModelLoadError("--runner llamacpp needs a GGUF model file (the embedded model or a .gguf)")
         if device == "cuda":
-            raise ModelLoadError("--runner llamacpp runs on the CPU here; use --runner torch for --device cuda")
+            raise ModelLoadError("--runner llamacpp runs on the CPU unless --n-gpu-layers offloads it; "
+                                 "use --runner torch for --device cuda")
         if torch_only:
             raise ModelLoadError(f"{torch_only[0]} is a torch option; llama.cpp computes with the GGUF's own "
                                  "quantization (use --runner torch)")
         if not llamacpp_available():
-            raise ModelLoadError("--runner llamacpp needs llama-cpp-python: pip install llama-cpp-python")
+            raise ModelLoadError("--runner llamacpp needs llama-cpp-python (part of the base install): "
+                                 "pip install 'codestral-ls'")
         return "llamacpp", "asked for (--runner llamacpp)"
     if runner == "torch":
         return "torch", "asked for (--runner torch)"
@@ -97,7 +111,9 @@ def _cuda_available() -> bool:
     # Importing torch costs ~300 MB of resident memory: ask it only where an NVIDIA driver is present.
     if not (Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()):
         return False
-    if importlib.util.find_spec("torch") is None:
+    from codestral_ls.engine.models.extras import installed
+
+    if not installed("torch"):
         return False
     import torch
 

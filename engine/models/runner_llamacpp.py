@@ -1,4 +1,5 @@
-"""The llama.cpp runner: GGUF files on the CPU through llama-cpp-python's low-level C API.
+"""The llama.cpp runner: GGUF files on the CPU through llama-cpp-python's low-level C API (and on a
+GPU with `n_gpu_layers`, where llama-cpp-python was built with GPU offload: README, "GPU").
 
 The model computes with the GGUF's own quantized weights (no dequantized copy), and one llama.cpp
 context holds the keys/values of several sequences, each in a stream of its own (`kv_unified` off):
@@ -89,7 +90,7 @@ class LlamaCppRunner:
     warm_chunk = 64
 
     def __init__(self, path: Path, threads: int | None = None, seq_ctx: int = SEQ_CTX, slots: int = SLOTS,
-                 n_batch: int = 512, kv_unified: bool = False) -> None:
+                 n_batch: int = 512, kv_unified: bool = False, n_gpu_layers: int = 0) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when the OpenMP runtime loads
         import llama_cpp as ll
 
@@ -99,7 +100,15 @@ class LlamaCppRunner:
         _quiet(ll)
         ll.llama_backend_init()
         mp = ll.llama_model_default_params()
-        mp.n_gpu_layers = 0
+        if n_gpu_layers and not ll.llama_supports_gpu_offload():
+            raise ModelLoadError(
+                f"--n-gpu-layers {n_gpu_layers}: this llama-cpp-python was built for the CPU only; rebuild it "
+                "with GPU offload (CUDA: CMAKE_ARGS=-DGGML_CUDA=on pip install --force-reinstall --no-cache-dir "
+                "llama-cpp-python==0.3.36; README, \"GPU\"), or leave --n-gpu-layers at 0")
+        # -1: every layer (llama.cpp counts the output layer too: n_layer + 1 offloads all).
+        mp.n_gpu_layers = 2**31 - 1 if n_gpu_layers < 0 else n_gpu_layers
+        self.n_gpu_layers = n_gpu_layers
+        self.device = "gpu" if n_gpu_layers else "cpu"
         self.model = ll.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
             raise ModelLoadError(f"cannot read GGUF {path}: llama.cpp cannot load it")
@@ -250,7 +259,9 @@ class LlamaCppRunner:
             pass
 
     def describe(self) -> str:
-        return (f"llama.cpp {self.threads} threads (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), "
+        layers = "all" if self.n_gpu_layers < 0 else str(self.n_gpu_layers)
+        offload = f", {layers} layers on the GPU" if self.n_gpu_layers else ""
+        return (f"llama.cpp{offload} {self.threads} threads (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), "
                 f"{self.seq_ctx} tokens a sequence, n_batch {self.n_batch}, n_ubatch {self.n_ubatch}, "
                 f"{len(self._free)} free slots")
 

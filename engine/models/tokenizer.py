@@ -29,6 +29,7 @@ from codestral_ls.engine.errors import ModelLoadError
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 # mistral-common's sentinel for encoding text with no dummy prefix (`_encode_infilling`).
 INFILL_SENTINEL = "☺"
+CODESTRAL_V3 = "mistral_instruct_tokenizer_240323.model.v3"  # Codestral-22B-v0.1's, shipped by mistral-common
 
 
 def piece_bytes(piece: str) -> bytes:
@@ -163,6 +164,33 @@ class MistralCommonTokenizer:
         from mistral_common.protocol.fim.request import FIMRequest
 
         return list(self.instruct.encode_fim(FIMRequest(prompt=prefix, suffix=suffix)).tokens)
+
+
+def bundled_mistral_tokenizers() -> list[Path]:
+    """The SentencePiece tokenizer files mistral-common ships, Codestral-22B-v0.1's
+    (`mistral_instruct_tokenizer_240323.model.v3`) first."""
+    import mistral_common
+
+    data = Path(mistral_common.__file__).parent / "data"
+    return sorted(data.glob("*.model*"), key=lambda p: (p.name != CODESTRAL_V3, p.name))
+
+
+def mistral_tokenizer_for(pieces: list[str], folder: Path | None = None) -> MistralCommonTokenizer | None:
+    """mistral-common's tokenizer whose pieces are exactly `pieces` (a SentencePiece GGUF's token list),
+    else None: a `tokenizer.model.v*` in `folder` (next to the GGUF) first, then the files mistral-common
+    ships. The whole vocabulary must match, piece for piece: ids are what the model was trained on."""
+    if not pieces or "[SUFFIX]" not in pieces:
+        return None
+    candidates = [p for p in (find_mistral_tokenizer(folder) if folder else None,) if p]
+    candidates += bundled_mistral_tokenizers()
+    for path in candidates:
+        try:
+            tok = MistralCommonTokenizer.from_file(path)
+        except ModelLoadError:
+            continue
+        if len(tok) == len(pieces) and tok._pieces == pieces:
+            return tok
+    return None
 
 
 def tokenizer_name(tokenizer: Any) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -234,9 +235,10 @@ class EngineWorker:
         if engine is not None:
             engine.store.clear()
             engine.drop_background()
+        torch = sys.modules.get("torch")  # only a torch runner has CUDA memory to free; never import it here
+        if torch is None:
+            return
         try:
-            import torch
-
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         except Exception:  # freeing memory must not fail the worker
