@@ -250,6 +250,12 @@ the item's `codestral.accept' command once the candidate is inserted."
 Otherwise only \\[codestral-complete] asks."
   :type 'boolean)
 
+(defcustom codestral-trigger-on-move t
+  "If non-nil, also ask when point comes to rest somewhere else without an edit.
+Moving into `max(|)' then shows what fits there, as typing would.  Applies
+only with `codestral-auto-trigger', and never while the region is active."
+  :type 'boolean)
+
 (defface codestral-suggestion-face
   '((((class color) (min-colors 88)) :foreground "grey50")
     (t :inherit shadow))
@@ -295,6 +301,7 @@ partial accepts.")
 (defvar-local codestral--changed nil "Non-nil when the buffer changed during this command.")
 (defvar-local codestral--stash nil "Suggestion hidden before a self-insert: (POINT . SUGGESTION).")
 (defvar-local codestral--inserting nil "Non-nil while codestral itself edits the buffer.")
+(defvar-local codestral--point nil "Point after the last command, to see it move.")
 
 (defconst codestral--own-commands '(codestral-accept codestral-accept-word codestral-accept-line
                                                       codestral-complete)
@@ -395,6 +402,26 @@ its keywords), returning the request's id, or nil where jsonrpc does not say."
     (apply #'jsonrpc-async-request server method params args)
     nil))
 
+(defvar codestral--cancelled (make-hash-table :test #'equal)
+  "Inline requests cancelled with $/cancelRequest whose reply is still due.
+Keys are (SERVER-NAME ID): each server numbers its requests from 1.")
+
+(defun codestral--receive-advice (receive connection message)
+  "Around `jsonrpc-connection-receive' (RECEIVE CONNECTION MESSAGE): the server's
+RequestCancelled reply to a request codestral cancelled is no error.  jsonrpc
+keeps every error it receives as the connection's last error, which Eglot
+shows on the mode line (`[eglot:project/error]') until the next message."
+  (let* ((id (plist-get message :id))
+         (key (and id (not (plist-get message :method)) (list (jsonrpc-name connection) id)))
+         (ours (and key (gethash key codestral--cancelled)))
+         (before (and ours (jsonrpc-last-error connection))))
+    (when ours (remhash key codestral--cancelled))
+    (prog1 (funcall receive connection message)
+      (when (and ours (plist-get message :error))
+        (setf (jsonrpc-last-error connection) before)))))
+
+(advice-add 'jsonrpc-connection-receive :around #'codestral--receive-advice)
+
 (defun codestral--cancel-request ()
   "Cancel the inline request in flight, if any: the server stops decoding it.
 Without this every keystroke's request stayed pending, answered or timed out
@@ -410,7 +437,10 @@ long after its position was gone."
         (when entry
           (remhash id continuations)
           (when (timerp (nth 2 entry)) (cancel-timer (nth 2 entry)))
-          (jsonrpc-notify server :$/cancelRequest (list :id id)))))))
+          (puthash (list (jsonrpc-name server) id) t codestral--cancelled)
+          (jsonrpc-notify server :$/cancelRequest (list :id id))
+          (force-mode-line-update t))))))      ; not `running' any more (`codestral--lighter')
+
 
 (defun codestral--request (trigger)
   "Ask the server for an inline suggestion at point.
@@ -453,7 +483,7 @@ a request was sent."
                                 (funcall forget)
                                 (codestral--log "inline completion timed out"))
                   :timeout codestral-request-timeout)))
-        (setq codestral--in-flight (and id (list :server server :id id :generation generation)))
+        (setq codestral--in-flight (list :server server :id id :generation generation))
         (codestral--set-status 'running "")
         t)))))
 
@@ -511,14 +541,19 @@ a request was sent."
 (defun codestral--post-command ()
   "After a command: keep a typed-through suggestion, or schedule a new request."
   (let ((stash codestral--stash)
-        (changed codestral--changed))
+        (changed codestral--changed)
+        (moved (not (eql codestral--point (point)))))
     (setq codestral--stash nil
-          codestral--changed nil)
+          codestral--changed nil
+          codestral--point (point))
     (codestral--note-focus)
     (cond ((memq this-command codestral--own-commands))
           ((and stash (codestral--typed-through stash))
            (codestral--cancel-timer))
           ((and changed codestral-auto-trigger)
+           (codestral--schedule))
+          ((and moved codestral-auto-trigger codestral-trigger-on-move (not (use-region-p))
+                (not (minibufferp)))
            (codestral--schedule))
           (t (codestral--cancel-timer)))))
 
@@ -634,19 +669,37 @@ The rest stays shown."
 ;;;; What the server says: status, progress, longer suggestions
 
 (defun codestral--set-status (kind message &optional latency)
-  "Record status KIND with MESSAGE (and LATENCY in ms) and update mode lines."
-  (setq codestral--status
-        (list :kind kind :message (or message "")
-              :latency (or latency (plist-get codestral--status :latency))
-              :percent (and (eq kind 'loading) (plist-get codestral--status :percent))))
+  "Record status KIND with MESSAGE (and LATENCY in ms) and update mode lines.
+Entering `running' keeps the status before it as :before, shown again when
+nothing is in flight (see `codestral--lighter')."
+  (let ((old codestral--status))
+    (setq codestral--status
+          (list :kind kind :message (or message "")
+                :latency (or latency (plist-get old :latency))
+                :percent (and (eq kind 'loading) (plist-get old :percent))
+                :before (and (eq kind 'running)
+                             (if (eq (plist-get old :kind) 'running)
+                                 (plist-get old :before)
+                               old)))))
   (force-mode-line-update t))
 
+(defun codestral--in-flight-p ()
+  "Non-nil if an inline request of codestral's awaits its answer in any buffer."
+  (seq-some (lambda (buffer) (buffer-local-value 'codestral--in-flight buffer)) (buffer-list)))
+
 (defun codestral--lighter ()
-  "The mode-line lighter of `codestral-mode': what the server is doing."
-  (let ((kind (plist-get codestral--status :kind))
-        (message (plist-get codestral--status :message))
-        (latency (plist-get codestral--status :latency))
-        (percent (plist-get codestral--status :percent)))
+  "The mode-line lighter of `codestral-mode': what the server is doing.
+`running' only while a request is in flight: the server says nothing more
+about a request codestral cancelled, and may say `running' for it after the
+cancel went out."
+  (let* ((status (if (and (eq (plist-get codestral--status :kind) 'running)
+                          (not (codestral--in-flight-p)))
+                     (plist-get codestral--status :before)
+                   codestral--status))
+         (kind (plist-get status :kind))
+         (message (plist-get status :message))
+         (latency (plist-get status :latency))
+         (percent (plist-get status :percent)))
     (concat " Codestral"
             (pcase kind
               ;; "%" is a mode-line construct: "%%" shows one.
@@ -770,6 +823,7 @@ Ask again if point is still there."
   "Remove the advice, keymap and Eglot entries added by loading codestral.
 Called by `unload-feature'."
   (advice-remove 'eglot-completion-at-point #'codestral--completion-exit-advice)
+  (advice-remove 'jsonrpc-connection-receive #'codestral--receive-advice)
   (setq emulation-mode-map-alists (delq 'codestral--emulation-alist emulation-mode-map-alists))
   (setq eglot-server-programs (seq-remove #'codestral--entry-p eglot-server-programs))
   nil)                                  ; nil: go on with the standard unloading
