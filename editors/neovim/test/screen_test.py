@@ -14,7 +14,8 @@ Then, in a Python buffer, as a person meets them: `x = max()` and <Left> shows t
 the brackets with the `)` right after it (not at the end of the line, as `eol` virtual text drew
 it before Neovim 0.10), in the ghost's own colour with none of MatchParen's bold or underline;
 typing the ghost's first characters never shows one twice at any 30 ms sample, and a key that
-does not match leaves no stale ghost after it. Every status text seen on the statusline and in
+does not match leaves no stale ghost after it; <Esc> while a request runs does not leave the
+statusline at `codestral: …`. Every status text seen on the statusline and in
 the message area is one the README quotes, and once the model is loaded the message area no
 longer says it is loading.
 """
@@ -56,7 +57,7 @@ def statuses(log: list[str]) -> set[tuple[str, str]]:
     the last line."""
     found = set()
     for text in log:
-        lines = text.rstrip("\n").splitlines()
+        lines = text.splitlines()  # all rows: the last is the message area, blank or not
         for line in lines[:-1]:
             m = re.search(r"\.(?:js|py) (codestral: .*?)\s*$", line)
             if m:
@@ -146,6 +147,39 @@ def typed_through(scr: screen.Screen, folder: Path, check: Check, watch: Watch, 
     if not stale_seen:
         print(f"screen: typed {g[:k]!r} through {g!r}, then {other!r}: no doubled character, no stale ghost",
               flush=True)
+
+
+def escape_in_flight(scr: screen.Screen, folder: Path, check: Check, watch: Watch) -> None:
+    """<Esc> while a request runs cancels it: the statusline must not stay at `codestral: …`."""
+    for attempt, line in enumerate(("3G", "2G", "3G")):
+        t0 = time.time()
+        scr.keys(line, "A")
+        try:
+            request = scr.wait("a request", lambda text, raw, t0=t0: next(
+                (m for t, d, m in screen.traffic(folder) if d == "in" and t >= t0
+                 and m.get("method") == "textDocument/inlineCompletion"), None), 10, every=0.01)
+        except AssertionError:
+            check(False, "no request on entering insert mode")
+            scr.keys("Escape")
+            return
+        scr._tmux("send-keys", "-t", "0", "Escape")
+        time.sleep(0.3)
+        traffic = screen.traffic(folder)
+        cancelled = any(d == "in" and m.get("method") == "$/cancelRequest" and m["params"]["id"] == request["id"]
+                        for _, d, m in traffic)
+        answered = any(d == "out" and m.get("id") == request["id"] and "method" not in m and "error" not in m
+                       for _, d, m in traffic)
+        if cancelled and not answered:
+            try:
+                scr.wait("the statusline to leave `codestral: …`", lambda text, raw: not any(
+                    shown == "codestral: …" for kind, shown in statuses([text]) if kind == "statusline"), 1.5,
+                    each=watch)
+                print(f"screen: <Esc> cancelled a request in flight (try {attempt + 1}); the statusline moved on",
+                      flush=True)
+            except AssertionError:
+                check(False, "after <Esc> cancelled the request in flight the statusline stays at `codestral: …`")
+            return
+    print("screen: NOTE: every request was answered before <Esc> cancelled it; not checked", flush=True)
 
 
 def declined(scr: screen.Screen, check: Check, watch: Watch) -> None:
@@ -296,6 +330,7 @@ def main(nvim: str) -> int:
                 print(f"screen: accepted: {line2!r} (now drawn with fg {colour_after})", flush=True)
 
         brackets(scr, tmp, check, watch, ghost_fg)
+        escape_in_flight(scr, tmp, check, watch)
         declined(scr, check, watch)
         for kind, shown in sorted(statuses(scr.log)):
             check(screen.documented(PLUGIN / "README.md", shown),

@@ -100,9 +100,29 @@ end
 -- What the statusline shows: the server's `codestral/status` and the model-load `$/progress`.
 M.state = { kind = nil, message = '', latency = nil, percent = nil }
 
+-- Whether an inline request of codestral's awaits its answer (Neovim's own request table: a
+-- cancelled one is no longer 'pending', and Neovim drops the server's reply to it).
+local function inline_pending()
+  for _, c in ipairs((vim.lsp.get_clients or vim.lsp.get_active_clients)()) do
+    if c.name == 'codestral' then
+      for _, r in pairs(c.requests or {}) do
+        if r.type == 'pending' and r.method == 'textDocument/inlineCompletion' then
+          return true
+        end
+      end
+    end
+  end
+  return false
+end
+
 -- A statusline item: `%{v:lua.require'codestral'.statusline()}`. Empty until the server starts.
+-- `running` only while a request is in flight: the server says nothing more about a request that
+-- was cancelled (typing on, <Esc>), and may say `running` for it after the cancel went out.
 function M.statusline()
   local st = M.state
+  if st.kind == 'running' and not inline_pending() then
+    st = st.before or {}
+  end
   if st.kind == 'loading' then
     return ('codestral: loading%s'):format(st.percent and (' %d%%'):format(st.percent) or '')
   elseif st.kind == 'running' then
@@ -193,6 +213,9 @@ local function on_status(_, params)
   end
   local st = M.state
   local was = st.kind
+  if params.kind == 'running' and was ~= 'running' then
+    st.before = { kind = st.kind, message = st.message, latency = st.latency, percent = st.percent }
+  end
   st.kind, st.message = params.kind, params.message or ''
   if type(params.latencyMs) == 'number' then
     st.latency = params.latencyMs
@@ -499,6 +522,13 @@ function M.setup(opts)
   highlights()
   api.nvim_create_autocmd('ColorScheme', { group = group, callback = highlights })
   api.nvim_create_autocmd({ 'CursorMoved', 'CursorMovedI', 'BufEnter' }, { group = group, callback = on_cursor })
+  -- Leaving insert mode cancels the request in flight: the statusline stops saying `…`.
+  api.nvim_create_autocmd('InsertLeave', {
+    group = group,
+    callback = function()
+      vim.defer_fn(redraw_status, 20)
+    end,
+  })
   api.nvim_create_user_command('CodestralStats', function()
     M.stats(function(result, err)
       print(err or vim.inspect(result))
