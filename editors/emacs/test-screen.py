@@ -14,7 +14,8 @@ accept with no key pressed.
 Then as in the issue's report: RET after the accepted line, and while that request is in flight
 `x = max()` typed and <left> (C-b): the request in flight is cancelled, a new one goes out at the
 cursor between the brackets with no other key, the lighter does not stay at `Codestral[…]` with
-nothing in flight, and Eglot's mode-line part never shows `error` (the server's reply to the
+nothing in flight, `codestral/didFocus` tells the server once that the cursor rests on the new
+line (not on each key there), and Eglot's mode-line part never shows `error` (the server's reply to the
 cancelled request is no error). Every lighter seen is one the README quotes. The screen is 200
 columns wide, so that Eglot's `[eglot:...]` is on it.
 """
@@ -58,6 +59,7 @@ def moved(scr: screen.Screen, folder: Path, accepted: str, check: Check, watch: 
     line = SOURCE.count("\n") + accepted.count("\n")  # 0-based: the new line after the accepted one
     scr.keys("C-e")
     before = len(inline_requests(folder))
+    t_ret = time.time()
     scr.keys("Enter")
     cancelled = False
     try:
@@ -105,6 +107,11 @@ def moved(scr: screen.Screen, folder: Path, accepted: str, check: Check, watch: 
     # Eglot's mode line stays free of errors for a while (each capture is checked by `watch`).
     end = time.monotonic() + 2
     scr.wait("two more seconds", lambda text, raw: time.monotonic() > end, 5, each=watch)
+    # Where the cursor rested, the server was told once: on the new line, not on each key there.
+    focus = [m["params"]["position"] for t, d, m in screen.traffic(folder) if d == "in" and t >= t_ret
+             and m.get("method") == "codestral/didFocus"]
+    print(f"screen: codestral/didFocus since RET: {focus}", flush=True)
+    check([p["line"] for p in focus] == [line], f"codestral/didFocus since RET: {focus}, expected one on line {line}")
 
 
 def main() -> int:

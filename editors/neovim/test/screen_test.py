@@ -14,7 +14,8 @@ Then, in a Python buffer, as a person meets them: `x = max()` and <Left> shows t
 the brackets with the `)` right after it (not at the end of the line, as `eol` virtual text drew
 it before Neovim 0.10), in the ghost's own colour with none of MatchParen's bold or underline;
 typing the ghost's first characters never shows one twice at any 30 ms sample, and a key that
-does not match leaves no stale ghost after it; <Esc> while a request runs does not leave the
+does not match leaves no stale ghost after it; `codestral/didFocus` tells the server once where the
+cursor rests (not on each key); <Esc> while a request runs does not leave the
 statusline at `codestral: …`. Every status text seen on the statusline and in
 the message area is one the README quotes, and once the model is loaded the message area no
 longer says it is loading.
@@ -81,11 +82,18 @@ def answered_since(folder: Path, t0: float) -> bool:
 
 def brackets(scr: screen.Screen, folder: Path, check: Check, watch: Watch, ghost_fg: str | None) -> None:
     """`x = max()`, <Left>: the ghost between the brackets, in its own colour; typing through it."""
-    scr.keys("Escape", ":edit biggest.py", "Enter", "2G", "A")
+    scr.keys("Escape", ":edit biggest.py", "Enter")
+    t0 = time.time()
+    scr.keys("2G", "A")
     try:
         typed_through(scr, folder, check, watch, ghost_fg)
     finally:
         scr.keys("Escape")
+    # Where the cursor rested, the server was told once: line 2, not on each key typed there.
+    focus = [m["params"]["position"]["line"] for t, d, m in screen.traffic(folder) if d == "in" and t >= t0
+             and m.get("method") == "codestral/didFocus" and m["params"]["textDocument"]["uri"].endswith("/biggest.py")]
+    print(f"screen: codestral/didFocus lines in biggest.py: {focus}", flush=True)
+    check(focus == [1], f"codestral/didFocus in biggest.py on lines {focus}, expected once on line 1 (0-based)")
 
 
 def typed_through(scr: screen.Screen, folder: Path, check: Check, watch: Watch, ghost_fg: str | None) -> None:

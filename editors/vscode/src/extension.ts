@@ -19,6 +19,7 @@ import {
   CLIENT_EXTENSIONS,
   COMMAND_LINE_KEYS,
   findServer,
+  focusChange,
   SERVER_KEYS,
   serverArgs,
   serverSettings,
@@ -153,14 +154,10 @@ function noteFocus(): void {
     const ours = (c?.initializeResult?.capabilities.experimental as { codestral?: { didFocus?: boolean } } | undefined)
       ?.codestral;
     if (!editor || !c?.isRunning() || !ours?.didFocus) return;
-    const at = editor.selection.active;
-    const key = `${editor.document.uri.toString()}:${at.line}`;
-    if (key === lastFocus) return;
-    lastFocus = key;
-    void c.sendNotification("codestral/didFocus", {
-      textDocument: { uri: editor.document.uri.toString() },
-      position: { line: at.line, character: at.character },
-    });
+    const change = focusChange(editor.document.uri.toString(), editor.selection.active, lastFocus);
+    if (!change) return;
+    lastFocus = change.key;
+    void c.sendNotification("codestral/didFocus", change.params);
   }, FOCUS_DEBOUNCE_MS);
 }
 
