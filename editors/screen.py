@@ -87,12 +87,12 @@ def have_tmux() -> bool:
     return shutil.which("tmux") is not None
 
 
-def server_wrapper(folder: Path, server: str) -> tuple[Path, Path, Path]:
-    """A script that runs `server` through `tap` (below): what the editor sends is copied to
+def server_wrapper(folder: Path, server: str, name: str = "codestral-ls") -> tuple[Path, Path, Path]:
+    """A script `name` that runs `server` through `tap` (below): what the editor sends is copied to
     stdin.log, what the server answers to stdout.log, and every message with its time to
     traffic.jsonl (read with `traffic`). Returns (script, stdin log, stdout log)."""
     inp, out = folder / "stdin.log", folder / "stdout.log"
-    script = folder / "codestral-ls"
+    script = folder / name
     script.write_text("#!/bin/sh\n"
                       "# codestral-ls with its LSP traffic copied to files (screen tests)\n"
                       f'exec "{sys.executable}" "{Path(__file__).resolve()}" tap "{folder}" "{server}" "$@"\n')

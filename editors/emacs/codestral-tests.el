@@ -67,6 +67,7 @@ Then wait until the model is loaded."
       (apply #'eglot (eglot--guess-contact))
       (setq codestral-test--server (eglot-current-server))
       (should codestral-test--server)
+      (should (cl-typep codestral-test--server 'codestral-lsp-server)) ; from our Eglot entry
       (message "server initialized in %.1fs: %s" (- (float-time) t0)
                (plist-get (eglot--server-info codestral-test--server) :name))
       (let ((model (codestral-test--wait (lambda () (codestral-test--stat :model))
@@ -96,8 +97,10 @@ Then wait until the model is loaded."
     (let ((found (eglot--lookup-mode 'c++-mode)))
       (should (equal (nth 1 found) "cpp"))
       (should (eq (nth 2 found) 'codestral--eglot-contact))))
+  ;; Our server class first: Eglot makes the connection a `codestral-lsp-server', which opts in to
+  ;; codestral's extensions whatever the program is called.
   (should (equal (codestral--eglot-contact)
-                 (list codestral-test-program :initializationOptions '(:budgetMs 0))))
+                 (list 'codestral-lsp-server codestral-test-program :initializationOptions '(:budgetMs 0))))
   ;; Registering again replaces rather than duplicates.
   (let ((n (length eglot-server-programs)))
     (codestral-eglot-register)

@@ -100,8 +100,13 @@ through Customize re-registers the entries."
          (when (fboundp 'codestral-eglot-register)
            (codestral-eglot-register))))
 
+(defclass codestral-lsp-server (eglot-lsp-server) ()
+  :documentation "An Eglot connection to codestral-ls, started from `codestral-modes'.")
+
 (defun codestral--eglot-contact (&optional _interactive _project)
-  "Eglot contact for codestral-ls: the command and initializationOptions."
+  "Eglot contact for codestral-ls: our class, command and initializationOptions.
+The class tells `eglot-client-capabilities' to opt in to codestral's
+extensions whatever the program is called (a wrapper script, say)."
   (let ((command codestral-server-command))
     (unless (and (consp command) (stringp (car command)))
       (user-error "[codestral] `codestral-server-command' must be a list of strings"))
@@ -110,9 +115,10 @@ through Customize re-registers the entries."
     (unless (or (file-name-absolute-p (car command)) (executable-find (car command)))
       (user-error "[codestral] `%s' not found; install codestral-ls or set `codestral-server-command'"
                   (car command)))
-    (append command
-            (when codestral-initialization-options
-              (list :initializationOptions codestral-initialization-options)))))
+    (cons 'codestral-lsp-server
+          (append command
+                  (when codestral-initialization-options
+                    (list :initializationOptions codestral-initialization-options))))))
 
 (defun codestral--entry-p (entry)
   "Non-nil if ENTRY of `eglot-server-programs' is codestral's."
@@ -713,11 +719,14 @@ cancel went out."
               (_ "")))))
 
 (defun codestral--process-p (server)
-  "Non-nil if SERVER's process runs codestral-ls (before it has said so itself)."
-  (let ((process (ignore-errors (jsonrpc--process server))))
-    (and (processp process)
-         (cl-some (lambda (arg) (and (stringp arg) (string-match-p "codestral" arg)))
-                  (process-command process)))))
+  "Non-nil if SERVER is codestral-ls, before it has said so itself.
+That is, started from our Eglot entry, or (\\[eglot] with a command of one's
+own) a program whose command line names codestral."
+  (or (cl-typep server 'codestral-lsp-server)
+      (let ((process (ignore-errors (jsonrpc--process server))))
+        (and (processp process)
+             (cl-some (lambda (arg) (and (stringp arg) (string-match-p "codestral" arg)))
+                      (process-command process))))))
 
 (cl-defmethod eglot-client-capabilities :around (server)
   "Opt codestral-ls servers in to its extensions and to $/progress."

@@ -4,7 +4,8 @@ its colours.
 
     python3 test-screen.py       # CODESTRAL_LS names the server, EMACS the binary
 
-Checks what a person sees: the model loading and the latency on the mode line (the lighter); the
+The server runs behind a script called `lsp-server` (a user's wrapper, say). Checks what a
+person sees: the model loading and the latency on the mode line (the lighter); the
 ghost text in `reduce(lambda a, b: |, xs)` appearing without hiding the `, xs)` after the cursor,
 in a colour of its own on a 256-colour terminal; M-f taking its first word and the rest staying on
 screen; TAB putting exactly that text in the file; and in
@@ -117,8 +118,10 @@ def moved(scr: screen.Screen, folder: Path, accepted: str, check: Check, watch: 
 def main() -> int:
     emacs = os.environ.get("EMACS", "emacs")
     version = subprocess.run([emacs, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    tmp = Path(tempfile.mkdtemp(prefix="codestral-emacs-screen-"))
-    wrapper, stdin_log, stdout_log = screen.server_wrapper(tmp, os.environ["CODESTRAL_LS"])
+    # The server behind a script whose path does not say "codestral", as a user's wrapper may be:
+    # codestral.el must still opt in to the server's extensions (load progress, status, didFocus).
+    tmp = Path(tempfile.mkdtemp(prefix="emacs-screen-"))
+    wrapper, stdin_log, stdout_log = screen.server_wrapper(tmp, os.environ["CODESTRAL_LS"], name="lsp-server")
     work = tmp / "work"
     work.mkdir()
     (work / "total.py").write_text(SOURCE)
