@@ -580,10 +580,22 @@ any other command hides it.
       (progn
         (add-hook 'after-change-functions #'codestral--after-change nil t)
         (add-hook 'pre-command-hook #'codestral--pre-command nil t)
-        (add-hook 'post-command-hook #'codestral--post-command nil t))
+        (add-hook 'post-command-hook #'codestral--post-command nil t)
+        (codestral--no-did-save))
     (remove-hook 'after-change-functions #'codestral--after-change t)
     (remove-hook 'pre-command-hook #'codestral--pre-command t)
     (remove-hook 'post-command-hook #'codestral--post-command t)))
+
+(defun codestral--no-did-save ()
+  "Send no textDocument/didSave to a server that asks for none.
+Eglot 1.9 sends it (with the whole text) on every save whatever the server's
+`textDocumentSync.save' says; codestral-ls declares `save: false'."
+  (let* ((server (codestral--server))
+         (sync (and server (codestral--capability server :textDocumentSync)))
+         (save (and (listp sync) (plist-member sync :save) (plist-get sync :save))))
+    (when (and server (listp sync) (plist-member sync :save)
+               (or (null save) (eq save :json-false)))
+      (remove-hook 'after-save-hook 'eglot--signal-textDocument/didSave t))))
 
 ;;;###autoload
 (defun codestral-maybe-enable ()

@@ -17,7 +17,8 @@ Then as in the issue's report: RET after the accepted line, and while that reque
 cursor between the brackets with no other key, the lighter does not stay at `Codestral[…]` with
 nothing in flight, `codestral/didFocus` tells the server once that the cursor rests on the new
 line (not on each key there), and Eglot's mode-line part never shows `error` (the server's reply to the
-cancelled request is no error). Every lighter seen is one the README quotes. The screen is 200
+cancelled request is no error). Every lighter seen is one the README quotes. Saving sends no
+textDocument/didSave (the server declares `save: false`; Eglot 1.9 would send it anyway). The screen is 200
 columns wide, so that Eglot's `[eglot:...]` is on it.
 """
 
@@ -242,6 +243,9 @@ def main() -> int:
         for lighter in sorted(set(lighters)):
             check(screen.documented(HERE / "README.md", lighter), f"the lighter {lighter!r} is not in the README")
         check(eglot_seen, "Eglot's part of the mode line is not on the screen")
+
+        saves = [m for _, d, m in screen.traffic(tmp) if d == "in" and m.get("method") == "textDocument/didSave"]
+        check(not saves, f"{len(saves)} textDocument/didSave sent, though the server declares save: false")
 
         uris = screen.asked_uris(stdin_log)
         others = [u for u in uris if not u.endswith("/total.py")]
