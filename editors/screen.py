@@ -138,17 +138,17 @@ def tap(folder: Path, command: list[str]) -> int:
                 if not data:
                     break
                 now = time.time()
+                # Logged before it is passed on: what an editor shows of a message is in the log.
+                copy.write(data)
+                if direction != "err":
+                    pending.extend(data)
+                    with lock:
+                        for m in _frames(pending):
+                            timed.write(json.dumps({"t": now, "dir": direction, "msg": m}) + "\n")
                 try:
                     os.write(dst, data)
                 except OSError:
                     break
-                copy.write(data)
-                pending.extend(data)
-                if direction == "err":
-                    continue
-                with lock:
-                    for m in _frames(pending):
-                        timed.write(json.dumps({"t": now, "dir": direction, "msg": m}) + "\n")
         if direction == "in":
             os.close(dst)
 

@@ -145,8 +145,10 @@ def typed_through(scr: screen.Screen, folder: Path, check: Check, watch: Watch, 
     end = time.monotonic() + 0.6
     stale_seen = False
     # Until the answer to a request sent after that key (which may suggest anything) arrives.
-    while time.monotonic() < end and not answered_since(folder, t0):
+    while time.monotonic() < end:
         now = max_line(screen.plain(scr.capture())) or ""
+        if answered_since(folder, t0):  # logged before the editor gets it: `now` may show it
+            break
         after = now[len(MAX):]
         if after.startswith(g[:k] + other) and after != g[:k] + other + ")":  # more than was typed
             stale_seen = True
