@@ -727,7 +727,7 @@ cancel went out."
               ('declined (format "[%s]" (string-replace "%" "%%" (if (string-empty-p message)
                                                                      "no suggestion"
                                                                    message))))
-              ('error "[error]")
+              ('error (format "[error: %s]" (string-replace "%" "%%" message)))
               (_ "")))))
 
 (defun codestral--process-p (server)
