@@ -422,14 +422,14 @@ def llama_gguf(model: str | None = None) -> str:
     """The GGUF llama.cpp loads: `model` when it is one, else the embedded model's (the server's default)."""
     if model:
         return model
-    from codestral_ls.engine.embedded import gguf_path
+    from codestral_ls.engine.models.embedded import gguf_path
 
     return str(gguf_path())
 
 
 def llama_threads_wait_passively() -> None:
     """OMP_WAIT_POLICY=PASSIVE unless set, before llama.cpp loads: the server runs its own llama.cpp so
-    (engine/runner_llamacpp.py), and on busy cores spinning threads decode many times slower."""
+    (engine/models/runner_llamacpp.py), and on busy cores spinning threads decode many times slower."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

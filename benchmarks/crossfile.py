@@ -8,7 +8,7 @@ checkout.
 
 A site is a line of a module A that is the **first use of a name A imports from a sibling module
 B** of the same package (`from .b import name`, `from pkg.b import name`), where B defines the name
-(tree-sitter, server/retrieval.py's own import query) — a line that needs B to be right. The line is
+(tree-sitter, server/retrieval/'s own import query) — a line that needs B to be right. The line is
 blanked to its indentation (an editor's auto-indent) and the cursor put there; sites are picked
 with a fixed stride among all such lines, the same number from each package (at most two per
 module, not `__init__.py`, code lines of 12–90 characters that are not a def/class/decorator line).
@@ -107,7 +107,7 @@ def make_workspace(base: Path, packages: tuple[str, ...]) -> dict[str, Path]:
 
 def first_uses(text: str) -> dict[str, int]:
     """Line of each identifier's first use as code (tree-sitter: not in a string, comment or import)."""
-    from codestral_ls.server.cursor import _parser
+    from codestral_ls.server.languages import parser as _parser
 
     parser = _parser("python")
     out: dict[str, int] = {}

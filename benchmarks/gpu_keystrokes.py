@@ -39,8 +39,8 @@ HBM_GBPS = {"H100": 3350, "H200": 4800}
 
 def build(arch: str, dtype: str, quantize: str, tokenizer_dir: Path, workdir: Path):
     import torch
-    from codestral_ls.engine.fim import FimEncoder, detect_profile
-    from codestral_ls.engine.loading import LoadedModel, ModelSpec, load_model
+    from codestral_ls.engine.models.fim import FimEncoder, detect_profile
+    from codestral_ls.engine.models.loading import LoadedModel, ModelSpec, load_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     model_type, kw = ARCHS[arch]
@@ -84,8 +84,8 @@ def sites(text: str, n: int) -> list[tuple[int, str]]:
 
 def run(args: argparse.Namespace) -> dict:
     import torch
-    from codestral_ls.engine.engine import Engine
-    from codestral_ls.engine.options import EngineOptions
+    from codestral_ls.engine.config import EngineOptions
+    from codestral_ls.engine.decoding.engine import Engine
     from codestral_ls.engine.request import FimRequest, StopRule
 
     loaded = build(args.arch, args.dtype, args.quantize, Path(args.tokenizer), Path(args.workdir))

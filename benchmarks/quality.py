@@ -282,7 +282,7 @@ async def inprocess_phase(args: argparse.Namespace, tasks: list[dict[str, Any]],
                           names: set[str]) -> tuple[Answers, dict[str, Any]]:
     from codestral_ls.engine import load_engine
     from codestral_ls.engine.request import FimRequest, StopRule
-    from codestral_ls.engine.worker import EngineWorker
+    from codestral_ls.engine.serving.worker import EngineWorker
     from codestral_ls.server.options import Options, engine_config
     from codestral_ls.server.pipeline import Completer, Document
     from codestral_ls.server.postprocess import FILTERS

@@ -39,10 +39,10 @@ RECIPES: dict[str, tuple[str, ...] | None] = {
 
 def measure(name: str, keep: tuple[str, ...] | None, holes: list[tuple[str, str]], steps: int) -> dict[str, Any]:
     from codestral_ls.engine import EngineOptions, ModelSpec
-    from codestral_ls.engine.engine import Engine
-    from codestral_ls.engine.kvcache import Sequence
-    from codestral_ls.engine.loading import load_model
-    from codestral_ls.engine.quantize import quantize_int8_cpu
+    from codestral_ls.engine.decoding.engine import Engine
+    from codestral_ls.engine.decoding.kvcache import Sequence
+    from codestral_ls.engine.models.loading import load_model
+    from codestral_ls.engine.models.quantize import quantize_int8_cpu
     from codestral_ls.engine.request import FimRequest, StopRule
 
     loaded = load_model(ModelSpec(device="cpu", runner="torch"))  # torch's own int8 kernels are measured

@@ -39,9 +39,9 @@ def prompt_ids(tokenizer: Any, n: int) -> list[int]:
 def time_runner(runner: Any, ids: list[int], decode: int, rounds: int, chunk: int) -> dict[str, Any]:
     """Prefill `ids` in engine-sized chunks, then `decode` greedy tokens one forward each."""
     import numpy as np
-    from codestral_ls.engine.kvcache import Sequence
+    from codestral_ls.engine.decoding.kvcache import Sequence
+    from codestral_ls.engine.decoding.runner import prefill
     from codestral_ls.engine.request import CancelToken
-    from codestral_ls.engine.runner import prefill
 
     pre, dec = [], []
     for _ in range(rounds):
@@ -64,9 +64,9 @@ def part_llamacpp(args: argparse.Namespace) -> dict[str, Any]:
     round in one process, so both see the same machine load."""
     import llama_cpp
     import numpy as np
-    from codestral_ls.engine import embedded
-    from codestral_ls.engine.options import EngineOptions
-    from codestral_ls.engine.runner_llamacpp import LlamaCppRunner
+    from codestral_ls.engine.config import EngineOptions
+    from codestral_ls.engine.models import embedded
+    from codestral_ls.engine.models.runner_llamacpp import LlamaCppRunner
     from llama_cpp import Llama
     from transformers import PreTrainedTokenizerFast
 
@@ -80,9 +80,9 @@ def part_llamacpp(args: argparse.Namespace) -> dict[str, Any]:
                 n_ubatch=512, verbose=False)
     ours: dict[str, list[float]] = {"prefill": [], "decode": []}
     theirs: dict[str, list[float]] = {"prefill": [], "decode": []}
-    from codestral_ls.engine.kvcache import Sequence
+    from codestral_ls.engine.decoding.kvcache import Sequence
+    from codestral_ls.engine.decoding.runner import prefill
     from codestral_ls.engine.request import CancelToken
-    from codestral_ls.engine.runner import prefill
 
     same = True
     for _ in range(args.rounds):
@@ -147,8 +147,8 @@ def part_llamacpp(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def part_torch(args: argparse.Namespace) -> dict[str, Any]:
-    from codestral_ls.engine.loading import ModelSpec, load_model
-    from codestral_ls.engine.options import EngineOptions
+    from codestral_ls.engine.config import EngineOptions
+    from codestral_ls.engine.models.loading import ModelSpec, load_model
 
     loaded = load_model(ModelSpec(device="cpu", runner="torch", threads=args.threads))
     ids = prompt_ids(loaded.tokenizer, args.prompt)

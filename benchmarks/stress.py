@@ -218,7 +218,7 @@ class Listener:
 
 
 async def hostile(c: Client) -> dict[str, Any]:
-    from codestral_ls.engine.daemon import DaemonInfo, write_daemon_file
+    from codestral_ls.engine.serving.discovery import DaemonInfo, write_daemon_file
 
     listener = Listener()
     try:

@@ -71,6 +71,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from codestral_ls.engine.models.counting import PieceCounter, TokenCounter, counter_for
+
 from benchmarks.common import (
     DEFAULT_MAX_TOKENS,
     RESULTS_DIR,
@@ -479,11 +481,11 @@ async def run_server(name: str, sites: list[Site], typist: Typist, flags: list[s
 class PeerSystem(System):
     """A document kept here and a `complete(prefix, suffix) -> str` per request."""
 
-    def __init__(self, name: str, complete: Callable[[str, str], str], count_tokens: Callable[[str], int],
+    def __init__(self, name: str, complete: Callable[[str, str], str], counter: TokenCounter,
                  prefix_tokens: int = 512, suffix_tokens: int = 128) -> None:
         self.name = name
         self.complete = complete
-        self.count_tokens = count_tokens
+        self.counter = counter
         self.prefix_tokens = prefix_tokens
         self.suffix_tokens = suffix_tokens
         self.docs: dict[str, tuple[str, str]] = {}
@@ -505,7 +507,7 @@ class PeerSystem(System):
 
         doc, language = self.docs[uri]
         off = _offset(doc, line, col)
-        ctx = build_context(read_cursor(doc, off, language, "never"), self.count_tokens, self.prefix_tokens,
+        ctx = build_context(read_cursor(doc, off, language, "never"), self.counter, self.prefix_tokens,
                             self.suffix_tokens)
         text = self.complete(ctx.prefix, ctx.suffix).split("\n", 1)[0].rstrip()
         return (text or None), {"source": "engine"}
@@ -530,15 +532,14 @@ def _llama_peer(device: str, max_tokens: int, model: str | None) -> PeerSystem:
                                     top_k=1, top_p=1.0, repeat_penalty=1.0, stop=["\n"])
         return out["choices"][0]["text"]
 
-    def count(text: str) -> int:
-        return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
-
-    return PeerSystem("llama", complete, count)
+    counter = PieceCounter(lambda text: llm.tokenize(text.encode("utf-8"), add_bos=False, special=False),
+                           lambda token: llm.detokenize([token]).decode("utf-8", "replace"))
+    return PeerSystem("llama", complete, counter)
 
 
 def _hf_peer(device: str, dtype: str, quantize: str, max_tokens: int, model: str | None) -> PeerSystem:
     import torch
-    from codestral_ls.engine.loading import ModelSpec, load_model
+    from codestral_ls.engine.models.loading import ModelSpec, load_model
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     lm = load_model(ModelSpec(model=model, device=device, dtype=dtype, quantize=quantize))
@@ -560,7 +561,7 @@ def _hf_peer(device: str, dtype: str, quantize: str, max_tokens: int, model: str
         new = [int(t) for t in out[0, len(prompt.ids):] if int(t) not in prompt.stop_ids]
         return encoder.decode(new)
 
-    return PeerSystem("hf", complete, lambda text: len(encoder.encode_text(text)))
+    return PeerSystem("hf", complete, counter_for(lm.tokenizer, encoder.encode_text))
 
 
 def peer_main(name: str, sites: list[Site], typist: Typist, device: str, dtype: str, quantize: str,

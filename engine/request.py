@@ -35,43 +35,42 @@ class StopRule:
         """The same rule without the latency budget: for what is decoded past the first answer."""
         return dataclasses.replace(self, line_deadline=None) if self.line_deadline is not None else self
 
-    def cut(self, text: str) -> tuple[str, bool]:
-        """Return (text up to the stop, whether a stop was reached)."""
+    def cut(self, text: str) -> tuple[str, str | None]:
+        """(text up to the stop, why it ends there): None while it goes on, "stop" at a stop string,
+        a line break of a single line, `max_lines` or the end of the block, "budget" after the last
+        whole line once `line_deadline` has passed."""
         hit = len(text)
         for s in self.stop_strings:
             i = text.find(s)
             if i >= 0:
                 hit = min(hit, i)
+        done: str | None = None
         if hit < len(text):
-            text = text[:hit]
-            done = True
-        else:
-            done = False
+            text, done = text[:hit], "stop"
+        max_lines = max(1, self.max_lines)  # 0 would end a suggestion before it starts
         if self.single_line:
             start = 0
-            for _ in range(self.max_lines):
+            for _ in range(max_lines):
                 i = text.find("\n", start)
                 if i < 0:
-                    break
+                    return text, done
                 if not (self.line_comment and text[start:i].strip().startswith(self.line_comment)):
-                    return text[:i], True
+                    return text[:i], "stop"
                 start = i + 1
-            else:
-                return text[:start - 1], True
-            return text, done
+            return text[:start - 1], "stop"
         lines = text.split("\n")
         # Only complete lines (followed by a newline) can end the block.
         for n, line in enumerate(lines[:-1]):
             if n > 0 and self.block_indent is not None and line.strip():
                 indent = len(line) - len(line.lstrip())
                 if indent < self.block_indent:
-                    return "\n".join(lines[:n]), True
-            if n + 1 >= self.max_lines:
-                return "\n".join(lines[: n + 1]), True
-        if not done and self.line_deadline is not None and time.monotonic() >= self.line_deadline:
+                    return "\n".join(lines[:n]), "stop"
+            if n + 1 >= max_lines:
+                return "\n".join(lines[: n + 1]), "stop"
+        if done is None and self.line_deadline is not None and time.monotonic() >= self.line_deadline:
             whole = text[:text.rfind("\n") + 1].rstrip("\n")
             if whole.strip():
-                return whole, True
+                return whole, "budget"
         return text, done
 
 
@@ -113,8 +112,8 @@ class FimRequest:
     """One completion: the text around the cursor and how to stop.
 
     `forced_middle` is what the user typed since the prompt's anchor: the model continues after it.
-    `budget_ms` bounds the time to the answer; decoding then goes on in the background so the next
-    keystroke finds the rest cached (unless `background` is False).
+    The latency budget is the stop rule's `line_deadline`; after the answer, decoding goes on in the
+    background so the next keystroke finds the rest cached (unless `background` is False).
     """
 
     doc: str
@@ -126,7 +125,6 @@ class FimRequest:
     repo: str = ""  # the workspace's name (Qwen/StarCoder2 <|repo_name|>)
     max_tokens: int = 64
     stop: StopRule = field(default_factory=StopRule)
-    budget_ms: float | None = None
     background: bool = True
     heal: bool = True  # token healing of the text before the cursor (off: the naive prompt)
     # Lines (stripped) the suggestion must not begin: the token that would start one of them is
@@ -136,12 +134,18 @@ class FimRequest:
     # A warm-up (prefetch): prefilled in the runner's small `warm_chunk`s, so that a real request,
     # which cancels it, waits behind it only that long.
     warm: bool = False
+    # A spine (a warm-up too): only the prompt's start, through `prefix`, is prefilled and kept for
+    # every cursor whose prompt starts with it (engine/decoding/kvcache.py); nothing is decoded.
+    spine: bool = False
+    # Where, in `prefix`, a shorter window starts (0: none): the engine takes it when that costs
+    # less prefill than the whole `prefix` (a cold place), the whole one when its start is cached.
+    short_start: int = 0
 
 
 @dataclass
 class FimResult:
     text: str  # the suggestion: what goes after the cursor
-    finish: str  # "stop" (rule or stop token), "length", "budget"
+    finish: str  # "stop" (rule or stop token), "length", "budget" (the stop rule's line_deadline)
     prompt_tokens: int = 0
     reused_tokens: int = 0  # prompt tokens whose KV came from the cache
     prefilled_tokens: int = 0
@@ -151,3 +155,5 @@ class FimResult:
     draft_proposed: int = 0
     elapsed_ms: float = 0.0
     prefill_ms: float = 0.0
+    window: str = ""  # which prefix window the engine took: "long" or "short" ("" when there was no choice)
+    queued_ms: float = 0.0  # waiting behind other work before the engine started it

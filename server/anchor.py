@@ -39,17 +39,19 @@ class Anchors:
     def __init__(self) -> None:
         self._by_doc: dict[str, Anchor] = {}
 
-    def place(self, uri: str, text: str, offset: int, fresh_context) -> Placement:  # noqa: ANN001
-        """Reuse the document's anchor if the text around it is unchanged, else anchor here."""
+    def lookup(self, uri: str, text: str, offset: int) -> Placement | None:
+        """The document's anchored prompt for `offset`, if the text around the anchor is unchanged."""
         a = self._by_doc.get(uri)
-        if a is not None and a.offset <= offset <= a.offset + MAX_TYPED:
-            start = a.ctx.prefix_start
-            same_prefix = text[start:a.offset] == a.raw_prefix
-            typed = text[a.offset:offset]
-            same_suffix = text[offset:offset + len(a.raw_suffix)] == a.raw_suffix
-            if same_prefix and same_suffix:
-                return Placement(a.ctx, typed.replace("\r\n", "\n"), anchored=True)
-        ctx: Context = fresh_context()
+        if a is None or not a.offset <= offset <= a.offset + MAX_TYPED:
+            return None
+        same_prefix = text[a.ctx.prefix_start:a.offset] == a.raw_prefix
+        same_suffix = text[offset:offset + len(a.raw_suffix)] == a.raw_suffix
+        if not (same_prefix and same_suffix):
+            return None
+        return Placement(a.ctx, text[a.offset:offset].replace("\r\n", "\n"), anchored=True)
+
+    def remember(self, uri: str, text: str, offset: int, ctx: Context) -> Placement:
+        """Anchor the document here, with the context computed at `offset`."""
         self._by_doc.pop(uri, None)
         self._by_doc[uri] = Anchor(offset, ctx, text[ctx.prefix_start:offset], text[offset:ctx.suffix_end])
         while len(self._by_doc) > MAX_DOCS:
@@ -58,3 +60,6 @@ class Anchors:
 
     def forget(self, uri: str) -> None:
         self._by_doc.pop(uri, None)
+
+    def __len__(self) -> int:
+        return len(self._by_doc)

@@ -21,7 +21,7 @@ from codestral_ls.server.options import (
     read_user_config,
 )
 
-log = logging.getLogger("codestral-ls")
+log = logging.getLogger(__name__)
 
 
 def _common() -> argparse.ArgumentParser:
@@ -141,20 +141,20 @@ def complete(options: Options, where: str, language: str | None, as_json: bool) 
     offset = sum(len(ln) + 1 for ln in lines[: line_no - 1]) + col_no - 1
 
     t_load = time.perf_counter()
-    worker = open_backend(options, progress=_stderr_progress)
-    worker.loaded.wait()
-    if worker.load_error is not None:
-        raise CliError(worker.load_error)
+    backend = open_backend(options, progress=_stderr_progress)
+    backend.loaded.wait()
+    if backend.load_error is not None:
+        raise CliError(backend.load_error)
     load_s = time.perf_counter() - t_load
     # The one-shot CLI shows the whole suggestion: no latency budget.
-    completer = Completer(worker, options.replace(budget_ms=0))
+    completer = Completer(backend, options.replace(budget_ms=0))
     doc = Document(path.resolve().as_uri(), text, language or "")
     try:
         s = asyncio.run(completer.complete(doc, offset))
     except EngineError as exc:
         raise CliError(str(exc)) from None
     finally:
-        worker.stop()
+        backend.stop()
     suggestion = s.text if s else ""
     r = s.result if s else None
     if as_json:
@@ -163,7 +163,7 @@ def complete(options: Options, where: str, language: str | None, as_json: bool) 
                "prompt_tokens": r.prompt_tokens if r else None, "decoded_tokens": r.decoded_tokens if r else None}
         sys.stdout.write(json.dumps(out) + "\n")
         return 0
-    engine = worker.engine
+    engine = backend.engine
     where = f"{engine.loaded.source}, {engine.loaded.device}" if engine is not None else f"{options.backend} backend"
     sys.stdout.write(f"{path}:{line_no}:{col_no}  [{where}]\n")
     if not suggestion:
@@ -199,8 +199,8 @@ def doctor(options: Options) -> int:
     cuda = torch.cuda.is_available()
     row("cuda", torch.cuda.get_device_name(0) if cuda else "not available")
     row("cpu threads", torch.get_num_threads())
-    from codestral_ls.engine import embedded
     from codestral_ls.engine.errors import EngineError
+    from codestral_ls.engine.models import embedded
 
     row("cache dir", embedded.cache_dir())
     if options.model is None:
@@ -220,7 +220,7 @@ def doctor(options: Options) -> int:
     row("runner", f"{engine.runner.name} ({engine.loaded.runner_why})")
     row("device", f"{engine.loaded.device} ({engine.loaded.dtype}, quantize={engine.loaded.quantize})")
     row("FIM format", engine.encoder.profile.name)
-    from codestral_ls.engine.tokenizer import tokenizer_name
+    from codestral_ls.engine.models.tokenizer import tokenizer_name
 
     row("tokenizer", tokenizer_name(engine.loaded.tokenizer))
     row("weights", f"{engine.loaded.weight_bytes / 2**20:.0f} MiB")
@@ -233,9 +233,9 @@ def doctor(options: Options) -> int:
 
 
 def engine_command(options: Options, args: argparse.Namespace) -> int:
-    """`engine serve`: the shared daemon (engine/daemon.py); `engine status`: is one running."""
-    from codestral_ls.engine.daemon import DaemonError, ensure_not_running
-    from codestral_ls.engine.daemon import serve as serve_daemon
+    """`engine serve`: the shared daemon (engine/serving/daemon.py); `engine status`: is one running."""
+    from codestral_ls.engine.serving.daemon import DaemonError, ensure_not_running
+    from codestral_ls.engine.serving.daemon import serve as serve_daemon
 
     if args.engine_command == "status":
         return engine_status()
@@ -259,7 +259,7 @@ def engine_command(options: Options, args: argparse.Namespace) -> int:
 def engine_status() -> int:
     import urllib.request
 
-    from codestral_ls.engine.daemon import daemon_file, pid_alive, read_daemon_file
+    from codestral_ls.engine.serving.discovery import daemon_file, pid_alive, read_daemon_file
 
     file = daemon_file()
     try:

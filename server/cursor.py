@@ -15,10 +15,12 @@ Rules it keeps:
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from codestral_ls.server.languages import LINE_COMMENTS, QUOTES
+from codestral_ls.server.languages import parser as parser_for
 
 log = logging.getLogger(__name__)
 
@@ -29,55 +31,9 @@ MAX_LINE_CHARS = 2000  # the line below is read up to this many characters
 SUFFIX_CHARS = 2000  # document text after the cursor that post-processing looks at
 ABOVE_CHARS = 1600  # ... and before the cursor's line (`prev_lines`)
 
-# languageId → (module, attribute holding the grammar)
-GRAMMARS: dict[str, tuple[str, str]] = {
-    "python": ("tree_sitter_python", "language"),
-    "javascript": ("tree_sitter_javascript", "language"),
-    "javascriptreact": ("tree_sitter_javascript", "language"),
-    "typescript": ("tree_sitter_typescript", "language_typescript"),
-    "typescriptreact": ("tree_sitter_typescript", "language_tsx"),
-    "go": ("tree_sitter_go", "language"),
-    "rust": ("tree_sitter_rust", "language"),
-    "java": ("tree_sitter_java", "language"),
-    "c": ("tree_sitter_c", "language"),
-    "cpp": ("tree_sitter_cpp", "language"),
-}
-EXTENSIONS = {".py": "python", ".js": "javascript", ".jsx": "javascriptreact", ".ts": "typescript",
-              ".tsx": "typescriptreact", ".go": "go", ".rs": "rust", ".java": "java", ".c": "c", ".h": "c",
-              ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp", ".cxx": "cpp"}
-LINE_COMMENTS = {"python": "#", "javascript": "//", "javascriptreact": "//", "typescript": "//",
-                 "typescriptreact": "//", "go": "//", "rust": "//", "java": "//", "c": "//", "cpp": "//"}
-# What opens a string or character literal, where not all of " ' and the backtick: in Rust a ' is
-# mostly a lifetime (`&'a str`), not a quote.
-QUOTES = {"python": "\"'", "rust": "\"", "java": "\"'", "c": "\"'", "cpp": "\"'"}
-# Inside these the suggestion stays on one line whatever the line looks like.
 SINGLE_LINE_NODES = ("string", "comment", "argument_list", "arguments", "parameters", "formal_parameters",
                      "parameter_list", "template_string", "subscript", "type_arguments")
 BLOCK_OPENERS = (":", "{", "(", "[", "=>")
-
-
-def language_for(language_id: str, path: str = "") -> str:
-    if language_id in GRAMMARS:
-        return language_id
-    for ext, lang in EXTENSIONS.items():
-        if path.endswith(ext):
-            return lang
-    return language_id or "plaintext"
-
-
-@functools.cache
-def _parser(language: str):  # -> tree_sitter.Parser | None
-    spec = GRAMMARS.get(language)
-    if spec is None:
-        return None
-    try:
-        import tree_sitter
-
-        module = importlib.import_module(spec[0])
-        return tree_sitter.Parser(tree_sitter.Language(getattr(module, spec[1])()))
-    except Exception as exc:  # a missing or broken grammar degrades to plain-text context
-        log.warning("no tree-sitter grammar for %s: %s", language, exc)
-        return None
 
 
 @dataclass(frozen=True)
@@ -161,7 +117,7 @@ class Cursor:
         start, end = max(start, self.offset - REGION_CHARS), min(end, self.offset + REGION_CHARS // 4)
         data = self.text[start:end].encode("utf-8", "surrogatepass")
         cursor_byte = len(self.text[start:self.offset].encode("utf-8", "surrogatepass"))
-        parser = _parser(self.language)
+        parser = parser_for(self.language)
         tree = None
         if parser is not None:
             try:

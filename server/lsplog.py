@@ -11,7 +11,7 @@ from typing import Any
 
 from lsprotocol import types
 
-OWN_LOGGERS = ("engine", "server", "codestral-ls")
+OWN_LOGGERS = ("codestral_ls",)  # the package's module loggers (logging.getLogger(__name__))
 LEVELS = {logging.ERROR: types.MessageType.Error, logging.WARNING: types.MessageType.Warning,
           logging.INFO: types.MessageType.Info}
 

@@ -23,15 +23,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from codestral_ls.engine.fim import PROFILES
-from codestral_ls.engine.loading import DEVICES, DTYPES, QUANTIZE, RUNNERS
+from codestral_ls.engine.config import CHOICES, DEFAULTS, EngineOptions, ModelSpec, user_fields
+from codestral_ls.engine.models.fim import PROFILES
+from codestral_ls.engine.serving.remote import APIS
 
 # Why an option is trusted: said in the refusal and the docs.
 RUNS_CODE = "runs code"
 READS_FILES = "loads files"
 SENDS_DATA = "sends data elsewhere"
 
-BACKENDS = ("local", "daemon", "mistral", "openai", "llamacpp", "ollama")
+BACKENDS = ("local", "daemon", *APIS)  # the model in this process, an engine daemon, or a remote API
 # Never sent to any backend as extra context: names of files that commonly hold credentials.
 SECRET_FILES = (".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*",
                 "id_ed25519*", ".netrc", ".npmrc", ".pypirc", "*.keystore", "credentials*", "secrets.*",
@@ -52,32 +53,41 @@ def opt(default: Any, help: str, group: str, **kw: Any) -> Any:  # noqa: A002 - 
     return field(default=default, metadata={"opt": Opt(help, group, **kw)})
 
 
+def engine_opt(name: str, help: str, group: str, **kw: Any) -> Any:  # noqa: A002
+    """An option the engine reads: its default and choices are the engine's own (engine/config.py)."""
+    kw.setdefault("choices", CHOICES.get(name, ()))
+    return opt(DEFAULTS[name], help, group, **kw)
+
+
 @dataclass(frozen=True)
 class Options:
     # -- model ----------------------------------------------------------------------------------
-    model: str | None = opt(None, "a local Hugging Face folder, a .gguf file or a hub id (downloaded only with "
-                            "allowDownload); default: the embedded Qwen2.5-Coder-0.5B", "model", reload=True,
-                            trusted=READS_FILES, metavar="PATH|FILE.gguf|org/name")
-    device: str = opt("auto", "where the model runs", "model", choices=DEVICES, reload=True)
-    dtype: str = opt("auto", "auto: bf16 on CUDA, fp32 on CPU", "model", choices=DTYPES, reload=True)
-    quantize: str = opt("none", "int8: bitsandbytes on CUDA, dynamic int8 on CPU; nf4: CUDA only", "model",
-                        choices=QUANTIZE, reload=True)
-    fim_format: str = opt("auto", "FIM control tokens; auto: detected from the tokenizer", "model",
-                          choices=("auto", *PROFILES), reload=True)
-    trust_remote_code: bool = opt(False, "let transformers run the model folder's own Python code", "model",
-                                  reload=True, trusted=RUNS_CODE)
-    allow_download: bool = opt(False, "allow fetching --model from the Hugging Face hub", "model", reload=True,
-                               trusted=SENDS_DATA)
-    threads: int | None = opt(None, "CPU threads for the model (default: torch's)", "model", reload=True)
-    runner: str = opt("auto", "what computes the model: llama.cpp (GGUF files, CPU) or transformers/torch; "
-                      "auto: llama.cpp for a GGUF on the CPU", "model", choices=RUNNERS, reload=True)
+    model: str | None = engine_opt(
+        "model", "a local Hugging Face folder, a .gguf file or a hub id (downloaded only with allowDownload); "
+        "default: the embedded Qwen2.5-Coder-0.5B", "model", reload=True, trusted=READS_FILES,
+        metavar="PATH|FILE.gguf|org/name")
+    device: str = engine_opt("device", "where the model runs", "model", reload=True)
+    dtype: str = engine_opt("dtype", "auto: bf16 on CUDA, fp32 on CPU", "model", reload=True)
+    quantize: str = engine_opt("quantize", "int8: bitsandbytes on CUDA, dynamic int8 on CPU; nf4: CUDA only",
+                               "model", reload=True)
+    fim_format: str = engine_opt("fim_format", "FIM control tokens; auto: detected from the tokenizer", "model",
+                                 choices=("auto", *PROFILES), reload=True)
+    trust_remote_code: bool = engine_opt("trust_remote_code", "let transformers run the model folder's own Python "
+                                         "code", "model", reload=True, trusted=RUNS_CODE)
+    allow_download: bool = engine_opt("allow_download", "allow fetching --model from the Hugging Face hub", "model",
+                                      reload=True, trusted=SENDS_DATA)
+    threads: int | None = engine_opt("threads", "CPU threads for the model (default: all cores)", "model",
+                                     reload=True)
+    runner: str = engine_opt("runner", "what computes the model: llama.cpp (GGUF files, CPU) or transformers/torch; "
+                             "auto: llama.cpp for a GGUF on the CPU", "model", reload=True)
     # -- engine ---------------------------------------------------------------------------------
-    kv_reuse: bool = opt(True, "reuse cached prompt prefixes (A/B switch)", "engine", reload=True)
-    speculation: bool = opt(True, "prompt-lookup speculative decoding (A/B switch)", "engine", reload=True)
-    draft_model: str = opt("", "a smaller model with the same tokenizer drafting for --model (GPU); "
-                           "embedded: the 0.5B", "engine", reload=True, trusted=READS_FILES,
-                           metavar="PATH|embedded")
-    kv_budget_mb: int = opt(512, "byte budget of the KV cache store", "engine", reload=True)
+    kv_reuse: bool = engine_opt("kv_reuse", "reuse cached prompt prefixes (A/B switch)", "engine", reload=True)
+    speculation: bool = engine_opt("speculation", "prompt-lookup speculative decoding (A/B switch)", "engine",
+                                   reload=True)
+    draft_model: str = engine_opt("draft_model", "a smaller model with the same tokenizer drafting for --model "
+                                  "(GPU); embedded: the 0.5B", "engine", reload=True, trusted=READS_FILES,
+                                  metavar="PATH|embedded")
+    kv_budget_mb: int = engine_opt("kv_budget_mb", "byte budget of the KV cache store", "engine", reload=True)
     # Latency budget of a multi-line suggestion: by then it ends after its last complete line and
     # the rest of the block follows (codestral/suggestionUpdated). A single line is always whole.
     budget_ms: int = opt(100, "latency budget of a multi-line suggestion: by then it ends after its last "
@@ -99,7 +109,7 @@ class Options:
     suffix_tokens: int = opt(0, "tokens of text after the cursor (0: sized to the prefill speed)", "context")
     cold_target_ms: int = opt(0, "time a cold prompt may take, sizing the windows (0: the device's default)",
                               "context")
-    # Extra context from the rest of the project (server/retrieval.py), placed where the model
+    # Extra context from the rest of the project (server/retrieval/), placed where the model
     # family reads it and recomputed only when the cursor enters another block (the KV cache).
     extra_context_tokens: int = opt(0, "tokens of context from other files (retrieval; 0: sized to the prefill "
                                     "speed, none where the windows already fill coldTargetMs, up to 384)", "context")
@@ -115,7 +125,7 @@ class Options:
                                         "context (replaces the default list)", "privacy", trusted=SENDS_DATA,
                                         metavar="GLOB")
     log_document_text: bool = opt(False, "debug: allow document text in logs", "privacy")
-    # -- backend: where requests go (engine/backend.py) -------------------------------------------
+    # -- backend: where requests go (engine/serving/backend.py) -------------------------------------------
     backend: str = opt("local", "where requests go: the model in this process, an engine daemon or a remote API",
                        "backend", choices=BACKENDS, reload=True, trusted=SENDS_DATA)
     endpoint: str = opt("", "daemon: URL or auto; remote: base URL (default: the backend's usual one)", "backend",
@@ -149,7 +159,6 @@ def camel(name: str) -> str:
 
 FIELDS = {f.name: f for f in fields(Options)}
 ALIASES = {camel(n): n for n in FIELDS} | {n: n for n in FIELDS}
-CHOICES = {n: meta(n).choices for n in FIELDS if meta(n).choices}
 TRUSTED = {n: meta(n).trusted for n in FIELDS if meta(n).trusted}
 MODEL_KEYS = tuple(n for n in FIELDS if meta(n).reload)  # only take effect when the engine (re)starts
 
@@ -324,14 +333,11 @@ def model_changed(a: Options, b: Options) -> bool:
     return any(getattr(a, k) != getattr(b, k) for k in MODEL_KEYS)
 
 
-def engine_config(o: Options):  # -> tuple[engine.ModelSpec, engine.EngineOptions]
-    """The engine's view of the options: its dataclasses' fields, taken from ours by name."""
-    from codestral_ls.engine import EngineOptions, ModelSpec
-
-    spec = ModelSpec(**{f.name: getattr(o, f.name) for f in fields(ModelSpec) if f.name in FIELDS})
-    same = {f.name: getattr(o, f.name) for f in fields(EngineOptions) if f.name in FIELDS}
-    return spec, EngineOptions(**{**same, "kv_budget_bytes": o.kv_budget_mb * 2**20,
-                                  "draft_model": o.draft_model or None})
+def engine_config(o: Options) -> tuple[ModelSpec, EngineOptions]:
+    """The engine's view of the options: every user field of its dataclasses, taken by name (a field
+    the options lack is an AttributeError here, never a silent default)."""
+    spec = ModelSpec(**{name: getattr(o, name) for name in user_fields(ModelSpec)})
+    return spec, EngineOptions(**{name: getattr(o, name) for name in user_fields(EngineOptions)})
 
 
 def markdown_table() -> str:

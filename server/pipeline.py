@@ -1,15 +1,17 @@
-"""The keystroke path, one straight line:
+"""The keystroke path, one method read top to bottom (`Completer.complete`):
 
-    document + cursor → typed-through cache? → context (anchored) → FimRequest → engine worker
-    → postprocess + fit (second opinions) → Suggestion (+ alternatives: the next-best starts)
+    document + cursor → typed through what is on screen? → the prompt (anchored windows + other
+    files) → engine → post-process; a misfit asks for the next-best start → more candidates →
+    the rest of a budget-cut block → Suggestion
 
 Used by the LSP handlers and by `codestral-ls complete`; knows nothing of LSP types.
 
 What an editor shows first stays on screen until the user types, so the first answer at a place is
 a finished suggestion: the whole line in single-line mode; in multi-line mode the lines decoded
-when the latency budget runs out (at least one whole line) — and then the rest of the block is
-decoded as a follow-up whose result `on_grow` announces (the LSP layer tells clients that opted
-in). `warm` prefills the prompt of a place the user is about to type at, at the lowest priority.
+when the latency budget runs out (at least one whole line, the engine's finish "budget") — and
+then the rest of the block is decoded as a follow-up, `Suggestion.growing`, which the LSP layer
+announces to clients that opted in. `warm` prefills the prompt of a place the user is about to
+type at, at the lowest priority.
 """
 
 from __future__ import annotations
@@ -19,31 +21,30 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import CancelToken, FimRequest, FimResult, StopRule
+from codestral_ls.engine.serving.backend import Backend
 from codestral_ls.server.anchor import Anchors
-from codestral_ls.server.context import build_context
-from codestral_ls.server.cursor import Cursor, language_for, read_cursor
+from codestral_ls.server.context import Spines, build_context, spine_plan, spine_text
+from codestral_ls.server.cursor import Cursor, read_cursor
+from codestral_ls.server.languages import language_for
 from codestral_ls.server.options import Options
 from codestral_ls.server.postprocess import first_words, misfit, postprocess, replaced_after
-from codestral_ls.server.privacy import shareable
-from codestral_ls.server.retrieval import Retriever
+from codestral_ls.server.retrieval import Retriever, Workspace
 from codestral_ls.server.speed import DeviceSpeed
 from codestral_ls.server.stats import Stats
 from codestral_ls.server.typed_cache import Shown, TypedThroughCache
-
-if TYPE_CHECKING:
-    from codestral_ls.engine.backend import Backend
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 
 # A request whose prompt needed at most this many new tokens found it cached (warm).
 WARM_TOKENS = 2
+NOTHING_FITS = "the model had nothing that fits here"
+MIDDLE_ROOM = 128  # tokens a sequence keeps for what is typed after the window's anchor
 
 
 @dataclass(frozen=True)
@@ -65,71 +66,86 @@ class Suggestion:
     replace_after: int = 0  # characters after the cursor that `text` replaces (auto-closed brackets)
     # Other distinct finished suggestions here, best first (the `candidates` option): clients cycle.
     alternatives: list[Suggestion] = dataclasses.field(default_factory=list)
-
-
-@dataclass
-class _Ask:
-    """One place to complete at: the engine request and what judging its answer needs."""
-
-    req: FimRequest
-    cursor: Cursor
+    # The rest of a budget-cut block, still decoding: resolves to the longer suggestion (None: nothing more).
+    growing: asyncio.Task[Suggestion | None] | None = None
 
 
 class Completer:
-    def __init__(self, worker: Backend, options: Options, stats: Stats | None = None,
-                 other_documents: Callable[[str], list[Document]] | None = None,
+    def __init__(self, backend: Backend, options: Options, stats: Stats | None = None,
                  disabled_filters: frozenset[str] = frozenset()) -> None:
-        self.worker = worker
+        self.backend = backend
         self.options = options
         self.stats = stats or Stats()
         self.anchors = Anchors()
         self.typed = TypedThroughCache(options.typed_cache_entries)
-        self.other_documents = other_documents or (lambda uri: [])
         self.disabled_filters = disabled_filters
         self.speed = DeviceSpeed()
+        self.retriever = Retriever()  # context from other files
         self.declined = ""  # why the last request got no suggestion (shown by our clients)
-        self._growing: dict[str, asyncio.Task[None]] = {}  # follow-up decode per document
-        self.retriever = Retriever()  # context from other files; its workspace is set by the LSP layer
+        self._growing: dict[str, asyncio.Task[Suggestion | None]] = {}  # follow-up decode per document
 
-    async def complete(self, doc: Document, offset: int,
-                       on_grow: Callable[[Suggestion], None] | None = None) -> Suggestion | None:
+    @property
+    def workspace(self) -> Workspace:
+        return self.retriever.workspace
+
+    @workspace.setter
+    def workspace(self, roots: Workspace) -> None:
+        self.retriever.workspace = roots
+
+    async def complete(self, doc: Document, offset: int, others: Iterable[Document] = ()) -> Suggestion | None:
         """The suggestion at `offset`, or None (`declined` says why). Raises Cancelled when superseded.
 
-        `on_grow` is called once if a multi-line suggestion cut by the latency budget is later
-        decoded further: with the longer suggestion, which a new request here then answers at once.
+        `others` are the other open documents, read only when context from other files is wanted.
         """
         t0 = time.perf_counter()
         self.stats.requests += 1
-        self._stop_growing(doc.uri)
+        self.stop_growing(doc.uri)
         language = language_for(doc.language_id, doc.uri)
         if language in self.options.disabled_languages:
-            return self._empty(t0, f"completions are off for {language}")
+            return self._declined(t0, f"completions are off for {language}")
         cursor = read_cursor(doc.text, offset, language, self.options.multiline)  # the one cursor analysis
-        line = cursor.line
 
+        # Typing through the suggestion on screen: its rest, no model.
         rest = self.typed.lookup(doc.uri, cursor)
         if rest is not None:
             self.stats.typed_through_hits += 1
-            return self._shown(Suggestion(self._new_id(), rest.text, line, offset, "typed-through", _ms(t0),
+            return self._shown(Suggestion(self._new_id(), rest.text, cursor.line, offset, "typed-through", _ms(t0),
                                           replace_after=rest.replace_after), doc.uri, cursor)
+        if why := self._not_ready():
+            return self._declined(t0, why)
 
-        ready = self._ready()
-        if ready:
-            return self._empty(t0, ready)
-        ask = self._ask(doc, cursor)
-        if ask is None:
-            return self._empty(t0, "no suggestion inside a word")
-        suggestion, replace, result = await self._answer(ask)
-        if not suggestion:
-            return self._empty(t0, "the model had nothing that fits here")
-        shown = self._shown(Suggestion(self._new_id(), suggestion, line, offset, "engine", _ms(t0), result,
-                                       replace_after=replace), doc.uri, cursor)
-        if self.options.candidates > 1:
-            shown.alternatives = await self._alternatives(ask, shown)
-        deadline = ask.req.stop.line_deadline
-        if deadline is not None and result is not None and result.finish == "stop" and time.monotonic() >= deadline:
-            # The budget ended the block early: decode the rest while the user reads the first lines.
-            self._grow(doc.uri, ask, shown, on_grow)
+        # The prompt: anchored windows around the cursor, and what it needs from other files.
+        req = self.request(doc, cursor, others)
+        if req is None:
+            return self._declined(t0, "no suggestion inside a word")
+
+        # The engine; a line that cannot fit the code after it is replaced by the next-best start.
+        avoid: list[str] = []
+        while True:
+            result = await self._engine(req)
+            text = postprocess(result.text, cursor, self.disabled_filters)
+            replace = replaced_after(text, cursor)
+            why = misfit(text, cursor, replace, self.disabled_filters) if result.finish in ("stop", "budget") else None
+            if why is None:
+                break
+            log.debug("suggestion rejected (%s); asking for another", why)
+            self.stats.rejected += 1
+            if len(avoid) >= self.options.second_opinions or not self.backend.steerable:
+                return self._declined(t0, NOTHING_FITS)
+            avoid.append(first_words(text))
+            req = dataclasses.replace(req, avoid=tuple(avoid), cancel=CancelToken())
+        if not text:
+            return self._declined(t0, NOTHING_FITS)
+        shown = self._shown(Suggestion(self._new_id(), cursor.in_document(text), cursor.line, offset, "engine",
+                                       _ms(t0), result, replace_after=replace), doc.uri, cursor)
+
+        # More candidates: the model's next-best starts, each finished, fitting and distinct.
+        if self.options.candidates > 1 and self.backend.steerable:
+            shown.alternatives = await self._alternatives(req, cursor, shown, [*avoid, first_words(text)])
+
+        # The latency budget ended the block early: decode the rest while the user reads.
+        if result.finish == "budget":
+            shown.growing = self._grow(doc.uri, dataclasses.replace(req, stop=req.stop.unbudgeted()), cursor, shown)
         return shown
 
     def warm(self, doc: Document, offset: int) -> bool:
@@ -137,96 +153,114 @@ class Completer:
 
         Returns whether warm-up work was queued. The next request there finds its prompt cached.
         """
-        if self._ready():
+        if self._not_ready():
             return False
         language = language_for(doc.language_id, doc.uri)
         if language in self.options.disabled_languages:
             return False
-        ask = self._ask(doc, read_cursor(doc.text, offset, language, self.options.multiline))
-        if ask is None:
+        req = self.request(doc, read_cursor(doc.text, offset, language, self.options.multiline))
+        if req is None:
             return False
         self.stats.warm_ups += 1
-        self.worker.prefetch(dataclasses.replace(ask.req, stop=ask.req.stop.unbudgeted(), warm=True))
+        self.backend.prefetch(dataclasses.replace(req, stop=req.stop.unbudgeted(), warm=True))
+        self.backend.plan(self.plan(doc, offset))
         return True
 
-    # -- phases -----------------------------------------------------------------------------
+    # -- the steps ----------------------------------------------------------------------------
 
-    def _ask(self, doc: Document, cursor: Cursor) -> _Ask | None:
+    def request(self, doc: Document, cursor: Cursor, others: Iterable[Document] = ()) -> FimRequest | None:
         """The engine request at the cursor (anchored prompt, windows sized to the device), or None."""
-        o, mode = self.options, cursor.mode
-        if mode == "none":
+        if cursor.mode == "none":
             return None
-        if not self.speed.device:  # the local engine's device; unknown (a fallback target) for the others
-            loaded = getattr(getattr(self.worker, "engine", None), "loaded", None)
-            self.speed.device = str(getattr(loaded, "device", "") or "").split(":")[0]
-        prefix_tokens, suffix_tokens = self.speed.windows(o.prefix_tokens, o.suffix_tokens, o.cold_target_ms)
-        placement = self.anchors.place(doc.uri, doc.text, cursor.offset, lambda: build_context(
-            cursor, self.worker.count_tokens, prefix_tokens, suffix_tokens))
-        ctx = placement.ctx
-        # A budget only shortens a block by whole lines; a single line is always finished.
-        deadline = time.monotonic() + o.budget_ms / 1000 if o.budget_ms and mode == "multi" else None
-        req = FimRequest(
-            doc=doc.uri, prefix=ctx.prefix, suffix=ctx.suffix, forced_middle=placement.forced_middle,
-            extra_files=self._extra_files(doc, cursor), max_tokens=o.max_tokens,
-            path=self.retriever.workspace.relative(doc.uri), repo=self.retriever.workspace.name_of(doc.uri),
-            stop=StopRule(single_line=mode == "single", max_lines=o.max_lines, block_indent=cursor.block_indent,
-                          line_comment=cursor.line_comment, line_deadline=deadline),
-        )
-        return _Ask(req, cursor)
+        o = self.options
+        placement = self.anchors.lookup(doc.uri, doc.text, cursor.offset)
+        if placement is None:
+            prefix_tokens, suffix_tokens, spines = self._windows()
+            ctx = build_context(cursor, self.backend.counter(), prefix_tokens, suffix_tokens, spines)
+            placement = self.anchors.remember(doc.uri, doc.text, cursor.offset, ctx)
+        return FimRequest(
+            doc=doc.uri, prefix=placement.ctx.prefix, suffix=placement.ctx.suffix,
+            forced_middle=placement.forced_middle, extra_files=self._extra(doc, cursor, others),
+            max_tokens=o.max_tokens, path=self.workspace.relative(doc.uri), repo=self.workspace.name_of(doc.uri),
+            stop=self._stop_rule(cursor), short_start=placement.ctx.short_start)
 
-    async def _answer(self, ask: _Ask) -> tuple[str, int, FimResult | None]:
-        """Ask the engine; a line that cannot fit the code after it is replaced by the next-best start.
+    def plan(self, doc: Document, offset: int) -> list[FimRequest]:
+        """The spines of `doc` around `offset`, nearest first, as warm-up requests (none where the
+        backend keeps none)."""
+        capacity = self.backend.spines
+        _, _, spines = self._windows()
+        if not capacity or spines is None:
+            return []
+        language = language_for(doc.language_id, doc.uri)
+        extra = self._extra(doc, read_cursor(doc.text, offset, language, self.options.multiline))
+        return [FimRequest(doc=doc.uri, prefix=spine_text(doc.text, a, e), suffix="", extra_files=extra,
+                           max_tokens=1, path=self.workspace.relative(doc.uri), repo=self.workspace.name_of(doc.uri),
+                           spine=True, warm=True)
+                for a, e in spine_plan(doc.text, offset, self.backend.counter(), spines, capacity)]
 
-        Returns the suggestion in the document's line ending, the number of characters after the
-        cursor it replaces, and the engine's result.
-        """
-        req, avoid = ask.req, []
-        while True:
-            result = await self._engine(req)
-            suggestion = postprocess(result.text, ask.cursor, self.disabled_filters)
-            replace = replaced_after(suggestion, ask.cursor)
-            # Only a finished line is judged (a cut one is the start of one, still decoding).
-            why = misfit(suggestion, ask.cursor, replace, self.disabled_filters) if result.finish == "stop" else None
-            if why is None:
-                return ask.cursor.in_document(suggestion), replace, result
-            # A line that cannot be right here: ask for the model's next-best start instead.
-            log.debug("suggestion rejected (%s); asking for another", why)
-            self.stats.rejected += 1
-            if len(avoid) >= self.options.second_opinions or not getattr(self.worker, "steerable", False):
-                return "", 0, result
-            avoid.append(first_words(suggestion))
-            req = dataclasses.replace(req, avoid=tuple(avoid), cancel=CancelToken())
+    def _windows(self) -> tuple[int, int, Spines | None]:
+        """Token budgets of the prefix and suffix windows (sized to the device), and the spines."""
+        o = self.options
+        self.speed.device = self.backend.device
+        prefix_tokens, suffix_tokens = self.speed.windows(o.prefix_tokens, o.suffix_tokens, o.cold_target_ms,
+                                                          self._context_limit())
+        limit = self._context_limit()
+        spines = None
+        if self.backend.spines and limit is not None:
+            spines = Spines.sized(prefix_tokens, limit - suffix_tokens - MIDDLE_ROOM)
+        return prefix_tokens, suffix_tokens, spines
 
-    def _grow(self, uri: str, ask: _Ask, shown: Suggestion, on_grow: Callable[[Suggestion], None] | None) -> None:
-        """Decode the rest of a budget-cut block; remember it and announce it if it says more."""
-        req = dataclasses.replace(ask.req, stop=ask.req.stop.unbudgeted(), cancel=CancelToken())
-        grown = dataclasses.replace(ask, req=req)
+    def _extra(self, doc: Document, cursor: Cursor, others: Iterable[Document] = ()) -> tuple[tuple[str, str], ...]:
+        """What the cursor needs from other files (server/retrieval/), none where the device has no room."""
+        o = self.options
+        tokens = self.speed.extra_tokens(o.extra_context_tokens)
+        if not tokens:
+            return ()
+        return self.retriever.select(doc.uri, doc.text, cursor.offset, cursor.language, others, o.retrieval,
+                                     tokens, o.secret_files, o.disabled_languages)
 
-        async def follow_up() -> None:
-            try:
-                text, replace, result = await self._answer(grown)
-            except (Cancelled, EngineError, asyncio.CancelledError):
-                return  # the user typed (a newer request won) or the engine failed: nothing to add
-            if not text or text == shown.text or not text.startswith(shown.text):
-                return
-            self.stats.grown += 1
-            longer = self._shown(dataclasses.replace(shown, id=self._new_id(), text=text, result=result,
-                                                     replace_after=replace), uri, ask.cursor)
-            if on_grow is not None:
-                on_grow(longer)
+    def _stop_rule(self, cursor: Cursor) -> StopRule:
+        """Where a suggestion ends. A budget only shortens a block by whole lines; a single line is always
+        finished."""
+        o, multi = self.options, cursor.mode == "multi"
+        return StopRule(single_line=not multi, max_lines=o.max_lines, block_indent=cursor.block_indent,
+                        line_comment=cursor.line_comment,
+                        line_deadline=time.monotonic() + o.budget_ms / 1000 if o.budget_ms and multi else None)
 
-        task = asyncio.get_running_loop().create_task(follow_up())
-        self._growing[uri] = task
-        task.add_done_callback(lambda t: self._growing.pop(uri, None) if self._growing.get(uri) is t else None)
+    def _context_limit(self) -> int | None:
+        """Prompt tokens one sequence of the engine can hold, leaving room for the suggestion."""
+        limit = self.backend.context_tokens
+        return None if limit is None else limit - self.options.max_tokens - self.speed.extra_tokens(
+            self.options.extra_context_tokens)
 
-    def _stop_growing(self, uri: str) -> None:
-        task = self._growing.pop(uri, None)
-        if task is not None:
-            task.cancel()
+    async def _alternatives(self, req: FimRequest, cursor: Cursor, first: Suggestion,
+                            avoid: list[str]) -> list[Suggestion]:
+        """Up to `candidates - 1` more suggestions, best first: each a next-best start of the model
+        (`FimRequest.avoid`), finished, fitting the code after it and distinct."""
+        out: list[Suggestion] = []
+        seen = {first.text.strip()}
+        for _ in range(self.options.candidates - 1 + self.options.second_opinions):
+            if len(out) >= self.options.candidates - 1:
+                break
+            alt = await self._engine(dataclasses.replace(req, avoid=tuple(avoid), stop=self._stop_rule(cursor),
+                                                         background=False, cancel=CancelToken()))
+            text = postprocess(alt.text, cursor, self.disabled_filters)
+            if not first_words(text) or first_words(text) in avoid:
+                break  # nothing else the model would start with
+            avoid.append(first_words(text))
+            replace = replaced_after(text, cursor)
+            if alt.finish not in ("stop", "budget") or text.strip() in seen or \
+                    misfit(text, cursor, replace, self.disabled_filters):
+                continue
+            seen.add(text.strip())
+            out.append(self._shown(dataclasses.replace(first, id=self._new_id(), text=cursor.in_document(text),
+                                                       result=alt, replace_after=replace), req.doc,
+                                   cursor, typed=False))
+        return out
 
     async def _engine(self, req: FimRequest) -> FimResult:
         try:
-            result = await asyncio.wrap_future(self.worker.submit(req))
+            result = await asyncio.wrap_future(self.backend.submit(req))
         except asyncio.CancelledError:  # $/cancelRequest: stop the engine (or close the remote stream) too
             req.cancel.cancel()
             raise
@@ -236,70 +270,64 @@ class Completer:
         self.speed.observe(result)
         return result
 
-    def _shown(self, s: Suggestion, uri: str, cursor: Cursor) -> Suggestion:
-        self.typed.remember(Shown.at(uri, cursor, s.text, s.replace_after))
+    def _grow(self, uri: str, req: FimRequest, cursor: Cursor, shown: Suggestion) -> asyncio.Task[Suggestion | None]:
+        """Decode the rest of a budget-cut block; the longer suggestion, remembered for typing through it,
+        or None when it says nothing more."""
+
+        async def follow_up() -> Suggestion | None:
+            try:
+                result = await self._engine(dataclasses.replace(req, cancel=CancelToken()))
+            except (Cancelled, EngineError, asyncio.CancelledError):
+                return None  # the user typed (a newer request won) or the engine failed: nothing to add
+            text = postprocess(result.text, cursor, self.disabled_filters)
+            if result.finish == "length" and "\n" in text:
+                text = text[:text.rfind("\n")].rstrip()  # whole lines only, as the first answer
+            elif result.finish in ("stop", "budget") and misfit(text, cursor, replaced_after(text, cursor),
+                                                               self.disabled_filters):
+                return None
+            text = cursor.in_document(text)
+            if not text.startswith(shown.text) or text == shown.text:
+                return None
+            self.stats.grown += 1
+            return self._shown(dataclasses.replace(shown, id=self._new_id(), text=text, result=result,
+                                                   replace_after=replaced_after(text, cursor), growing=None),
+                               uri, cursor)
+
+        task = asyncio.get_running_loop().create_task(follow_up())
+        self._growing[uri] = task
+        task.add_done_callback(lambda t: self._growing.pop(uri, None) if self._growing.get(uri) is t else None)
+        return task
+
+    def stop_growing(self, uri: str) -> None:
+        task = self._growing.pop(uri, None)
+        if task is not None:
+            task.cancel()
+
+    def _shown(self, s: Suggestion, uri: str, cursor: Cursor, typed: bool = True) -> Suggestion:
+        if typed:  # typing through follows the first suggestion only
+            self.typed.remember(Shown.at(uri, cursor, s.text, s.replace_after))
         self.declined = ""
-        self.stats.suggestions += 1
-        self.stats.latencies_ms.append(s.latency_ms)
-        self.stats.shown[s.id] = len(s.text)
-        if len(self.stats.shown) > 1000:
-            self.stats.shown.pop(next(iter(self.stats.shown)))
+        self.stats.suggestions += typed
+        if typed:
+            self.stats.latencies_ms.append(s.latency_ms)
+        self.stats.remember_shown(s.id, len(s.text))
         return s
 
-    def _empty(self, t0: float, why: str) -> None:
+    def _declined(self, t0: float, why: str) -> None:
         self.declined = why
         self.stats.empty += 1
         self.stats.latencies_ms.append(_ms(t0))
         return None
 
-    def _ready(self) -> str:
+    def _not_ready(self) -> str:
         """Why no request can run now ("" when one can). Never waits: a loading model answers empty."""
-        if not self.worker.loaded.is_set():
+        if not self.backend.loaded.is_set():
             return "the model is still loading"
-        if self.worker.load_error is not None:
-            raise EngineError(self.worker.load_error)
+        if self.backend.load_error is not None:
+            raise EngineError(self.backend.load_error)
         return ""
 
-    def _extra_files(self, doc: Document, cursor: Cursor) -> tuple[tuple[str, str], ...]:
-        """What the cursor needs from other files (server/retrieval.py), the same across keystrokes
-        in a block. Credentials and turned-off languages are never sent (server/privacy.py)."""
-        o = self.options
-        others = [d for d in self.other_documents(doc.uri)
-                  if shareable(d.uri, d.language_id, o.secret_files, o.disabled_languages)]
-        return self.retriever.select(doc.uri, doc.text, cursor.offset, cursor.language, others, o.retrieval,
-                                     self.speed.extra_tokens(o.extra_context_tokens), o.secret_files,
-                                     o.disabled_languages)
-
-    async def _alternatives(self, ask: _Ask, first: Suggestion) -> list[Suggestion]:
-        """Up to `candidates - 1` more suggestions, each finished, fitting and distinct: the model's
-        next-best starts (`FimRequest.avoid`), best first. Never for a backend that cannot steer."""
-        if not getattr(self.worker, "steerable", False):
-            return []
-        o, out = self.options, []
-        seen = {first.text.strip()}
-        avoid = [first_words(first.text)]
-        for _ in range(o.candidates - 1 + o.second_opinions):
-            if len(out) >= o.candidates - 1:
-                break
-            stop = ask.req.stop
-            if stop.line_deadline is not None:  # each candidate gets its own budget
-                stop = dataclasses.replace(stop, line_deadline=time.monotonic() + o.budget_ms / 1000)
-            req = dataclasses.replace(ask.req, avoid=tuple(avoid), stop=stop, background=False, cancel=CancelToken())
-            result = await self._engine(req)
-            text = postprocess(result.text, ask.cursor, self.disabled_filters)
-            replace = replaced_after(text, ask.cursor)
-            if not first_words(text) or first_words(text) in avoid:
-                break  # nothing else the model would start with
-            avoid.append(first_words(text))
-            if result.finish != "stop" or text.strip() in seen or misfit(text, ask.cursor, replace,
-                                                                         self.disabled_filters):
-                continue
-            seen.add(text.strip())
-            alt = dataclasses.replace(first, id=self._new_id(), text=ask.cursor.in_document(text), result=result,
-                                      replace_after=replace, alternatives=[])
-            self.stats.shown[alt.id] = len(alt.text)  # for acceptance feedback; typing through is the first's
-            out.append(alt)
-        return out
+    # -- what the editor tells us -----------------------------------------------------------------
 
     def accepted(self, suggestion_id: str, chars: int | None = None) -> None:
         """Acceptance feedback: whole (`chars` None) or partial."""
@@ -311,8 +339,12 @@ class Completer:
             self.stats.partially_accepted += 1
             self.stats.accepted_chars += max(0, chars)
 
+    def edited(self, uri: str, line: int | None) -> None:
+        """An edit in `uri` at `line` (None: the whole text): context for the other files."""
+        self.retriever.edits.edited(uri, line)
+
     def forget(self, uri: str) -> None:
-        self._stop_growing(uri)
+        self.stop_growing(uri)
         self.retriever.forget(uri)
         self.anchors.forget(uri)
         self.typed.forget(uri)

@@ -22,8 +22,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from codestral_ls.engine.request import StopRule
-from codestral_ls.server.cursor import Cursor, _parser
+from codestral_ls.server.cursor import Cursor
+from codestral_ls.server.languages import parser
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,9 @@ def scan(code: str, line_comment: str = "", quotes: str = QUOTES) -> Brackets:
 # -- repairs --------------------------------------------------------------------------------------
 
 
-def trim_to_line(text: str, c: Cursor) -> str:
-    """Single-line mode ends at the line break; multi-line drops trailing blank lines."""
-    if c.single_line:
-        return StopRule(single_line=True, line_comment=c.line_comment).cut(text)[0].rstrip()
+def strip_end(text: str, c: Cursor) -> str:
+    """Trailing blank lines and spaces go. Where the suggestion ends (a single line's break, the
+    block's end) was decided once, by the request's `StopRule`, which every backend applies."""
     return text.rstrip()
 
 
@@ -184,7 +183,7 @@ def drop_empty(text: str, c: Cursor) -> str:
 
 Filter = Callable[[str, Cursor], str]
 FILTERS: dict[str, Filter] = {
-    "trim_to_line": trim_to_line,
+    "strip_end": strip_end,
     "drop_suffix_overlap": drop_suffix_overlap,
     "balance_brackets": balance_brackets,
     "drop_repetition": drop_repetition,
@@ -344,15 +343,15 @@ def adds_syntax_error(suggestion: str, c: Cursor, replace_after: int = 0) -> boo
     accepts a block header with no body, so a block cut short by the latency budget passes too.
     """
     syntax = c.syntax
-    parser = _parser(c.language)
-    if syntax.tree is None or parser is None or not suggestion.strip():
+    ts_parser = parser(c.language)
+    if syntax.tree is None or ts_parser is None or not suggestion.strip():
         return False
     data, at = syntax.data, syntax.cursor_byte
     inserted = c.in_document(suggestion).encode("utf-8", "surrogatepass")
     replaced = len(c.text[c.offset:c.offset + replace_after].encode("utf-8", "surrogatepass"))
     changed = data[:at] + inserted + data[at + replaced:]
     try:
-        tree = parser.parse(changed)
+        tree = ts_parser.parse(changed)
     except Exception as exc:  # never lose a suggestion to the checker itself
         log.warning("tree-sitter parse failed: %s", exc)
         return False
@@ -374,7 +373,7 @@ def adds_syntax_error(suggestion: str, c: Cursor, replace_after: int = 0) -> boo
 def _error_query(language: str):  # -> tree_sitter.Query
     import tree_sitter
 
-    return tree_sitter.Query(_parser(language).language, "(ERROR) @error (MISSING) @missing")
+    return tree_sitter.Query(parser(language).language, "(ERROR) @error (MISSING) @missing")
 
 
 def _errors(language: str, tree, start: int, end: int) -> list[tuple[str, int, int]]:  # noqa: ANN001

@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 
-from codestral_ls.server.cursor import language_for
+from codestral_ls.server.languages import language_for
 
 # Folders whose every file is a secret, whatever its name.
 SECRET_FOLDERS = (".ssh", ".gnupg", ".aws", ".docker", ".kube")

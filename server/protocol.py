@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from types import SimpleNamespace
 from typing import Any
 
@@ -50,6 +50,9 @@ class AnsweringProtocol(LanguageServerProtocol):
     def __init__(self, server: Any, converter: Any) -> None:
         super().__init__(server, converter)
         strict_primitives(seam.converter(self))
+        # method -> hook(msg_id, params), called as a request arrives, before its handler is
+        # scheduled: what the request is about is read while the document is at its version.
+        self.on_arrival: dict[str, Callable[[Any, Any], None]] = {}
 
     @property
     def workspace(self) -> Workspace:
@@ -134,6 +137,8 @@ class AnsweringProtocol(LanguageServerProtocol):
                 if is_request:
                     send_error(self, message.id, JsonRpcInvalidRequest("the server is already initialized"))
                 return
+            if is_request and (hook := self.on_arrival.get(method)) is not None:
+                hook(message.id, message.params)
         super().handle_message(message)
 
     def _send_handler_result(self, future: Any, *, msg_id: Any) -> None:

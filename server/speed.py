@@ -52,15 +52,22 @@ class DeviceSpeed:
     def target_ms(self, configured: int) -> int:
         return configured or DEFAULT_TARGET_MS.get(self.device, FALLBACK_TARGET_MS)
 
-    def windows(self, prefix_tokens: int, suffix_tokens: int, target_ms: int) -> tuple[int, int]:
-        """(prefix, suffix) token budgets: the user's when set, else sized to the measured speed."""
+    def windows(self, prefix_tokens: int, suffix_tokens: int, target_ms: int,
+                limit: int | None = None) -> tuple[int, int]:
+        """(prefix, suffix) token budgets: the user's when set, else sized to the measured speed, never
+        more than `limit` tokens together (what one engine sequence holds of a prompt; None: no limit)."""
         if self.prefill_tok_s is not None:
             wanted = int(self.prefill_tok_s * self.target_ms(target_ms) / 1000) // STEP * STEP
             wanted = max(MIN_TOTAL, min(MAX_TOTAL, wanted))
             if abs(wanted - self.total) >= 2 * STEP:
                 self.total = wanted
-        prefix = round(self.total * PREFIX_SHARE / STEP) * STEP
-        return prefix_tokens or prefix, suffix_tokens or self.total - prefix
+        total = self.total if limit is None else max(STEP, min(self.total, limit // STEP * STEP))
+        prefix = round(total * PREFIX_SHARE / STEP) * STEP
+        prefix, suffix = prefix_tokens or prefix, suffix_tokens or total - prefix
+        if limit is not None and prefix + suffix > limit:  # the user's own sizes, over what the engine holds
+            prefix = max(0, min(prefix, limit - suffix))
+            suffix = max(0, min(suffix, limit - prefix))
+        return prefix, suffix
 
     def extra_tokens(self, configured: int) -> int:
         """Tokens of context from other files: the user's when set, else what the current windows leave

@@ -7,6 +7,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+MAX_SHOWN = 1000  # suggestion ids kept for acceptance feedback
+
 
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
@@ -23,6 +25,7 @@ class Stats:
     suggestions: int = 0
     empty: int = 0
     cancelled: int = 0
+    overtaken: int = 0  # requests a newer one for their document overtook before they started
     errors: int = 0
     typed_through_hits: int = 0
     rejected: int = 0  # suggestions that could not fit the code around the cursor (postprocess.misfit)
@@ -41,6 +44,12 @@ class Stats:
     draft_accepted: int = 0
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
     shown: dict[str, int] = field(default_factory=dict)  # suggestion id -> length, for acceptance
+
+    def remember_shown(self, suggestion_id: str, length: int) -> None:
+        """For acceptance feedback; the oldest go first (a client may never accept anything)."""
+        self.shown[suggestion_id] = length
+        while len(self.shown) > MAX_SHOWN:
+            self.shown.pop(next(iter(self.shown)))
 
     def add_engine(self, result: Any) -> None:
         self.engine_calls += 1

@@ -48,6 +48,9 @@ class TypedThroughCache:
         self._entries: OrderedDict[tuple[str, int, str, str], Shown] = OrderedDict()
         self.hits = 0
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def remember(self, shown: Shown) -> None:
         if not shown.suggestion or self.max_entries <= 0:
             return

@@ -105,5 +105,5 @@ class InProcess:
         return None if doc is None else doc.source
 
     def stop(self) -> None:
-        if self.server.worker is not None:
-            self.server.worker.stop()
+        if self.server.backend is not None:
+            self.server.backend.stop()

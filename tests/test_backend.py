@@ -1,4 +1,4 @@
-"""The backend seam (engine/backend.py): prefetch on the in-process worker with the tiny model, and
+"""The backend seam (engine/serving/backend.py): prefetch on the in-process worker with the tiny model, and
 the same newest-per-document rule for every backend."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import time
 
 import pytest
 from codestral_ls.engine import EngineOptions
-from codestral_ls.engine.engine import Engine
+from codestral_ls.engine.decoding.engine import Engine
 from codestral_ls.engine.errors import Cancelled
 from codestral_ls.engine.request import FimRequest, StopRule
-from codestral_ls.engine.worker import EngineWorker
+from codestral_ls.engine.serving.worker import EngineWorker
 
 LONG = "def add(a, b):\n    return a + b\n\n" * 300  # some thousands of tokens for the tiny tokenizer
 

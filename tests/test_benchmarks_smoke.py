@@ -187,14 +187,14 @@ def test_headline_server_gets_no_flags_by_default():
 def test_quality_labels_every_non_default_configuration_as_an_ablation():
     args = quality.build_parser().parse_args([])
     args.cursors, args.llama = ["indent", "col0"], True
-    configs = quality.config_list(args, ["trim_to_line"])
+    configs = quality.config_list(args, ["strip_end"])
     kinds = {c.name: c.kind for c in configs}
     assert [c.name for c in configs if c.kind == "headline"] == ["lsp@indent", "lsp@col0"]
     assert kinds["llama@indent"] == "peer" and kinds["llama@col0"] == "peer"
     for c in configs:
         if c.kind == "ablation":
             assert c.label.startswith("ablation:"), c
-    assert {"pipeline_budget0@indent", "pipeline_budget0@col0", "raw@col0", "no_trim_to_line@indent"} <= set(kinds)
+    assert {"pipeline_budget0@indent", "pipeline_budget0@col0", "raw@col0", "no_strip_end@indent"} <= set(kinds)
 
 
 def test_typist_reads_at_a_new_site_then_types():

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from codestral_ls.engine import embedded
 from codestral_ls.engine.errors import ModelLoadError
+from codestral_ls.engine.models import embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,12 +22,12 @@ import mistral_common
 import pytest
 import torch
 from codestral_ls.engine import EngineOptions, ModelSpec, load_engine
-from codestral_ls.engine.engine import Engine
-from codestral_ls.engine.fim import CODESTRAL, FimEncoder, detect_profile
-from codestral_ls.engine.heal import HealIndex
-from codestral_ls.engine.mistral_format import is_mistral_layout, permute_for_rotate_half
+from codestral_ls.engine.decoding.engine import Engine
+from codestral_ls.engine.decoding.heal import HealIndex
+from codestral_ls.engine.models.fim import CODESTRAL, FimEncoder, detect_profile
+from codestral_ls.engine.models.mistral_format import is_mistral_layout, permute_for_rotate_half
+from codestral_ls.engine.models.tokenizer import MistralCommonTokenizer
 from codestral_ls.engine.request import FimRequest, StopRule
-from codestral_ls.engine.tokenizer import MistralCommonTokenizer
 
 V3 = Path(mistral_common.__file__).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "human-eval-infilling"
@@ -434,8 +434,8 @@ async def test_the_whole_lsp_path_on_a_mistral_layout_model(codestral_dirs):
     ip = InProcess(Options(model=str(codestral_dirs["mistral"]), device="cpu", budget_ms=0, max_tokens=6))
     try:
         await ip.initialize()
-        assert await asyncio.to_thread(ip.server.worker.loaded.wait, 60)
-        assert ip.server.worker.load_error is None
+        assert await asyncio.to_thread(ip.server.backend.loaded.wait, 60)
+        assert ip.server.backend.load_error is None
         uri = "file:///w/codestral.py"
         ip.open(uri, "def add(a, b):\n    ret\n\n\ndef sub(a, b):\n    \n")
         for line, col in ((1, 7), (5, 4)):  # mid-word, after an auto-indent
@@ -474,7 +474,7 @@ async def test_ghost_text_and_typed_through_over_lsp_on_this_tokenizer(codestral
     ip = InProcess(Options(model=str(codestral_dirs["hf"]), device="cpu", budget_ms=0, max_tokens=12))
     try:
         await ip.initialize()
-        assert await asyncio.to_thread(ip.server.worker.loaded.wait, 60)
+        assert await asyncio.to_thread(ip.server.backend.loaded.wait, 60)
         uri = "file:///w/add.py"
         ip.open(uri, "def add(a, b):\n    ret\n")
         first = await ip.inline(uri, 1, 7)
@@ -492,7 +492,7 @@ async def test_ghost_text_and_typed_through_over_lsp_on_this_tokenizer(codestral
 def test_mistral_backend_sends_the_reference_fim_request(monkeypatch):
     """The body is what Mistral's client sends to POST /v1/fim/completions (model, prompt, suffix,
     max_tokens, temperature, stop), valid as mistral-common's FIMRequest, and its answer is read."""
-    from codestral_ls.server.backends import APIS, RemoteBackend
+    from codestral_ls.engine.serving.remote import APIS, RemoteBackend
     from codestral_ls.server.options import Options
     from mistral_common.protocol.fim.request import FIMRequest
 

@@ -20,18 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from codestral_ls.engine.daemon import (
-    DaemonInfo,
-    EngineDaemon,
-    daemon_file,
-    read_daemon_file,
-    request_from_wire,
-    request_to_wire,
-    write_daemon_file,
-)
-from codestral_ls.engine.daemon_client import DaemonBackend
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import FimRequest, FimResult, StopRule
+from codestral_ls.engine.serving.daemon import EngineDaemon
+from codestral_ls.engine.serving.daemon_client import DaemonBackend
+from codestral_ls.engine.serving.discovery import DaemonInfo, daemon_file, read_daemon_file, write_daemon_file
+from codestral_ls.engine.serving.wire import request_from_wire, to_wire
 from codestral_ls.server.options import Options
 from pygls.exceptions import JsonRpcException
 
@@ -119,18 +113,18 @@ def test_wire_format_round_trip_and_validation():
     r = FimRequest(doc="d", prefix="p", suffix="s", forced_middle="f", extra_files=(("a.py", "x"),), max_tokens=9,
                    stop=StopRule(single_line=False, max_lines=3, block_indent=4, stop_strings=("#",),
                                  line_comment="//"),
-                   budget_ms=50.0, background=False, heal=False, avoid=("return x",))
-    back = request_from_wire(json.loads(json.dumps(request_to_wire(r))))
+                   background=False, heal=False, avoid=("return x",))
+    back = request_from_wire(json.loads(json.dumps(to_wire(r))))
     assert (back.doc, back.prefix, back.suffix, back.forced_middle, back.extra_files, back.max_tokens, back.stop,
-            back.budget_ms, back.background, back.heal, back.avoid) == (
-        "d", "p", "s", "f", (("a.py", "x"),), 9, r.stop, 50.0, False, False, ("return x",))
+            back.background, back.heal, back.avoid) == (
+        "d", "p", "s", "f", (("a.py", "x"),), 9, r.stop, False, False, ("return x",))
     # Derived from the dataclasses: every field but the local cancel token crosses, new ones included.
     from dataclasses import fields
 
-    assert set(request_to_wire(r)) == {f.name for f in fields(FimRequest)} - {"cancel"}
-    assert set(request_to_wire(r)["stop"]) == {f.name for f in fields(StopRule)}
+    assert set(to_wire(r)) == {f.name for f in fields(FimRequest)} - {"cancel"}
+    assert set(to_wire(r)["stop"]) == {f.name for f in fields(StopRule)}
     deadline = time.monotonic() + 0.25  # a monotonic instant goes as "seconds from now"
-    wired = request_to_wire(FimRequest(doc="d", prefix="", suffix="", stop=StopRule(line_deadline=deadline)))
+    wired = to_wire(FimRequest(doc="d", prefix="", suffix="", stop=StopRule(line_deadline=deadline)))
     assert 0 < wired["stop"]["line_deadline"] <= 0.25
     assert abs(request_from_wire(wired).stop.line_deadline - deadline) < 0.05
     for bad in ({"doc": 1, "prefix": "", "suffix": ""}, {"prefix": "", "suffix": ""},
@@ -192,7 +186,7 @@ def test_a_planted_discovery_file_is_not_trusted(daemon, monkeypatch):
 
 
 def test_another_users_process_is_not_our_daemon(monkeypatch):
-    from codestral_ls.engine.daemon import pid_alive
+    from codestral_ls.engine.serving.discovery import pid_alive
 
     def kill(pid: int, sig: int) -> None:
         raise PermissionError(1, "Operation not permitted")  # what os.kill says for another user's pid
@@ -430,7 +424,7 @@ def _get(info: DaemonInfo, path: str) -> dict[str, Any]:
 
 
 def test_a_second_daemon_is_refused_before_loading_anything(daemon):
-    from codestral_ls.engine.daemon import DaemonError, ensure_not_running
+    from codestral_ls.engine.serving.daemon import DaemonError, ensure_not_running
 
     httpd, _ = daemon
     ensure_not_running()  # the file names this very process: not "another" daemon

@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 from codestral_ls.engine import EngineOptions, ModelSpec, load_engine
-from codestral_ls.engine.engine import Engine
+from codestral_ls.engine.decoding.engine import Engine
+from codestral_ls.engine.decoding.kvcache import Sequence, common_prefix
 from codestral_ls.engine.errors import Cancelled, EngineError
-from codestral_ls.engine.kvcache import Sequence, common_prefix
 from codestral_ls.engine.request import FimRequest, StopRule
-from codestral_ls.engine.worker import EngineWorker
+from codestral_ls.engine.serving.worker import EngineWorker
 
 PREFIX = "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n\n\ndef add(a, b):\n    ret"
 SUFFIX = "\n\n\nfor i in range(10):\n    print(add(i, i))\n"
@@ -136,33 +136,43 @@ def test_cancel_stops_within_one_token(tiny_engine):
     assert e.forward_calls - calls_at_cancel[0] <= 1
 
 
-def test_budget_answers_early_and_background_decodes_the_rest(tiny_engine):
+def early_stop(engine: Engine, doc: str) -> StopRule:
+    """A stop rule that ends the model's greedy answer after a few tokens, whatever it says: a random
+    model may never write a line break (which a latency budget needs), but it writes some character
+    for the first time after its first few tokens, and greedy decoding writes it again."""
+    seen = fresh(engine, speculation=False).complete(req(doc=doc, max_tokens=30, background=False)).text
+    for i in range(1, len(seen)):
+        if seen[i] not in seen[:i] and seen[:i].strip():
+            return StopRule(max_lines=1000, stop_strings=(seen[i],))
+    raise AssertionError(f"the tiny model's answer has too few distinct characters: {seen!r}")
+
+
+def test_an_answer_is_decoded_on_in_the_background_and_replayed(tiny_engine):
     e = fresh(tiny_engine, speculation=False)
-    slow_forward = e._forward
-
-    def forward(seq, ids, n_logits=1):
-        time.sleep(0.02)  # make each token take visible time
-        return slow_forward(seq, ids, n_logits)
-
-    e._forward = forward
-    stop = StopRule(max_lines=1000)
-    quick = e.complete(req(budget_ms=1, max_tokens=30, stop=stop))
-    if quick.finish != "budget":
-        pytest.skip(f"the tiny model stopped by itself ({quick.finish}) before the budget")
+    stop = early_stop(tiny_engine, "a")
+    quick = e.complete(req(max_tokens=30, stop=stop))
+    assert quick.finish == "stop" and e.has_background_work()
     steps = 0
     while e.has_background_work() and steps < 100:
         e.background_step()
         steps += 1
     assert steps > 0
     calls = e.forward_calls
-    later = e.complete(req(budget_ms=None, max_tokens=30, stop=stop, background=False))
+    later = e.complete(req(max_tokens=30, stop=StopRule(max_lines=1000), background=False))
     assert later.text.startswith(quick.text) and len(later.text) > len(quick.text)
     assert later.replayed_tokens > 0
     assert e.forward_calls - calls <= 2
 
 
+def test_a_passed_line_deadline_ends_a_block_after_its_last_whole_line():
+    rule = StopRule(max_lines=1000, line_deadline=time.monotonic() - 1)
+    assert rule.cut("a = 1\nb = 2\nc =") == ("a = 1\nb = 2", "budget")
+    assert rule.cut("a = 1") == ("a = 1", None)  # no whole line yet: never half a line
+    assert rule.unbudgeted().cut("a = 1\nb =") == ("a = 1\nb =", None)
+
+
 def test_kv_store_stays_under_its_byte_budget(tiny_engine):
-    e = fresh(tiny_engine, kv_budget_bytes=64 * 1024)
+    e = fresh(tiny_engine, kv_budget_mb=64 / 1024)
     for i in range(12):
         e.complete(req(doc=f"d{i}", prefix=f"# file {i}\n" + PREFIX, background=False))
     assert e.store.total_bytes() <= 64 * 1024
@@ -244,8 +254,8 @@ def test_draft_model_greedy_equals_plain_greedy(tiny_engine, tiny_model_dir, tin
     """--draft-model: a model with the same tokenizer proposes, the target verifies. With the
     target itself as drafter every draft is accepted (fewer target forwards); with another random
     model most are rejected. The text is plain greedy's either way."""
-    from codestral_ls.engine.draft import DraftModel
-    from codestral_ls.engine.loading import load_draft
+    from codestral_ls.engine.decoding.draft import DraftModel
+    from codestral_ls.engine.models.loading import load_draft
 
     from tests.conftest import build_tiny_model, write_tiny_gguf
 
@@ -273,7 +283,7 @@ def test_draft_model_greedy_equals_plain_greedy(tiny_engine, tiny_model_dir, tin
 
 def test_draft_model_with_another_tokenizer_is_refused(tiny_engine, tiny_model_dir):
     from codestral_ls.engine.errors import ModelLoadError
-    from codestral_ls.engine.loading import load_draft
+    from codestral_ls.engine.models.loading import load_draft
 
     class Other:
         def get_vocab(self):
@@ -302,7 +312,7 @@ def test_a_multi_line_replay_keeps_max_tokens(tiny_engine):
 
 def test_the_most_recent_entry_is_kept_even_over_the_budget(tiny_engine, caplog):
     """One entry alone over the byte budget is kept (the next keystroke needs it), logged, counted."""
-    e = fresh(tiny_engine, speculation=False, kv_budget_bytes=1)
+    e = fresh(tiny_engine, speculation=False, kv_budget_mb=1 / 2**20)
     first = e.complete(req(background=False))
     assert len(e.store.entries) == 1 and e.store.oversized == 1
     assert "over the whole budget" in caplog.text
@@ -314,17 +324,8 @@ def test_the_most_recent_entry_is_kept_even_over_the_budget(tiny_engine, caplog)
 
 
 def _with_background_work(e: Engine, doc: str):
-    slow_forward = e._forward
-
-    def forward(seq, ids, n_logits=1):
-        time.sleep(0.02)  # make each token take visible time
-        return slow_forward(seq, ids, n_logits)
-
-    e._forward = forward
-    quick = e.complete(req(doc=doc, budget_ms=1, max_tokens=30, stop=StopRule(max_lines=1000)))
-    e._forward = slow_forward
-    if quick.finish != "budget" or not e.has_background_work():
-        pytest.skip(f"the tiny model stopped by itself ({quick.finish}) before the budget")
+    quick = e.complete(req(doc=doc, max_tokens=30, stop=early_stop(e, doc)))
+    assert quick.finish == "stop" and e.has_background_work()
     return quick
 
 
@@ -372,7 +373,7 @@ def test_both_runners_compute_the_same_function(tiny_torch_engine, tiny_llamacpp
 
 
 def test_llamacpp_frees_slots_for_more_documents_than_it_has(tiny_llamacpp_engine):
-    from codestral_ls.engine.runner_llamacpp import SLOTS
+    from codestral_ls.engine.models.runner_llamacpp import SLOTS
 
     e = fresh(tiny_llamacpp_engine)
     for i in range(SLOTS + 4):
@@ -386,7 +387,7 @@ def test_llamacpp_sequences_have_cache_streams_of_their_own(tiny_gguf):
     A prompt longer than a stream is refused with an error that says what to lower, and the runner
     goes on serving the other sequences."""
     from codestral_ls.engine.errors import EngineError
-    from codestral_ls.engine.runner_llamacpp import LlamaCppRunner
+    from codestral_ls.engine.models.runner_llamacpp import LlamaCppRunner
 
     r = LlamaCppRunner(tiny_gguf, threads=1, seq_ctx=256, slots=3)
 
@@ -435,9 +436,9 @@ def test_warm_ups_prefill_in_small_chunks_and_real_requests_in_large_ones(tiny_l
 
 
 def test_runner_auto_takes_llamacpp_for_a_gguf_on_the_cpu(tmp_path):
+    from codestral_ls.engine.decoding.runner import choose_runner, llamacpp_available
     from codestral_ls.engine.errors import ModelLoadError
-    from codestral_ls.engine.loading import gguf_of
-    from codestral_ls.engine.runner import choose_runner, llamacpp_available
+    from codestral_ls.engine.models.loading import gguf_of
 
     gguf = tmp_path / "m.gguf"
     if llamacpp_available():

@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
-from codestral_ls.engine.embedded import tokenizer_dir
-from codestral_ls.engine.fim import CODESTRAL, QWEN, FimEncoder, detect_profile
-from codestral_ls.engine.heal import HealIndex
+from codestral_ls.engine.decoding.heal import HealIndex
+from codestral_ls.engine.models.embedded import tokenizer_dir
+from codestral_ls.engine.models.fim import CODESTRAL, QWEN, FimEncoder, detect_profile
 from transformers import AutoTokenizer
 
 

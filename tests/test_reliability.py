@@ -344,7 +344,7 @@ def test_allow_download_later_is_not_undone_by_an_earlier_offline_load(tiny_mode
     """Issue 16: the first offline load set $HF_HUB_OFFLINE for the whole process, so turning
     allowDownload on later could never download. Offline is now per call (local_files_only)."""
     import transformers
-    from codestral_ls.engine.loading import ModelSpec, load_model
+    from codestral_ls.engine.models.loading import ModelSpec, load_model
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     load_model(ModelSpec(model=str(tiny_model_dir), device="cpu", runner="torch"))
@@ -365,7 +365,7 @@ def test_allow_download_later_is_not_undone_by_an_earlier_offline_load(tiny_mode
 def test_folder_models_load_from_safetensors_and_no_remote_code(tiny_model_dir, monkeypatch):
     import transformers
     from codestral_ls.engine.errors import ModelLoadError
-    from codestral_ls.engine.loading import ModelSpec, load_model
+    from codestral_ls.engine.models.loading import ModelSpec, load_model
 
     seen: dict[str, Any] = {}
 
@@ -510,7 +510,7 @@ def local(tiny_model_dir):
 
 async def test_engine_faults_fail_one_request_and_the_next_one_works(local, monkeypatch):
     import torch
-    from codestral_ls.engine.engine import Engine
+    from codestral_ls.engine.decoding.engine import Engine
 
     await local.initialize()
     uri = "file:///w/fault.py"
@@ -521,7 +521,7 @@ async def test_engine_faults_fail_one_request_and_the_next_one_works(local, monk
     faults = iter([RuntimeError("engine exploded"),
                    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")])
 
-    worker = local.server.worker
+    worker = local.server.backend
     # A loading model answers empty at once: load first, so the faults below meet real requests.
     await asyncio.get_running_loop().run_in_executor(None, worker.loaded.wait)
 
@@ -541,37 +541,21 @@ async def test_engine_faults_fail_one_request_and_the_next_one_works(local, monk
         assert answer["error"]["code"] == INTERNAL_ERROR and why in answer["error"]["message"]
         shown = [m["params"]["message"] for m in local.notifications("window/showMessage")]
         assert any(why in m for m in shown)
-    assert local.server.worker.engine.store.entries == []  # the OOM freed the KV cache
+    assert local.server.backend.engine.store.entries == []  # the OOM freed the KV cache
     after = await local.inline(uri, 1, 13)
     assert "result" in after and isinstance(after["result"]["items"], list)
     assert local.server.stats.errors == 2
 
 
 async def test_caches_and_bookkeeping_stay_bounded_over_a_soak():
-    from codestral_ls.engine.kvcache import Entry, PrefixStore, Sequence
-    from codestral_ls.engine.request import FimResult
+    from codestral_ls.engine.decoding.kvcache import Entry, PrefixStore, Sequence
     from codestral_ls.server.pipeline import Completer, Document
     from codestral_ls.server.stats import Stats
 
-    class FakeWorker:
-        load_error = None
-
-        def __init__(self) -> None:
-            import threading
-
-            self.loaded = threading.Event()
-            self.loaded.set()
-
-        def count_tokens(self, text: str) -> int:
-            return len(text) // 3
-
-        def submit(self, req: Any) -> Future[FimResult]:
-            fut: Future[FimResult] = Future()
-            fut.set_result(FimResult(text="value + 1", finish="stop", prompt_tokens=10))
-            return fut
+    from tests.scripted import ScriptedBackend
 
     stats = Stats()
-    completer = Completer(FakeWorker(), Options(), stats)  # type: ignore[arg-type]
+    completer = Completer(ScriptedBackend("value + 1"), Options(), stats)
     for i in range(3000):
         text = f"def f{i}(x):\n    return {'x' * (i % 7)}"
         s = await completer.complete(Document(f"file:///w/soak{i}.py", text, "python"), len(text))
@@ -579,8 +563,8 @@ async def test_caches_and_bookkeeping_stay_bounded_over_a_soak():
             completer.accepted(s.id)
     assert len(stats.latencies_ms) <= 2000
     assert len(stats.shown) <= 1000
-    assert len(completer.typed._entries) <= completer.options.typed_cache_entries
-    assert len(completer.anchors._by_doc) <= 64
+    assert len(completer.typed) <= completer.options.typed_cache_entries
+    assert len(completer.anchors) <= 64
 
     class FakeKV:  # a runner's cache of `size` bytes
         def __init__(self, size: int) -> None:
@@ -678,23 +662,27 @@ def test_a_request_never_splits_or_parses_the_whole_document(monkeypatch):
 
     monkeypatch.setattr(TextDocument, "lines", property(forbidden))
     last = big.count("\n")
-    doc, offset = server.document("file:///w/big.py", types.Position(line=last - 1, character=18))
+    place = server.place("file:///w/big.py", types.Position(line=last - 1, character=18))
+    doc, offset = place.doc, place.offset
     assert doc.text[offset - 18:offset] == "    value = comput"
 
     tokenized: list[int] = []
     parsed: list[int] = []
-    real_parser = cursor._parser("python")
+    real_parser = cursor.parser_for("python")
 
     class Parser:
         def parse(self, data: bytes) -> Any:
             parsed.append(len(data))
             return real_parser.parse(data)
 
-    monkeypatch.setattr(cursor, "_parser", lambda language: Parser())
+    monkeypatch.setattr(cursor, "parser_for", lambda language: Parser())
 
-    def count(text: str) -> int:
-        tokenized.append(len(text))
-        return len(text) // 3
+    class Counting:
+        def starts(self, text: str) -> list[int]:
+            tokenized.append(len(text))
+            return list(range(0, len(text), 3))
+
+    count = Counting()
 
     context.build_context(cursor.read_cursor(big, offset, "python"), count, 512, 128)
     assert cursor.read_cursor(big, offset, "python").mode
@@ -709,8 +697,11 @@ def test_a_window_inside_a_huge_line_fits_the_token_budget():
     from codestral_ls.server.context import build_context
     from codestral_ls.server.cursor import read_cursor
 
-    def count(text: str) -> int:  # byte-level: a digit is a token, a CJK character three
-        return len(text.encode("utf-8"))
+    class ByteCounter:  # byte-level: a digit is a token, a CJK character three
+        def starts(self, text: str) -> list[int]:
+            return [i for i, ch in enumerate(text) for _ in range(len(ch.encode("utf-8")))]
+
+    count = ByteCounter()
 
     for line in ("x = [" + ", ".join(str(i) for i in range(30_000)) + "]", "s = '" + "中文字符" * 20_000 + "'"):
         text = f"a = 1\n{line}\nb = "
@@ -718,7 +709,7 @@ def test_a_window_inside_a_huge_line_fits_the_token_budget():
         for k in range(20):  # the cursor moving along the line
             offset = 6 + len(line) // 2 + k
             ctx = build_context(read_cursor(text, offset, "python"), count, 512, 128)
-            assert 0 < count(ctx.prefix) <= 512 and 0 < count(ctx.suffix) <= 128
+            assert 0 < len(count.starts(ctx.prefix)) <= 512 and 0 < len(count.starts(ctx.suffix)) <= 128
             starts.add(ctx.prefix_start)
         assert len(starts) <= 2  # the window's edge stays put, for the KV cache
 
@@ -730,7 +721,7 @@ def test_a_cancelled_queued_request_then_a_newer_one_leaves_the_engine_thread_al
     import threading
 
     from codestral_ls.engine.request import FimRequest, FimResult
-    from codestral_ls.engine.worker import EngineWorker
+    from codestral_ls.engine.serving.worker import EngineWorker
 
     started, gate = threading.Event(), threading.Event()
 
@@ -821,7 +812,7 @@ async def test_a_settings_reload_never_waits_for_the_old_engine_on_the_event_loo
 
     monkeypatch.setattr(backends, "open_backend", lambda *a, **kw: New())
     server = create_server(Options(backend="mistral"))
-    server.worker = Busy()
+    server.backend = Busy()
     t0 = time.perf_counter()
     server.start_engine()
     assert time.perf_counter() - t0 < 0.3  # the loop went on while the old engine stopped
@@ -830,4 +821,4 @@ async def test_a_settings_reload_never_waits_for_the_old_engine_on_the_event_loo
             break
         await asyncio.sleep(0.01)
     assert stopped_on and stopped_on[0] is not threading.current_thread()
-    assert isinstance(server.worker, New)
+    assert isinstance(server.backend, New)

@@ -22,8 +22,10 @@ from typing import Any
 
 import pytest
 from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.models.counting import ApproxCounter, count
 from codestral_ls.engine.request import FimRequest, StopRule
-from codestral_ls.server.backends import APIS, RemoteBackend, approx_tokens, open_backend
+from codestral_ls.engine.serving.remote import APIS, RemoteBackend
+from codestral_ls.server.backends import open_backend
 from codestral_ls.server.options import Options, parse_options
 from codestral_ls.server.pipeline import Completer, Document
 from lsprotocol import types
@@ -191,7 +193,7 @@ def test_endpoint_forms_and_defaults(monkeypatch):
     o = Options(backend="llamacpp", endpoint="http://127.0.0.1:9/infill")
     assert RemoteBackend(APIS["llamacpp"], o).url == "http://127.0.0.1:9/infill"
     assert RemoteBackend(APIS["mistral"], Options(backend="mistral")).url == "https://api.mistral.ai/v1/fim/completions"
-    assert approx_tokens("x" * 35) == 10 and approx_tokens("") == 0
+    assert count(ApproxCounter(), "x" * 35) == 10 and count(ApproxCounter(), "") == 0
 
 
 # -- configuration errors --------------------------------------------------------------------------
@@ -332,10 +334,10 @@ async def test_secrets_and_disabled_languages_are_never_sent_as_context(api):
               Document("file:///home/u/.ssh/config", "Host *\n", "sshconfig"),
               Document("file:///w/notes.md", "my private notes\n", "markdown"),
               Document("file:///w/util.py", "def sub(a, b):\n    return a - b\n", "python")]
-    completer = Completer(b, Options(backend="llamacpp", disabled_languages=("markdown",)), None, lambda uri: others)
+    completer = Completer(b, Options(backend="llamacpp", disabled_languages=("markdown",)))
     try:
         text = "def add(a, b):\n    return \n"
-        await completer.complete(Document("file:///w/p.py", text, "python"), text.index("return ") + 7)
+        await completer.complete(Document("file:///w/p.py", text, "python"), text.index("return ") + 7, others)
     finally:
         b.stop()
     sent = api.seen[-1].body["input_extra"]

@@ -39,7 +39,7 @@ def free_port() -> int:
 
 
 def start_llama_server() -> tuple[subprocess.Popen[bytes], str]:
-    from codestral_ls.engine import embedded
+    from codestral_ls.engine.models import embedded
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(embedded.gguf_path()),

@@ -1,4 +1,4 @@
-"""Context from other files (server/retrieval.py): ranking, import-following under the workspace
+"""Context from other files (server/retrieval/): ranking, import-following under the workspace
 root only, never a secret or a disabled language, a prompt whose extra part stays token-identical
 while the user types (and the engine reuses its cache), and distinct finished candidates.
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from codestral_ls.engine.fim import FimEncoder, detect_profile
+from codestral_ls.engine.models.fim import FimEncoder, detect_profile
 from codestral_ls.engine.request import FimRequest, StopRule
 from codestral_ls.server.options import Options
 from codestral_ls.server.pipeline import Completer, Document
@@ -188,7 +188,7 @@ def test_selection_changes_in_coarse_steps(project):
 
 @pytest.fixture(scope="module")
 def qwen_tok():
-    from codestral_ls.engine.embedded import tokenizer_dir
+    from codestral_ls.engine.models.embedded import tokenizer_dir
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tokenizer_dir())  # the GGUF's own, as the server uses
@@ -226,7 +226,7 @@ def test_codestral_gets_extra_context_before_the_fim_tokens(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def worker(qwen_engine):
-    from codestral_ls.engine.worker import EngineWorker
+    from codestral_ls.engine.serving.worker import EngineWorker
 
     w = EngineWorker(lambda: qwen_engine).start()
     w.loaded.wait(600)
@@ -240,22 +240,24 @@ def test_context_from_other_files_is_sized_to_the_device(project, worker):
     no other file: it would cost seconds at every new site. A faster device gets them."""
     from codestral_ls.server.cursor import read_cursor
 
-    c = Completer(worker, Options(), other_documents=lambda uri: [doc(project / "pkg" / "geometry.py", GEOMETRY)])
-    c.retriever.workspace = Workspace.of([project.as_uri()])
+    c = Completer(worker, Options())
+    c.workspace = Workspace.of([project.as_uri()])
+    others = [doc(project / "pkg" / "geometry.py", GEOMETRY)]
     text = USES + "\n\ndef area_of(room):\n    return room."
     main = project / "pkg" / "main.py"
     c.speed.device = "cpu"
     c.speed.observe(SimpleNamespace(prefilled_tokens=400, prefill_ms=4400.0))  # ~90 tok/s, this machine
-    assert c._ask(doc(main, text), read_cursor(text, len(text), "python")).req.extra_files == ()
+    assert c.request(doc(main, text), read_cursor(text, len(text), "python"), others).extra_files == ()
     c.speed.device = "cuda"
     c.speed.observe(SimpleNamespace(prefilled_tokens=5000, prefill_ms=100.0))  # thousands of tokens a second
-    assert c._ask(doc(main, text), read_cursor(text, len(text), "python")).req.extra_files
+    c.anchors.forget(doc(main, text).uri)  # a new device: the windows are sized again
+    assert c.request(doc(main, text), read_cursor(text, len(text), "python"), others).extra_files
 
 
 def test_two_keystrokes_share_the_extra_part_and_the_cache(project, qwen_engine, worker):
-    c = Completer(worker, Options(budget_ms=0, extra_context_tokens=384), other_documents=lambda uri: [
-        doc(project / "pkg" / "geometry.py", GEOMETRY)])
-    c.retriever.workspace = Workspace.of([project.as_uri()])
+    c = Completer(worker, Options(budget_ms=0, extra_context_tokens=384))
+    c.workspace = Workspace.of([project.as_uri()])
+    others = [doc(project / "pkg" / "geometry.py", GEOMETRY)]
     base = USES + "\n\ndef area_of(room):\n    return room."
     main = project / "pkg" / "main.py"
 
@@ -263,8 +265,7 @@ def test_two_keystrokes_share_the_extra_part_and_the_cache(project, qwen_engine,
     for text in (base, base + "s"):
         from codestral_ls.server.cursor import read_cursor
 
-        ask = c._ask(doc(main, text), read_cursor(text, len(text), "python"))
-        reqs.append(ask.req)
+        reqs.append(c.request(doc(main, text), read_cursor(text, len(text), "python"), others))
     assert reqs[0].extra_files and reqs[0].extra_files == reqs[1].extra_files
     enc = qwen_engine.encoder
     parts = [enc.extra_context(r.extra_files, r.path, r.repo) for r in reqs]
@@ -300,11 +301,11 @@ def test_one_candidate_by_default(worker):
 
 
 def test_path_and_repo_cross_the_daemon_wire():
-    from codestral_ls.engine.daemon import request_from_wire, request_to_wire
+    from codestral_ls.engine.serving.wire import request_from_wire, to_wire
 
     r = FimRequest(doc="d", prefix="", suffix="", extra_files=(("a.py", "x"),), path="a/b.py", repo="proj",
                    stop=StopRule())
-    back = request_from_wire(request_to_wire(r))
+    back = request_from_wire(to_wire(r))
     assert (back.path, back.repo, back.extra_files) == ("a/b.py", "proj", (("a.py", "x"),))
 
 
@@ -347,7 +348,7 @@ def test_crossfile_benchmark_sites_are_first_uses_of_sibling_names(tmp_path):
 
 
 def test_a_huge_open_file_is_chunked_without_a_parse(tmp_path):
-    from codestral_ls.server import retrieval
+    from codestral_ls.server.retrieval import outline as retrieval
 
     huge = "".join(f"def helper_{i}(value):\n    return value + {i}\n\n" for i in range(12_000))
     assert len(huge) > retrieval.MAX_FILE_BYTES

@@ -14,8 +14,18 @@ from codestral_ls.server.postprocess import FILTERS, PARSE_CHECK, adds_syntax_er
 from codestral_ls.server.typed_cache import Shown, TypedThroughCache
 
 
+class Quarters:
+    """A token every four characters (a short text is one token)."""
+
+    def starts(self, text: str) -> list[int]:
+        return list(range(0, 4 * max(1, len(text) // 4), 4)) if text else []
+
+
+counter = Quarters()
+
+
 def count(text: str) -> int:
-    return max(1, len(text) // 4) if text else 0
+    return len(counter.starts(text))
 
 
 def at(text: str, language: str = "python", multiline: str = "auto", marker: str = "|") -> Cursor:
@@ -25,7 +35,7 @@ def at(text: str, language: str = "python", multiline: str = "auto", marker: str
 
 
 def context(text: str, offset: int, prefix_tokens: int, suffix_tokens: int):
-    return build_context(read_cursor(text, offset, "python"), count, prefix_tokens, suffix_tokens)
+    return build_context(read_cursor(text, offset, "python"), counter, prefix_tokens, suffix_tokens)
 
 
 PY = ("import os\n\n\ndef load(path):\n    with open(path) as f:\n        return f.read()\n\n\n"
@@ -78,17 +88,17 @@ def test_modes_from_the_cursor_place():
 def test_one_parse_per_request(monkeypatch):
     """Mode, block indent and the context windows come from one tree-sitter parse."""
     parses = []
-    real = cursor_module._parser("python")
+    real = cursor_module.parser_for("python")
 
     class Counting:
         def parse(self, data: bytes):
             parses.append(len(data))
             return real.parse(data)
 
-    monkeypatch.setattr(cursor_module, "_parser", lambda language: Counting())
+    monkeypatch.setattr(cursor_module, "parser_for", lambda language: Counting())
     c = at(PY.replace("data = ", "data = |"))
     assert c.mode == "single" and c.block_indent == 4
-    build_context(c, count, 512, 64)
+    build_context(c, counter, 512, 64)
     assert len(parses) == 1
 
 
@@ -102,7 +112,7 @@ def surround(line_before: str, line_after: str = "", below: str = "", single: bo
 
 def test_postprocess_cuts_overlap_and_balances_brackets():
     assert postprocess("a + b)", surround("    print(add(", "))")) == "a + b"  # both closers already there
-    assert postprocess("x, y))\nfoo()", surround("f(g(")) == "x, y))"
+    assert postprocess("x, y))  \n\n", surround("f(g(", single=False)) == "x, y))"  # trailing blanks go
     assert postprocess("x)]", surround("f(")) == "x)"
     # A Rust lifetime is not a quote: the stray `)` after it is still found.
     rust = at("fn f<'a>(x: &'a str) -> &'a str {\n    g(|\n}\n", "rust", "never")
@@ -156,7 +166,7 @@ def test_every_filter_can_be_switched_off():
     s = surround("    x = add(", ")")
     assert postprocess("a + b)", s) == "a + b"
     assert postprocess("a + b)", s, frozenset({"drop_suffix_overlap", "balance_brackets"})) == "a + b)"
-    assert set(FILTERS) >= {"trim_to_line", "drop_suffix_overlap", "balance_brackets", "drop_repetition"}
+    assert set(FILTERS) >= {"strip_end", "drop_suffix_overlap", "balance_brackets", "drop_repetition"}
 
 
 def test_anchor_keeps_the_prompt_while_typing_and_moves_when_the_cursor_leaves():
@@ -164,18 +174,18 @@ def test_anchor_keeps_the_prompt_while_typing_and_moves_when_the_cursor_leaves()
     text = "def f(a):\n    return \n\nprint(f(1))\n"
     off = text.index("return ") + 7
 
-    def ctx(t, o):
-        return lambda: context(t, o, 256, 64)
+    def place(t, o):  # as the pipeline does: the anchored prompt, else a fresh one here
+        return anchors.lookup("u", t, o) or anchors.remember("u", t, o, context(t, o, 256, 64))
 
-    first = anchors.place("u", text, off, ctx(text, off))
+    first = place(text, off)
     assert not first.anchored and first.forced_middle == ""
     typed = text[:off] + "a +" + text[off:]
-    second = anchors.place("u", typed, off + 3, ctx(typed, off + 3))
+    second = place(typed, off + 3)
     assert second.anchored and second.forced_middle == "a +" and second.ctx == first.ctx
-    moved = anchors.place("u", typed, 3, ctx(typed, 3))
+    moved = place(typed, 3)
     assert not moved.anchored
     edited_below = typed.replace("print(f(1))", "print(f(2))")
-    again = anchors.place("u", edited_below, 3, ctx(edited_below, 3))
+    again = place(edited_below, 3)
     assert not again.anchored  # text after the cursor changed: a fresh prompt
 
 
@@ -290,12 +300,13 @@ def test_misfit_rejects_lines_that_cannot_be_right_before_the_code_below():
 
 def test_a_comment_alone_does_not_end_a_single_line_suggestion():
     rule = StopRule(single_line=True, line_comment="#")
-    assert rule.cut("# sort them\n    lst.sort()\n    return lst") == ("# sort them\n    lst.sort()", True)
-    assert rule.cut("lst.sort()\n    return lst") == ("lst.sort()", True)
-    assert StopRule(single_line=True).cut("# sort them\n    lst.sort()\n") == ("# sort them", True)
+    assert rule.cut("# sort them\n    lst.sort()\n    return lst") == ("# sort them\n    lst.sort()", "stop")
+    assert rule.cut("lst.sort()\n    return lst") == ("lst.sort()", "stop")
+    assert StopRule(single_line=True).cut("# sort them\n    lst.sort()\n") == ("# sort them", "stop")
     s = surround("    ", "", "\n", single=True)
     assert s.line_comment == "#"
-    assert postprocess("# sort them\n    lst.sort()\n    x", s) == "# sort them\n    lst.sort()"
+    cut, _ = StopRule(single_line=True, line_comment=s.line_comment).cut("# sort them\n    lst.sort()\n    x")
+    assert postprocess(cut, s) == "# sort them\n    lst.sort()"  # what the engine cut stays whole
 
 
 # -- CRLF documents (issue 16) -------------------------------------------------------------------
@@ -313,8 +324,8 @@ def test_a_crlf_document_reads_like_the_lf_one(doc):
     assert [ln for ln in crlf.prev_lines] == [ln for ln in lf.prev_lines]
     assert crlf.newline == ("\r\n" if "\n" in doc else "\n") and lf.newline == "\n"
     # The model sees the LF text either way.
-    a = build_context(lf, count, 256, 64)
-    b = build_context(crlf, count, 256, 64)
+    a = build_context(lf, counter, 256, 64)
+    b = build_context(crlf, counter, 256, 64)
     assert (a.prefix, a.suffix) == (b.prefix, b.suffix)
 
 
@@ -329,15 +340,13 @@ def test_a_crlf_anchor_keeps_the_prompt_and_sends_an_lf_middle():
     anchors = Anchors()
     text = "def f(a):\r\n    \r\n\r\nprint(f(1))\r\n"
     off = text.index("    ") + 4
-    first = anchors.place("u", text, off, lambda: build_context(read_cursor(text, off, "python"), count, 256, 64))
+    first = anchors.remember("u", text, off, build_context(read_cursor(text, off, "python"), counter, 256, 64))
     assert "\r" not in first.ctx.prefix + first.ctx.suffix
     typed = text[:off] + "x = 1\r\n    " + text[off:]
-    second = anchors.place("u", typed, off + 11, lambda: build_context(read_cursor(typed, off + 11, "python"),
-                                                                       count, 256, 64))
-    assert second.anchored and second.forced_middle == "x = 1\n    "
+    second = anchors.lookup("u", typed, off + 11)
+    assert second is not None and second.anchored and second.forced_middle == "x = 1\n    "
     below = typed.replace("f(1)", "f(2)")  # the suffix window's end, raw CRLF text, is checked too
-    assert not anchors.place("u", below, off + 11, lambda: build_context(read_cursor(below, off + 11, "python"),
-                                                                         count, 256, 64)).anchored
+    assert anchors.lookup("u", below, off + 11) is None
 
 
 # -- the parse check (issue 18) --------------------------------------------------------------------
@@ -477,3 +486,10 @@ def test_context_windows_follow_the_measured_prefill_speed():
     mid.observe(SimpleNamespace(prefilled_tokens=3000, prefill_ms=1000.0))  # 3000 tok/s: 896-token windows
     mid.windows(0, 0, 0)
     assert mid.extra_tokens(0) == 256
+
+
+def test_a_zero_max_lines_ends_after_one_line_and_cuts_no_character():
+    """StopRule(max_lines=0) cut the last character of a line (text[:-1])."""
+    assert StopRule(max_lines=0, single_line=True).cut("return x\nfoo") == ("return x", "stop")
+    assert StopRule(max_lines=0, single_line=True).cut("return x") == ("return x", None)
+    assert StopRule(max_lines=0).cut("a = 1\nb = 2\n") == ("a = 1", "stop")

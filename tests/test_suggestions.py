@@ -164,8 +164,8 @@ def test_a_block_replayed_from_the_cache_is_never_cut_by_the_budget(qwen_engine)
     # follow-up grew it again and announced it again: 12-42 notifications for one block.
     import dataclasses
 
-    from codestral_ls.engine.engine import Engine
-    from codestral_ls.engine.options import EngineOptions
+    from codestral_ls.engine.config import EngineOptions
+    from codestral_ls.engine.decoding.engine import Engine
     from codestral_ls.engine.request import FimRequest, StopRule
 
     engine = Engine(qwen_engine.loaded, EngineOptions())

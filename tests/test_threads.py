@@ -17,8 +17,8 @@ from pathlib import Path
 
 import mistral_common
 import pytest
-from codestral_ls.engine.fim import FimEncoder, detect_profile
-from codestral_ls.engine.tokenizer import MistralCommonTokenizer
+from codestral_ls.engine.models.fim import FimEncoder, detect_profile
+from codestral_ls.engine.models.tokenizer import MistralCommonTokenizer
 
 V3 = Path(mistral_common.__file__).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3"
 TEXTS = [f"def f{i}(x):\n    return x * {i} + {'é' * (i % 5)}🙂\n" + "    # note\n" * (i % 7) for i in range(200)]

@@ -91,7 +91,7 @@ def test_template_covers_the_languages() -> None:
 def test_template_maps_only_languages_the_server_parses() -> None:
     """Every languageId the template sends has a tree-sitter grammar in the server (Kotlin has none:
     its files would get suggestions with no parse check, mode or block detection)."""
-    from codestral_ls.server.cursor import GRAMMARS
+    from codestral_ls.server.languages import GRAMMARS
     t = _load("template.json")
     sent = {m["languageId"] for m in t["fileTypeMappings"]} | {m["languageId"] for m in t["languageMappings"]}
     assert sent - set(GRAMMARS) == set()

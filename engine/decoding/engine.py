@@ -2,7 +2,7 @@
 
 Read it like gpt-fast's generate.py: `_replay` / `_prefill` / `_decode` / `_verify` are the phases,
 their state is explicit (`_Decode`), and the model is one hop away (`self.runner.forward`, see
-`engine/runner.py`: torch or llama.cpp, logits as numpy rows). Which token may come next (owed heal
+`engine/decoding/runner.py`: torch or llama.cpp, logits as numpy rows). Which token may come next (owed heal
 text, avoided starts, a replay re-making a constrained pick) is one object, `Constraint`.
 
 Greedy decoding only: a completion must be the same every time for the same text, and that
@@ -17,110 +17,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from codestral_ls.engine.draft import DraftModel
+from codestral_ls.engine.config import EngineOptions
+from codestral_ls.engine.decoding.constraint import Constraint, Lookup
+from codestral_ls.engine.decoding.draft import DraftModel
+from codestral_ls.engine.decoding.heal import HealIndex
+from codestral_ls.engine.decoding.kvcache import Entry, PrefixStore, Ranking, Sequence
+from codestral_ls.engine.decoding.runner import prefill
 from codestral_ls.engine.errors import Cancelled
-from codestral_ls.engine.fim import FimPrompt
-from codestral_ls.engine.heal import HealIndex
-from codestral_ls.engine.kvcache import Entry, PrefixStore, Ranking, Sequence
-from codestral_ls.engine.loading import LoadedModel
-from codestral_ls.engine.options import EngineOptions
+from codestral_ls.engine.models.counting import counter_for
+from codestral_ls.engine.models.fim import FimPrompt
+from codestral_ls.engine.models.loading import LoadedModel
 from codestral_ls.engine.request import FimRequest, FimResult
-from codestral_ls.engine.runner import prefill
 
 log = logging.getLogger(__name__)
 
-RANKED = 1024  # most tokens ranked at a constrained pick, so a replay can re-make it exactly
-
-
-def top(logits: np.ndarray, k: int) -> list[int]:
-    """The k best token ids, best first."""
-    k = min(k, logits.shape[0])
-    part = np.argpartition(-logits, k - 1)[:k]
-    return part[np.argsort(-logits[part], kind="stable")].tolist()
-
-
-@dataclass
-class Constraint:
-    """What may come next: the owed heal text (`rest`) is paid first, and the suggestion's first
-    words must not begin an `avoid`ed line. `text` is the suggestion so far."""
-
-    heal: HealIndex
-    rest: str
-    avoid: tuple[str, ...] = ()
-    text: str = ""
-
-    def active(self) -> bool:
-        """Is a constraint still in force (heal text owed, or avoided starts not yet passed)?"""
-        return bool(self.rest) or bool(self.avoid and not self.text.strip())
-
-    def permits(self, token: int) -> bool:
-        """May `token` come next: it pays the owed heal text and does not begin an avoided line."""
-        return self.heal.consistent(token, self.rest) and not (self.avoid and self._starts_avoided(token))
-
-    def _starts_avoided(self, token: int) -> bool:
-        if self.text.strip():
-            return False  # only the suggestion's first words are steered
-        piece = self.heal.strings[token]
-        if self.rest:
-            piece = piece[len(self.rest):] if piece.startswith(self.rest) else ""
-        content = (self.text + piece).lstrip()
-        return bool(content) and any(a.startswith(content) for a in self.avoid)
-
-    def choose(self, logits: np.ndarray) -> tuple[int, Ranking | None]:
-        """The token to take and how it was chosen (see `Entry.choices`)."""
-        best = int(np.argmax(logits))
-        if not self.active() or self.permits(best):
-            return best, None
-        if self.rest:
-            allowed = self.heal.allowed(self.rest)
-            if not allowed:  # nothing spells the owed text: fall back to free choice
-                return best, None
-            scores = logits[np.asarray(allowed)]
-            candidates = [allowed[i] for i in np.argsort(-scores, kind="stable").tolist()]
-        else:
-            candidates = top(logits, RANKED)
-        # Every candidate starting an avoided line: give up avoiding, keep paying the heal text.
-        token = next((t for t in candidates if self.permits(t)), candidates[0])
-        if token == best:
-            return best, None
-        # Rank everything that scored above the pick (capped: past that, a replay re-decodes).
-        above = int((logits > logits[token]).sum()) + 1
-        return token, tuple(top(logits, min(max(above, 8), RANKED)))
-
-    def still_chosen(self, token: int, old: Ranking | None) -> bool:
-        """Would cached `token` be chosen now? An argmax (`old` None) stays the pick wherever it is
-        permitted. A constrained pick is re-made from its ranking: the best-ranked token permitted
-        now must be `token` (tokens outside the ranking score lower than all in it)."""
-        if old is None:
-            return self.permits(token)
-        for t in old:
-            if self.permits(t):
-                return t == token
-        return False
-
-    def advance(self, token: int) -> None:
-        self.rest = self.heal.advance(self.rest, token)
-
-
-@dataclass
-class _Lookup:
-    """Adaptive prompt-lookup state: draft only while drafts are being accepted."""
-
-    proposed: int = 0
-    accepted: int = 0
-    cooldown: int = 0
-
-    def worth_trying(self) -> bool:
-        if self.cooldown > 0:
-            self.cooldown -= 1
-            return False
-        return True
-
-    def record(self, proposed: int, accepted: int) -> None:
-        self.proposed += proposed
-        self.accepted += accepted
-        if accepted == 0:
-            self.cooldown = 8  # a rejected draft cost a wider forward for nothing: back off
+WORKING_SEQUENCES = 3  # slots kept for requests' own sequences (this document, another, a grown block)
+DEFAULT_SPINES = 6  # spines on a runner whose sequences are bounded by bytes, not slots
 
 
 @dataclass
@@ -133,6 +45,8 @@ class _Decode:
     rule: Constraint
     result: FimResult
     gen: list[int] = field(default_factory=list)
+    decoded: str = ""  # the text of gen[:clean]
+    clean: int = 0  # gen[:clean] decodes to whole characters
     text: str = ""
     finish: str = ""
 
@@ -152,30 +66,50 @@ class Engine:
         self.store = PrefixStore(budget_bytes=self.options.kv_budget_bytes, enabled=self.options.kv_reuse)
         self.runner.attach(self.store)
         self.heal = HealIndex.build(loaded.tokenizer, self.runner.vocab_size)
-        self.lookup = _Lookup()
+        # Counting for the server's window sizing: the vocabulary's own offsets, or its pieces.
+        self.counter = counter_for(loaded.tokenizer, self.encoder.encode_text, self.heal.strings.__getitem__)
+        self.lookup = Lookup()
         self._background: _Decode | None = None
         self.forward_calls = 0
+        # Prompt tokens prefilled while a request waited vs ahead of one (warm-ups), and their time.
+        self.prefilled = {"request_tokens": 0, "request_ms": 0.0, "warm_tokens": 0, "warm_ms": 0.0}
 
     # -- public -----------------------------------------------------------------------------
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.encoder.encode_text(text))
+    @property
+    def context_tokens(self) -> int | None:
+        """Most tokens one sequence holds, less what background decoding adds past an answer."""
+        seq_ctx = getattr(self.runner, "seq_ctx", None)
+        return None if seq_ctx is None else seq_ctx - self.options.background_tokens
+
+    @property
+    def spine_capacity(self) -> int:
+        """How many spines the cache can hold besides the sequences requests work in (0: none: a
+        suffix-first family shares no prompt start between cursors, or the cache is off)."""
+        if self.encoder.profile.order != "psm" or not self.options.kv_reuse:
+            return 0
+        slots = getattr(self.runner, "slots", None)
+        return max(0, slots - WORKING_SEQUENCES) if slots else DEFAULT_SPINES
+
+    def drop_background(self) -> None:
+        """Forget the continuation being decoded past the last answer (after a fault, or to free memory)."""
+        self._background = None
 
     def complete(self, req: FimRequest) -> FimResult:
         """The suggestion for `req`; raises `Cancelled` if its cancel token is set meanwhile."""
         t0 = time.perf_counter()
         self._background = None  # a new request always wins over prefetch work
-        prompt = self.encoder.build(req.prefix, req.suffix, req.forced_middle, req.extra_files, heal=req.heal,
-                                     path=req.path, repo=req.repo)
-        entry, shared = self.store.take(req.doc, prompt.ids)
+        if req.spine:
+            return self._warm_spine(req, t0)
+        prompt, window = self._prompt(req)
+        entry, shared = self.store.take(req.doc, prompt.ids, self.runner.fork)
         st = _Decode(req, prompt, entry, Constraint(self.heal, prompt.heal, req.avoid),
-                     FimResult(text="", finish="", prompt_tokens=len(prompt.ids)))
+                     FimResult(text="", finish="", prompt_tokens=len(prompt.ids), window=window))
         try:
             logits = self._replay(st, shared)
             st.result.prefill_ms = (time.perf_counter() - t0) * 1000
             if not st.finish:
-                deadline = t0 + req.budget_ms / 1000 if req.budget_ms else None
-                self._decode(st, logits, deadline)
+                self._decode(st, logits)
         except Cancelled:
             # Cancellation lands between forwards: the sequence is a valid cache of its ids.
             entry.next_logits = None
@@ -222,6 +156,47 @@ class Engine:
         return True
 
     # -- phases -----------------------------------------------------------------------------
+
+    def _prompt(self, req: FimRequest) -> tuple[FimPrompt, str]:
+        """The prompt's ids, with the whole `prefix` or, when that costs more prefill, the shorter window
+        from `short_start` (a place whose long window's start nobody prefilled yet)."""
+        def build(prefix: str) -> FimPrompt:
+            return self.encoder.build(prefix, req.suffix, req.forced_middle, req.extra_files, heal=req.heal,
+                                      path=req.path, repo=req.repo)
+
+        long = build(req.prefix)
+        if not req.short_start:
+            return long, ""
+        short = build(req.prefix[req.short_start:])
+        if len(long.ids) - self.store.peek(long.ids) <= len(short.ids) - self.store.peek(short.ids):
+            return long, "long"
+        return short, "short"
+
+    def _warm_spine(self, req: FimRequest, t0: float) -> FimResult:
+        """Prefill the start shared by every prompt whose prefix starts with `req.prefix`, and keep it
+        as a spine (engine/decoding/kvcache.py); nothing is decoded."""
+        ids = self.encoder.spine(req.prefix, req.extra_files, req.path, req.repo)
+        if ids is None:
+            return FimResult(text="", finish="stop")
+        entry, shared = self.store.take(req.doc, ids, self.runner.fork, spine=True)
+        keep = min(shared, len(ids))
+        entry.truncate(keep)
+        entry.prompt_len, entry.choices, entry.next_logits, entry.shared = keep, [], None, True
+        try:
+            if keep < len(ids):
+                self._prefill(entry.seq, ids[keep:], req)
+        except Cancelled:  # between chunks: a valid cache of what it holds, continued next time
+            entry.prompt_len = len(entry.ids)
+            self.store.put(entry)
+            raise
+        except BaseException:
+            entry.seq.release()
+            raise
+        entry.prompt_len = len(entry.ids)
+        self.store.put(entry)
+        elapsed = (time.perf_counter() - t0) * 1000
+        return FimResult(text="", finish="stop", prompt_tokens=len(ids), reused_tokens=keep,
+                         prefilled_tokens=len(ids) - keep, elapsed_ms=elapsed, prefill_ms=elapsed)
 
     def _replay(self, st: _Decode, shared: int) -> np.ndarray | None:
         """Bring `st.entry` to the prompt; replay cached decoded tokens that are still valid.
@@ -274,9 +249,18 @@ class Engine:
 
     def _prefill(self, seq: Sequence, ids: list[int], req: FimRequest) -> np.ndarray:
         chunk = self.options.prefill_chunk or (self.runner.warm_chunk if req.warm else self.runner.prefill_chunk)
-        return prefill(self._forward, seq, ids, chunk, req.cancel)
+        kind = "warm" if req.warm else "request"
 
-    def _decode(self, st: _Decode, logits: np.ndarray, deadline: float | None) -> None:
+        def step(seq: Sequence, part: list[int]) -> Any:  # counted chunk by chunk: a cancelled prefill counts too
+            t = time.perf_counter()
+            out = self._forward(seq, part)
+            self.prefilled[f"{kind}_tokens"] += len(part)
+            self.prefilled[f"{kind}_ms"] += (time.perf_counter() - t) * 1000
+            return out
+
+        return prefill(step, seq, ids, chunk, req.cancel)
+
+    def _decode(self, st: _Decode, logits: np.ndarray) -> None:
         entry, req = st.entry, st.req
         while True:
             token, choice = st.rule.choose(logits)
@@ -285,9 +269,6 @@ class Engine:
                 st.finish = "stop"
                 return
             if self._accept(st, token) or self._at_length(st):
-                return
-            if deadline is not None and time.perf_counter() > deadline and not st.rule.rest and st.text.strip():
-                st.finish = "budget"
                 return
             if req.cancel.cancelled:
                 raise Cancelled("request superseded")
@@ -319,15 +300,20 @@ class Engine:
         st.rule.advance(token)
         if st.rule.rest:
             return False
-        full = self.encoder.decode(st.gen)
+        # Decode only what is new: the tokens since the last whole character (a byte-level token
+        # may end inside one).
+        tail = self.encoder.decode(st.gen[st.clean:])
+        full = st.decoded + tail
+        if not tail.endswith("\ufffd"):
+            st.decoded, st.clean = full, len(st.gen)
         heal = st.prompt.heal
         middle = full[len(heal):] if full.startswith(heal) else full
         stop = st.req.stop.unbudgeted() if replaying else st.req.stop
-        st.text, done = stop.cut(middle)
+        st.text, why = stop.cut(middle)
         st.rule.text = st.text
-        if done:
-            st.finish = "stop"
-        return done
+        if why is not None:
+            st.finish = why
+        return why is not None
 
     # -- speculation (prompt lookup, draft model) -------------------------------------------
 

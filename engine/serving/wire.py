@@ -19,6 +19,8 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from codestral_ls.engine.request import FimRequest, FimResult
+
 LOCAL = frozenset({"cancel"})
 INSTANTS = frozenset({"line_deadline"})
 
@@ -103,3 +105,19 @@ def _check(hint: Any, value: Any, where: str) -> Any:
             raise ValueError(f"field {where!r} has the wrong type ({type(value).__name__})")
         return value
     raise ValueError(f"field {where!r}: unsupported type {hint}")
+
+
+def request_from_wire(d: Any) -> FimRequest:
+    """A validated FimRequest; ValueError names the first bad field."""
+    req = from_wire(FimRequest, d, "")
+    if not 0 < req.max_tokens <= 4096:
+        raise ValueError("field 'max_tokens' must be between 1 and 4096")
+    return req
+
+
+def result_from_wire(d: Any) -> FimResult:
+    if not isinstance(d, dict):
+        raise ValueError("result must be a JSON object")
+    # A newer daemon may report more counters than this client knows: those are dropped.
+    known = {f.name for f in dataclasses.fields(FimResult)}
+    return from_wire(FimResult, {k: v for k, v in d.items() if k in known}, "result.")

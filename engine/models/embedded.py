@@ -232,7 +232,7 @@ class GgufTokenizer:
 
         self.name_or_path = str(folder)
         self.backend_tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # also taken by `counting.FastCounter`
         try:
             config = json.loads((folder / "tokenizer_config.json").read_text())
         except (OSError, ValueError):
@@ -253,7 +253,7 @@ class GgufTokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True, split_special_tokens: bool = False) -> list[int]:
         tok = self.backend_tokenizer
-        with self._lock:
+        with self.lock:
             tok.encode_special_tokens = split_special_tokens
             try:
                 return tok.encode(text, add_special_tokens=add_special_tokens).ids

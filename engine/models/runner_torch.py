@@ -7,12 +7,13 @@ float32 rows, so the decode logic above never touches a tensor.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from codestral_ls.engine.kvcache import PrefixStore, Sequence
+from codestral_ls.engine.decoding.kvcache import PrefixStore, Sequence
 
 
 @dataclass(eq=False)
@@ -45,9 +46,18 @@ class TorchRunner:
         self.model = model
         self.device = torch.device(device)
         self.vocab_size = int(model.config.vocab_size)
+        # The model's trained context: prompts past it lose what it was trained to attend to.
+        self.seq_ctx = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
 
     def attach(self, store: PrefixStore) -> None:
         pass  # caches live in device memory and grow as needed: the store's byte budget bounds them
+
+    def fork(self, seq: Sequence) -> Sequence:
+        """A sequence of its own holding a copy of `seq`'s ids and keys/values."""
+        kv = seq.kv
+        if kv is None or not isinstance(kv, TorchKV) or kv.cache is None:
+            return Sequence()
+        return Sequence(ids=list(seq.ids), kv=TorchKV(copy.deepcopy(kv.cache)))
 
     def forward(self, seq: Sequence, ids: list[int], n_logits: int = 1) -> np.ndarray:
         if seq.kv is None:

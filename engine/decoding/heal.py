@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from codestral_ls.engine.tokenizer import piece_decoder
+from codestral_ls.engine.models.tokenizer import piece_decoder
 
 
 @dataclass

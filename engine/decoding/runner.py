@@ -17,11 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from codestral_ls.engine.config import CHOICES
+from codestral_ls.engine.decoding.kvcache import PrefixStore, Sequence
 from codestral_ls.engine.errors import Cancelled, ModelLoadError
-from codestral_ls.engine.kvcache import PrefixStore, Sequence
 from codestral_ls.engine.request import CancelToken
-
-RUNNERS = ("auto", "torch", "llamacpp")
 
 
 class Runner(Protocol):
@@ -40,6 +39,9 @@ class Runner(Protocol):
 
     def attach(self, store: PrefixStore) -> None:
         """A store whose oldest entries may be freed when the runner runs out of room."""
+
+    def fork(self, seq: Sequence) -> Sequence:
+        """A new sequence holding a copy of `seq`'s ids and keys/values (`seq` is left as it is)."""
 
 
 def prefill(step: Callable[[Sequence, list[int]], Any], seq: Sequence, ids: list[int], chunk: int,
@@ -64,8 +66,8 @@ def choose_runner(runner: str, gguf: Path | None, device: str, quantize: str = "
 
     --quantize and --dtype are torch's: a GGUF on llama.cpp computes with its own quantization.
     """
-    if runner not in RUNNERS:
-        raise ModelLoadError(f"--runner {runner!r} is not one of {', '.join(RUNNERS)}")
+    if runner not in CHOICES["runner"]:
+        raise ModelLoadError(f"runner {runner!r} is not one of {', '.join(CHOICES['runner'])}")
     torch_only = [f"--{k} {v}" for k, v in (("quantize", quantize), ("dtype", dtype)) if v not in ("auto", "none")]
     if runner == "llamacpp":
         if gguf is None:

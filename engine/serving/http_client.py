@@ -1,7 +1,7 @@
 """The HTTP plumbing every out-of-process backend shares: the engine daemon's client
-(engine/daemon_client.py) and the remote APIs (server/backends.py).
+(engine/serving/daemon_client.py) and the remote APIs (engine/serving/remote.py).
 
-One HTTP request per FIM request, on a small thread pool; newest per document wins (engine/backend.py)
+One HTTP request per FIM request, on a small thread pool; newest per document wins (engine/serving/backend.py)
 and a cancelled request closes its connection at once. Transport rules kept here, once: connect and
 read timeouts plus a total deadline per request (`total_timeout`), answers read up to a size limit,
 $HTTPS_PROXY / $HTTP_PROXY / $NO_PROXY honoured (loopback always direct), TLS with the system's CAs
@@ -14,7 +14,6 @@ import base64
 import http.client
 import json
 import logging
-import math
 import os
 import socket
 import ssl
@@ -24,20 +23,16 @@ import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
-from codestral_ls.engine.backend import Job, NewestPerDocument, settle
-from codestral_ls.engine.daemon import LOOPBACK
 from codestral_ls.engine.errors import Cancelled, EngineError
+from codestral_ls.engine.models.counting import ApproxCounter, TokenCounter
 from codestral_ls.engine.request import CancelToken, FimRequest, FimResult
+from codestral_ls.engine.serving.backend import Job, NewestPerDocument, settle
+from codestral_ls.engine.serving.urls import is_loopback, origin_of
 
 log = logging.getLogger(__name__)
 
-CHARS_PER_TOKEN = 3.5
 MAX_RESPONSE = 4 * 2**20  # a FIM answer is a few KiB; anything this big is refused unread
 MAX_TOKENIZER = 64 * 2**20  # the daemon's tokenizer JSON (Qwen's is ~7 MiB)
-
-
-def approx_tokens(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
 
@@ -75,8 +70,12 @@ class HttpBackend:
 
     # -- Backend --
 
-    def count_tokens(self, text: str) -> int:
-        return approx_tokens(text)
+    device = ""  # not known here
+    context_tokens: int | None = None
+    spines = 0  # no cache of ours to warm
+
+    def counter(self) -> TokenCounter:
+        return ApproxCounter()
 
     def submit(self, req: FimRequest) -> Future[FimResult]:
         fut: Future[FimResult] = Future()
@@ -97,6 +96,9 @@ class HttpBackend:
 
     def prefetch(self, req: FimRequest) -> None:
         """Remote APIs have no prompt cache we can warm without paying for a completion: ignored."""
+
+    def plan(self, reqs: list[FimRequest]) -> None:
+        """Nor spines: ignored (a daemon's engine warms its own windows' spines from its requests)."""
 
     def stop(self) -> None:
         with self._lock:
@@ -145,7 +147,7 @@ class HttpBackend:
         """Send one request (through $HTTPS_PROXY / $HTTP_PROXY unless $NO_PROXY or loopback says
         not); the connection closes as soon as `req` is cancelled or its deadline passes."""
         u = urllib.parse.urlsplit(url)
-        origin = _origin(url)
+        origin = origin_of(url)
         host, port = u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
         proxy = _proxy_for(u.scheme, host)
         headers = {"User-Agent": "codestral-ls", **headers}
@@ -267,13 +269,6 @@ class HttpBackend:
         return text.replace(self._secret, "***") if self._secret else text
 
 
-def _origin(url: str) -> str:
-    """scheme://host:port, without credentials, path or query: safe to show."""
-    u = urllib.parse.urlsplit(url)
-    host = u.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{u.scheme}://{host}" + (f":{u.port}" if u.port else "")
 
 
 class _Deadline:
@@ -298,14 +293,12 @@ class _Deadline:
             self._timer.cancel()
 
 
-def _loopback(host: str) -> bool:
-    return host in LOOPBACK or host.startswith("127.")
 
 
 def _proxy_for(scheme: str, host: str) -> urllib.parse.SplitResult | None:
     """The proxy $HTTPS_PROXY / $HTTP_PROXY names for `host`, unless $NO_PROXY exempts it; loopback
     is always reached directly."""
-    if _loopback(host):
+    if is_loopback(host):
         return None
     proxies = urllib.request.getproxies_environment()
     url = proxies.get(scheme)
@@ -349,13 +342,3 @@ def _error_detail(body: bytes) -> str:
     return text[:200] + ("…" if len(text) > 200 else "")
 
 
-def _valid_url(url: str) -> str | None:
-    """Why `url` is not a usable http(s) URL, or None."""
-    try:
-        u = urllib.parse.urlsplit(url)
-        u.port  # noqa: B018 - raises on a bad port
-    except ValueError as exc:
-        return f"{url!r} is not a URL: {exc}"
-    if u.scheme not in ("http", "https") or not u.hostname:
-        return f"expected an http:// or https:// URL, got {url!r}"
-    return None

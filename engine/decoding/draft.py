@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from codestral_ls.engine.decoding.kvcache import Entry, PrefixStore, Sequence
+from codestral_ls.engine.decoding.runner import Runner, prefill
 from codestral_ls.engine.errors import Cancelled, ModelLoadError
-from codestral_ls.engine.kvcache import Entry, PrefixStore, Sequence
 from codestral_ls.engine.request import CancelToken
-from codestral_ls.engine.runner import Runner, prefill
 
 
 class DraftModel:

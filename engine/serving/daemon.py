@@ -2,7 +2,7 @@
 
 Editors start one language server per window; with the daemon they all send their FIM requests to
 one process that holds the model, so the newest-per-document rule, the KV cache and the background
-prefetch of its single `EngineWorker` serve every window. The client is engine/daemon_client.py.
+prefetch of its single `EngineWorker` serve every window. The client is engine/serving/daemon_client.py.
 Standard library only, no torch at import.
 
 Wire protocol (HTTP/1.0, JSON, loopback by default). Every request carries
@@ -12,7 +12,7 @@ Wire protocol (HTTP/1.0, JSON, loopback by default). Every request carries
     GET  /v1/stats      counters (requests, clients, cancelled, ...)
     GET  /v1/tokenizer  the model's tokenizer as `tokenizers` JSON (clients count tokens exactly); 503 while loading
     POST /v1/prefetch   {"client": str, "request": {FimRequest fields}} → 202 {}: warmed when the worker is idle
-    POST /v1/fim        {"client": str, "request": {FimRequest fields}}   (fields: engine/wire.py, from the dataclasses)
+    POST /v1/fim        {"client": str, "request": {FimRequest fields}}   (engine/serving/wire.py)
         → 200, application/x-ndjson, one JSON object per line, ended by the daemon closing the connection:
           {"event": "wait"}  every HEARTBEAT_S while the request is queued or running
           then one of {"result": {FimResult fields}} or {"error": {"kind": "cancelled"|"engine"|"internal",
@@ -43,19 +43,26 @@ import socket
 import socketserver
 import threading
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from codestral_ls.engine.backend import Backend
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import FimRequest, FimResult
-from codestral_ls.engine.wire import from_wire, to_wire
+from codestral_ls.engine.serving.backend import Backend
+from codestral_ls.engine.serving.discovery import (
+    TOKEN_ENV,
+    DaemonInfo,
+    daemon_file,
+    pid_alive,
+    read_daemon_file,
+    write_daemon_file,
+)
+from codestral_ls.engine.serving.urls import format_host, is_loopback
+from codestral_ls.engine.serving.wire import request_from_wire, to_wire
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "CODESTRAL_LS_ENGINE_TOKEN"  # a fixed token for the daemon and its clients (else random)
 HEARTBEAT_S = 2.0
 MAX_BODY = 16 * 2**20
 # A local process must not be able to hold the daemon: at most MAX_HANDLERS connections at once
@@ -64,123 +71,10 @@ MAX_BODY = 16 * 2**20
 MAX_HANDLERS = 64
 AUTH_DEADLINE_S = 5.0
 IO_TIMEOUT_S = 30.0
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class DaemonError(EngineError):
     """The daemon cannot start (address in use, another daemon running, unwritable file)."""
-
-
-# -- discovery file -------------------------------------------------------------------------------
-
-
-def daemon_file() -> Path:
-    """Where the running daemon says how to reach it: <cache dir>/engine.serve/daemon.json."""
-    from codestral_ls.engine.embedded import cache_dir
-
-    return cache_dir() / "engine.serve" / "daemon.json"
-
-
-@dataclass(frozen=True)
-class DaemonInfo:
-    host: str
-    port: int
-    token: str
-    pid: int
-
-    @property
-    def url(self) -> str:
-        return f"http://{format_host(self.host)}:{self.port}"
-
-
-def format_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def read_daemon_file(path: Path) -> DaemonInfo | None:
-    """The file's contents; None when there is none; ValueError when it is unreadable or untrusted.
-
-    Trusted only when the file and its folder are this user's and nobody else can write them (the
-    file: nor read it): another local user could otherwise plant a file that sends our requests
-    (the user's code) to their own server. No symlinks followed.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc} (a symlink is refused)") from None
-    try:
-        _check_private(path.parent, os.lstat(path.parent), folder=True)
-        _check_private(path, os.fstat(fd), folder=False)
-        with os.fdopen(fd, encoding="utf-8") as f:
-            fd = -1
-            raw = json.loads(f.read(65536))
-        return DaemonInfo(host=str(raw["host"]), port=int(raw["port"]), token=str(raw["token"]), pid=int(raw["pid"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-def _check_private(path: Path, st: os.stat_result, folder: bool) -> None:
-    import stat
-
-    if st.st_uid != os.getuid():
-        raise ValueError(f"{path} belongs to uid {st.st_uid}, not to you: not trusted")
-    if not (stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)):
-        raise ValueError(f"{path} is not a {'folder' if folder else 'regular file'}: not trusted")
-    if st.st_mode & (0o022 if folder else 0o077):
-        raise ValueError(f"{path} is open to other users (mode {stat.S_IMODE(st.st_mode):o}): not trusted")
-
-
-def write_daemon_file(path: Path, info: DaemonInfo) -> None:
-    """Write atomically, readable by the user only (the token is a credential)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path.parent, 0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({**asdict(info), "url": info.url}, f)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` is a live process of this user (another user's process is not our daemon)."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-# -- wire format ----------------------------------------------------------------------------------
-
-
-def request_to_wire(req: FimRequest) -> dict[str, Any]:
-    return to_wire(req)
-
-
-def request_from_wire(d: Any) -> FimRequest:
-    """A validated FimRequest; ValueError names the first bad field."""
-    req = from_wire(FimRequest, d, "")
-    if not 0 < req.max_tokens <= 4096:
-        raise ValueError("field 'max_tokens' must be between 1 and 4096")
-    return req
-
-
-def result_to_wire(r: FimResult) -> dict[str, Any]:
-    return to_wire(r)
-
-
-def result_from_wire(d: Any) -> FimResult:
-    if not isinstance(d, dict):
-        raise ValueError("result must be a JSON object")
-    # A newer daemon may report more counters than this client knows: those are dropped.
-    known = {f.name for f in fields(FimResult)}
-    return from_wire(FimResult, {k: v for k, v in d.items() if k in known}, "result.")
 
 
 # -- the daemon -----------------------------------------------------------------------------------
@@ -376,7 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
         exc = fut.exception()
         if exc is None:
             s.count("completed")
-            self._line({"result": result_to_wire(fut.result())})
+            self._line({"result": to_wire(fut.result())})
         elif isinstance(exc, Cancelled):
             s.count("cancelled")
             self._line({"error": {"kind": "cancelled", "message": str(exc)}})
@@ -456,7 +350,7 @@ def serve(worker: Backend, host: str = "127.0.0.1", port: int = 0, file: Path | 
     """Serve `worker` until SIGINT/SIGTERM; writes (and at exit removes) the discovery file."""
     file = file or daemon_file()
     ensure_not_running(file)
-    if host not in LOOPBACK:
+    if not is_loopback(host):
         log.warning("engine daemon listening on %s: reachable from other machines, over plain HTTP "
                     "(the token is still required)", host)
     try:

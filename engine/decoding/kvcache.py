@@ -6,6 +6,11 @@ sequence plus what the engine learnt decoding it: which ids were prompt, how eac
 was chosen, and the logits after the last one. A new prompt takes the entry sharing its longest
 prefix, crops it there and prefills only the rest.
 
+Shared entries (spines): the text of an open file from a window start on, prefilled while the user
+reads (`FimRequest.spine`). A request never takes one: it takes a copy (`Fork`, the runner's), cropped
+where its prompt leaves the spine, so one spine serves every cursor whose prompt starts there. Only
+a newer spine of the same document replaces it.
+
 Rules: entries are evicted least-recently-used to a byte budget and an entry limit, but the most
 recent entry is never evicted (it is the one the next keystroke needs); when it alone is over the
 budget that is logged and counted in `oversized`. Growth after `put` (background decoding) is
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -84,6 +90,7 @@ class Entry:
     choices: list[Ranking | None] = field(default_factory=list)
     next_logits: Any = None  # numpy float32 [vocab]
     last_used: float = field(default_factory=time.monotonic)
+    shared: bool = False  # a spine: copied by requests, never taken by them
 
     @property
     def ids(self) -> list[int]:
@@ -100,6 +107,13 @@ class Entry:
 
     def nbytes(self) -> int:
         return self.seq.nbytes()
+
+
+Fork = Callable[[Sequence], Sequence]  # a copy of a sequence's ids and keys/values (the runner's)
+
+
+def _rank(entry: Entry, doc: str) -> int:
+    return (entry.doc != doc) * 2 + entry.shared
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -124,24 +138,48 @@ class PrefixStore:
     misses: int = 0
     oversized: int = 0  # times the most recent entry alone was over the budget (kept anyway)
 
-    def take(self, doc: str, ids: list[int]) -> tuple[Entry, int]:
+    def _best(self, doc: str, ids: list[int]) -> tuple[Entry | None, int]:
+        """The entry sharing the longest prefix with `ids`; on a tie, the document's own working entry
+        (no copy needed) before a spine, and the document's own before another's."""
+        best, best_len = None, 0
+        if not self.enabled:
+            return None, 0
+        for entry in self.entries:
+            n = common_prefix(entry.seq.ids, ids)
+            if n > best_len or (n == best_len and best is not None and _rank(entry, doc) < _rank(best, doc)):
+                best, best_len = entry, n
+        return best, best_len
+
+    def peek(self, ids: list[int]) -> int:
+        """How many leading tokens of `ids` some entry holds (what a prompt would not have to prefill)."""
+        return self._best("", ids)[1]
+
+    def take(self, doc: str, ids: list[int], fork: Fork | None = None, spine: bool = False) -> tuple[Entry, int]:
         """The entry to extend for prompt `ids`, and how many of its tokens `ids` shares.
 
-        The caller owns the returned entry until it calls `put` again (one engine worker).
+        The caller owns the returned entry until it calls `put` again (one engine worker). A spine is
+        copied with `fork` (it stays here for the next cursor), unless `spine` says the caller is a
+        newer spine of the same document: that one replaces it.
         """
-        best, best_len = None, 0
-        if self.enabled:
-            for entry in self.entries:
-                n = common_prefix(entry.seq.ids, ids)
-                if n > best_len or (n == best_len and best is not None and entry.doc == doc and best.doc != doc):
-                    best, best_len = entry, n
-        if best is not None and (best_len >= MIN_SHARED_TO_TAKE or best.doc == doc) and best_len > 0:
-            self.entries.remove(best)
-            best.doc = doc
-            self.hits += 1
-            return best, best_len
-        self.misses += 1
-        return Entry(doc=doc), 0
+        best, best_len = self._best(doc, ids)
+        if best is None or best_len == 0 or (best_len < MIN_SHARED_TO_TAKE and best.doc != doc):
+            self.misses += 1
+            return Entry(doc=doc), 0
+        self.hits += 1
+        replaces = spine and best.shared and best.doc == doc
+        if (best.shared or spine) and not replaces:
+            if fork is None or best.seq.kv is None:
+                return Entry(doc=doc), 0
+            best.last_used = time.monotonic()  # the most recent now: never the entry a fork evicts
+            copy = Entry(doc=doc, seq=fork(best.seq), prompt_len=min(best.prompt_len, len(best.ids)))
+            if spine:  # an unfinished earlier copy of this spine is part of the new one: drop it
+                for old in [e for e in self.entries if e.shared and e.doc == doc and e is not best
+                            and common_prefix(e.seq.ids, ids) == len(e.seq.ids)]:
+                    self.discard(old)
+            return copy, best_len
+        self.entries.remove(best)
+        best.doc = doc
+        return best, best_len
 
     def put(self, entry: Entry) -> None:
         if not self.enabled or entry.seq.kv is None:
@@ -186,7 +224,14 @@ class PrefixStore:
         return True
 
     def total_bytes(self) -> int:
-        return sum(e.nbytes() for e in self.entries)
+        return sum(e.nbytes() for e in list(self.entries))
+
+    def summary(self) -> dict[str, int]:
+        """For `codestral/stats`, from any thread: a copy of the entry list is read, never the list
+        the engine thread is changing. `oversized`: times one entry alone was over the budget."""
+        entries = list(self.entries)
+        return {"entries": len(entries), "bytes": sum(e.nbytes() for e in entries),
+                "budget_bytes": self.budget_bytes, "oversized": self.oversized}
 
     def clear(self) -> None:
         for entry in self.entries:

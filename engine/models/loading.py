@@ -1,5 +1,5 @@
 """Model loading: the embedded default, a local Hugging Face folder, a GGUF file, or a hub id,
-onto a runner (engine/runner.py): llama.cpp for a GGUF on the CPU, transformers/torch otherwise.
+onto a runner (engine/decoding/runner.py): llama.cpp for a GGUF on the CPU, transformers/torch otherwise.
 
 Weights load from safetensors or GGUF only (never pickle), `trust_remote_code` stays off unless
 asked for, and nothing is downloaded unless the user allowed it. Every failure becomes one
@@ -18,38 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from codestral_ls.engine import embedded, mistral_format
+from codestral_ls.engine.config import ModelSpec
+from codestral_ls.engine.decoding.runner import choose_runner
 from codestral_ls.engine.errors import ModelLoadError
-from codestral_ls.engine.fim import FimEncoder, detect_profile
-from codestral_ls.engine.runner import RUNNERS, choose_runner
+from codestral_ls.engine.models import embedded, mistral_format
+from codestral_ls.engine.models.fim import FimEncoder, detect_profile
 
 log = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-QUANTIZE = ("auto", "none", "int8", "nf4")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the user asked for; `model=None` means the embedded default."""
-
-    model: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    quantize: str = "none"
-    fim_format: str = "auto"
-    trust_remote_code: bool = False
-    allow_download: bool = False
-    threads: int | None = None
-    runner: str = "auto"  # auto | torch | llamacpp (engine/runner.py)
-
-    def validate(self) -> None:
-        for name, value, allowed in (("device", self.device, DEVICES), ("dtype", self.dtype, DTYPES),
-                                     ("quantize", self.quantize, QUANTIZE), ("runner", self.runner, RUNNERS)):
-            if value not in allowed:
-                raise ModelLoadError(f"--{name} {value!r} is not one of {', '.join(allowed)}")
-
 
 @dataclass
 class LoadedModel:
@@ -148,7 +123,7 @@ def load_model(spec: ModelSpec, progress: embedded.Progress | None = None) -> Lo
 
 def load_llamacpp(spec: ModelSpec, why: str, progress: embedded.Progress | None = None) -> LoadedModel:
     """The GGUF as it is on llama.cpp; tokenizer from its metadata (extracted once)."""
-    from codestral_ls.engine.runner_llamacpp import LlamaCppRunner
+    from codestral_ls.engine.models.runner_llamacpp import LlamaCppRunner
 
     if spec.model is None:
         gguf, description = embedded.gguf_path(progress), embedded.EMBEDDED_NAME
@@ -211,7 +186,7 @@ def load_torch(spec: ModelSpec, progress: embedded.Progress | None = None) -> Lo
         model.to(device)
     model.eval()
     if device == "cpu" and quantize == "int8":
-        from codestral_ls.engine.quantize import quantize_int8_cpu
+        from codestral_ls.engine.models.quantize import quantize_int8_cpu
 
         quantize_int8_cpu(model)
     try:
@@ -222,7 +197,7 @@ def load_torch(spec: ModelSpec, progress: embedded.Progress | None = None) -> Lo
                        if hasattr(t, "element_size"))
     log.info("loaded %s on %s (%s, quantize=%s, FIM %s)", description, device, str(dtype), quantize,
              encoder.profile.name)
-    from codestral_ls.engine.runner_torch import TorchRunner
+    from codestral_ls.engine.models.runner_torch import TorchRunner
 
     return LoadedModel(model, tokenizer, encoder, device, str(dtype).removeprefix("torch."), quantize,
                        description, weight_bytes, runner=TorchRunner(model, device))
@@ -230,7 +205,7 @@ def load_torch(spec: ModelSpec, progress: embedded.Progress | None = None) -> Lo
 
 def load_draft(spec: ModelSpec, target: LoadedModel, options: Any) -> Any:  # -> engine.draft.DraftModel
     """The `--draft-model` next to `target`: same device and dtype, same tokenizer (checked)."""
-    from codestral_ls.engine.draft import DraftModel
+    from codestral_ls.engine.decoding.draft import DraftModel
 
     model = None if options.draft_model == "embedded" else options.draft_model
     # The draft runs where the target runs: a llama.cpp target drafts on llama.cpp when it can.

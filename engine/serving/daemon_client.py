@@ -1,5 +1,5 @@
-"""The engine daemon's client: sends FIM requests to `codestral-ls engine serve` (engine/daemon.py,
-whose docstring holds the wire protocol; engine/wire.py the format). No model in this process.
+"""The engine daemon's client: sends FIM requests to `codestral-ls engine serve` (engine/serving/daemon.py,
+whose docstring holds the wire protocol; engine/serving/wire.py the format). No model in this process.
 """
 
 from __future__ import annotations
@@ -13,25 +13,13 @@ import time
 import urllib.parse
 from typing import Any, Protocol
 
-from codestral_ls.engine.daemon import (
-    LOOPBACK,
-    TOKEN_ENV,
-    daemon_file,
-    pid_alive,
-    read_daemon_file,
-    request_to_wire,
-    result_from_wire,
-)
 from codestral_ls.engine.errors import Cancelled, EngineError
-from codestral_ls.engine.http_client import (
-    MAX_TOKENIZER,
-    HttpBackend,
-    HttpSettings,
-    _origin,
-    _valid_url,
-    approx_tokens,
-)
+from codestral_ls.engine.models.counting import ApproxCounter, FastCounter, TokenCounter
 from codestral_ls.engine.request import FimRequest, FimResult
+from codestral_ls.engine.serving.discovery import TOKEN_ENV, daemon_file, pid_alive, read_daemon_file
+from codestral_ls.engine.serving.http_client import MAX_TOKENIZER, HttpBackend, HttpSettings
+from codestral_ls.engine.serving.urls import is_loopback, origin_of, url_problem
+from codestral_ls.engine.serving.wire import result_from_wire, to_wire
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +29,7 @@ class DaemonSettings(HttpSettings, Protocol):
 
 
 class DaemonBackend(HttpBackend):
-    """Sends requests to `codestral-ls engine serve` (engine/daemon.py); no model in this process.
+    """Sends requests to `codestral-ls engine serve` (engine/serving/daemon.py); no model in this process.
 
     `endpoint` is the daemon's URL, or "auto" (or empty): the URL in the daemon's discovery file.
     The token comes from the discovery file (re-read before every request, so a restarted daemon
@@ -60,7 +48,7 @@ class DaemonBackend(HttpBackend):
         self.client_id = f"{os.getpid()}-{secrets.token_hex(4)}"  # namespaces this window's documents
         self._tokenizer: Any = None  # tokenizers.Tokenizer once the daemon shared it
         self._tokenizer_next = 0.0  # when to ask again
-        if self.url is not None and (problem := _valid_url(self.url)):
+        if self.url is not None and (problem := url_problem(self.url)):
             self.load_error = f"engine daemon: --engine {problem}"
             self.loaded.set()
             return
@@ -78,22 +66,20 @@ class DaemonBackend(HttpBackend):
     def _send_prefetch(self, req: FimRequest) -> None:
         try:
             url, token = self._locate()
-            body = json.dumps({"client": self.client_id, "request": request_to_wire(req)}).encode()
+            body = json.dumps({"client": self.client_id, "request": to_wire(req)}).encode()
             conn, resp = self._open(req, "POST", url + "/v1/prefetch", body,
                                     {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
             try:
-                self._read(req, conn, resp, _origin(url))
+                self._read(req, conn, resp, origin_of(url))
             finally:
                 resp.close()
                 conn.close()
         except EngineError as exc:  # a warm-up that cannot be sent costs nothing
             log.debug("engine daemon: prefetch not sent: %s", exc)
 
-    def count_tokens(self, text: str) -> int:
+    def counter(self) -> TokenCounter:
         tok = self._tokenizer
-        if tok is None:
-            return approx_tokens(text)
-        return len(tok.encode(text, add_special_tokens=False).ids)
+        return ApproxCounter() if tok is None else FastCounter(tok)
 
     def _first_contact(self) -> None:
         # Nothing loads in this process: usable at once, counting tokens approximately until the
@@ -141,7 +127,7 @@ class DaemonBackend(HttpBackend):
         req = FimRequest(doc="", prefix="", suffix="")
         conn, resp = self._open(req, "GET", url + "/v1/tokenizer", None, {"Authorization": f"Bearer {token}"})
         try:
-            body = self._read(req, conn, resp, _origin(url), limit=MAX_TOKENIZER)
+            body = self._read(req, conn, resp, origin_of(url), limit=MAX_TOKENIZER)
         finally:
             resp.close()
             conn.close()
@@ -156,8 +142,8 @@ class DaemonBackend(HttpBackend):
 
     def _call(self, req: FimRequest) -> FimResult:
         url, token = self._locate()
-        origin = _origin(url)
-        body = json.dumps({"client": self.client_id, "request": request_to_wire(req)}).encode()
+        origin = origin_of(url)
+        body = json.dumps({"client": self.client_id, "request": to_wire(req)}).encode()
         conn, resp = self._open(req, "POST", url + "/v1/fim", body,
                                 {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
         try:
@@ -196,5 +182,5 @@ class DaemonBackend(HttpBackend):
 
 def _same_place(a: str, b: str) -> bool:
     ua, ub = urllib.parse.urlsplit(a), urllib.parse.urlsplit(b)
-    same_host = ua.hostname == ub.hostname or (ua.hostname in LOOPBACK and ub.hostname in LOOPBACK)
+    same_host = ua.hostname == ub.hostname or (is_loopback(ua.hostname or "") and is_loopback(ub.hostname or ""))
     return same_host and ua.port == ub.port

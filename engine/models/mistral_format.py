@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from codestral_ls.engine.errors import ModelLoadError
-from codestral_ls.engine.tokenizer import MistralCommonTokenizer, find_mistral_tokenizer
+from codestral_ls.engine.models.tokenizer import MistralCommonTokenizer, find_mistral_tokenizer
 
 PARAMS = "params.json"
 WEIGHTS = "consolidated.safetensors"

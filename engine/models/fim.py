@@ -15,7 +15,7 @@ in the middle of a word (or after indentation) does not force an unnatural token
 nothing typed, the prompt is exactly the family's prompt minus that token, and `heal` is exactly
 its text (decoded piece by piece, so a SentencePiece "▁return" owes " return").
 
-Extra context (other files' snippets, server/retrieval.py) goes first, where each family reads it
+Extra context (other files' snippets, server/retrieval/) goes first, where each family reads it
 and where it keeps the KV cache: typing in the current file changes only what comes after it.
 Families trained on repository context (Qwen2.5-Coder, StarCoder2) get their training layout,
 `<|repo_name|>repo\n<|file_sep|>path\ntext\n…<|file_sep|>current path\n<|fim_prefix|>…`; the
@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from codestral_ls.engine.tokenizer import piece_decoder
+from codestral_ls.engine.models.tokenizer import piece_decoder
 
 Order = Literal["spm", "psm"]
 # mistral-common's `_encode_infilling` and Meta's CodeLlama `encode_infilling` both cut off "☺".
@@ -254,6 +254,19 @@ class FimEncoder:
             ids.append(self._ids[p.middle_token])
         ids += middle_ids
         return FimPrompt(ids=ids, heal=heal_text, stop_ids=self.stop_ids)
+
+    def spine(self, text: str, extra_files: tuple[tuple[str, str], ...] = (), path: str = "",
+              repo: str = "") -> list[int] | None:
+        """The ids every prompt whose prefix starts with `text` starts with: the head and the prefix
+        token, then `text` (a prompt with a shorter prefix shares all but the last few). None for a
+        suffix-first family (Codestral): there the suffix comes first and no two cursors share it."""
+        p = self.profile
+        if p.order != "psm":
+            return None
+        head: list[int] = [self.bos_id] if self.bos_id is not None else []
+        head += self.extra_context(extra_files, path, repo)
+        body = self.encode_start(text) if self._dummy else self.encode_text(text)
+        return head + [self._ids[p.prefix_token], *body]
 
     def extra_context(self, extra_files: tuple[tuple[str, str], ...], path: str = "", repo: str = "") -> list[int]:
         """The ids of the extra files' block, placed right after BOS (empty without extra files)."""

@@ -36,12 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from codestral_ls.engine.decoding.kvcache import PrefixStore, Sequence
 from codestral_ls.engine.errors import EngineError, ModelLoadError
-from codestral_ls.engine.kvcache import PrefixStore, Sequence
 
 log = logging.getLogger(__name__)
 
-SLOTS = 8  # sequences held at once: the store's entries plus the one being decoded
+# Sequences held at once: the store's entries (spines of the open file among them) plus the one being
+# decoded. Each costs SEQ_CTX cells up front: 10 x 2048 x 12 KiB = 240 MiB for the 0.5B (resident).
+SLOTS = 10
 # Cache cells of one sequence (f16 K+V: 12 KiB a token for the 0.5B). A CPU prompt is the 640-token
 # windows, extra context, the typed middle and up to max_tokens plus background tokens.
 SEQ_CTX = 2048
@@ -130,6 +132,7 @@ class LlamaCppRunner:
         self.n_batch = int(ll.llama_n_batch(self.ctx))
         self.n_ubatch = int(ll.llama_n_ubatch(self.ctx))
         self.weight_bytes = int(ll.llama_model_size(self.model))
+        self.slots = slots
         self._free = list(range(slots - 1, -1, -1))
         self._held: set[int] = set()
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
@@ -143,10 +146,7 @@ class LlamaCppRunner:
 
     def forward(self, seq: Sequence, ids: list[int], n_logits: int = 1) -> np.ndarray:
         if seq.kv is None:
-            kv = LlamaKV(self, self._take_slot(), self.bytes_per_token)
-            # A sequence dropped without `release` (an exception unwinding) still frees its slot.
-            kv.finalizer = weakref.finalize(kv, self.free_slot, kv.seq_id)
-            seq.kv = kv
+            seq.kv = self._new_kv()
         kv = seq.kv
         assert isinstance(kv, LlamaKV) and kv.runner is self
         rows: list[np.ndarray] = []
@@ -158,7 +158,25 @@ class LlamaCppRunner:
             seq.ids.extend(part)
         return np.stack(rows[-n_logits:])
 
+    def fork(self, seq: Sequence) -> Sequence:
+        """A sequence of its own holding a copy of `seq` (ids and keys/values): `llama_memory_seq_cp`,
+        a copy of the stream's buffers between two streams (exact: the same bytes), cell sharing in a
+        unified cache."""
+        if seq.kv is None:
+            return Sequence()
+        src = seq.kv
+        assert isinstance(src, LlamaKV) and src.runner is self
+        kv = self._new_kv()
+        self.ll.llama_memory_seq_cp(self.mem, src.seq_id, kv.seq_id, -1, -1)
+        return Sequence(ids=list(seq.ids), kv=kv)
+
     # -- slots and cells --------------------------------------------------------------------
+
+    def _new_kv(self) -> LlamaKV:
+        kv = LlamaKV(self, self._take_slot(), self.bytes_per_token)
+        # A sequence dropped without `release` (an exception unwinding) still frees its slot.
+        kv.finalizer = weakref.finalize(kv, self.free_slot, kv.seq_id)
+        return kv
 
     def seq_rm(self, seq_id: int, n: int) -> None:
         self.ll.llama_memory_seq_rm(self.mem, seq_id, n, -1)
@@ -173,7 +191,7 @@ class LlamaCppRunner:
     def _take_slot(self) -> int:
         while not self._free:
             if not self._reclaim():
-                raise EngineError(f"llama.cpp runner: all {SLOTS} sequence slots are in use")
+                raise EngineError(f"llama.cpp runner: all {self.slots} sequence slots are in use")
         seq_id = self._free.pop()
         self._held.add(seq_id)
         return seq_id

@@ -1,23 +1,27 @@
 """One engine thread: loads the model, runs requests one at a time, newest per document wins.
 
 Callers get a `concurrent.futures.Future` and never block. A newer request for a document cancels
-the older one (queued or running, between tokens; engine/backend.py holds the rule). When no
-request is queued the thread warms the newest `prefetch` prompt, then spends its time on
-`Engine.background_step` (decoding past the last answer). A prefetch is newer intent than the
-last answer's continuation, so it goes first; a real request cancels both at once, so neither
-ever delays it by more than one forward chunk.
+the older one (queued or running, between tokens; engine/serving/backend.py holds the rule). When no
+request is queued the thread warms, in this order: the newest `prefetch` prompt (a place the user is
+about to type at), the `plan` (spines of the open file around the cursor, nearest first), then
+`Engine.background_step` (decoding past the last answer). A real request cancels the warm-up it finds
+running, so none ever delays it by more than one forward chunk; a spine it interrupted keeps what it
+prefilled and goes back to the front of the plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from codestral_ls.engine.backend import Job, NewestPerDocument, settle
 from codestral_ls.engine.errors import Cancelled, EngineError
-from codestral_ls.engine.request import FimRequest, FimResult
+from codestral_ls.engine.models.counting import ApproxCounter, TokenCounter
+from codestral_ls.engine.request import CancelToken, FimRequest, FimResult
+from codestral_ls.engine.serving.backend import Job, NewestPerDocument, settle
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +41,14 @@ class EngineWorker:
         self.engine = None  # engine.engine.Engine once loaded
         self.load_error: str | None = None
         self.loaded = threading.Event()
-        self.prefetches = {"started": 0, "completed": 0, "cancelled": 0, "failed": 0}
+        self.prefetches = {"started": 0, "completed": 0, "cancelled": 0, "failed": 0}  # warm-ups at a place
+        self.spine_warms = {"started": 0, "completed": 0, "cancelled": 0, "failed": 0}  # the plan's spines
         self._newest = NewestPerDocument()  # queued and running jobs
         self._queue: list[Job] = []  # in arrival order
         self._running: Job | None = None
         self._prefetch: FimRequest | None = None  # the newest prefetch, not started yet
         self._prefetching: FimRequest | None = None  # the one the engine is warming now
+        self._plan: list[FimRequest] = []  # spines to warm when nothing else is waiting, first first
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="codestral-engine", daemon=True)
@@ -89,18 +95,38 @@ class EngineWorker:
             self._prefetch = req
             self._cv.notify_all()
 
+    def plan(self, reqs: list[FimRequest]) -> None:
+        """Warm these spines, in order, whenever nothing else is waiting (replaces the previous plan)."""
+        if self.load_error is not None or self._stop:
+            return
+        with self._cv:
+            running = self._prefetching
+            if running is not None and running.spine and (running.doc, running.prefix) not in {
+                    (r.doc, r.prefix) for r in reqs}:
+                running.cancel.cancel()  # a spine nobody plans for any more
+            self._plan = list(reqs)
+            self._cv.notify_all()
+
     def _drop_prefetch(self) -> None:  # under self._cv
         for req in (self._prefetch, self._prefetching):
             if req is not None:
                 req.cancel.cancel()
         self._prefetch = None
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens in `text` for the loaded model (the context window's budget unit)."""
-        engine = self.engine
-        if engine is None:
-            raise EngineError(self.load_error or "the model is not loaded")
-        return engine.count_tokens(text)
+    @property
+    def device(self) -> str:
+        return self.engine.loaded.device.split(":")[0] if self.engine is not None else ""
+
+    @property
+    def context_tokens(self) -> int | None:
+        return self.engine.context_tokens if self.engine is not None else None
+
+    @property
+    def spines(self) -> int:
+        return self.engine.spine_capacity if self.engine is not None else 0
+
+    def counter(self) -> TokenCounter:
+        return self.engine.counter if self.engine is not None else ApproxCounter()
 
     def busy(self) -> bool:
         with self._cv:
@@ -123,6 +149,12 @@ class EngineWorker:
                         self._prefetching = req
                         return req
                     continue
+                if self._plan:
+                    req = self._plan.pop(0)
+                    if req.cancel.cancelled:
+                        req = dataclasses.replace(req, cancel=CancelToken())
+                    self._prefetching = req
+                    return req
                 engine = self.engine
                 if engine is not None and engine.has_background_work():
                     return None
@@ -162,7 +194,10 @@ class EngineWorker:
         try:
             if job.req.cancel.cancelled:
                 raise Cancelled("cancelled before it started")
-            settle(job.future, result=self.engine.complete(job.req))  # type: ignore[union-attr]
+            job.req_started = time.perf_counter()
+            result = self.engine.complete(job.req)  # type: ignore[union-attr]
+            result.queued_ms = (job.req_started - job.submitted) * 1000
+            settle(job.future, result=result)
         except Cancelled as exc:
             settle(job.future, exc=exc)
         except Exception as exc:  # engine faults (OOM included) fail this request only
@@ -174,15 +209,20 @@ class EngineWorker:
             self._finish()
 
     def _warm(self, req: FimRequest) -> None:
-        self.prefetches["started"] += 1
+        counts = self.spine_warms if req.spine else self.prefetches
+        counts["started"] += 1
         try:
             self.engine.complete(req)  # type: ignore[union-attr]
-            self.prefetches["completed"] += 1
+            counts["completed"] += 1
         except Cancelled:
-            self.prefetches["cancelled"] += 1
+            counts["cancelled"] += 1
+            if req.spine:
+                with self._cv:  # what it prefilled is kept: it goes on from there when the engine is free
+                    if req.prefix not in (r.prefix for r in self._plan):
+                        self._plan.insert(0, dataclasses.replace(req, cancel=CancelToken()))
         except Exception as exc:  # a failed warm-up costs nothing but a log line
-            self.prefetches["failed"] += 1
-            log.warning("prefetch failed: %s: %s", type(exc).__name__, exc)
+            counts["failed"] += 1
+            log.warning("warm-up failed: %s: %s", type(exc).__name__, exc)
             if out_of_memory(exc):
                 self._free_memory()
         finally:
@@ -192,8 +232,8 @@ class EngineWorker:
         """After an out-of-memory: drop the KV cache and prefetch so the next request has room."""
         engine = self.engine
         if engine is not None:
-            engine.store.clear()  # type: ignore[attr-defined]
-            engine._background = None  # type: ignore[attr-defined]
+            engine.store.clear()
+            engine.drop_background()
         try:
             import torch
 
@@ -214,7 +254,7 @@ class EngineWorker:
             self.engine.background_step()  # type: ignore[union-attr]
         except Exception:
             log.exception("background decoding failed; dropping it")
-            self.engine._background = None  # type: ignore[union-attr]
+            self.engine.drop_background()  # type: ignore[union-attr]
 
     def _fail_all(self) -> None:
         with self._cv:
