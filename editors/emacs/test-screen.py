@@ -18,7 +18,8 @@ cursor between the brackets with no other key, the lighter does not stay at `Cod
 nothing in flight, `codestral/didFocus` tells the server once that the cursor rests on the new
 line (not on each key there), and Eglot's mode-line part never shows `error` (the server's reply to the
 cancelled request is no error). Every lighter seen is one the README quotes. Saving sends no
-textDocument/didSave (the server declares `save: false`; Eglot 1.9 would send it anyway). The screen is 200
+textDocument/didSave to a server that declares `save: false` (Eglot 1.9 would send it anyway), and
+the server's log never says it got an unknown method. The screen is 200
 columns wide, so that Eglot's `[eglot:...]` is on it.
 """
 
@@ -244,8 +245,18 @@ def main() -> int:
             check(screen.documented(HERE / "README.md", lighter), f"the lighter {lighter!r} is not in the README")
         check(eglot_seen, "Eglot's part of the mode line is not on the screen")
 
+        # A save: sent only to a server that asks for it, and never an "unknown method" in its log.
+        sync = next(((m["result"].get("capabilities") or {}).get("textDocumentSync") for _, d, m in
+                     screen.traffic(tmp) if d == "out" and isinstance(m.get("result"), dict)
+                     and "capabilities" in m["result"]), None)
         saves = [m for _, d, m in screen.traffic(tmp) if d == "in" and m.get("method") == "textDocument/didSave"]
-        check(not saves, f"{len(saves)} textDocument/didSave sent, though the server declares save: false")
+        if isinstance(sync, dict) and sync.get("save") in (False, None):
+            check(not saves, f"{len(saves)} textDocument/didSave sent, though the server declares save: false")
+        log = (tmp / "stderr.log").read_text(errors="replace") if (tmp / "stderr.log").exists() else ""
+        unknown = sorted(set(re.findall(r"[Uu]nknown method '?([\w/$]+)", log)))
+        check(not unknown, f"the server's log says it got unknown methods: {unknown}")
+        print(f"screen: on save: textDocumentSync.save {sync.get('save') if isinstance(sync, dict) else sync!r}, "
+              f"{len(saves)} didSave, unknown methods in the server's log: {unknown}", flush=True)
 
         uris = screen.asked_uris(stdin_log)
         others = [u for u in uris if not u.endswith("/total.py")]
