@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def _cache() -> str:
         Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "codestral-ls")
 
 
-def start(kind: str, binary: str, tmp: Path, work: Path, wrapper: Path) -> screen.Screen:
+def start(kind: str, binary: str, tmp: Path, work: Path, wrapper: Path, el_dir: Path) -> screen.Screen:
     """The editor in tmux on statistics.py, set up as its README says."""
     if kind == "nvim":
         plugin = HERE / "neovim"
@@ -58,7 +59,7 @@ def start(kind: str, binary: str, tmp: Path, work: Path, wrapper: Path) -> scree
         return screen.Screen([binary, "--clean", "-u", str(tmp / "init.lua"), "statistics.py"], cwd=work, env=env,
                              width=120, height=30)
     snippet = screen.readme_snippet(HERE / "emacs" / "README.md", "elisp", "(require 'codestral)", "use-package")
-    snippet = snippet.replace('"~/src/codestral-ls/editors/emacs"', json.dumps(str(HERE / "emacs")))
+    snippet = snippet.replace('"~/src/codestral-ls/editors/emacs"', json.dumps(str(el_dir)))
     snippet = snippet.replace('"~/src/codestral-ls/.venv/bin/codestral-ls"', json.dumps(str(wrapper)))
     (tmp / "init.el").write_text(snippet)
     env = {"TERM": "xterm-256color", "HOME": str(tmp), "CODESTRAL_LS_CACHE": _cache()}
@@ -93,7 +94,7 @@ def dump(tmp: Path, zero: float) -> None:
     print("  server log (last 30 lines):\n    " + "\n    ".join(log[-30:]))
 
 
-def one(kind: str, binary: str, rest: float, show: bool = False) -> dict:
+def one(kind: str, binary: str, rest: float, show: bool = False, el_dir: Path = HERE / "emacs") -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"codestral-first-ghost-{kind}-"))
     wrapper, _, _ = screen.server_wrapper(tmp, os.environ["CODESTRAL_LS"])
     work = tmp / "work"
@@ -101,7 +102,7 @@ def one(kind: str, binary: str, rest: float, show: bool = False) -> dict:
     source = Path(statistics.__file__).read_text()
     (work / "statistics.py").write_text(source)
     line = next(i for i, text in enumerate(source.splitlines(), 1) if ANCHOR in text)
-    scr = start(kind, binary, tmp, work, wrapper)
+    scr = start(kind, binary, tmp, work, wrapper, el_dir)
     try:
         end = time.monotonic() + TIMEOUT_S
         while not any(d == "out" and m.get("method") == "codestral/status" and (m.get("params") or {}).get("kind")
@@ -144,7 +145,8 @@ def one(kind: str, binary: str, rest: float, show: bool = False) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("editors", nargs="+", help="nvim=PATH, emacs=PATH or emacs-fresh=PATH")
+    parser.add_argument("editors", nargs="+", help="nvim=PATH, emacs=PATH or emacs-fresh=PATH; an emacs may be "
+                        "followed by @DIR: codestral.el from DIR (to compare two versions in one run)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rest", type=float, default=2.0, help="seconds at the line end before Enter")
     parser.add_argument("--traffic", action="store_true", help="print the LSP traffic of each round")
@@ -152,14 +154,19 @@ def main() -> int:
     editors = []
     for spec in args.editors:
         kind, _, binary = spec.partition("=")
+        binary, _, el = binary.partition("@")
         if kind not in ("nvim", "emacs", "emacs-fresh") or not binary:
             parser.error(f"not nvim=PATH, emacs=PATH or emacs-fresh=PATH: {spec}")
+        binary = shutil.which(binary) or binary  # the editor runs in another folder
+        binary = str(Path(binary).resolve()) if "/" in binary else binary
         version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-        editors.append((kind, binary, re.sub(r"\s+", " ", version) + (" (fresh)" if kind == "emacs-fresh" else "")))
-    results: dict[str, list[dict]] = {v: [] for _, _, v in editors}
+        label = re.sub(r"\s+", " ", version) + (" (fresh)" if kind == "emacs-fresh" else "")
+        label += f" ({el})" if el else ""
+        editors.append((kind, binary, label, Path(el).resolve() if el else HERE / "emacs"))
+    results: dict[str, list[dict]] = {v: [] for _, _, v, _ in editors}
     for r in range(args.rounds):
-        for kind, binary, version in editors:
-            res = one(kind, binary, args.rest, args.traffic)
+        for kind, binary, version, el_dir in editors:
+            res = one(kind, binary, args.rest, args.traffic, el_dir)
             results[version].append(res)
             print(f"round {r + 1} {version}: ghost {res['ghost_s']:.2f} s (key->request {res['request_s']:.2f}, "
                   f"server {res['server_s']:.2f}, answer->screen {res['draw_s']:.2f}; {res['requests']} requests, "

@@ -308,6 +308,8 @@ partial accepts.")
 (defvar-local codestral--stash nil "Suggestion hidden before a self-insert: (POINT . SUGGESTION).")
 (defvar-local codestral--inserting nil "Non-nil while codestral itself edits the buffer.")
 (defvar-local codestral--point nil "Point after the last command, to see it move.")
+(defvar codestral--focus nil "(BUFFER . LINE) last reported with `codestral/didFocus'.")
+(defvar codestral--focus-timer nil "Pending `codestral/didFocus' timer.")
 
 (defconst codestral--own-commands '(codestral-accept codestral-accept-word codestral-accept-line
                                                       codestral-complete)
@@ -464,6 +466,9 @@ a request was sent."
      (t
       ;; Send pending edits first: Eglot batches didChange on its own idle timer.
       (eglot--signal-textDocument/didChange)
+      ;; Where point rests, with the request (not a warm-up of it 50 ms before, which the
+      ;; request then waits behind).
+      (codestral--send-focus)
       ;; One request in flight: an older one is answered for a position that is gone.
       (codestral--cancel-request)
       (let* ((generation (cl-incf codestral--generation))
@@ -508,9 +513,11 @@ a request was sent."
         (codestral--request 'automatic)))))
 
 (defun codestral--schedule ()
-  "Ask for a suggestion once Emacs has been idle for `codestral-idle-delay'."
+  "Ask for a suggestion once Emacs has been idle for `codestral-idle-delay'.
+The request in flight is cancelled when the next one goes out, not now: until
+then the server goes on with it, and what it has prefilled of the file (all
+but the last keystrokes) serves the next request too."
   (codestral--cancel-timer)
-  (codestral--cancel-request)
   (cl-incf codestral--generation)       ; responses to older requests are stale now
   (setq codestral--timer
         (run-with-idle-timer codestral-idle-delay nil #'codestral--idle-request (current-buffer))))
@@ -552,7 +559,6 @@ a request was sent."
     (setq codestral--stash nil
           codestral--changed nil
           codestral--point (point))
-    (codestral--note-focus)
     (cond ((memq this-command codestral--own-commands))
           ((and stash (codestral--typed-through stash))
            (codestral--cancel-timer))
@@ -561,7 +567,11 @@ a request was sent."
           ((and moved codestral-auto-trigger codestral-trigger-on-move (not (use-region-p))
                 (not (minibufferp)))
            (codestral--schedule))
-          (t (codestral--cancel-timer)))))
+          (t (codestral--cancel-timer)))
+    ;; A request on its way tells the server where point rests; else say it on its own.
+    (if (timerp codestral--timer)
+        (when (timerp codestral--focus-timer) (cancel-timer codestral--focus-timer))
+      (codestral--note-focus))))
 
 ;;;###autoload
 (define-minor-mode codestral-mode
@@ -810,11 +820,11 @@ Ask again if point is still there."
               (codestral--cancel-timer)
               (codestral--request 'automatic))))))))
 
-(defvar codestral--focus nil "(BUFFER . LINE) last reported with `codestral/didFocus'.")
-(defvar codestral--focus-timer nil "Pending `codestral/didFocus' timer.")
 
 (defun codestral--send-focus ()
   "Tell the server where point rests, if it moved to another line or buffer."
+  (when (timerp codestral--focus-timer)
+    (cancel-timer codestral--focus-timer))
   (setq codestral--focus-timer nil)
   (when codestral-mode
     (let* ((server (codestral--server))
