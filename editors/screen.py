@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,16 +87,98 @@ def have_tmux() -> bool:
     return shutil.which("tmux") is not None
 
 
-def server_wrapper(folder: Path, server: str) -> tuple[Path, Path, Path]:
-    """A script that runs `server`, copying what the editor sends to stdin.log and what the server
-    answers to stdout.log. Returns (script, stdin log, stdout log)."""
+def server_wrapper(folder: Path, server: str, name: str = "codestral-ls") -> tuple[Path, Path, Path]:
+    """A script `name` that runs `server` through `tap` (below): what the editor sends is copied to
+    stdin.log, what the server answers to stdout.log, and every message with its time to
+    traffic.jsonl (read with `traffic`). Returns (script, stdin log, stdout log)."""
     inp, out = folder / "stdin.log", folder / "stdout.log"
-    script = folder / "codestral-ls"
+    script = folder / name
     script.write_text("#!/bin/sh\n"
                       "# codestral-ls with its LSP traffic copied to files (screen tests)\n"
-                      f'tee -a "{inp}" | "{server}" "$@" | tee -a "{out}"\n')
+                      f'exec "{sys.executable}" "{Path(__file__).resolve()}" tap "{folder}" "{server}" "$@"\n')
     script.chmod(0o755)
     return script, inp, out
+
+
+def _frames(buffer: bytearray) -> list[dict]:
+    """Takes the complete JSON-RPC messages off the front of `buffer`."""
+    found = []
+    while True:
+        end = buffer.find(b"\r\n\r\n")
+        head = buffer.find(b"Content-Length:")
+        if end < 0 or head < 0 or head > end:
+            return found
+        length = int(buffer[head + 15:buffer.find(b"\r\n", head)].strip())
+        if len(buffer) < end + 4 + length:
+            return found
+        body = bytes(buffer[end + 4:end + 4 + length])
+        del buffer[:end + 4 + length]
+        try:
+            found.append(json.loads(body))
+        except ValueError:
+            pass
+
+
+def tap(folder: Path, command: list[str]) -> int:
+    """Runs `command` (the server) with its stdio passed through, copying it to stdin.log /
+    stdout.log / stderr.log and each message, timed (time.time()), to traffic.jsonl."""
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            bufsize=0)
+    lock = threading.Lock()
+    timed = open(folder / "traffic.jsonl", "a", buffering=1)  # noqa: SIM115 (closed at exit)
+
+    def pump(src: int, dst: int, log: Path, direction: str) -> None:
+        pending = bytearray()
+        with open(log, "ab", buffering=0) as copy:
+            while True:
+                try:
+                    data = os.read(src, 65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                now = time.time()
+                # Logged before it is passed on: what an editor shows of a message is in the log.
+                copy.write(data)
+                if direction != "err":
+                    pending.extend(data)
+                    with lock:
+                        for m in _frames(pending):
+                            timed.write(json.dumps({"t": now, "dir": direction, "msg": m}) + "\n")
+                try:
+                    os.write(dst, data)
+                except OSError:
+                    break
+        if direction == "in":
+            os.close(dst)
+
+    assert proc.stdin and proc.stdout and proc.stderr
+    threads = [threading.Thread(target=pump, args=(0, proc.stdin.fileno(), folder / "stdin.log", "in"), daemon=True),
+               threading.Thread(target=pump, args=(proc.stdout.fileno(), 1, folder / "stdout.log", "out"),
+                                daemon=True),
+               threading.Thread(target=pump, args=(proc.stderr.fileno(), 2, folder / "stderr.log", "err"),
+                                daemon=True)]
+    for t in threads:
+        t.start()
+    code = proc.wait()
+    threads[1].join(5)
+    return code
+
+
+def traffic(folder: Path) -> list[tuple[float, str, dict]]:
+    """(time, "in" or "out", message) for each message through `tap`: "in" from the editor."""
+    try:
+        lines = (folder / "traffic.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in lines:
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        found.append((d["t"], d["dir"], d["msg"]))
+    return found
 
 
 def messages(log: Path) -> list[dict]:
@@ -195,6 +279,59 @@ def foreground_at(raw: str, text: str) -> tuple[str | None, str | None] | None:
     return None
 
 
+ATTRIBUTES = {"1": "bold", "3": "italic", "4": "underline", "7": "reverse"}
+RESETS = {"22": "bold", "23": "italic", "24": "underline", "27": "reverse"}
+
+
+def _attrs(state: frozenset[str], code: str) -> frozenset[str]:
+    """The attributes (bold, italic, underline, reverse) after the SGR escape `code`."""
+    out = set(state)
+    params = code[2:-1].replace(":", ";").split(";")
+    i = 0
+    while i < len(params):
+        p = params[i]
+        if p in ("", "0"):
+            out.clear()
+        elif p in ("38", "48", "58") and i + 1 < len(params):
+            i += 2 if params[i + 1] == "5" else 4
+        elif p in ATTRIBUTES:
+            out.add(ATTRIBUTES[p])
+        elif p in RESETS:
+            out.discard(RESETS[p])
+        i += 1
+    return frozenset(out)
+
+
+def styles(raw: str, text: str) -> list[tuple[str | None, frozenset[str]]] | None:
+    """On the screen captured with escapes, the foreground colour and the attributes (bold,
+    underline, ...) of each character of the first occurrence of `text`, or None if `text` is not
+    on the screen."""
+    for line in raw.splitlines():
+        if text not in plain(line):
+            continue
+        shown, found = "", []
+        fg, attrs, pos = None, frozenset(), 0
+        for m in ESC.finditer(line + "\x1b[m"):
+            chunk = line[pos:m.start()]
+            found.extend([(fg, attrs)] * len(chunk))
+            shown += chunk
+            fg, attrs = _fg(fg, m.group(0)), _attrs(attrs, m.group(0))
+            pos = m.end()
+        start = shown.find(text)
+        return found[start:start + len(text)]
+    return None
+
+
+def documented(readme: Path, shown: str) -> bool:
+    """Whether the status text `shown` (as seen on the screen) is quoted in `readme` between
+    backticks, any number standing for any number (`codestral: 180 ms` documents `codestral: 95 ms`)."""
+    for quote in re.findall(r"`([^`\n]+)`", readme.read_text()):
+        pattern = "".join(r"\d+" if part.isdigit() else re.escape(part) for part in re.split(r"(\d+)", quote))
+        if re.fullmatch(pattern, shown.strip()):
+            return True
+    return False
+
+
 def readme_snippet(readme: Path, language: str, must: str, must_not: str | None = None) -> str:
     """The README's setup snippet, as printed there: the first ```language block holding `must`
     (and not `must_not`). The screen tests run it verbatim, as a new user would paste it."""
@@ -202,3 +339,7 @@ def readme_snippet(readme: Path, language: str, must: str, must_not: str | None 
         if must in block and (must_not is None or must_not not in block):
             return block
     raise AssertionError(f"{readme} has no {language} snippet with {must}")
+
+
+if __name__ == "__main__" and len(sys.argv) > 3 and sys.argv[1] == "tap":
+    sys.exit(tap(Path(sys.argv[2]), sys.argv[3:]))

@@ -67,6 +67,7 @@ Then wait until the model is loaded."
       (apply #'eglot (eglot--guess-contact))
       (setq codestral-test--server (eglot-current-server))
       (should codestral-test--server)
+      (should (cl-typep codestral-test--server 'codestral-lsp-server)) ; from our Eglot entry
       (message "server initialized in %.1fs: %s" (- (float-time) t0)
                (plist-get (eglot--server-info codestral-test--server) :name))
       (let ((model (codestral-test--wait (lambda () (codestral-test--stat :model))
@@ -96,8 +97,10 @@ Then wait until the model is loaded."
     (let ((found (eglot--lookup-mode 'c++-mode)))
       (should (equal (nth 1 found) "cpp"))
       (should (eq (nth 2 found) 'codestral--eglot-contact))))
+  ;; Our server class first: Eglot makes the connection a `codestral-lsp-server', which opts in to
+  ;; codestral's extensions whatever the program is called.
   (should (equal (codestral--eglot-contact)
-                 (list codestral-test-program :initializationOptions '(:budgetMs 0))))
+                 (list 'codestral-lsp-server codestral-test-program :initializationOptions '(:budgetMs 0))))
   ;; Registering again replaces rather than duplicates.
   (let ((n (length eglot-server-programs)))
     (codestral-eglot-register)
@@ -161,11 +164,15 @@ Then wait until the model is loaded."
         (should (equal (substring-no-properties ghost) "a + b"))
         (should (memq 'codestral-suggestion-face (ensure-list (get-text-property 0 'face ghost)))))
       (should (equal (codestral-test--line) "    return ")) ; ghost text is not buffer text
-      ;; Moving hides it.
+      ;; Moving hides it, and asks again where point comes to rest...
       (execute-kbd-macro (kbd "C-b"))
       (should-not (codestral-visible-p))
-      (should-not codestral--timer)       ; movement does not ask again
-      (execute-kbd-macro (kbd "C-f"))
+      (should (timerp codestral--timer))
+      (codestral-dismiss)
+      ;; ...unless `codestral-trigger-on-move' is off.
+      (let ((codestral-trigger-on-move nil))
+        (execute-kbd-macro (kbd "C-f"))
+        (should-not codestral--timer))
       ;; Ask explicitly this time.
       (codestral-complete)
       (codestral-test--wait #'codestral-visible-p codestral-test-timeout "the ghost text again")
@@ -225,6 +232,37 @@ and the old answer is not awaited, so requests never queue up behind each other.
             (codestral-test--wait (lambda () (null codestral--in-flight))
                                   codestral-test-timeout "the second answer")
             (should (= (hash-table-count continuations) 0))))))
+    (codestral-dismiss)))
+
+(ert-deftest codestral-4-cancelled-is-no-error ()
+  "A request cancelled with nothing after it: the server's RequestCancelled reply
+does not become Eglot's last error (its mode line's `error'), and the lighter
+does not stay at `running' with nothing in flight."
+  (with-current-buffer (codestral-test--visit "cancelled.py" "def mul(a, b):\n    return ")
+    (codestral-test--server)
+    (should codestral-mode)
+    (setf (jsonrpc-last-error codestral-test--server) nil)
+    (let ((replies '())
+          (before (codestral--lighter)))
+      (cl-letf* ((receive (symbol-function 'jsonrpc-connection-receive))
+                 ((symbol-function 'jsonrpc-connection-receive)
+                  (lambda (conn message)
+                    (when (and (plist-get message :id) (not (plist-get message :method)))
+                      (push message replies))
+                    (funcall receive conn message))))
+        (codestral--request 'invoked)
+        (let ((id (plist-get codestral--in-flight :id)))
+          (should (equal (codestral--lighter) " Codestral[…]"))
+          (codestral--cancel-request)
+          (should (equal (codestral--lighter) before))
+          (codestral-test--wait (lambda () (seq-find (lambda (m) (equal (plist-get m :id) id)) replies))
+                                codestral-test-timeout "the reply to the cancelled request")
+          (let ((reply (seq-find (lambda (m) (equal (plist-get m :id) id)) replies)))
+            (message "reply to the cancelled request: %S" reply)
+            (when (plist-get reply :error)  ; else the server had answered before the cancel came
+              (should-not (jsonrpc-last-error codestral-test--server))))
+          ;; The server's `running' for it may come after the cancel: still not shown.
+          (should (equal (codestral--lighter) before)))))
     (codestral-dismiss)))
 
 (ert-deftest codestral-5-ask-again-after-accept ()

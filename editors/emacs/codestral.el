@@ -100,8 +100,13 @@ through Customize re-registers the entries."
          (when (fboundp 'codestral-eglot-register)
            (codestral-eglot-register))))
 
+(defclass codestral-lsp-server (eglot-lsp-server) ()
+  :documentation "An Eglot connection to codestral-ls, started from `codestral-modes'.")
+
 (defun codestral--eglot-contact (&optional _interactive _project)
-  "Eglot contact for codestral-ls: the command and initializationOptions."
+  "Eglot contact for codestral-ls: our class, command and initializationOptions.
+The class tells `eglot-client-capabilities' to opt in to codestral's
+extensions whatever the program is called (a wrapper script, say)."
   (let ((command codestral-server-command))
     (unless (and (consp command) (stringp (car command)))
       (user-error "[codestral] `codestral-server-command' must be a list of strings"))
@@ -110,9 +115,10 @@ through Customize re-registers the entries."
     (unless (or (file-name-absolute-p (car command)) (executable-find (car command)))
       (user-error "[codestral] `%s' not found; install codestral-ls or set `codestral-server-command'"
                   (car command)))
-    (append command
-            (when codestral-initialization-options
-              (list :initializationOptions codestral-initialization-options)))))
+    (cons 'codestral-lsp-server
+          (append command
+                  (when codestral-initialization-options
+                    (list :initializationOptions codestral-initialization-options))))))
 
 (defun codestral--entry-p (entry)
   "Non-nil if ENTRY of `eglot-server-programs' is codestral's."
@@ -250,6 +256,12 @@ the item's `codestral.accept' command once the candidate is inserted."
 Otherwise only \\[codestral-complete] asks."
   :type 'boolean)
 
+(defcustom codestral-trigger-on-move t
+  "If non-nil, also ask when point comes to rest somewhere else without an edit.
+Moving into `max(|)' then shows what fits there, as typing would.  Applies
+only with `codestral-auto-trigger', and never while the region is active."
+  :type 'boolean)
+
 (defface codestral-suggestion-face
   '((((class color) (min-colors 88)) :foreground "grey50")
     (t :inherit shadow))
@@ -295,6 +307,9 @@ partial accepts.")
 (defvar-local codestral--changed nil "Non-nil when the buffer changed during this command.")
 (defvar-local codestral--stash nil "Suggestion hidden before a self-insert: (POINT . SUGGESTION).")
 (defvar-local codestral--inserting nil "Non-nil while codestral itself edits the buffer.")
+(defvar-local codestral--point nil "Point after the last command, to see it move.")
+(defvar codestral--focus nil "(BUFFER . LINE) last reported with `codestral/didFocus'.")
+(defvar codestral--focus-timer nil "Pending `codestral/didFocus' timer.")
 
 (defconst codestral--own-commands '(codestral-accept codestral-accept-word codestral-accept-line
                                                       codestral-complete)
@@ -395,6 +410,26 @@ its keywords), returning the request's id, or nil where jsonrpc does not say."
     (apply #'jsonrpc-async-request server method params args)
     nil))
 
+(defvar codestral--cancelled (make-hash-table :test #'equal)
+  "Inline requests cancelled with $/cancelRequest whose reply is still due.
+Keys are (SERVER-NAME ID): each server numbers its requests from 1.")
+
+(defun codestral--receive-advice (receive connection message)
+  "Around `jsonrpc-connection-receive' (RECEIVE CONNECTION MESSAGE): the server's
+RequestCancelled reply to a request codestral cancelled is no error.  jsonrpc
+keeps every error it receives as the connection's last error, which Eglot
+shows on the mode line (`[eglot:project/error]') until the next message."
+  (let* ((id (plist-get message :id))
+         (key (and id (not (plist-get message :method)) (list (jsonrpc-name connection) id)))
+         (ours (and key (gethash key codestral--cancelled)))
+         (before (and ours (jsonrpc-last-error connection))))
+    (when ours (remhash key codestral--cancelled))
+    (prog1 (funcall receive connection message)
+      (when (and ours (plist-get message :error))
+        (setf (jsonrpc-last-error connection) before)))))
+
+(advice-add 'jsonrpc-connection-receive :around #'codestral--receive-advice)
+
 (defun codestral--cancel-request ()
   "Cancel the inline request in flight, if any: the server stops decoding it.
 Without this every keystroke's request stayed pending, answered or timed out
@@ -410,7 +445,10 @@ long after its position was gone."
         (when entry
           (remhash id continuations)
           (when (timerp (nth 2 entry)) (cancel-timer (nth 2 entry)))
-          (jsonrpc-notify server :$/cancelRequest (list :id id)))))))
+          (puthash (list (jsonrpc-name server) id) t codestral--cancelled)
+          (jsonrpc-notify server :$/cancelRequest (list :id id))
+          (force-mode-line-update t))))))      ; not `running' any more (`codestral--lighter')
+
 
 (defun codestral--request (trigger)
   "Ask the server for an inline suggestion at point.
@@ -428,6 +466,9 @@ a request was sent."
      (t
       ;; Send pending edits first: Eglot batches didChange on its own idle timer.
       (eglot--signal-textDocument/didChange)
+      ;; Where point rests, with the request (not a warm-up of it 50 ms before, which the
+      ;; request then waits behind).
+      (codestral--send-focus)
       ;; One request in flight: an older one is answered for a position that is gone.
       (codestral--cancel-request)
       (let* ((generation (cl-incf codestral--generation))
@@ -453,7 +494,7 @@ a request was sent."
                                 (funcall forget)
                                 (codestral--log "inline completion timed out"))
                   :timeout codestral-request-timeout)))
-        (setq codestral--in-flight (and id (list :server server :id id :generation generation)))
+        (setq codestral--in-flight (list :server server :id id :generation generation))
         (codestral--set-status 'running "")
         t)))))
 
@@ -472,9 +513,11 @@ a request was sent."
         (codestral--request 'automatic)))))
 
 (defun codestral--schedule ()
-  "Ask for a suggestion once Emacs has been idle for `codestral-idle-delay'."
+  "Ask for a suggestion once Emacs has been idle for `codestral-idle-delay'.
+The request in flight is cancelled when the next one goes out, not now: until
+then the server goes on with it, and what it has prefilled of the file (all
+but the last keystrokes) serves the next request too."
   (codestral--cancel-timer)
-  (codestral--cancel-request)
   (cl-incf codestral--generation)       ; responses to older requests are stale now
   (setq codestral--timer
         (run-with-idle-timer codestral-idle-delay nil #'codestral--idle-request (current-buffer))))
@@ -511,16 +554,24 @@ a request was sent."
 (defun codestral--post-command ()
   "After a command: keep a typed-through suggestion, or schedule a new request."
   (let ((stash codestral--stash)
-        (changed codestral--changed))
+        (changed codestral--changed)
+        (moved (not (eql codestral--point (point)))))
     (setq codestral--stash nil
-          codestral--changed nil)
-    (codestral--note-focus)
+          codestral--changed nil
+          codestral--point (point))
     (cond ((memq this-command codestral--own-commands))
           ((and stash (codestral--typed-through stash))
            (codestral--cancel-timer))
           ((and changed codestral-auto-trigger)
            (codestral--schedule))
-          (t (codestral--cancel-timer)))))
+          ((and moved codestral-auto-trigger codestral-trigger-on-move (not (use-region-p))
+                (not (minibufferp)))
+           (codestral--schedule))
+          (t (codestral--cancel-timer)))
+    ;; A request on its way tells the server where point rests; else say it on its own.
+    (if (timerp codestral--timer)
+        (when (timerp codestral--focus-timer) (cancel-timer codestral--focus-timer))
+      (codestral--note-focus))))
 
 ;;;###autoload
 (define-minor-mode codestral-mode
@@ -539,10 +590,22 @@ any other command hides it.
       (progn
         (add-hook 'after-change-functions #'codestral--after-change nil t)
         (add-hook 'pre-command-hook #'codestral--pre-command nil t)
-        (add-hook 'post-command-hook #'codestral--post-command nil t))
+        (add-hook 'post-command-hook #'codestral--post-command nil t)
+        (codestral--no-did-save))
     (remove-hook 'after-change-functions #'codestral--after-change t)
     (remove-hook 'pre-command-hook #'codestral--pre-command t)
     (remove-hook 'post-command-hook #'codestral--post-command t)))
+
+(defun codestral--no-did-save ()
+  "Send no textDocument/didSave to a server that asks for none.
+Eglot 1.9 sends it (with the whole text) on every save whatever the server's
+`textDocumentSync.save' says; codestral-ls declares `save: false'."
+  (let* ((server (codestral--server))
+         (sync (and server (codestral--capability server :textDocumentSync)))
+         (save (and (listp sync) (plist-member sync :save) (plist-get sync :save))))
+    (when (and server (listp sync) (plist-member sync :save)
+               (or (null save) (eq save :json-false)))
+      (remove-hook 'after-save-hook 'eglot--signal-textDocument/didSave t))))
 
 ;;;###autoload
 (defun codestral-maybe-enable ()
@@ -634,19 +697,37 @@ The rest stays shown."
 ;;;; What the server says: status, progress, longer suggestions
 
 (defun codestral--set-status (kind message &optional latency)
-  "Record status KIND with MESSAGE (and LATENCY in ms) and update mode lines."
-  (setq codestral--status
-        (list :kind kind :message (or message "")
-              :latency (or latency (plist-get codestral--status :latency))
-              :percent (and (eq kind 'loading) (plist-get codestral--status :percent))))
+  "Record status KIND with MESSAGE (and LATENCY in ms) and update mode lines.
+Entering `running' keeps the status before it as :before, shown again when
+nothing is in flight (see `codestral--lighter')."
+  (let ((old codestral--status))
+    (setq codestral--status
+          (list :kind kind :message (or message "")
+                :latency (or latency (plist-get old :latency))
+                :percent (and (eq kind 'loading) (plist-get old :percent))
+                :before (and (eq kind 'running)
+                             (if (eq (plist-get old :kind) 'running)
+                                 (plist-get old :before)
+                               old)))))
   (force-mode-line-update t))
 
+(defun codestral--in-flight-p ()
+  "Non-nil if an inline request of codestral's awaits its answer in any buffer."
+  (seq-some (lambda (buffer) (buffer-local-value 'codestral--in-flight buffer)) (buffer-list)))
+
 (defun codestral--lighter ()
-  "The mode-line lighter of `codestral-mode': what the server is doing."
-  (let ((kind (plist-get codestral--status :kind))
-        (message (plist-get codestral--status :message))
-        (latency (plist-get codestral--status :latency))
-        (percent (plist-get codestral--status :percent)))
+  "The mode-line lighter of `codestral-mode': what the server is doing.
+`running' only while a request is in flight: the server says nothing more
+about a request codestral cancelled, and may say `running' for it after the
+cancel went out."
+  (let* ((status (if (and (eq (plist-get codestral--status :kind) 'running)
+                          (not (codestral--in-flight-p)))
+                     (plist-get codestral--status :before)
+                   codestral--status))
+         (kind (plist-get status :kind))
+         (message (plist-get status :message))
+         (latency (plist-get status :latency))
+         (percent (plist-get status :percent)))
     (concat " Codestral"
             (pcase kind
               ;; "%" is a mode-line construct: "%%" shows one.
@@ -656,15 +737,18 @@ The rest stays shown."
               ('declined (format "[%s]" (string-replace "%" "%%" (if (string-empty-p message)
                                                                      "no suggestion"
                                                                    message))))
-              ('error "[error]")
+              ('error (format "[error: %s]" (string-replace "%" "%%" message)))
               (_ "")))))
 
 (defun codestral--process-p (server)
-  "Non-nil if SERVER's process runs codestral-ls (before it has said so itself)."
-  (let ((process (ignore-errors (jsonrpc--process server))))
-    (and (processp process)
-         (cl-some (lambda (arg) (and (stringp arg) (string-match-p "codestral" arg)))
-                  (process-command process)))))
+  "Non-nil if SERVER is codestral-ls, before it has said so itself.
+That is, started from our Eglot entry, or (\\[eglot] with a command of one's
+own) a program whose command line names codestral."
+  (or (cl-typep server 'codestral-lsp-server)
+      (let ((process (ignore-errors (jsonrpc--process server))))
+        (and (processp process)
+             (cl-some (lambda (arg) (and (stringp arg) (string-match-p "codestral" arg)))
+                      (process-command process))))))
 
 (cl-defmethod eglot-client-capabilities :around (server)
   "Opt codestral-ls servers in to its extensions and to $/progress."
@@ -736,11 +820,11 @@ Ask again if point is still there."
               (codestral--cancel-timer)
               (codestral--request 'automatic))))))))
 
-(defvar codestral--focus nil "(BUFFER . LINE) last reported with `codestral/didFocus'.")
-(defvar codestral--focus-timer nil "Pending `codestral/didFocus' timer.")
 
 (defun codestral--send-focus ()
   "Tell the server where point rests, if it moved to another line or buffer."
+  (when (timerp codestral--focus-timer)
+    (cancel-timer codestral--focus-timer))
   (setq codestral--focus-timer nil)
   (when codestral-mode
     (let* ((server (codestral--server))
@@ -770,6 +854,7 @@ Ask again if point is still there."
   "Remove the advice, keymap and Eglot entries added by loading codestral.
 Called by `unload-feature'."
   (advice-remove 'eglot-completion-at-point #'codestral--completion-exit-advice)
+  (advice-remove 'jsonrpc-connection-receive #'codestral--receive-advice)
   (setq emulation-mode-map-alists (delq 'codestral--emulation-alist emulation-mode-map-alists))
   (setq eglot-server-programs (seq-remove #'codestral--entry-p eglot-server-programs))
   nil)                                  ; nil: go on with the standard unloading

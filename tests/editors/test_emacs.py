@@ -4,8 +4,10 @@ embedded model: completion-at-point through Eglot inserts `a + b`; codestral-mod
 textDocument/inlineCompletion shows the ghost text, TAB accepts it, the acceptance reaches the
 server; stale requests are cancelled; TAB asks again; the server's notifications reach the lighter
 and the ghost text. Then test-tty.py does the same with real keystrokes in `emacs -nw` on a
-pseudo-terminal, and test-screen.py runs `emacs -Q -nw` in tmux with the README's snippet and three
-buffers open, asserting on the captured screen."""
+pseudo-terminal, and test-screen.py runs `emacs -Q -nw` in tmux with the README's snippet (the server
+behind a wrapper not named codestral) and three buffers open, asserting on the captured screen: the
+load on the lighter, the ghost, a request when point comes to rest inside `max()`, no `Codestral[…]`
+left after a cancel, no `[eglot:…/error]`, no didSave, every lighter quoted in the README."""
 
 from __future__ import annotations
 

@@ -3,7 +3,11 @@ vim.lsp.inline_completion and the extmark fallback) and Neovim 0.7 (Debian's, ex
 the real server and the embedded model: type, see the ghost text, accept it, check the line; then
 runs each in tmux (test/screen_test.py) with the README's snippet and three buffers open, asserting on
 the captured screen: load progress and status, ghost text never over the code after the cursor, in a
-colour of its own, accept word then rest, only the current buffer asked."""
+colour of its own, accept word then rest, only the current buffer asked; then `x = max()` and <Left>:
+the ghost between the brackets in its own colour (no MatchParen bold/underline), typed through
+without a character shown twice (30 ms samples), no stale ghost after a key that does not match, no
+`codestral: …` left after <Esc> cancels a request, didFocus once per resting place, the message
+area following the load, every status text quoted in the README."""
 
 from __future__ import annotations
 

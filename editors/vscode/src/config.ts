@@ -179,3 +179,24 @@ export function shouldRetrigger(
 
 /** The client capability that opts in to the server's extensions. */
 export const CLIENT_EXTENSIONS = { codestral: { suggestionUpdates: true, status: true } } as const;
+
+/** `codestral/didFocus` params. */
+export interface DidFocus {
+  textDocument: { uri: string };
+  position: { line: number; character: number };
+}
+
+/**
+ * Where the cursor came to rest, as a `codestral/didFocus` to send: only when it rests on another line
+ * or in another document than `last` (the key returned with the last one sent), so moving within a
+ * line, or not at all, sends nothing.
+ */
+export function focusChange(
+  uri: string,
+  at: { line: number; character: number },
+  last: string,
+): { key: string; params: DidFocus } | undefined {
+  const key = `${uri}:${at.line}`;
+  if (key === last) return undefined;
+  return { key, params: { textDocument: { uri }, position: { line: at.line, character: at.character } } };
+}

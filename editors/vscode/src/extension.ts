@@ -19,6 +19,7 @@ import {
   CLIENT_EXTENSIONS,
   COMMAND_LINE_KEYS,
   findServer,
+  focusChange,
   SERVER_KEYS,
   serverArgs,
   serverSettings,
@@ -153,16 +154,15 @@ function noteFocus(): void {
     const ours = (c?.initializeResult?.capabilities.experimental as { codestral?: { didFocus?: boolean } } | undefined)
       ?.codestral;
     if (!editor || !c?.isRunning() || !ours?.didFocus) return;
-    const at = editor.selection.active;
-    const key = `${editor.document.uri.toString()}:${at.line}`;
-    if (key === lastFocus) return;
-    lastFocus = key;
-    void c.sendNotification("codestral/didFocus", {
-      textDocument: { uri: editor.document.uri.toString() },
-      position: { line: at.line, character: at.character },
-    });
+    const change = focusChange(editor.document.uri.toString(), editor.selection.active, lastFocus);
+    if (!change) return;
+    lastFocus = change.key;
+    void c.sendNotification("codestral/didFocus", change.params);
   }, FOCUS_DEBOUNCE_MS);
 }
+
+/** Inline requests sent and not yet answered or cancelled. */
+let inFlight = 0;
 
 /** What the extension adds between VS Code and the protocol: the toggle and disabled languages, the
  * latency and load progress on the status bar, no completion-widget duplicates. */
@@ -171,9 +171,17 @@ const middleware: Middleware = {
     const manual = context.triggerKind === vscode.InlineCompletionTriggerKind.Invoke;
     if (!manual && !enabledFor(document.languageId)) return null;
     const started = Date.now();
-    const result = await next(document, position, context, token);
-    if (!token.isCancellationRequested) status.answered(Date.now() - started);
-    return result;
+    inFlight += 1;
+    try {
+      const result = await next(document, position, context, token);
+      if (!token.isCancellationRequested) status.answered(Date.now() - started);
+      return result;
+    } finally {
+      inFlight -= 1;
+      // VS Code cancelled it ($/cancelRequest): the server says nothing more about it, so the
+      // spinner would stay with nothing running.
+      if (token.isCancellationRequested && inFlight === 0) status.cancelled();
+    }
   },
   // The server's textDocument/completion is a fallback for editors without inline completion;
   // here it would duplicate the ghost text in the suggest widget and compete for the model.
@@ -275,6 +283,7 @@ type Phase =
 class StatusItem implements vscode.Disposable {
   private readonly item = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
   private phase: Phase = { kind: "loading", detail: "starting" };
+  private beforeRunning: Phase | undefined;
 
   constructor() {
     this.item.name = "Codestral";
@@ -306,8 +315,18 @@ class StatusItem implements vscode.Disposable {
 
   /** `codestral/status`: the server says what it is doing, and why nothing is shown. */
   server(s: ServerStatus): void {
+    const running = (p: Phase) => p.kind === "server" && p.status.kind === "running";
+    if (s.kind === "running" && !running(this.phase)) this.beforeRunning = this.phase;
     this.phase = { kind: "server", status: s };
     this.render();
+  }
+
+  /** The request in flight was cancelled: back to what was shown before it ran. */
+  cancelled(): void {
+    if (this.phase.kind === "server" && this.phase.status.kind === "running" && this.beforeRunning) {
+      this.phase = this.beforeRunning;
+      this.render();
+    }
   }
 
   render(): void {

@@ -8,7 +8,8 @@ import path from "node:path";
 import { after, test } from "node:test";
 
 const require = createRequire(import.meta.url);
-const { findServer, serverSettings, serverArgs, SERVER_KEYS, statusText, shouldRetrigger } = require("../out/config.js");
+const { findServer, serverSettings, serverArgs, SERVER_KEYS, statusText, shouldRetrigger, focusChange } =
+  require("../out/config.js");
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "codestral-vscode-"));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -86,4 +87,14 @@ test("model and draftModel go on the command line, never in initializationOption
   assert.deepEqual(serverArgs((k) => settings[k]), ["--model", "~/models/codestral-22b", "--draft-model", "embedded"]);
   assert.deepEqual(serverArgs(() => ""), []);
   assert.deepEqual(serverArgs(() => undefined), []);
+});
+
+test("codestral/didFocus: when the cursor rests on another line or document, not within a line", () => {
+  const uri = "file:///w/a.py";
+  const first = focusChange(uri, { line: 3, character: 8 }, "");
+  assert.deepEqual(first.params, { textDocument: { uri }, position: { line: 3, character: 8 } });
+  assert.equal(focusChange(uri, { line: 3, character: 2 }, first.key), undefined);
+  assert.deepEqual(focusChange(uri, { line: 4, character: 0 }, first.key).params.position, { line: 4, character: 0 });
+  assert.equal(focusChange("file:///w/b.py", { line: 3, character: 8 }, first.key).params.textDocument.uri,
+    "file:///w/b.py");
 });

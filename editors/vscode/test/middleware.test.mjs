@@ -27,6 +27,7 @@ const {
   WorkDoneProgressCreateRequest,
   ConfigurationRequest,
   RegistrationRequest,
+  CancellationTokenSource,
 } = require("vscode-languageserver-protocol/node");
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -45,6 +46,7 @@ const cursor = { line: 1, character: 11 };
 let server;
 let connection;
 const statusTexts = []; // what the status bar item showed, in order
+const statusWatchers = []; // called with each codestral/status, after the extension's handler
 let loaded;
 
 // What VS Code hands the middleware, reduced to what the extension reads.
@@ -84,7 +86,10 @@ before(async () => {
     middleware.handleWorkDoneProgress(LOAD_TOKEN, value, () => {});
     if (value.kind === "end") resolveLoaded(value);
   });
-  connection.onNotification("codestral/status", onServerStatus);
+  connection.onNotification("codestral/status", (params) => {
+    onServerStatus(params);
+    for (const watch of statusWatchers) watch(params);
+  });
   connection.onNotification("codestral/suggestionUpdated", onSuggestionUpdated);
   connection.listen();
   await connection.sendRequest(InitializeRequest.type, {
@@ -132,6 +137,37 @@ test("an automatic request through the middleware: the latency on the status bar
   assert.ok(items.length > 0 && items[0].insertText.startsWith("a"), JSON.stringify(result));
   await new Promise((r) => setTimeout(r, 200)); // the status notification follows the answer
   assert.match(stub.statusItem.text, /^\$\(sparkle\) \d+ ms$/, `status bar: ${statusTexts.slice(-4)}`);
+});
+
+test("a request VS Code cancels: the status bar does not stay at running", { timeout: TIMEOUT_MS }, async () => {
+  // The server says nothing more about a request cancelled with $/cancelRequest; the spinner it
+  // started must not stay with nothing running.
+  const before = stub.statusItem.text;
+  const source = new CancellationTokenSource();
+  let sawRunning;
+  const running = new Promise((resolve) => (sawRunning = resolve));
+  const after = [];
+  statusWatchers.push((params) => {
+    if (params.kind === "running") {
+      sawRunning();
+      source.cancel();
+    } else {
+      after.push(params.kind);
+    }
+  });
+  const empty = { line: 2, character: 0 }; // the empty line after `return`: the model has to decode
+  const asked = middleware.provideInlineCompletionItems(document, empty, automatic, source.token, (_doc, position) =>
+    connection.sendRequest(InlineCompletionRequest.type, { textDocument: { uri }, position, context: { triggerKind: 2 } },
+      source.token));
+  await running;
+  await asked.catch(() => undefined);
+  statusWatchers.length = 0;
+  await new Promise((r) => setTimeout(r, 300));
+  assert.doesNotMatch(stub.statusItem.text, /sync~spin/, `status bar after the cancel: ${statusTexts.slice(-4)}`);
+  if (after.length === 0) {
+    // The cancel came first (else the server answered and said so): back to what was shown.
+    assert.equal(stub.statusItem.text, before, `the status bar before the request: ${before}, after: ${statusTexts.slice(-4)}`);
+  }
 });
 
 test("a disabled language: the middleware does not ask", async () => {

@@ -44,6 +44,28 @@ local function remaining(bufnr, s)
   return s.text:sub(#typed + 1)
 end
 
+local has_inline = vim.fn.has('nvim-0.10') == 1
+
+-- The line from byte `col` on, as virtual-text chunks in its syntax colours, tabs expanded from
+-- screen column `vcol` (0-based): drawn after the ghost text where Neovim has no inline virtual text.
+local function rest_of_line(line, row, col, vcol, tabstop)
+  local chunks, byte = {}, col
+  for ch in line:sub(col + 1):gmatch('[%z\1-\127\194-\244][\128-\191]*') do
+    local group = vim.fn.synIDattr(vim.fn.synIDtrans(vim.fn.synID(row + 1, byte + 1, 1)), 'name')
+    group = group ~= '' and group or 'Normal'
+    local shown = ch == '\t' and string.rep(' ', tabstop - vcol % tabstop) or ch
+    vcol = vcol + vim.fn.strdisplaywidth(shown)
+    byte = byte + #ch
+    local last = chunks[#chunks]
+    if last and last[2] == group then
+      last[1] = last[1] .. shown
+    else
+      table.insert(chunks, { shown, group })
+    end
+  end
+  return chunks
+end
+
 local function render(bufnr, text)
   M.clear(bufnr)
   local row, col = unpack(api.nvim_win_get_cursor(0))
@@ -52,11 +74,22 @@ local function render(bufnr, text)
   for _, l in ipairs(vim.split(text, '\n', { plain = true })) do
     table.insert(lines, { { (l:gsub('\t', tab)), 'CodestralGhost' } })
   end
-  local at_eol = col >= #api.nvim_get_current_line()
+  local line = api.nvim_get_current_line()
+  local virt_text, pos = lines[1], 'inline'
+  if not has_inline then
+    -- Before 0.10 there is no inline virtual text, and 'eol' would draw the ghost after the code
+    -- that follows the cursor (`max() nums`): the ghost is drawn over that code from the cursor
+    -- on, and the code is drawn again after it, so the line reads as it will once accepted.
+    pos = 'overlay'
+    if col < #line then
+      local vcol = vim.fn.strdisplaywidth(line:sub(1, col)) + vim.fn.strdisplaywidth(virt_text[1][1])
+      virt_text = vim.list_extend({ virt_text[1] }, rest_of_line(line, row - 1, col, vcol, vim.bo[bufnr].tabstop))
+    end
+  end
   local opts = {
-    virt_text = lines[1],
-    virt_text_pos = vim.fn.has('nvim-0.10') == 1 and 'inline' or (at_eol and 'overlay' or 'eol'),
-    hl_mode = 'combine',
+    virt_text = virt_text,
+    virt_text_pos = pos,
+    hl_mode = 'replace', -- 'combine' takes the highlight under it (MatchParen's on `)`)
   }
   if #lines > 1 then
     opts.virt_lines = { unpack(lines, 2) }

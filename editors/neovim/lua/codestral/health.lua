@@ -23,7 +23,12 @@ function M.check()
   start('Inline completion')
   local native = pcall(require, 'vim.lsp.inline_completion')
   if codestral.native() then
-    ok('native vim.lsp.inline_completion (Neovim 0.12+)')
+    if codestral.native_drawing_fixed() then
+      ok('native vim.lsp.inline_completion (Neovim 0.12+), its ghost drawn by codestral')
+    else
+      warn('renderer = "native": this Neovim has no Completor class to draw through, so typed characters'
+        .. ' may show twice and a stale ghost stay until the next answer (renderer = "auto" uses extmarks)')
+    end
     -- Builds before neovim/neovim#35965 create each buffer's inline-completion autocmds for every
     -- buffer: say that the plugin filters the requests, where a buffer shows it.
     for _, b in ipairs(vim.api.nvim_list_bufs()) do
@@ -36,8 +41,10 @@ function M.check()
         break
       end
     end
-  elseif native then
+  elseif native and config.renderer == 'extmark' then
     ok('extmark ghost text (renderer = "extmark"; native vim.lsp.inline_completion is available)')
+  elseif native then
+    ok('extmark ghost text (renderer = "auto": this Neovim has no Completor class to draw the native ghost through)')
   elseif config.renderer == 'native' then
     warn('renderer = "native" needs Neovim 0.12+: using extmark ghost text')
   else

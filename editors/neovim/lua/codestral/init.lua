@@ -19,9 +19,13 @@ M.defaults = {
 M.config = vim.deepcopy(M.defaults)
 M.did_setup = false
 
--- Whether Neovim's own inline completion is used.
+-- Whether Neovim's own inline completion is used: 'native', or 'auto' where the plugin can fix its
+-- drawing (see patch_native below).
 function M.native()
-  return M.config.renderer ~= 'extmark' and pcall(require, 'vim.lsp.inline_completion')
+  if M.config.renderer == 'extmark' or not pcall(require, 'vim.lsp.inline_completion') then
+    return false
+  end
+  return M.config.renderer == 'native' or M.native_drawing_fixed()
 end
 
 local function ghost()
@@ -96,9 +100,29 @@ end
 -- What the statusline shows: the server's `codestral/status` and the model-load `$/progress`.
 M.state = { kind = nil, message = '', latency = nil, percent = nil }
 
+-- Whether an inline request of codestral's awaits its answer (Neovim's own request table: a
+-- cancelled one is no longer 'pending', and Neovim drops the server's reply to it).
+local function inline_pending()
+  for _, c in ipairs((vim.lsp.get_clients or vim.lsp.get_active_clients)()) do
+    if c.name == 'codestral' then
+      for _, r in pairs(c.requests or {}) do
+        if r.type == 'pending' and r.method == 'textDocument/inlineCompletion' then
+          return true
+        end
+      end
+    end
+  end
+  return false
+end
+
 -- A statusline item: `%{v:lua.require'codestral'.statusline()}`. Empty until the server starts.
+-- `running` only while a request is in flight: the server says nothing more about a request that
+-- was cancelled (typing on, <Esc>), and may say `running` for it after the cancel went out.
 function M.statusline()
   local st = M.state
+  if st.kind == 'running' and not inline_pending() then
+    st = st.before or {}
+  end
   if st.kind == 'loading' then
     return ('codestral: loading%s'):format(st.percent and (' %d%%'):format(st.percent) or '')
   elseif st.kind == 'running' then
@@ -119,25 +143,36 @@ local function redraw_status()
   pcall(vim.cmd, 'redrawstatus!')
 end
 
--- Loading, ready and errors also go to the message area, on one line without history and at
--- most one a second: several messages in a row would scroll and raise a hit-enter prompt that
--- swallows what the user types next.
-local last_said = 0
-local function say(msg, level, force)
-  local now = (vim.uv or vim.loop).now()
-  if level == vim.log.levels.ERROR then
-    return vim.notify('codestral: ' .. msg, level)
-  end
-  if not force and now - last_said < 1000 then
-    return
-  end
-  last_said = now
-  msg = 'codestral: ' .. msg
+-- Loading, ready and errors also go to the message area, on one line without history. Messages
+-- are coalesced (the last one within 100 ms is shown): several echoed in a row, with no redraw in
+-- between, would scroll and raise a hit-enter prompt that swallows what the user types next. (A
+-- one-a-second limit here once dropped the load's 95% report, leaving the message area at 0% while
+-- the statusline said 95%.)
+local said = { timer = nil, pending = nil }
+local function echo(msg)
   local width = vim.o.columns - 12
   if #msg > width then
     msg = msg:sub(1, math.max(width, 10))
   end
   pcall(api.nvim_echo, { { msg } }, false, {})
+end
+
+local function say(msg, level)
+  if level == vim.log.levels.ERROR then
+    return vim.notify('codestral: ' .. msg, level)
+  end
+  said.pending = 'codestral: ' .. msg
+  if said.timer then
+    return
+  end
+  said.timer = vim.defer_fn(function()
+    said.timer = nil
+    local latest = said.pending
+    said.pending = nil
+    if latest then
+      echo(latest)
+    end
+  end, 100)
 end
 
 -- Asks for the ghost text again now, if the cursor is in insert mode at (row, col) of `bufnr` (0-based,
@@ -178,6 +213,9 @@ local function on_status(_, params)
   end
   local st = M.state
   local was = st.kind
+  if params.kind == 'running' and was ~= 'running' then
+    st.before = { kind = st.kind, message = st.message, latency = st.latency, percent = st.percent }
+  end
   st.kind, st.message = params.kind, params.message or ''
   if type(params.latencyMs) == 'number' then
     st.latency = params.latencyMs
@@ -185,7 +223,7 @@ local function on_status(_, params)
   if params.kind == 'error' then
     say(st.message, vim.log.levels.ERROR)
   elseif params.kind == 'ready' and was == 'loading' then
-    say('model loaded', nil, true)
+    say('model loaded')
     loaded()
   elseif params.kind == 'loading' and was ~= 'loading' then
     say('loading the model')
@@ -205,12 +243,12 @@ local function on_progress(err, params, ctx, config)
   local st = M.state
   if value.kind == 'end' then
     st.kind, st.percent, st.message = 'ready', nil, value.message or ''
-    say('model loaded', nil, true)
+    say('model loaded')
     loaded()
   else
     st.kind, st.message = 'loading', value.message or st.message
     st.percent = value.percentage or st.percent
-    say(('loading the model%s'):format(st.percent and (' %d%%'):format(st.percent) or ''), nil, value.kind == 'begin')
+    say(('loading the model%s'):format(st.percent and (' %d%%'):format(st.percent) or ''))
   end
   redraw_status()
 end
@@ -249,6 +287,82 @@ local function on_suggestion_updated(_, params, ctx)
   end, math.max(0, REGROW_MS - (now - regrow.last)))
 end
 
+-- Native renderer, drawing: Neovim's Completor draws its item again at the cursor on every
+-- CursorMovedI until the next answer comes (200 ms and the model's time later). A typed character
+-- that matches the ghost is then shown twice (`rreturn`), one that does not leaves the old ghost
+-- glued to it (`retxurn`), and the ghost takes the highlight of the code it is drawn into
+-- (MatchParen's bold and underline inside `max()`). For codestral's items the plugin replaces the
+-- Completor's `show` (vim.lsp.inline_completion's private class): what was typed since the answer
+-- is taken off the ghost, a key that leaves it hides it, and the ghost is drawn in ComplHint only.
+-- Where that class is missing, `renderer = 'auto'` uses the extmark renderer (ghost.lua).
+local anchors = {} -- bufnr -> { row, col }: where the shown item's text starts (0-based, byte)
+
+local function native_completor()
+  local ok, cap = pcall(require, 'vim.lsp._capability')
+  local class = ok and type(cap.all) == 'table' and cap.all.inline_completion
+  return type(class) == 'table' and type(class.show) == 'function' and type(class.hide) == 'function' and class
+    or nil
+end
+
+-- What is left to show of `text`, asked at `anchor`, with the cursor of the current window in
+-- `bufnr` now: nil when the cursor left it or typed something else.
+local function rest_after_typing(bufnr, anchor, text)
+  if not anchor or api.nvim_get_current_buf() ~= bufnr then
+    return nil
+  end
+  local row, col = unpack(api.nvim_win_get_cursor(0))
+  row = row - 1
+  if row < anchor.row or (row == anchor.row and col < anchor.col) then
+    return nil
+  end
+  local ok, got = pcall(api.nvim_buf_get_text, bufnr, anchor.row, anchor.col, row, col, {})
+  local typed = ok and table.concat(got, '\n')
+  if not typed or #typed >= #text or text:sub(1, #typed) ~= typed then
+    return nil
+  end
+  anchor.row, anchor.col = row, col
+  return text:sub(#typed + 1)
+end
+
+local function patch_native()
+  local Completor = native_completor()
+  if not Completor or Completor._codestral_show then
+    return
+  end
+  local show = Completor.show
+  Completor._codestral_show = show
+  local ns = api.nvim_create_namespace('nvim.lsp.inline_completion')
+  Completor.show = function(self, hint)
+    local current = self.current
+    local client = current and vim.lsp.get_client_by_id(current.client_id)
+    if not (client and client.name == 'codestral') or type(current.insert_text) ~= 'string' or current.range then
+      return show(self, hint)
+    end
+    self:hide()
+    local rest = rest_after_typing(self.bufnr, anchors[self.bufnr], current.insert_text)
+    if not rest then
+      self.current = nil -- <Tab> falls through to a plain <Tab> until the next answer
+      return
+    end
+    current.insert_text = rest
+    local tab = string.rep(' ', vim.bo[self.bufnr].tabstop)
+    local lines = {}
+    for l in vim.gsplit(rest, '\n', { plain = true }) do
+      table.insert(lines, { { (l:gsub('\t', tab)), 'ComplHint' } })
+    end
+    if hint then
+      table.insert(lines[#lines], { hint, 'ComplHintMore' })
+    end
+    local row, col = unpack(api.nvim_win_get_cursor(0))
+    api.nvim_buf_set_extmark(self.bufnr, ns, row - 1, col, {
+      virt_text = lines[1],
+      virt_lines = #lines > 1 and { unpack(lines, 2) } or nil,
+      virt_text_pos = 'inline',
+      hl_mode = 'replace', -- 'combine' took MatchParen's bold and underline on `)`
+    })
+  end
+end
+
 -- Native renderer, client side of the request: Neovim 0.12-dev builds before neovim/neovim#35965
 -- run every attached buffer's inline-completion autocmds on each keystroke, each sending a request
 -- for its own buffer with the current window's cursor. Only the current buffer's request goes out.
@@ -284,6 +398,7 @@ local function wrap_requests(client)
           end
         end
         result = { items = items }
+        anchors[current] = { row = cursor[1] - 1, col = cursor[2] }
       end
       return inner(err, result, ctx, config)
     end
@@ -343,8 +458,13 @@ local function map(bufnr, key, action, desc)
   end
 end
 
+function M.native_drawing_fixed()
+  return native_completor() ~= nil
+end
+
 local function on_attach(client, bufnr)
   if M.native() then
+    patch_native()
     wrap_requests(client)
     inline().enable(true, { bufnr = bufnr })
   else
@@ -402,6 +522,13 @@ function M.setup(opts)
   highlights()
   api.nvim_create_autocmd('ColorScheme', { group = group, callback = highlights })
   api.nvim_create_autocmd({ 'CursorMoved', 'CursorMovedI', 'BufEnter' }, { group = group, callback = on_cursor })
+  -- Leaving insert mode cancels the request in flight: the statusline stops saying `…`.
+  api.nvim_create_autocmd('InsertLeave', {
+    group = group,
+    callback = function()
+      vim.defer_fn(redraw_status, 20)
+    end,
+  })
   api.nvim_create_user_command('CodestralStats', function()
     M.stats(function(result, err)
       print(err or vim.inspect(result))
