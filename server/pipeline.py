@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import CancelToken, FimRequest, FimResult, StopRule
 from codestral_ls.engine.serving.backend import Backend
-from codestral_ls.server.anchor import Anchors
+from codestral_ls.server.anchor import Anchors, Placement
 from codestral_ls.server.context import Spines, build_context, spine_plan, spine_text
-from codestral_ls.server.cursor import Cursor, read_cursor
+from codestral_ls.server.cursor import BLOCK_OPENERS, Cursor, read_cursor
 from codestral_ls.server.languages import language_for
 from codestral_ls.server.options import Options
 from codestral_ls.server.postprocess import first_words, misfit, postprocess, replaced_after
@@ -157,8 +157,9 @@ class Completer:
             shown.growing = self._grow(doc.uri, dataclasses.replace(req, stop=req.stop.unbudgeted()), cursor, shown)
         return shown
 
-    def warm(self, doc: Document, offset: int) -> bool:
-        """Prefill the prompt at `offset` while the user is not typing (preempted by any request).
+    def warm(self, doc: Document, offset: int, plan: bool = True, remember: bool = True) -> bool:
+        """Prefill the prompt at `offset` while the user is not typing (preempted by any request), and
+        with `plan` the spines of the file around it; `remember`: anchor the document there.
 
         Returns whether warm-up work was queued. The next request there finds its prompt cached.
         """
@@ -167,18 +168,41 @@ class Completer:
         language = language_for(doc.language_id, doc.uri)
         if language in self.options.disabled_languages:
             return False
-        req = self.request(doc, read_cursor(doc.text, offset, language, self.options.multiline))
+        req = self.request(doc, read_cursor(doc.text, offset, language, self.options.multiline), remember=remember)
         if req is None:
             return False
         self.stats.warm_ups += 1
         self.backend.prefetch(dataclasses.replace(req, stop=req.stop.unbudgeted(), warm=True))
-        self.backend.plan(self.plan(doc, offset))
+        if plan:
+            self.backend.plan(self.plan(doc, offset))
         return True
+
+    def warm_next_line(self, doc: Document, offset: int, shown: Suggestion) -> bool:
+        """Prefill the suggestion for the line after `shown`, as the document will be once it is accepted
+        and Enter opens the next line (llama.vim's prefetch after a hint): Enter finds it ready. Only
+        for a suggestion that ends its line."""
+        text = shown.text
+        if shown.replace_after or not text.strip():
+            return False
+        cursor = read_cursor(doc.text, offset, language_for(doc.language_id, doc.uri), "never")
+        if cursor.after.strip():
+            return False
+        last = (cursor.before + text).replace("\r\n", "\n").rsplit("\n", 1)[-1]
+        indent = last[:len(last) - len(last.lstrip())]
+        if last.rstrip().endswith(BLOCK_OPENERS):
+            indent += "\t" if "\t" in indent else "    "
+        inserted = text + cursor.newline + indent
+        after = Document(doc.uri, doc.text[:offset] + inserted + doc.text[offset:], doc.language_id)
+        # The document's anchor stays: the request after Enter has the anchored prompt plus what was
+        # accepted and the new line as typed text, and that is the prompt warmed here.
+        return self.warm(after, offset + len(inserted), plan=False, remember=False)
 
     # -- the steps ----------------------------------------------------------------------------
 
-    def request(self, doc: Document, cursor: Cursor, others: Iterable[Document] = ()) -> FimRequest | None:
-        """The engine request at the cursor (anchored prompt, windows sized to the device), or None."""
+    def request(self, doc: Document, cursor: Cursor, others: Iterable[Document] = (),
+                remember: bool = True) -> FimRequest | None:
+        """The engine request at the cursor (anchored prompt, windows sized to the device), or None.
+        `remember`: a fresh prompt becomes the document's anchor."""
         if cursor.mode == "none":
             return None
         o = self.options
@@ -186,7 +210,8 @@ class Completer:
         if placement is None:
             prefix_tokens, suffix_tokens, spines = self._windows()
             ctx = build_context(cursor, self.backend.counter(), prefix_tokens, suffix_tokens, spines)
-            placement = self.anchors.remember(doc.uri, doc.text, cursor.offset, ctx)
+            placement = (self.anchors.remember(doc.uri, doc.text, cursor.offset, ctx) if remember
+                         else Placement(ctx, "", anchored=False))
         return FimRequest(
             doc=doc.uri, prefix=placement.ctx.prefix, suffix=placement.ctx.suffix,
             forced_middle=placement.forced_middle, extra_files=self._extra(doc, cursor, others),

@@ -345,13 +345,17 @@ class CodestralServer(LanguageServer):
             self.status("declined", self.completer.declined or "no suggestion")
             return None
         self.status("answered", s.source, s.latency_ms)
+        if s.source == "engine":
+            self.completer.warm_next_line(place.doc, place.offset, s)  # accepted, then Enter: ready
         if s.growing is not None:
             s.growing.add_done_callback(lambda task: self._grown(task, place))
         return s
 
     def _grown(self, task: asyncio.Task[Suggestion | None], place: Place) -> None:
         """The rest of a budget-cut block is decoded: tell an opted-in client to ask again."""
-        if not task.cancelled() and task.exception() is None and task.result() is not None:
+        if not task.cancelled() and task.exception() is None and (grown := task.result()) is not None:
+            if self.completer is not None:  # the whole block accepted, then Enter
+                self.completer.warm_next_line(place.doc, place.offset, grown)
             self.notify("suggestionUpdates", SUGGESTION_UPDATED, {
                 "textDocument": {"uri": place.doc.uri, "version": place.version},
                 "position": {"line": place.position.line, "character": place.position.character}})
