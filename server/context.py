@@ -11,6 +11,7 @@ trained on LF code, and its answer goes back to the document's ending at the end
 
 from __future__ import annotations
 
+import itertools
 from bisect import bisect_left
 from dataclasses import dataclass
 
@@ -122,14 +123,16 @@ def long_start(text: str, line_start: int, offset: int, counter: TokenCounter, s
 
 
 def spine_plan(text: str, offset: int, counter: TokenCounter, spines: Spines, count: int) -> list[tuple[int, int]]:
-    """The spines around the cursor, the one its prompt starts with first, then alternately below and
-    above it: (start, end) offsets, each reaching as far as the cursors that start at it."""
+    """The spines around the cursor, the one its prompt starts with first, then below and above it:
+    (start, end) offsets, each reaching as far as the cursors that start at it."""
     line_start = text.rfind("\n", 0, offset) + 1
     here = long_start(text, line_start, offset, counter, spines)
     k0 = (here if here is not None else line_start) // spines.grid
+    # People read and write downwards: two spines below for each one above.
+    below, above = (k0 + i for i in itertools.count(1)), (k0 - i for i in itertools.count(1))
     order = [k0]
-    for step in range(1, count * 2 + 2):
-        order += [k0 + step, k0 - step] if step % 3 else [k0 - step, k0 + step]
+    for _ in range(count * 2):
+        order += [next(below), next(below), next(above)]
     out: list[tuple[int, int]] = []
     for k in order:
         if len(out) >= count:

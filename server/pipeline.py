@@ -177,6 +177,14 @@ class Completer:
             self.backend.plan(self.plan(doc, offset))
         return True
 
+    def warm_spines(self, doc: Document, offset: int) -> bool:
+        """Only the spines of `doc` around `offset` (no prompt at a place): whether any were planned."""
+        if self._not_ready() or language_for(doc.language_id, doc.uri) in self.options.disabled_languages:
+            return False
+        plan = self.plan(doc, offset)
+        self.backend.plan(plan)
+        return bool(plan)
+
     def warm_next_line(self, doc: Document, offset: int, shown: Suggestion) -> bool:
         """Prefill the suggestion for the line after `shown`, as the document will be once it is accepted
         and Enter opens the next line (llama.vim's prefetch after a hint): Enter finds it ready. Only

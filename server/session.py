@@ -245,16 +245,21 @@ class CodestralServer(LanguageServer):
     # -- warm-up ------------------------------------------------------------------------------
 
     def warm(self, uri: str, position: types.Position | None) -> None:
-        """Prefill the prompt at `position` (None: the end of the document) while the user is not typing."""
+        """Prefill the prompt at `position` while the user is not typing, and the spines around it;
+        None (a document just opened, the cursor unknown): the spines from the top, where an editor
+        shows a file first."""
         doc = self.open_document(uri)
         if doc is None or self.completer is None:
             return
         if position is not None and not 0 <= position.line < doc.line_count():
             return
         text = doc.model_text()
-        offset = len(text.rstrip()) if position is None else doc.offset_at_position(position)
+        document = Document(uri, text, doc.language_id or "")
         try:
-            self.completer.warm(Document(uri, text, doc.language_id or ""), offset)
+            if position is None:
+                self.completer.warm_spines(document, 0)
+            else:
+                self.completer.warm(document, doc.offset_at_position(position))
         except Exception:  # warm-up is a hint: it never fails anything
             log.exception("warm-up failed")
 

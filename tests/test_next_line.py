@@ -12,6 +12,7 @@ from codestral_ls.engine.decoding.engine import Engine
 from codestral_ls.engine.serving.worker import EngineWorker
 from codestral_ls.server.options import Options
 from codestral_ls.server.pipeline import Completer
+
 from tests.inprocess import InProcess
 
 URI = "file:///w/next_line.py"

@@ -143,3 +143,31 @@ async def test_the_pipeline_sends_a_plan_with_its_warm_up():
     req = c.request(Document("file:///w/f.py", BIG, "python"), read_cursor(BIG, offset, "python"))
     assert req is not None and req.short_start > 0
     assert backend.planned[0].prefix.startswith(req.prefix)  # the cursor's prompt starts with the first spine
+
+
+async def test_a_document_asked_about_at_once_is_not_warmed_first_and_one_left_alone_is():
+    """An editor opens a file and asks at the cursor at once: no warm-up of the document's start (nor
+    end) is queued ahead of or after that request. A document left alone after opening gets its
+    spines from the top (where an editor shows it) once the pause has passed."""
+    import asyncio
+
+    from tests.inprocess import InProcess
+
+    class WithSpines(ScriptedBackend):
+        spines = 4
+
+    ip = InProcess(Options(multiline="never"))
+    await ip.initialize(engine=False)
+    backend = WithSpines("x = 1", context_tokens=2000)
+    ip.server.backend = backend
+    ip.server.completer = Completer(backend, ip.server.options, ip.server.stats)
+    asked = "file:///w/asked.py"
+    ip.open(asked, BIG)
+    await ip.inline(asked, 10, 0)
+    await asyncio.sleep(0.8)  # past the pause after opening
+    assert not [r for r in getattr(backend, "planned", []) if r.doc == asked and r.prefix.startswith("def helper_0(")]
+    alone = "file:///w/alone.py"
+    ip.open(alone, BIG)
+    await asyncio.sleep(0.8)
+    planned = getattr(backend, "planned", [])
+    assert planned and planned[0].doc == alone and planned[0].prefix.startswith("def helper_0(")

@@ -134,30 +134,6 @@ async def test_did_focus_warms_the_prompt_and_a_request_preempts_warm_up(default
     assert warm_ms < 60_000
 
 
-@pytest.mark.asyncio(loop_scope="session")
-async def test_a_document_asked_about_at_once_is_not_warmed_at_its_end_first(default_client):
-    """An editor opens a file and asks at the cursor at once: the request must not wait behind a
-    warm-up of the file's end (up to one prefill chunk of a prompt nobody asked). Left alone after
-    opening, a document is still warmed."""
-    c = default_client
-    await asyncio.sleep(1.0)  # other tests' pending warm-ups have fired
-    before = await stats(c)
-    uri = "file:///w/opened.py"
-    text = "".join(f"def helper_{i}(value):\n    return value * {i}\n\n\n" for i in range(8))
-    text += "def main():\n    total = \n\n\nprint(main())\n"
-    open_doc(c, uri, text)
-    line = text.split("\n").index("    total = ")
-    assert _text(await inline(c, uri, line, 12)).strip()
-    await asyncio.sleep(1.0)  # past the pause after opening
-    after = await stats(c)
-    assert after["prefetches"]["started"] == before["prefetches"]["started"], after["prefetches"]
-    open_doc(c, "file:///w/left_alone.py", "def scale(x):\n    return x * 2\n\n\nprint(scale(3))\n")
-    deadline = time.monotonic() + 30
-    while (await stats(c))["prefetches"]["started"] == after["prefetches"]["started"]:
-        assert time.monotonic() < deadline, "a document left alone after opening was never warmed"
-        await asyncio.sleep(0.2)
-
-
 def test_a_block_replayed_from_the_cache_is_never_cut_by_the_budget(qwen_engine):
     # A client asks again after codestral/suggestionUpdated; its request may start after the budget
     # ran out (a busy engine thread). Before, the replay was cut after the first line again, a

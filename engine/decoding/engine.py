@@ -102,7 +102,7 @@ class Engine:
         if req.spine:
             return self._warm_spine(req, t0)
         prompt, window = self._prompt(req)
-        entry, shared = self.store.take(req.doc, prompt.ids, self.runner.fork)
+        entry, shared = self.store.take(req.doc, prompt.ids, self.runner.fork, warm=req.warm)
         st = _Decode(req, prompt, entry, Constraint(self.heal, prompt.heal, req.avoid),
                      FimResult(text="", finish="", prompt_tokens=len(prompt.ids), window=window))
         try:

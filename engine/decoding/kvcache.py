@@ -112,8 +112,10 @@ class Entry:
 Fork = Callable[[Sequence], Sequence]  # a copy of a sequence's ids and keys/values (the runner's)
 
 
-def _rank(entry: Entry, doc: str) -> int:
-    return (entry.doc != doc) * 2 + entry.shared
+def _rank(entry: Entry, doc: str, ids: list[int]) -> int:
+    """Among entries sharing as much: the document's own, a working one, one decoded from exactly this
+    prompt (its continuation replays) first."""
+    return (entry.doc != doc) * 4 + entry.shared * 2 + (entry.prompt_len != len(ids))
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -146,7 +148,8 @@ class PrefixStore:
             return None, 0
         for entry in self.entries:
             n = common_prefix(entry.seq.ids, ids)
-            if n > best_len or (n == best_len and best is not None and _rank(entry, doc) < _rank(best, doc)):
+            if n > best_len or (n == best_len and best is not None
+                                and _rank(entry, doc, ids) < _rank(best, doc, ids)):
                 best, best_len = entry, n
         return best, best_len
 
@@ -154,12 +157,15 @@ class PrefixStore:
         """How many leading tokens of `ids` some entry holds (what a prompt would not have to prefill)."""
         return self._best("", ids)[1]
 
-    def take(self, doc: str, ids: list[int], fork: Fork | None = None, spine: bool = False) -> tuple[Entry, int]:
+    def take(self, doc: str, ids: list[int], fork: Fork | None = None, spine: bool = False,
+             warm: bool = False) -> tuple[Entry, int]:
         """The entry to extend for prompt `ids`, and how many of its tokens `ids` shares.
 
         The caller owns the returned entry until it calls `put` again (one engine worker). A spine is
         copied with `fork` (it stays here for the next cursor), unless `spine` says the caller is a
-        newer spine of the same document: that one replaces it.
+        newer spine of the same document: that one replaces it. A warm-up (`warm`) copies too, unless
+        the entry already is its prompt: the place the user is at keeps its cache and its decoded
+        continuation while the next line is prepared.
         """
         best, best_len = self._best(doc, ids)
         if best is None or best_len == 0 or (best_len < MIN_SHARED_TO_TAKE and best.doc != doc):
@@ -167,7 +173,8 @@ class PrefixStore:
             return Entry(doc=doc), 0
         self.hits += 1
         replaces = spine and best.shared and best.doc == doc
-        if (best.shared or spine) and not replaces:
+        same_prompt = best_len >= len(ids) and best.prompt_len == len(ids)
+        if (best.shared or spine or (warm and not same_prompt)) and not replaces:
             if fork is None or best.seq.kv is None:
                 return Entry(doc=doc), 0
             best.last_used = time.monotonic()  # the most recent now: never the entry a fork evicts
