@@ -59,28 +59,19 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    DEFAULT_MAX_TOKENS,
+from benchmarks.device_args import DEFAULT_MAX_TOKENS, add_device_args, refuse_if_unusable, server_flags
+from benchmarks.llama_peer import llama_gguf, llama_problem, llama_threads_wait_passively, qwen_fim_prompt
+from benchmarks.lsp_driver import LspServer, apply_item, peak_rss_mib, utf16_position
+from benchmarks.measure import (
     RESULTS_DIR,
-    LspServer,
-    add_device_args,
-    apply_item,
     fmt,
     latency_summary,
-    llama_gguf,
-    llama_problem,
-    llama_threads_wait_passively,
     load_average,
     machine,
-    peak_rss_mib,
     pyplot,
-    qwen_fim_prompt,
-    refuse_if_unusable,
     save_figure,
-    server_flags,
     stride_indices,
     table,
-    utf16_position,
     write_json,
 )
 
