@@ -29,7 +29,7 @@ from benchmarks.lsp_driver import LspServer, peak_rss_mib
 from benchmarks.measure import load_average, machine, table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
-BANDWIDTH_GBS = 16.0  # this machine's measured memory bandwidth (README)
+BANDWIDTH_GBS = 16.0  # this machine's measured memory bandwidth (benchmarks/README.md)
 
 
 def prompt_ids(tokenizer: Any, n: int) -> list[int]:

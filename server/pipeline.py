@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import CancelToken, FimRequest, FimResult, StopRule
@@ -44,6 +45,7 @@ _ids = itertools.count(1)
 # A request whose prompt needed at most this many new tokens found it cached (warm).
 WARM_TOKENS = 2
 NOTHING_FITS = "the model had nothing that fits here"
+NOTHING_FITS_YET = "nothing that fits yet: looking for another"
 MIDDLE_ROOM = 128  # tokens a sequence keeps for what is typed after the window's anchor
 
 
@@ -124,11 +126,14 @@ class Completer:
         if req is None:
             return self._declined(t0, "no suggestion inside a word", timing)
 
-        # The engine; a line that cannot fit the code after it is replaced by the next-best start.
+        # The engine; a line that cannot fit the code after it is replaced by the next-best start, here
+        # while that costs less than the first answer did, else in the background (`Suggestion.growing`).
         avoid: list[str] = []
+        first_ms = 0.0
         while True:
             result = await self._engine(req)
             timing.add_engine(result)
+            first_ms = first_ms or result.elapsed_ms
             t_post = time.perf_counter()
             text = postprocess(result.text, cursor, self.disabled_filters)
             replace = replaced_after(text, cursor)
@@ -142,8 +147,14 @@ class Completer:
                 return self._declined(t0, NOTHING_FITS, timing)
             avoid.append(first_words(text))
             req = dataclasses.replace(req, avoid=tuple(avoid), cancel=CancelToken())
+            next_ms = result.elapsed_ms - result.prefill_ms  # a second opinion re-decodes; its prompt is cached
+            if timing.prefill_ms + timing.decode_ms + next_ms >= 2 * first_ms > 0:  # never double the wait
+                later = self._second_opinions(doc.uri, req, cursor, avoid, offset)
+                self._declined(t0, NOTHING_FITS_YET, timing)
+                return Suggestion(self._new_id(), "", cursor.line, offset, "pending", _ms(t0), growing=later)
         if not text:
             return self._declined(t0, NOTHING_FITS, timing)
+        self.stats.second_opinions_found += timing.engine_calls > 1
         shown = self._shown(Suggestion(self._new_id(), cursor.in_document(text), cursor.line, offset, "engine",
                                        _ms(t0), result, replace_after=replace), doc.uri, cursor)
         self._timed(timing, t0, "engine")
@@ -341,7 +352,36 @@ class Completer:
                                                    replace_after=replaced_after(text, cursor), growing=None),
                                uri, cursor)
 
-        task = asyncio.get_running_loop().create_task(follow_up())
+        return self._follow(uri, follow_up())
+
+    def _second_opinions(self, uri: str, req: FimRequest, cursor: Cursor, avoid: list[str],
+                         offset: int) -> asyncio.Task[Suggestion | None]:
+        """The model's next-best starts, after the answer said nothing fits yet: the first that fits the
+        code after it, remembered for the place (a request there answers it at once), or None."""
+
+        async def look_on() -> Suggestion | None:
+            while True:
+                try:
+                    result = await self._engine(dataclasses.replace(req, avoid=tuple(avoid), cancel=CancelToken()))
+                except (Cancelled, EngineError, asyncio.CancelledError):
+                    return None
+                text = postprocess(result.text, cursor, self.disabled_filters)
+                replace = replaced_after(text, cursor)
+                if text and (result.finish not in ("stop", "budget")
+                             or misfit(text, cursor, replace, self.disabled_filters) is None):
+                    self.stats.second_opinions_found += 1
+                    return self._shown(Suggestion(self._new_id(), cursor.in_document(text), cursor.line, offset,
+                                                  "engine", 0.0, result, replace_after=replace), uri, cursor)
+                self.stats.rejected += 1
+                if len(avoid) >= self.options.second_opinions or not first_words(text):
+                    return None
+                avoid.append(first_words(text))
+
+        return self._follow(uri, look_on())
+
+    def _follow(self, uri: str, work: Any) -> asyncio.Task[Suggestion | None]:
+        """Run `work` after the answer, one per document: a newer request there cancels it."""
+        task = asyncio.get_running_loop().create_task(work)
         self._growing[uri] = task
         task.add_done_callback(lambda t: self._growing.pop(uri, None) if self._growing.get(uri) is t else None)
         return task

@@ -346,18 +346,19 @@ class CodestralServer(LanguageServer):
         doc = self.open_document(uri)
         if s is not None and (doc is None or doc.version != place.version):
             return None  # the text changed while this was computed: its offsets point elsewhere now
-        if s is None:
+        if s is not None and s.growing is not None:  # more to come: a grown block, or a second opinion
+            s.growing.add_done_callback(lambda task: self._grown(task, place))
+        if s is None or not s.text:
             self.status("declined", self.completer.declined or "no suggestion")
             return None
         self.status("answered", s.source, s.latency_ms)
         if s.source == "engine":
             self.completer.warm_next_line(place.doc, place.offset, s)  # accepted, then Enter: ready
-        if s.growing is not None:
-            s.growing.add_done_callback(lambda task: self._grown(task, place))
         return s
 
     def _grown(self, task: asyncio.Task[Suggestion | None], place: Place) -> None:
-        """The rest of a budget-cut block is decoded: tell an opted-in client to ask again."""
+        """A longer or a new suggestion is ready here (the rest of a budget-cut block, a second opinion
+        that fits): tell an opted-in client to ask again (it is answered from the typed-through cache)."""
         if not task.cancelled() and task.exception() is None and (grown := task.result()) is not None:
             if self.completer is not None:  # the whole block accepted, then Enter
                 self.completer.warm_next_line(place.doc, place.offset, grown)

@@ -9,7 +9,7 @@ Context from other files (retrieval) is part of the cold prompt too: it gets wha
 prefill beyond the window floor within the target, up to `EXTRA_MAX`. On this project's 2-core CPU
 that is nothing (the floor alone exceeds the 2 s target at ~280 tok/s): 384 more tokens are ~1.4 s
 more at every new site (~3 s in the typing replay of the slower, unified-cache runner) for no
-measured gain with the embedded model (README, "Context from other files").
+measured gain with the embedded model (benchmarks/README.md, "Context from other files").
 
 Rules: windows change in coarse steps and only when the estimate moved by two steps or more, so
 the prompt's start (and with it the KV cache) does not wander with every measurement; a window

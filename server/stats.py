@@ -56,6 +56,7 @@ class Stats:
     overtaken: int = 0  # requests a newer one for their document overtook before they started
     errors: int = 0
     typed_through_hits: int = 0
+    second_opinions_found: int = 0  # answers a second opinion found after the first did not fit
     rejected: int = 0  # suggestions that could not fit the code around the cursor (postprocess.misfit)
     grown: int = 0  # budget-cut blocks decoded further after the first answer
     warm_ups: int = 0  # prompts prefilled ahead of a request (didOpen, pauses, didFocus)

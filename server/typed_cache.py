@@ -1,4 +1,6 @@
 """Typed-through cache: while the user types what the ghost text shows, answer without the model.
+Asked again where nothing was typed yet, it answers the newest suggestion shown there (a grown block,
+a second opinion found after the first answer).
 
 An entry remembers a suggestion shown at a place: the document, the line, the text before the
 cursor on that line, the text after it, and the text around the line (`AROUND_CHARS` above and
@@ -70,8 +72,8 @@ class TypedThroughCache:
                 continue
             if not c.before.startswith(shown.line_before):
                 continue
-            typed = c.before[len(shown.line_before):]
-            if not (typed and shown.suggestion.startswith(typed) and len(typed) < len(shown.suggestion)):
+            typed = c.before[len(shown.line_before):]  # "": asked again where it was shown
+            if not (shown.suggestion.startswith(typed) and len(typed) < len(shown.suggestion)):
                 continue
             around = around or _around(c)
             if around != (shown.above, shown.below):

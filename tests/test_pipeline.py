@@ -113,3 +113,30 @@ async def test_other_documents_are_read_only_when_context_from_them_is_wanted():
 
 def test_stand_in_backend_answers_in_order():
     assert asyncio.run(Completer(ScriptedBackend([]), Options()).complete(doc(), CURSOR)) is None
+
+
+async def test_a_second_opinion_that_would_double_the_wait_is_looked_for_after_the_answer():
+    """A warm prompt's answer is all decoding: another decode would double the wait. The answer says
+    nothing fits yet, the second opinion runs after it, and a request there then gets it at once."""
+    import dataclasses
+
+    text = "def f(x):\n    \n    y = x + 1\n    return y\n"
+    offset = text.index("    \n") + 4
+
+    class Timed(ScriptedBackend):
+        def submit(self, req):
+            fut = super().submit(req)
+            r = fut.result()
+            out = type(fut)()
+            out.set_result(dataclasses.replace(r, elapsed_ms=300.0, prefill_ms=0.0))  # decoding only
+            return out
+
+    backend = Timed(["return x", "x = abs(x)"])
+    c = Completer(backend, Options(multiline="never"))
+    first = await c.complete(doc(text), offset)
+    assert first is not None and first.text == "" and first.growing is not None  # nothing yet
+    found = await first.growing
+    assert found is not None and found.text == "x = abs(x)" and c.stats.second_opinions_found == 1
+    again = await c.complete(doc(text), offset)
+    assert again is not None and again.text == "x = abs(x)" and again.source == "typed-through"
+    assert len(backend.asked) == 2

@@ -4,7 +4,7 @@ target's greedy output and only the number of target forwards changes.
 
 It pays where a target forward costs much more than a draft forward and little more for a few
 extra positions: a GPU, the 0.5B drafting for a 1.5B–22B target. On a 2-core CPU a wider forward
-costs nearly proportionally more (see the README), so it is off unless `--draft-model` is given.
+costs nearly proportionally more (benchmarks/README.md), so it is off unless `--draft-model` is given.
 The draft keeps its own KV prefix store, so across keystrokes it too only feeds the new tokens.
 """
 

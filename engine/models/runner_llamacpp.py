@@ -11,7 +11,7 @@ Why streams of their own: in one unified cache every forward attends over all th
 masked, whoever they belong to. With the prefix store's 7 other prompts resident (as after a few
 sites of the typing replay) a 512-token prefill ran at 147 tok/s instead of 279 and a decoded token
 took 47.6 ms instead of 37.9 (`python -m benchmarks.runners`, "resident" rows). A stream per slot
-costs its cells up front: SLOTS x SEQ_CTX tokens at 12 KiB (the 0.5B) is 192 MiB.
+costs its cells up front: SLOTS x SEQ_CTX tokens at 12 KiB (the 0.5B) is 240 MiB.
 
 Threads wait passively (OMP_WAIT_POLICY=PASSIVE unless the user set it, before llama.cpp loads):
 llama.cpp's OpenMP threads meet at a barrier after every operation, and with the default spinning

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from codestral_ls.engine.models.counting import CHARS_PER_TOKEN  # a budget estimate: exact counts cost more
 from codestral_ls.server.languages import language_for
 from codestral_ls.server.privacy import shareable
 from codestral_ls.server.retrieval.edits import EDIT_CONTEXT, RecentEdits
@@ -59,7 +60,6 @@ STAT_TTL_S = 2.0  # ... and a closed file's time and size read again after this 
 USED_ABOVE_CHARS = 64_000  # the code above the cursor read for the names it uses already
 HEAD_CHARS = 64_000  # the current file's imports are read from at most this much text above the cursor
 MIN_CUT_CHARS = 300  # a definition bigger than the budget left is cut to it when this much is left
-CHARS_PER_TOKEN = 3.2  # budget estimate: counting tokens exactly costs more than it saves
 NEAR_CHARS = 40_000  # before the cursor (a quarter of it after): text a snippet may already be part of
 
 
