@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -220,6 +221,12 @@ def render_quality(d: dict[str, Any], t: Table) -> list[str]:
                 f"{'met' if v['met'] else 'NOT met'}" for c, v in d.get("target", {}).items() if isinstance(v, dict)]
     if verdicts:
         out += ["", f"Target ({d['target']['goal']}): " + "; ".join(verdicts) + "."]
+    lsp = (d.get("phases") or {}).get("lsp") or {}
+    model = (lsp.get("server_stats") or {}).get("model") or {}
+    if lsp:
+        flags = " ".join(lsp.get("flags") or []) or "(none)"
+        out += ["", f"The headline server: flags `{flags}`, model weights {model.get('dtype', '?')} on "
+                    f"{model.get('device', '?')}, peak RSS {num(lsp.get('peak_rss_mib'))} MiB."]
     return out
 
 
@@ -244,7 +251,8 @@ def render_typing_replay(d: dict[str, Any], t: Table) -> list[str]:
         body.append([f"`{name}`", num(s["requests"]), f"{num(lat.get('p50'))} / {num(lat.get('p95'))}",
                      f"{s['chars_saved']}/{s['chars']} ({rate(s['chars_saved_rate'])})",
                      secs(s.get("site_first_suggestion_ms")), rate(s.get("site_first_suggestion_right_rate")),
-                     secs(s.get("site_right_line_ms")), num(eng.get("p50")), rate(s.get("typed_through_hit_rate")),
+                     secs(s.get("site_right_line_ms")), num(s.get("updates_received")), num(eng.get("p50")),
+                     rate(s.get("typed_through_hit_rate")),
                      rate(s.get("kv_reuse_ratio")), rate(s.get("warm_prompt_rate")), num(s.get("peak_rss_mib")),
                      num(s.get("load1_mean"), 2)])
         legend.append(f"`{name}`: {run.get('label') or name}")
@@ -252,7 +260,7 @@ def render_typing_replay(d: dict[str, Any], t: Table) -> list[str]:
     return [f"{d['n_sites']} sites, typist {ty['mode']}, {num(ty['char_ms'])} ms a character, "
             f"{num(ty['pause_ms'])} ms at word boundaries; wall {num(d.get('wall_s'))} s:", "",
             *md(["system", "requests", "keystroke p50 / p95 ms", "chars saved", "arrival → 1st suggestion",
-                 "1st right", "arrival → right line", "engine p50 ms", "typed-through", "KV reuse", "warm",
+                 "1st right", "arrival → right line", "updates", "engine p50 ms", "typed-through", "KV reuse", "warm",
                  "peak RSS MiB", "load"], body), "", "; ".join(legend) + "."]
 
 
@@ -539,31 +547,32 @@ HEADLINE: list[Figure] = [
 ]
 
 
-def render_headline() -> list[str]:
+def render_headline(doc_dir: Path = ROOT) -> list[str]:
+    """The headline table, its links relative to the document in `doc_dir`."""
     body = []
     for f in HEADLINE:
         d = load(f.file)
-        rel = path_of(f.file).relative_to(ROOT)
+        path = path_of(f.file)
         git = ((d.get("machine") or {}).get("git") if isinstance(d, dict) else None)
         body.append([f.what, f.ours(d), f.peer(d) if f.peer else "–",
-                     f"[{rel.name}]({rel})" + (f", tree {git}" if git else "")])
+                     f"[{path.name}]({os.path.relpath(path, doc_dir)})" + (f", tree {git}" if git else "")])
     return md(["", "codestral-ls, default options", "llama.cpp, same GGUF", "results file"], body)
 
 
 # -- regions -----------------------------------------------------------------------------------------------------
 
 
-def render(name: str) -> str:
-    """The text of region `name`, from its results file(s)."""
+def render(name: str, doc_dir: Path = ROOT) -> str:
+    """The text of region `name`, from its results file(s), for a document in `doc_dir`."""
     if name == "headline":
-        return "\n".join(render_headline()) + "\n"
+        return "\n".join(render_headline(doc_dir)) + "\n"
     t = TABLES[name]
     data = load(t.file)
     lines = RENDERERS[t.kind or kind_of(data)](data, t)
     return "\n".join([*lines, "", provenance(t.file, data)]) + "\n"
 
 
-def regenerate(text: str, problems: list[str], where: str = "") -> str:
+def regenerate(text: str, problems: list[str], where: str = "", doc_dir: Path = ROOT) -> str:
     """`text` with every region rewritten; what cannot be rendered goes to `problems`."""
     def sub(m: re.Match[str]) -> str:
         name = m["name"]
@@ -571,7 +580,7 @@ def regenerate(text: str, problems: list[str], where: str = "") -> str:
             problems.append(f"{where}: region {name!r} is not in benchmarks/report.py's TABLES")
             return m[0]
         try:
-            body = render(name)
+            body = render(name, doc_dir)
         except (OSError, KeyError, ValueError, TypeError) as exc:
             problems.append(f"{where}: region {name!r}: {type(exc).__name__}: {exc}")
             return m[0]
@@ -588,7 +597,7 @@ def run(check: bool, documents: tuple[Path, ...] = DOCUMENTS) -> list[str]:
         text = doc.read_text(encoding="utf-8")
         rel = doc.relative_to(ROOT) if doc.is_relative_to(ROOT) else doc
         seen |= {m["name"] for m in REGION.finditer(text)}
-        new = regenerate(text, problems, str(rel))
+        new = regenerate(text, problems, str(rel), doc.parent)
         if new == text:
             continue
         if check:
