@@ -54,7 +54,8 @@ from typing import Any
 from codestral_ls.server.pipeline import Document
 from codestral_ls.server.retrieval import Retriever, Workspace, parse_file, resolve
 
-from benchmarks.common import RESULTS_DIR, LspServer, load_average, machine, stride_indices, table, write_json
+from benchmarks.lsp_driver import LspServer
+from benchmarks.measure import RESULTS_DIR, load_average, machine, stride_indices, table, write_json
 
 PACKAGES = ("huggingface_hub", "mistral_common", "pygls")
 CONFIGS: dict[str, tuple[list[str], bool, bool]] = {  # name → (server flags, open B, edit B)

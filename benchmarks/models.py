@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import quality
-from benchmarks.common import load_average
+from benchmarks.measure import load_average
 
 ROOT = Path(__file__).resolve().parent.parent
 

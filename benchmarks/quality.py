@@ -59,28 +59,19 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    DEFAULT_MAX_TOKENS,
+from benchmarks.device_args import DEFAULT_MAX_TOKENS, add_device_args, refuse_if_unusable, server_flags
+from benchmarks.llama_peer import llama_gguf, llama_problem, llama_threads_wait_passively, qwen_fim_prompt
+from benchmarks.lsp_driver import LspServer, apply_item, peak_rss_mib, utf16_position
+from benchmarks.measure import (
     RESULTS_DIR,
-    LspServer,
-    add_device_args,
-    apply_item,
     fmt,
     latency_summary,
-    llama_gguf,
-    llama_problem,
-    llama_threads_wait_passively,
     load_average,
     machine,
-    peak_rss_mib,
     pyplot,
-    qwen_fim_prompt,
-    refuse_if_unusable,
     save_figure,
-    server_flags,
     stride_indices,
     table,
-    utf16_position,
     write_json,
 )
 
@@ -260,10 +251,11 @@ async def lsp_phase(args: argparse.Namespace, tasks: list[dict[str, Any]],
                 except Exception as exc:  # an error answer shows nothing
                     item, error = None, str(exc)[:200]
                 ms = (time.perf_counter() - t0) * 1000
+                timings = (await server.stats()).get("timings")  # where this request's time went
                 server.close(uri)
                 out[(i, f"lsp@{c}")] = {"document": apply_item(hole.text, hole.offset, item),
                                         "latency_ms": round(ms, 1), "item": item, "error": error,
-                                        "first": c == order[0],
+                                        "first": c == order[0], "timings": timings,
                                         "load1": load_average()}
                 marks.append(f"{c} {ms:.0f} ms {(item or {}).get('text', '')!r:.40}")
             print(f"[lsp {n}/{len(indices)}] {task['task_id']}: " + "; ".join(marks), flush=True)
@@ -415,6 +407,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     phases: dict[str, Any] = {}
     t_run = time.perf_counter()
     if args.lsp:
+        if args.cold_cost and not args.model:
+            phases["runner"] = runner_rates(args)
+            print(f"runner alone: {phases['runner']}", flush=True)
         t = time.perf_counter()
         got, phases["lsp"] = await lsp_phase(args, tasks, indices)
         phases["lsp"]["run_s"] = round(time.perf_counter() - t, 1)
@@ -485,8 +480,52 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "run_s": round(time.perf_counter() - t_run, 1),
         "summary": summary,
         "target": target_verdict(summary, args.cursors),
+        "cold_cost": cold_cost(records, args.cursors, phases["runner"]) if "runner" in phases else None,
         "tasks": records,
     }
+
+
+def runner_rates(args: argparse.Namespace) -> dict[str, float]:
+    """The default runner alone on this machine, now: prefill tokens/s (256-token chunks, a request's)
+    and ms per decoded token, in a process of its own (its memory goes with it)."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(_runner_rates).result()
+
+
+def _runner_rates() -> dict[str, float]:
+    from codestral_ls.engine.models import embedded
+    from codestral_ls.engine.models.runner_llamacpp import LlamaCppRunner
+
+    from benchmarks.runners import prompt_ids, time_runner
+
+    runner = LlamaCppRunner(embedded.gguf_path())
+    tok = embedded.GgufTokenizer(embedded.gguf_tokenizer(embedded.gguf_path()))
+    r = time_runner(runner, prompt_ids(tok, 384), decode=16, rounds=3, chunk=runner.prefill_chunk)
+    return {"prefill_tok_s": round(r["prefill_tok_s"], 1), "decode_ms": round(r["decode_ms"], 1)}
+
+
+def cold_cost(records: list[dict[str, Any]], cursors: list[str], rates: dict[str, float]) -> dict[str, Any]:
+    """A cold first answer (every file new, the first cursor of each task) against what its tokens cost
+    the runner alone: its prefilled tokens at the runner's prefill rate plus its decoded tokens at the
+    runner's ms/token (every engine call counted)."""
+    rows = []
+    for r in records:
+        for c in cursors:
+            a = r["answers"].get(f"lsp@{c}", {})
+            t = a.get("timings") or {}
+            if not a.get("first") or not t.get("engine_calls"):
+                continue
+            cost = t["prefill_tokens"] / rates["prefill_tok_s"] * 1000 + t["decoded_tokens"] * rates["decode_ms"]
+            rows.append({"latency_ms": a["latency_ms"], "tokens_ms": round(cost, 1),
+                         "ratio": round(a["latency_ms"] / cost, 3) if cost else None,
+                         "over_ms": round(a["latency_ms"] - cost, 1), "engine_calls": t["engine_calls"],
+                         "queued_ms": t.get("queued_ms"), "prefill_tokens": t["prefill_tokens"]})
+    ratios = [x["ratio"] for x in rows if x["ratio"] is not None]
+    return {"n": len(rows),
+            "latency_ms": latency_summary([x["latency_ms"] for x in rows]),
+            "tokens_ms": latency_summary([x["tokens_ms"] for x in rows]),
+            "ratio": latency_summary(ratios), "over_ms": latency_summary([x["over_ms"] for x in rows]),
+            "second_opinions": sum(x["engine_calls"] - 1 for x in rows), "rates": rates, "rows": rows}
 
 
 def target_verdict(summary: dict[str, dict[str, Any]], cursors: list[str]) -> dict[str, Any]:
@@ -524,9 +563,17 @@ def report(result: dict[str, Any]) -> str:
         if lsp and llama:
             lines.append(f"@{c}: lsp {fmt(lsp['pass@1'], 1)} % vs llama.cpp {fmt(llama['pass@1'], 1)} % "
                          f"({lsp['pass@1'] - llama['pass@1']:+.1f} points)")
+    cc = result.get("cold_cost")
+    if cc and cc.get("n"):
+        rates = cc["rates"]
+        lines.append(f"cold first answers (n={cc['n']}, first cursor of each task): p50 "
+                     f"{fmt(cc['latency_ms']['p50'])} ms vs their tokens alone p50 {fmt(cc['tokens_ms']['p50'])} ms "
+                     f"(runner {rates['prefill_tok_s']} tok/s prefill, {rates['decode_ms']} ms/token); ratio p50 "
+                     f"{cc['ratio']['p50']} p95 {cc['ratio']['p95']}, over p50 {fmt(cc['over_ms']['p50'])} ms; "
+                     f"{cc['second_opinions']} second-opinion calls")
     if result.get("skipped"):
         lines.append("skipped: " + "; ".join(result["skipped"]))
-    phases = ", ".join(f"{k} {v.get('run_s')} s" for k, v in result.get("phases", {}).items())
+    phases = ", ".join(f"{k} {v.get('run_s')} s" for k, v in result.get("phases", {}).items() if "run_s" in v)
     lines.append(f"run {result['run_s']} s ({phases})")
     return "\n".join(lines)
 
@@ -578,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cursor on the empty hole line: after the auto-indent, at column 0 (line-start), or both "
                         "(default)")
     p.add_argument("--no-lsp", dest="lsp", action="store_false", help="skip the headline (the LSP server)")
+    p.add_argument("--no-cold-cost", dest="cold_cost", action="store_false",
+                   help="skip measuring the runner alone (the cold-cost check of the first answers)")
     p.add_argument("--no-llama", dest="llama", action="store_false", help="skip the llama.cpp peer")
     p.add_argument("--no-inprocess", dest="inprocess", action="store_false",
                    help="skip the in-process ablations (pipeline with budget_ms=0, raw model)")

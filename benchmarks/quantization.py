@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, machine, stride_indices, table, write_json
+from benchmarks.measure import RESULTS_DIR, machine, stride_indices, table, write_json
 from benchmarks.quality import SETS, data_dir, load_tasks, make_hole
 
 # recipe name -> layers kept in fp32 (None: no quantization at all)

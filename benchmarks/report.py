@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, ROOT
+from benchmarks.measure import RESULTS_DIR, ROOT
 from benchmarks.runners import BANDWIDTH_GBS
 
 DOCUMENTS = (ROOT / "benchmarks" / "README.md", ROOT / "README.md")

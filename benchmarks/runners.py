@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import LspServer, load_average, machine, peak_rss_mib, table, write_json
+from benchmarks.lsp_driver import LspServer, peak_rss_mib
+from benchmarks.measure import load_average, machine, table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 BANDWIDTH_GBS = 16.0  # this machine's measured memory bandwidth (README)

@@ -69,27 +69,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    DEFAULT_MAX_TOKENS,
-    RESULTS_DIR,
-    LspServer,
-    cpu_seconds,
-    first_item,
-    fmt,
-    latency_summary,
-    llama_gguf,
-    llama_problem,
-    llama_threads_wait_passively,
-    load_average,
-    machine,
-    peak_rss_mib,
-    percentile,
-    qwen_fim_prompt,
-    table,
-    utf16_offset,
-    utf16_position,
-    write_json,
-)
+from benchmarks.device_args import DEFAULT_MAX_TOKENS
+from benchmarks.llama_peer import llama_gguf, llama_problem, llama_threads_wait_passively, qwen_fim_prompt
+from benchmarks.lsp_driver import LspServer, cpu_seconds, first_item, peak_rss_mib, utf16_offset, utf16_position
+from benchmarks.measure import RESULTS_DIR, fmt, latency_summary, load_average, machine, percentile, table, write_json
 from benchmarks.typing_replay import LANGUAGES, WARMUP_TEXT, _python_noncode_lines
 
 SYSTEMS = ("ours", "llama")

@@ -45,7 +45,7 @@ from typing import Any
 import psutil
 from lsprotocol import types
 
-from benchmarks.common import ROOT
+from benchmarks.measure import ROOT
 from tests.lsp_client import Client, inline, insert, open_doc, send_raw, start, stop
 
 IC = "textDocument/inlineCompletion"

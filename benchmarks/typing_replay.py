@@ -73,25 +73,17 @@ from typing import Any
 
 from codestral_ls.engine.models.counting import PieceCounter, TokenCounter, counter_for
 
-from benchmarks.common import (
-    DEFAULT_MAX_TOKENS,
+from benchmarks.device_args import DEFAULT_MAX_TOKENS, add_device_args, refuse_if_unusable, server_flags
+from benchmarks.llama_peer import llama_gguf, llama_problem, llama_threads_wait_passively, qwen_fim_prompt
+from benchmarks.lsp_driver import LspServer, peak_rss_mib, plain
+from benchmarks.measure import (
     RESULTS_DIR,
-    LspServer,
-    add_device_args,
     fmt,
     latency_summary,
-    llama_gguf,
-    llama_problem,
-    llama_threads_wait_passively,
     load_average,
     machine,
-    peak_rss_mib,
-    plain,
     pyplot,
-    qwen_fim_prompt,
-    refuse_if_unusable,
     save_figure,
-    server_flags,
     table,
     write_json,
 )

@@ -22,15 +22,10 @@ if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package: import
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import quality, report, session, typing_replay  # noqa: E402
-from benchmarks.common import (  # noqa: E402
-    apply_item,
-    device_problem,
-    llama_problem,
-    server_flags,
-    stride_indices,
-    utf16_offset,
-    utf16_position,
-)
+from benchmarks.device_args import device_problem, server_flags  # noqa: E402
+from benchmarks.llama_peer import llama_problem  # noqa: E402
+from benchmarks.lsp_driver import apply_item, utf16_offset, utf16_position  # noqa: E402
+from benchmarks.measure import stride_indices  # noqa: E402
 
 # Vendored in benchmarks/data/: a clone has it, so a missing file is a failure, not a skip.
 assert (quality.DATA_DIR / quality.SETS[False]).is_file(), quality.DATA_DIR
