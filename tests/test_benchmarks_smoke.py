@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package: import it from the checkout
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import quality, session, typing_replay  # noqa: E402
+from benchmarks import quality, report, session, typing_replay  # noqa: E402
 from benchmarks.device_args import device_problem, server_flags  # noqa: E402
 from benchmarks.llama_peer import llama_problem  # noqa: E402
 from benchmarks.lsp_driver import apply_item, utf16_offset, utf16_position  # noqa: E402
@@ -167,6 +167,29 @@ def test_lsp_positions_and_items_apply_like_an_editor():
     assert apply_item(doc, 4, {"text": "x", "range": None}) == "foo(x)\n"
     assert apply_item(doc, 4, {"text": "x)", "range": ((0, 4), (0, 5))}) == "foo(x)\n"
     assert apply_item(doc, 4, None) == doc
+
+
+def test_the_readmes_tables_are_what_the_results_files_say():
+    """benchmarks/README.md's tables and the README's headline table are generated from the results files
+    (`python -m benchmarks.report`); a table typed over, or a results file changed without them, fails."""
+    proc = bench("report", "--check", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_the_report_check_sees_a_changed_figure_and_an_unknown_table(tmp_path):
+    doc = tmp_path / "README.md"
+    good = f"x\n<!-- report: runners -->\n{report.render('runners', tmp_path)}<!-- end report -->\ny\n"
+    doc.write_text(good)
+    assert report.run(check=True, documents=(doc,)) == []
+    doc.write_text(good.replace("37.5", "12.3", 1))  # a figure typed over
+    assert any("runners" in p for p in report.run(check=True, documents=(doc,)))
+    doc.write_text(good + "<!-- report: nowhere -->\n<!-- end report -->\n")
+    assert any("nowhere" in p for p in report.run(check=True, documents=(doc,)))
+    report.run(check=False, documents=(doc,))  # rewriting fixes what can be rendered
+    assert doc.read_text().startswith(good)
+    # every registered table renders, and names the results file it came from
+    for name, table in report.TABLES.items():
+        assert report.path_of(table.file).name in report.render(name), name
 
 
 def test_headline_server_gets_no_flags_by_default():
