@@ -220,10 +220,10 @@ def doctor(options: Options) -> int:
             extra = {"torch": "torch", "transformers": "torch", "bitsandbytes": "cuda"}.get(dist)
             row(dist, "not installed" + (f" (the `{extra}` extra: pip install 'codestral-ls[{extra}]')"
                                          if extra else ""))
-    from codestral_ls.engine.decoding.runner import _cuda_available
+    from codestral_ls.engine.decoding.runner import cuda_available
     from codestral_ls.engine.models.runner_llamacpp import default_threads
 
-    row("cuda", "available" if _cuda_available() else "not available")
+    row("cuda", "available" if cuda_available() else "not available")
     row("cpu threads", default_threads())
     from codestral_ls.engine.errors import EngineError
     from codestral_ls.engine.models import catalog, embedded

@@ -20,9 +20,9 @@ from codestral_ls.engine.models import catalog, embedded
 
 
 def _gpu() -> bool:
-    from codestral_ls.engine.decoding.runner import _cuda_available
+    from codestral_ls.engine.decoding.runner import cuda_available
 
-    return _cuda_available()
+    return cuda_available()
 
 
 def _mem_bytes() -> int | None:

@@ -98,7 +98,7 @@ def choose_runner(runner: str, gguf: Path | None, device: str, quantize: str = "
         return "torch", "asked for (--runner torch)"
     if gguf is None:
         return "torch", "auto: the model is a Hugging Face folder, not a GGUF"
-    if device == "cuda" or (device == "auto" and _cuda_available()):
+    if device == "cuda" or (device == "auto" and cuda_available()):
         return "torch", "auto: a CUDA device is in use"
     if torch_only:
         return "torch", f"auto: {torch_only[0]} is a torch option"
@@ -107,7 +107,7 @@ def choose_runner(runner: str, gguf: Path | None, device: str, quantize: str = "
     return "llamacpp", "auto: a GGUF model on the CPU"
 
 
-def _cuda_available() -> bool:
+def cuda_available() -> bool:
     # Importing torch costs ~300 MB of resident memory: ask it only where an NVIDIA driver is present.
     if not (Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()):
         return False

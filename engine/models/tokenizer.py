@@ -121,12 +121,12 @@ class MistralCommonTokenizer:
         return {}  # a SentencePiece model has no added tokens; its controls are in all_special_ids
 
     @cached_property
-    def _pieces(self) -> list[str]:
+    def pieces(self) -> list[str]:
         return list(self.sp.vocab())
 
     @cached_property
     def _vocab(self) -> dict[str, int]:
-        return {p: i for i, p in enumerate(self._pieces)}
+        return {p: i for i, p in enumerate(self.pieces)}
 
     def get_vocab(self) -> dict[str, int]:
         return dict(self._vocab)
@@ -148,7 +148,7 @@ class MistralCommonTokenizer:
 
     @cached_property
     def _piece_bytes(self) -> list[bytes]:
-        return [p.encode("utf-8") if self.sp.is_special(i) else piece_bytes(p) for i, p in enumerate(self._pieces)]
+        return [p.encode("utf-8") if self.sp.is_special(i) else piece_bytes(p) for i, p in enumerate(self.pieces)]
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False, **_: object) -> str:
         """Exact text of `ids`: each piece as written, a leading "▁" included."""
@@ -188,7 +188,7 @@ def mistral_tokenizer_for(pieces: list[str], folder: Path | None = None) -> Mist
             tok = MistralCommonTokenizer.from_file(path)
         except ModelLoadError:
             continue
-        if len(tok) == len(pieces) and tok._pieces == pieces:
+        if len(tok) == len(pieces) and tok.pieces == pieces:
             return tok
     return None
 
