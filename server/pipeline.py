@@ -163,8 +163,14 @@ class Completer:
         if self.options.candidates > 1 and self.backend.steerable:
             shown.alternatives = await self._alternatives(req, cursor, shown, [*avoid, first_words(text)])
 
-        # The latency budget ended the block early: decode the rest while the user reads.
-        if result.finish == "budget":
+        # A cold place answered from its nearest lines: the whole prompt's answer follows (and its
+        # prefill is what the next keys reuse). Else the latency budget ended the block early: decode
+        # the rest while the user reads.
+        if result.window == "quick":
+            self.stats.quick_answers += 1
+            whole = dataclasses.replace(req, quick_tokens=0, avoid=(), stop=req.stop.unbudgeted())
+            shown.growing = self._grow(doc.uri, whole, cursor, shown, replaces=True)
+        elif result.finish == "budget":
             shown.growing = self._grow(doc.uri, dataclasses.replace(req, stop=req.stop.unbudgeted()), cursor, shown)
         return shown
 
@@ -183,7 +189,7 @@ class Completer:
         if req is None:
             return False
         self.stats.warm_ups += 1
-        self.backend.prefetch(dataclasses.replace(req, stop=req.stop.unbudgeted(), warm=True))
+        self.backend.prefetch(dataclasses.replace(req, stop=req.stop.unbudgeted(), warm=True, quick_tokens=0))
         if plan:
             self.backend.plan(self.plan(doc, offset))
         return True
@@ -235,7 +241,8 @@ class Completer:
             doc=doc.uri, prefix=placement.ctx.prefix, suffix=placement.ctx.suffix,
             forced_middle=placement.forced_middle, extra_files=self._extra(doc, cursor, others),
             max_tokens=o.max_tokens, path=self.workspace.relative(doc.uri), repo=self.workspace.name_of(doc.uri),
-            stop=self._stop_rule(cursor), short_start=placement.ctx.short_start)
+            stop=self._stop_rule(cursor), short_start=placement.ctx.short_start,
+            quick_tokens=self.speed.quick_tokens() if o.quick_first else 0)
 
     def plan(self, doc: Document, offset: int) -> list[FimRequest]:
         """The spines of `doc` around `offset`, nearest first, as warm-up requests (none where the
@@ -329,9 +336,11 @@ class Completer:
         self.speed.observe(result)
         return result
 
-    def _grow(self, uri: str, req: FimRequest, cursor: Cursor, shown: Suggestion) -> asyncio.Task[Suggestion | None]:
+    def _grow(self, uri: str, req: FimRequest, cursor: Cursor, shown: Suggestion,
+              replaces: bool = False) -> asyncio.Task[Suggestion | None]:
         """Decode the rest of a budget-cut block; the longer suggestion, remembered for typing through it,
-        or None when it says nothing more."""
+        or None when it says nothing more. `replaces`: the whole prompt's answer after a quick one, which
+        may say something else (None: it says the same, or does not fit)."""
 
         async def follow_up() -> Suggestion | None:
             try:
@@ -345,9 +354,12 @@ class Completer:
                                                                self.disabled_filters):
                 return None
             text = cursor.in_document(text)
-            if not text.startswith(shown.text) or text == shown.text:
+            if not text.strip() or text == shown.text or not (replaces or text.startswith(shown.text)):
                 return None
-            self.stats.grown += 1
+            if replaces:
+                self.stats.quick_replaced += 1
+            else:
+                self.stats.grown += 1
             return self._shown(dataclasses.replace(shown, id=self._new_id(), text=text, result=result,
                                                    replace_after=replaced_after(text, cursor), growing=None),
                                uri, cursor)
