@@ -494,12 +494,13 @@ def runner_rates(args: argparse.Namespace) -> dict[str, float]:
 
 def _runner_rates() -> dict[str, float]:
     from codestral_ls.engine.models import embedded
+    from codestral_ls.engine.models.gguf_tokenizer import GgufTokenizer, tokenizer_folder
     from codestral_ls.engine.models.runner_llamacpp import LlamaCppRunner
 
     from benchmarks.runners import prompt_ids, time_runner
 
     runner = LlamaCppRunner(embedded.gguf_path())
-    tok = embedded.GgufTokenizer(embedded.gguf_tokenizer(embedded.gguf_path()))
+    tok = GgufTokenizer(tokenizer_folder(embedded.gguf_path()))
     r = time_runner(runner, prompt_ids(tok, 384), decode=16, rounds=3, chunk=runner.prefill_chunk)
     return {"prefill_tok_s": round(r["prefill_tok_s"], 1), "decode_ms": round(r["decode_ms"], 1)}
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from codestral_ls.engine.models import catalog, embedded
+from codestral_ls.engine.models.gguf_tokenizer import tokenizer_folder
 
 
 def _gpu() -> bool:
@@ -67,7 +68,7 @@ def install_command(names: list[str]) -> int:
             return 2
         try:
             path = embedded.download_gguf(m, progress)
-            embedded.gguf_tokenizer(path, progress)  # built now: the first completion finds it ready
+            tokenizer_folder(path, progress)  # built now: the first completion finds it ready
         except ModelLoadError as exc:
             sys.stderr.write(f"codestral-ls: error: {exc}\n")
             return 2

@@ -18,7 +18,7 @@ from typing import Any
 
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.serving.backend import Backend
-from codestral_ls.server import __version__
+from codestral_ls.server import __version__, warmup
 from codestral_ls.server.documents import LspTextDocument, adopt
 from codestral_ls.server.options import Options, model_changed, parse_client_options, parse_options
 from codestral_ls.server.pipeline import Completer, Document, Suggestion
@@ -257,9 +257,9 @@ class CodestralServer(LanguageServer):
         document = Document(uri, text, doc.language_id or "")
         try:
             if position is None:
-                self.completer.warm_spines(document, 0)
+                warmup.warm_spines(self.completer, document, 0)
             else:
-                self.completer.warm(document, doc.offset_at_position(position))
+                warmup.warm(self.completer, document, doc.offset_at_position(position))
         except Exception:  # warm-up is a hint: it never fails anything
             log.exception("warm-up failed")
 
@@ -353,7 +353,7 @@ class CodestralServer(LanguageServer):
             return None
         self.status("answered", s.source, s.latency_ms)
         if s.source == "engine":
-            self.completer.warm_next_line(place.doc, place.offset, s)  # accepted, then Enter: ready
+            warmup.warm_next_line(self.completer, place.doc, place.offset, s)  # accepted, then Enter: ready
         return s
 
     def _grown(self, task: asyncio.Task[Suggestion | None], place: Place) -> None:
@@ -361,7 +361,7 @@ class CodestralServer(LanguageServer):
         that fits): tell an opted-in client to ask again (it is answered from the typed-through cache)."""
         if not task.cancelled() and task.exception() is None and (grown := task.result()) is not None:
             if self.completer is not None:  # the whole block accepted, then Enter
-                self.completer.warm_next_line(place.doc, place.offset, grown)
+                warmup.warm_next_line(self.completer, place.doc, place.offset, grown)
             self.notify("suggestionUpdates", SUGGESTION_UPDATED, {
                 "textDocument": {"uri": place.doc.uri, "version": place.version},
                 "position": {"line": place.position.line, "character": place.position.character}})

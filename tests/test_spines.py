@@ -19,6 +19,7 @@ from codestral_ls.server.context import Spines, anchor, build_context, spine_pla
 from codestral_ls.server.cursor import read_cursor
 from codestral_ls.server.options import Options
 from codestral_ls.server.pipeline import Completer, Document
+from codestral_ls.server.warmup import warm
 
 from tests.scripted import ScriptedBackend
 
@@ -159,7 +160,7 @@ async def test_the_pipeline_sends_a_plan_with_its_warm_up():
     backend = WithSpines("x", context_tokens=2000)
     c = Completer(backend, Options())
     offset = BIG.index("def helper_100(") - 1  # a blank line deep in the file
-    assert c.warm(Document("file:///w/f.py", BIG, "python"), offset)
+    assert warm(c, Document("file:///w/f.py", BIG, "python"), offset)
     assert backend.prefetched and len(backend.planned) == 4 and all(r.spine for r in backend.planned)
     req = c.request(Document("file:///w/f.py", BIG, "python"), read_cursor(BIG, offset, "python"))
     assert req is not None and req.short_start > 0

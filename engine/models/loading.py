@@ -5,7 +5,7 @@ on the CPU (or offloaded with --n-gpu-layers), transformers/torch otherwise.
 Weights load from safetensors or GGUF only (never pickle), `trust_remote_code` stays off unless
 asked for, and nothing is downloaded unless the user allowed it. Every failure becomes one
 `ModelLoadError` sentence. The llama.cpp path never imports torch nor transformers: the GGUF is read
-as it is; its tokenizer is built once from the GGUF's metadata (`embedded.gguf_tokenizer`), or, for
+as it is; its tokenizer is built once from the GGUF's metadata (engine/models/gguf_tokenizer.py), or, for
 a SentencePiece GGUF with a Mistral vocabulary (Codestral), is mistral-common's own
 (`tokenizer.mistral_tokenizer_for`), so its prompts are `encode_fim`'s token for token. The torch
 path imports torch where it starts (`extras.require_torch`): without the `torch` extra that is one
@@ -29,6 +29,7 @@ from codestral_ls.engine.errors import ModelLoadError
 from codestral_ls.engine.models import embedded, mistral_format
 from codestral_ls.engine.models.extras import require, require_torch
 from codestral_ls.engine.models.fim import FimEncoder, detect_profile
+from codestral_ls.engine.models.gguf_tokenizer import GgufTokenizer, cached_folder, tokenizer_folder
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +143,15 @@ def gguf_tokenizer(gguf: Path, progress: embedded.Progress | None = None) -> Any
     from codestral_ls.engine.models import gguf_meta
     from codestral_ls.engine.models.tokenizer import mistral_tokenizer_for
 
-    cached = embedded.cached_tokenizer(gguf)
+    cached = cached_folder(gguf)
     if cached is not None:
-        return embedded.GgufTokenizer(cached)
+        return GgufTokenizer(cached)
     meta = gguf_meta.read_metadata(gguf)
     if meta.get("tokenizer.ggml.model") == "llama":  # SentencePiece: Codestral's is mistral-common's
         mistral = mistral_tokenizer_for(meta.get("tokenizer.ggml.tokens") or [], gguf.parent)
         if mistral is not None:
             return mistral
-    return embedded.GgufTokenizer(embedded.gguf_tokenizer(gguf, progress, meta))
+    return GgufTokenizer(tokenizer_folder(gguf, progress, meta))
 
 
 def load_llamacpp(spec: ModelSpec, why: str, progress: embedded.Progress | None = None) -> LoadedModel:
