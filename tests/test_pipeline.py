@@ -9,6 +9,7 @@ import time
 
 from codestral_ls.engine.models.counting import ApproxCounter
 from codestral_ls.engine.request import FimRequest
+from codestral_ls.server import warmup
 from codestral_ls.server.options import Options
 from codestral_ls.server.pipeline import NOTHING_FITS, Completer, Document
 
@@ -163,4 +164,7 @@ async def test_a_quick_first_answer_is_replaced_by_the_whole_prompts_when_it_dif
     backend = ScriptedBackend(["return total"], window=lambda req: "quick" if req.quick_tokens else "")
     s = await Completer(backend, Options(multiline="never", quick_first=False)).complete(doc(), CURSOR)
     assert s is not None and s.growing is None and backend.asked[0].quick_tokens == 0
+    # A warm-up prefills the whole prompt, never a quick window.
+    c = Completer(ScriptedBackend(), Options(multiline="never"))
+    assert warmup.warm(c, doc(), CURSOR) and c.backend.prefetched[0].quick_tokens == 0
 
