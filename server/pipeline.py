@@ -168,11 +168,12 @@ class Completer:
             shown.alternatives = await self._alternatives(req, cursor, shown, [*avoid, first_words(fit.text)])
 
         # A cold place answered from its nearest lines: the whole prompt's answer follows (and its
-        # prefill is what the next keys reuse). Else the latency budget ended the block early: decode
-        # the rest while the user reads.
+        # prefill is what the next keys reuse), prefilled as a warm-up is, in small chunks, so that the
+        # next request waits behind it one small chunk at most. Else the latency budget ended the block
+        # early: decode the rest while the user reads.
         if result.window == "quick":
             self.stats.quick_answers += 1
-            whole = dataclasses.replace(req, quick_tokens=0, avoid=(), stop=req.stop.unbudgeted())
+            whole = dataclasses.replace(req, quick_tokens=0, avoid=(), stop=req.stop.unbudgeted(), warm=True)
             shown.growing = self._grow(doc.uri, whole, cursor, shown, replaces=True)
         elif result.finish == "budget":
             shown.growing = self._grow(doc.uri, dataclasses.replace(req, stop=req.stop.unbudgeted()), cursor, shown)

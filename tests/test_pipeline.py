@@ -154,6 +154,7 @@ async def test_a_quick_first_answer_is_replaced_by_the_whole_prompts_when_it_dif
     whole = await s.growing
     assert whole is not None and whole.text == "return total / len(values)"
     assert backend.asked[0].quick_tokens > 0 and backend.asked[1].quick_tokens == 0
+    assert not backend.asked[0].warm and backend.asked[1].warm  # preempted within a warm-up's chunk
     assert (c.stats.quick_answers, c.stats.quick_replaced) == (1, 1)
     again = await c.complete(doc(), CURSOR)
     assert again is not None and again.text == "return total / len(values)" and len(backend.asked) == 2
