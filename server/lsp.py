@@ -42,6 +42,7 @@ def initialize(ls: CodestralServer, params: types.InitializeParams) -> None:
 
 
 def initialized(ls: CodestralServer, params: types.InitializedParams) -> None:
+    ls.show_notices()
     ls.start_engine()
 
 
@@ -166,8 +167,9 @@ FEATURES: list[tuple[str, Any, Any]] = [  # (method, options, handler)
 ]
 
 
-def create_server(options: Any, cli_raw: dict[str, Any] | None = None) -> CodestralServer:
-    server = CodestralServer(options, cli_raw)
+def create_server(options: Any, cli_raw: dict[str, Any] | None = None, notices: list[str] | None = None
+                  ) -> CodestralServer:
+    server = CodestralServer(options, cli_raw, notices)
     for method, feature_options, handler in FEATURES:
         server.feature(method, feature_options)(handler) if feature_options else server.feature(method)(handler)
     server.command(ACCEPT_COMMAND)(accept)
