@@ -17,7 +17,8 @@ Our own protocol, for clients that opt in with the client capability
     codestral/didFocus           client → server  {textDocument: {uri}, position}: the cursor came to
                                  rest there; the prompt there is prefilled while the user reads
     codestral/didPartiallyAccept client → server  {id, acceptedLength}
-    codestral/stats              client → server  counters, latencies, the model and its cache
+    codestral/stats              client → server  counters, latencies, the model and its cache, the options
+                                 in force (what editor and workspace settings changed)
 
 Warm-up (prefilling a prompt before it is asked for) also runs on didOpen and when the user pauses
 after an edit without the client asking; it is always preempted by a real request.

@@ -450,6 +450,12 @@ def cli_overrides(args: Any) -> dict[str, Any]:
     return resolve_paths(out, Path.cwd())
 
 
+def in_force(o: Options) -> dict[str, Any]:
+    """The options in force, camelCase, for `codestral/stats`: which editor or workspace settings took
+    effect (none of them holds a secret: apiKeyEnv names a variable, never its value)."""
+    return {camel(n): list(v) if isinstance(v, tuple) else v for n in FIELDS if (v := getattr(o, n)) is not None}
+
+
 def model_changed(a: Options, b: Options) -> bool:
     return any(getattr(a, k) != getattr(b, k) for k in MODEL_KEYS)
 

@@ -20,7 +20,7 @@ from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.serving.backend import Backend
 from codestral_ls.server import __version__
 from codestral_ls.server.documents import LspTextDocument, adopt
-from codestral_ls.server.options import Options, model_changed, parse_client_options, parse_options
+from codestral_ls.server.options import Options, in_force, model_changed, parse_client_options, parse_options
 from codestral_ls.server.pipeline import Completer, Document, Suggestion
 from codestral_ls.server.protocol import AnsweringProtocol, answer_unreadable_frame
 from codestral_ls.server.retrieval import Workspace
@@ -385,6 +385,7 @@ class CodestralServer(LanguageServer):
     def stats_snapshot(self) -> dict[str, Any]:
         snap = self.stats.snapshot()
         snap.pop("shown", None)
+        snap["options"] = in_force(self.options)
         if self.completer:
             snap["typed_through_entries"] = len(self.completer.typed)
             snap["speed"] = self.completer.speed.snapshot()

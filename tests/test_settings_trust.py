@@ -140,6 +140,8 @@ def test_a_server_keeps_the_users_privacy_over_initialization_options_and_did_ch
     assert no_wider(USER, server.options) == []
     assert server.options.retrieval == ("none",) and server.options.read_timeout_ms == 2000
     assert len(shown) == 4
+    in_force = server.stats_snapshot()["options"]  # codestral/stats says what took effect
+    assert in_force["retrieval"] == ["none"] and in_force["readTimeoutMs"] == 2000 and in_force["candidates"] == 5
 
 
 # -- item 6: the user's config file ---------------------------------------------------------------------
