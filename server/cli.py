@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             raise CliError("; ".join(problems))
         if command == "serve":
-            return serve(options, raw)
+            return serve(options, raw, [f"config file: {p}" for p in config_problems + more])
         if command == "engine":
             return engine_command(options, args)
         if command == "complete":
@@ -112,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def serve(options: Options, raw: dict[str, Any]) -> int:
+def serve(options: Options, raw: dict[str, Any], notices: list[str] | None = None) -> int:
     from codestral_ls.server.lsp import create_server
     from codestral_ls.server.lsplog import install_lsp_log_handler
 
     # stdout belongs to the protocol: anything else that writes there goes to stderr instead.
     protocol_out = sys.stdout.buffer
     sys.stdout = sys.stderr
-    server = create_server(options, raw)
+    server = create_server(options, raw, notices)
     install_lsp_log_handler(server)
     server.start_io(sys.stdin.buffer, protocol_out)
     return 0

@@ -20,7 +20,7 @@ from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.serving.backend import Backend
 from codestral_ls.server import __version__, warmup
 from codestral_ls.server.documents import LspTextDocument, adopt
-from codestral_ls.server.options import Options, model_changed, parse_client_options, parse_options
+from codestral_ls.server.options import Options, in_force, model_changed, parse_client_options, parse_options
 from codestral_ls.server.pipeline import Completer, Document, Suggestion
 from codestral_ls.server.protocol import AnsweringProtocol, answer_unreadable_frame
 from codestral_ls.server.retrieval import Workspace
@@ -62,10 +62,15 @@ class Place:
 
 
 class CodestralServer(LanguageServer):
-    def __init__(self, options: Options, cli_raw: dict[str, Any] | None = None) -> None:
+    def __init__(self, options: Options, cli_raw: dict[str, Any] | None = None,
+                 notices: list[str] | None = None) -> None:
         super().__init__("codestral-ls", __version__, protocol_cls=AnsweringProtocol)
         self.options = options
+        # The user's own options (config file, command line): editor and workspace settings may only
+        # make them more private (server/options.py parse_client_options).
+        self.user_options = options
         self.cli_raw = cli_raw or {}  # command-line flags win over client settings
+        self.notices = list(notices or [])  # said at start up (a config file refused): shown once initialized
         self.stats = Stats()
         self.backend: Backend | None = None
         self.completer: Completer | None = None
@@ -92,6 +97,13 @@ class CodestralServer(LanguageServer):
         folders = [f.uri for f in params.workspace_folders or []]
         self.roots = Workspace.of(folders or ([params.root_uri] if params.root_uri else []))
         self.apply_settings(params.initialization_options)
+
+    def show_notices(self) -> None:
+        """What went wrong before the editor could be told (the config file refused): window/showMessage,
+        not only stderr, which most editors hide."""
+        for notice in self.notices:
+            self.show_error(f"codestral-ls: {notice}", kind=types.MessageType.Warning)
+        self.notices = []
 
     def start_engine(self) -> None:
         from codestral_ls.server.backends import open_backend
@@ -139,7 +151,7 @@ class CodestralServer(LanguageServer):
 
     def apply_settings(self, raw: Any) -> None:
         # Options that run code, load files or send data are refused from the editor (server/options.py).
-        options, problems = parse_client_options(raw, self.options)
+        options, problems = parse_client_options(raw, self.options, self.user_options)
         options, _ = parse_options(self.cli_raw, options)
         for p in problems:
             self.show_error(f"codestral-ls settings: {p}", kind=types.MessageType.Warning)
@@ -373,6 +385,7 @@ class CodestralServer(LanguageServer):
     def stats_snapshot(self) -> dict[str, Any]:
         snap = self.stats.snapshot()
         snap.pop("shown", None)
+        snap["options"] = in_force(self.options)
         if self.completer:
             snap["typed_through_entries"] = len(self.completer.typed)
             snap["speed"] = self.completer.speed.snapshot()

@@ -135,8 +135,8 @@ def assemble_gguf(dest: Path, progress: Progress | None = None, model: catalog.P
     tmp = Path(name)
     umask = os.umask(0)
     os.umask(umask)
-    with contextlib.suppress(OSError):  # mkstemp makes it 0600; the joined model is an ordinary file
-        os.chmod(tmp, 0o666 & ~umask)
+    with contextlib.suppress(OSError, AttributeError):  # mkstemp makes it 0600; the joined model is an
+        os.fchmod(fd, 0o666 & ~umask)  # ordinary file. The open file itself: a path could be swapped
     digest = hashlib.sha256()
     done = shown = 0
     t0 = time.perf_counter()

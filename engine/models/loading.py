@@ -26,7 +26,7 @@ from typing import Any
 from codestral_ls.engine.config import ModelSpec
 from codestral_ls.engine.decoding.runner import choose_runner
 from codestral_ls.engine.errors import ModelLoadError
-from codestral_ls.engine.models import embedded, mistral_format
+from codestral_ls.engine.models import catalog, embedded, mistral_format
 from codestral_ls.engine.models.extras import require, require_torch
 from codestral_ls.engine.models.fim import FimEncoder, detect_profile
 from codestral_ls.engine.models.gguf_tokenizer import GgufTokenizer, cached_folder, tokenizer_folder
@@ -66,6 +66,12 @@ def resolve_source(spec: ModelSpec, progress: embedded.Progress | None = None) -
     packaged = spec.packaged
     if packaged is not None:
         return embedded.ensure_embedded_model(progress, packaged), packaged.title
+    if catalog.is_hub_id(spec.model):  # before any look at the disk: a folder of that name where the
+        # server runs (a cloned repository, for editors that start it in the project) is never loaded for it
+        if not spec.allow_download:
+            raise ModelLoadError(f"{spec.model} is a Hugging Face hub id; pass --allow-download to fetch it "
+                                 f"(a local folder of that name is written ./{spec.model} or as a full path)")
+        return hub_snapshot(spec.model), f"{spec.model} (hub)"
     path = Path(spec.model).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -77,14 +83,27 @@ def resolve_source(spec: ModelSpec, progress: embedded.Progress | None = None) -
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is not a Hugging Face model folder (no config.json) nor a .gguf file")
         return path, str(path)
-    looks_like_hub_id = spec.model.count("/") == 1 and not spec.model.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
-        raise ModelLoadError(f"model path {spec.model} does not exist")
-    if not spec.allow_download:
-        raise ModelLoadError(
-            f"{spec.model} is not a local path; pass --allow-download to fetch it from the Hugging Face hub"
-        )
-    return spec.model, f"{spec.model} (hub)"
+    raise ModelLoadError(f"model path {spec.model} does not exist")
+
+
+
+# Never fetched from the hub: pickled weights (never loaded) and other runtimes' files.
+NOT_FETCHED = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.h5", "*.msgpack", "*.onnx", "*.gguf", "*.tflite"]
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The hub model's files in the Hugging Face cache, as an absolute folder: transformers handed the
+    id itself would first look for a folder of that name where the server runs."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, ignore_patterns=NOT_FETCHED)).absolute()
+    except ImportError:
+        raise ModelLoadError("fetching a hub model needs huggingface_hub (pip install 'codestral-ls[torch]')"
+                             ) from None
+    except Exception as exc:
+        raise ModelLoadError(f"cannot fetch {repo_id} from the Hugging Face hub: {type(exc).__name__}: {exc}"
+                             ) from None
 
 
 def convert_gguf(path: Path, progress: embedded.Progress | None = None) -> Path:
