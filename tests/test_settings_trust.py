@@ -122,7 +122,7 @@ def test_workspace_settings_may_make_it_more_private() -> None:
 def test_every_option_has_a_workspace_rule() -> None:
     """A new option must say what a workspace may do with it: trusted, narrowed, clamped, or harmless."""
     harmless = {"device", "dtype", "quantize", "fim_format", "runner", "n_gpu_layers", "kv_reuse", "speculation",
-                "multiline"}
+                "multiline", "quick_first"}
     for name in FIELDS:
         m = meta(name)
         assert m.trusted or m.narrow or m.limits or name in harmless, f"{camel(name)} has no workspace rule"
