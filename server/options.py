@@ -35,9 +35,12 @@ SENDS_DATA = "sends data elsewhere"
 
 BACKENDS = ("local", "daemon", *APIS)  # the model in this process, an engine daemon, or a remote API
 # Never sent to any backend as extra context: names of files that commonly hold credentials.
-SECRET_FILES = (".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*",
-                "id_ed25519*", ".netrc", ".npmrc", ".pypirc", "*.keystore", "credentials*", "secrets.*",
-                ".git-credentials", "*.tfvars", "*.kdbx")
+# A project's own `secrets.py` matches too, on purpose: such a file is made to hold keys (README, "Security").
+SECRET_FILES = (".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore",
+                "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", ".npmrc", ".pypirc", ".pgpass",
+                ".my.cnf", ".htpasswd", ".vault-token", ".git-credentials", "credentials*", "secrets.*",
+                "client_secret*.json", "service-account*.json", "kubeconfig*", "*.tfvars", "*.tfstate",
+                "*.tfstate.*", "*.kdbx")
 
 
 @dataclass(frozen=True)

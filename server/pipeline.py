@@ -34,6 +34,7 @@ from codestral_ls.server.cursor import BLOCK_OPENERS, Cursor, read_cursor
 from codestral_ls.server.languages import language_for
 from codestral_ls.server.options import Options
 from codestral_ls.server.postprocess import first_words, misfit, postprocess, replaced_after
+from codestral_ls.server.privacy import refused
 from codestral_ls.server.retrieval import Retriever, Workspace
 from codestral_ls.server.speed import DeviceSpeed
 from codestral_ls.server.stats import Stats, Timings
@@ -104,8 +105,8 @@ class Completer:
         self.stats.requests += 1
         self.stop_growing(doc.uri)
         language = language_for(doc.language_id, doc.uri)
-        if language in self.options.disabled_languages:
-            return self._declined(t0, f"completions are off for {language}", timing)
+        if why := refused(doc.uri, doc.language_id, self.options.secret_files, self.options.disabled_languages):
+            return self._declined(t0, why, timing)  # a secret file, a language turned off: nothing is sent
         cursor = read_cursor(doc.text, offset, language, self.options.multiline)  # the one cursor analysis
 
         # Typing through the suggestion on screen: its rest, no model.
@@ -177,7 +178,7 @@ class Completer:
         if self._not_ready():
             return False
         language = language_for(doc.language_id, doc.uri)
-        if language in self.options.disabled_languages:
+        if refused(doc.uri, doc.language_id, self.options.secret_files, self.options.disabled_languages):
             return False
         req = self.request(doc, read_cursor(doc.text, offset, language, self.options.multiline), remember=remember)
         if req is None:
@@ -190,7 +191,8 @@ class Completer:
 
     def warm_spines(self, doc: Document, offset: int) -> bool:
         """Only the spines of `doc` around `offset` (no prompt at a place): whether any were planned."""
-        if self._not_ready() or language_for(doc.language_id, doc.uri) in self.options.disabled_languages:
+        if self._not_ready() or refused(doc.uri, doc.language_id, self.options.secret_files,
+                                        self.options.disabled_languages):
             return False
         plan = self.plan(doc, offset)
         self.backend.plan(plan)
