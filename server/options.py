@@ -127,9 +127,9 @@ class Options:
     disabled_languages: tuple[str, ...] = opt((), "language ids never completed nor sent as context", "context",
                                               metavar="LANGUAGE")
     # -- privacy --------------------------------------------------------------------------------
-    secret_files: tuple[str, ...] = opt(SECRET_FILES, "file name patterns never sent to any backend as extra "
-                                        "context (replaces the default list)", "privacy", trusted=SENDS_DATA,
-                                        metavar="GLOB")
+    secret_files: tuple[str, ...] = opt(SECRET_FILES, "file name patterns never sent to any backend: no completion "
+                                        "in them, never context (replaces the default list)", "privacy",
+                                        trusted=SENDS_DATA, metavar="GLOB")
     log_document_text: bool = opt(False, "debug: allow document text in logs", "privacy")
     # -- backend: where requests go (engine/serving/backend.py) -------------------------------------------
     backend: str = opt("local", "where requests go: the model in this process, an engine daemon or a remote API",
