@@ -3,6 +3,7 @@
     python -m benchmarks.stress                      # tiny random model, 10 000-keystroke soak
     python -m benchmarks.stress --keystrokes 2000    # a shorter soak
     python -m benchmarks.stress --model DIR --json benchmarks/results/stress.json
+    python -m benchmarks.stress --phases secret,patho  # what feeds the prompt (issue 24)
 
 The default model is the tiny random Mistral of the tests (`tests/conftest.py`, built in a temporary
 folder in seconds): the figures are about the server (protocol, documents, caches, memory), not
@@ -22,6 +23,16 @@ about suggestion quality. Phases:
   burst       200 keystrokes (didChange + inlineCompletion) fired without waiting, every tenth
               one cancelled by the client: the time until every request is answered (drain), how
               many were superseded, and the latency of the next normal request.
+  secret      a second server with a remote backend (`--backend openai`) pointed at a tiny HTTP
+              endpoint started here that records every request body: a `.env` holding a key is
+              opened, focused, typed into and asked about, so is a symlink to it (`settings.py`)
+              and an `untitled:` buffer holding the key; then an ordinary file that imports from
+              the link is asked about (the control: it reaches the endpoint). Bytes of the key
+              at the endpoint: must be 0 (no piece of 8 characters or more, anywhere).
+  patho       pathological documents open (20 000 nested brackets, a 1.3 MB minified line, a
+              10 MB document, 100 kB of `{`), each asked about while an ordinary document is
+              asked about too: that document's answer latency (must stay under 1 s) and the
+              pathological one's.
   soak        N keystrokes typing real source (this repository's server/*.py) into documents at
               the end of the text, a request after every key (awaited every 8th), a new document
               every 2 000 keystrokes and only every other one closed (an editor never closes them
@@ -511,9 +522,141 @@ def round3_ok(r: dict[str, Any]) -> bool:
                            and not any(s[k]["loaded_the_shadow"] for k in ("no_download", "allow_download"))))
             and (w is None or not any(v["took_effect"] for k, v in w.items() if not k.startswith("_")))
             and (f is None or (all(f["loaded"]) and f["gguf_sha256_ok"] and not f["leftover_temp_files"])))
+class RecordingApi:
+    """A tiny OpenAI-style completions endpoint on loopback that records every request body."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        bodies = self.bodies = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                bodies.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                out = json.dumps({"choices": [{"text": " 1", "finish_reason": "stop"}],
+                                  "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def leaked_bytes(secret: str, bodies: list[bytes], piece: int = 8) -> int:
+    """The longest piece of `secret` (at least `piece` characters) found in any body, 0 if none."""
+    text = b"\n".join(bodies).decode("utf-8", "replace")
+    text += json.dumps(text)  # escaped forms too
+    longest = 0
+    for i in range(len(secret) - piece + 1):
+        n = piece
+        while i + n <= len(secret) and secret[i:i + n] in text:
+            longest = max(longest, n)
+            n += 1
+    return longest
+
+
+async def secret(folder: Path) -> dict[str, Any]:
+    """A secret document with a remote backend the user configured: nothing of it leaves."""
+    key = "sk-proj-" + os.urandom(18).hex()
+    env_text = f"OPENAI_API_KEY={key}\nAWS_SECRET_ACCESS_KEY={key[::-1]}\n"
+    project = folder / "secret-project"
+    project.mkdir()
+    (project / ".env").write_text(env_text)
+    (project / "settings.py").symlink_to(project / ".env")
+    api = RecordingApi()
+    c, _ = await start(["--backend", "openai", "--endpoint", api.url, "--remote-model", "codestral-22b",
+                        "--log-level", "warning"],
+                       experimental={"codestral": {"status": True, "suggestionUpdates": True}})
+    try:
+        asked = 0
+        for uri, text in (((project / ".env").as_uri(), env_text), ((project / "settings.py").as_uri(), env_text)):
+            open_doc(c, uri, text, "plaintext")
+            c.protocol.notify("codestral/didFocus", {"textDocument": {"uri": uri},
+                                                     "position": {"line": 1, "character": 3}})
+            for k, ch in enumerate("XY"):  # typed into, asked after each key
+                insert(c, uri, 2 + k, 2, k, ch)
+                await inline(c, uri, 2, k + 1)
+                asked += 1
+            await inline(c, uri, 0, 15)
+            asked += 1
+        open_doc(c, "untitled:Untitled-1", f"client = OpenAI(api_key='{key}')\n", "python")
+        await asyncio.sleep(1.0)  # the pauses after didOpen and the edits: warm-ups would go now
+        main = (project / "main.py").as_uri()
+        open_doc(c, main, "from settings import OPENAI_API_KEY\n\nclient = OpenAI(api_key=\n")
+        control = await inline(c, main, 2, 24)
+        await asyncio.sleep(0.5)
+    finally:
+        await stop(c)
+        api.close()
+    statuses = [n["message"] for n in c.notifications.get("codestral/status", [])]
+    return {"secret_requests": asked, "endpoint_requests": len(api.bodies),
+            "control_answered": bool(control and control.items),
+            "key_bytes_at_endpoint": leaked_bytes(key, api.bodies) + leaked_bytes(key[::-1], api.bodies),
+            "status_says_secret": sum("secret" in m for m in statuses)}
+
+
+async def timed(c: Client, places: list[tuple[str, int, int]], pause: float = 0.0) -> list[float]:
+    """Ask at each place in turn: each answer's latency in ms."""
+    out = []
+    for uri, line, character in places:
+        t = time.perf_counter()
+        await inline(c, uri, line, character)
+        out.append((time.perf_counter() - t) * 1000)
+        await asyncio.sleep(pause)
+    return out
+
+
+async def pathological(c: Client) -> dict[str, Any]:
+    """Pathological documents open and asked about while an ordinary one is asked about too."""
+    ordinary = "file:///stress/ordinary.py"
+    open_doc(c, ordinary, "def area(width, height):\n    return \n")
+    nest = 20_000
+    minified = "var a=" + ",".join(f"f{i}(x)" for i in range(200_000)) + ";"  # 1.3 MB on one line
+    ten = "\n".join(f"def function_{i}(value):\n    return value + {i}" for i in range(250_000))  # ~10 MB
+    cases = {
+        f"{nest} nested brackets": ("nested.py", "x = " + "[" * nest + "1, " + "]" * nest + "\n", 0, 4 + nest + 3),
+        "1.3 MB minified line": ("min.js", minified + "\n", 0, len(minified) // 2),
+        "10 MB document": ("ten.py", ten + "\n\ndef run(value):\n    return \n", ten.count("\n") + 3, 11),
+        "100 kB of {": ("braces.py", "import os\n" + "{" * 100_000 + "\n", 1, 50_000),
+    }
+    out: dict[str, Any] = {}
+    for name, (file, text, line, character) in cases.items():
+        uri = f"file:///stress/{file}"
+        t0 = time.perf_counter()
+        open_doc(c, uri, text, "javascript" if file.endswith(".js") else "python")
+        own_ms, ordinary_ms = await asyncio.gather(
+            timed(c, [(uri, line, max(0, character - k)) for k in range(3)]),
+            timed(c, [(ordinary, 1, 11)] * 6, pause=0.05))
+        out[name] = {"ordinary_max_ms": round(max(ordinary_ms), 1),
+                     "ordinary_p50_ms": round(sorted(ordinary_ms)[len(ordinary_ms) // 2], 1),
+                     "own_max_ms": round(max(own_ms), 1), "seconds": round(time.perf_counter() - t0, 1)}
+        c.text_document_did_close(types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri)))
+    out["rss_mb"] = round(psutil.Process(c._server.pid).memory_info().rss / 2**20, 1) if c._server else None
+    return out
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    wanted = args.phases.split(",")
+    report: dict[str, Any] = {"model": str(args.model), "first_answer_s": None}
+    if "secret" in wanted:
+        with tempfile.TemporaryDirectory(prefix="codestral-stress-secret-") as tmp:
+            report["secret"] = await secret(Path(tmp))
+        wanted.remove("secret")
+    if not wanted:
+        return report
     server_args = ["--model", str(args.model), "--device", "cpu", "--log-level", "warning"]
     c, _ = await start(server_args)
     try:
@@ -522,11 +665,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await wait_loaded(c)  # a loading model answers empty at once: wait for it, not for an answer
         await asyncio.wait_for(inline(c, "file:///stress/warm.py", 1, 11), 600)
         load_s = time.perf_counter() - t0
-        report: dict[str, Any] = {"model": str(args.model), "first_answer_s": round(load_s, 1)}
-        phases = {"bad": ("bad_inputs", lambda: bad_inputs(c)), "big": ("big_inputs", lambda: big_inputs(c)),
+        report["first_answer_s"] = round(load_s, 1)
+        phases = {"patho": ("pathological", lambda: pathological(c)),
+                  "bad": ("bad_inputs", lambda: bad_inputs(c)), "big": ("big_inputs", lambda: big_inputs(c)),
                   "hostile": ("hostile", lambda: hostile(c)), "burst": ("burst", lambda: burst(c, args.burst)),
                   "soak": ("soak", lambda: soak(c, args.keystrokes))}
-        for phase in filter(None, args.phases.split(",")):
+        for phase in wanted:
             key, step = phases[phase]
             report[key] = await step()
         if args.shadowed_model:
@@ -542,7 +686,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_report(r: dict[str, Any]) -> None:
+    if "secret" in r:
+        s = r["secret"]
+        print(f"secret: {s['secret_requests']} requests on a .env and a symlink to it, remote backend; requests at "
+              f"the endpoint: {s['endpoint_requests']} (the control answered: {s['control_answered']}); bytes of "
+              f"the key at the endpoint: {s['key_bytes_at_endpoint']}; status said secret: {s['status_says_secret']}")
+    if r["first_answer_s"] is None:
+        return
     print(f"model: {r['model']} (first answer after {r['first_answer_s']} s)")
+    if "pathological" in r:
+        print("pathological documents open (an ordinary document asked meanwhile):")
+        for name, v in r["pathological"].items():
+            if isinstance(v, dict):
+                print(f"  {name:<24} ordinary doc: max {v['ordinary_max_ms']} ms, p50 {v['ordinary_p50_ms']} ms; "
+                      f"its own request: max {v['own_max_ms']} ms; {v['seconds']} s in all")
+        print(f"  server RSS after: {r['pathological']['rss_mb']} MB")
     if "bad_inputs" in r:
         _print_bad_and_big(r)
     if "hostile" in r:
@@ -585,7 +743,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, help="model folder (default: the tests' tiny random model, built now)")
     p.add_argument("--keystrokes", type=int, default=10_000, help="soak length (default 10000)")
     p.add_argument("--burst", type=int, default=200, help="burst size (default 200)")
-    p.add_argument("--phases", default="bad,big,hostile,burst,soak", help="which phases, in order (default: all)")
+    p.add_argument("--phases", default="bad,big,hostile,burst,soak,secret,patho",
+                   help="which phases, in order (default: all): bad, big, hostile, burst, soak, secret, patho")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--shadowed-model", action="store_true", help="also: a hub id shadowed by a folder in the "
                    "server's working directory must not load (issue 24 item 2)")
@@ -596,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("CODESTRAL_TEST_QUIET_SERVER", "1")  # the server's log is kept, not echoed
     with tempfile.TemporaryDirectory(prefix="codestral-stress-") as tmp:
-        if args.model is None:
+        if args.model is None and args.phases != "secret":  # the secret phase has a remote backend
             from tests.conftest import build_tiny_model
 
             args.model = build_tiny_model(Path(tmp) / "tiny")
@@ -604,12 +763,16 @@ def main(argv: list[str] | None = None) -> int:
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    secret_, patho = report.get("secret"), report.get("pathological")
+    if (secret_ is not None and (secret_["key_bytes_at_endpoint"] or not secret_["control_answered"])) or \
+            (patho is not None and any(v["ordinary_max_ms"] >= 1000 for v in patho.values() if isinstance(v, dict))):
+        return 1
     bad, hostile_ = report.get("bad_inputs"), report.get("hostile")
     ok = ((bad is None or (bad["requests_answered"] == bad["requests"] and bad["frames_answered"] == bad["frames"]))
           and (hostile_ is None or (hostile_["listener_connections"] == 0
                                     and hostile_["refused_with_message"] == hostile_["settings_tried"]
                                     and bool(hostile_["planted_discovery_file_error"])))
-          and round3_ok(report) and report["alive_at_end"])
+          and round3_ok(report) and report.get("alive_at_end", True))
     return 0 if ok else 1
 
 

@@ -42,9 +42,12 @@ OFF = "off"  # may turn it off, never on (logDocumentText)
 
 BACKENDS = ("local", "daemon", *APIS)  # the model in this process, an engine daemon, or a remote API
 # Never sent to any backend as extra context: names of files that commonly hold credentials.
-SECRET_FILES = (".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*",
-                "id_ed25519*", ".netrc", ".npmrc", ".pypirc", "*.keystore", "credentials*", "secrets.*",
-                ".git-credentials", "*.tfvars", "*.kdbx")
+# A project's own `secrets.py` matches too, on purpose: such a file is made to hold keys (README, "Security").
+SECRET_FILES = (".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore",
+                "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", ".npmrc", ".pypirc", ".pgpass",
+                ".my.cnf", ".htpasswd", ".vault-token", ".git-credentials", "credentials*", "secrets.*",
+                "client_secret*.json", "service-account*.json", "kubeconfig*", "*.tfvars", "*.tfstate",
+                "*.tfstate.*", "*.kdbx")
 
 
 @dataclass(frozen=True)
@@ -144,9 +147,9 @@ class Options:
     disabled_languages: tuple[str, ...] = opt((), "language ids never completed nor sent as context", "context",
                                               metavar="LANGUAGE", narrow=MORE)
     # -- privacy --------------------------------------------------------------------------------
-    secret_files: tuple[str, ...] = opt(SECRET_FILES, "file name patterns never sent to any backend as extra "
-                                        "context (replaces the default list)", "privacy", metavar="GLOB",
-                                        narrow=MORE)
+    secret_files: tuple[str, ...] = opt(SECRET_FILES, "file name patterns never sent to any backend: no completion "
+                                        "in them, never context (replaces the default list)", "privacy",
+                                        metavar="GLOB", narrow=MORE)
     log_document_text: bool = opt(False, "debug: allow document text in logs", "privacy", narrow=OFF)
     # -- backend: where requests go (engine/serving/backend.py) -------------------------------------------
     backend: str = opt("local", "where requests go: the model in this process, an engine daemon or a remote API",

@@ -38,6 +38,7 @@ from codestral_ls.server.cursor import Cursor, read_cursor
 from codestral_ls.server.languages import language_for
 from codestral_ls.server.options import Options
 from codestral_ls.server.postprocess import first_words, misfit, postprocess, replaced_after
+from codestral_ls.server.privacy import refused
 from codestral_ls.server.retrieval import Retriever, Workspace
 from codestral_ls.server.speed import DeviceSpeed
 from codestral_ls.server.stats import Stats, Timings
@@ -119,8 +120,8 @@ class Completer:
         self.stats.requests += 1
         self.stop_growing(doc.uri)
         language = language_for(doc.language_id, doc.uri)
-        if language in self.options.disabled_languages:
-            return self._declined(t0, f"completions are off for {language}", timing)
+        if why := refused(doc.uri, doc.language_id, self.options.secret_files, self.options.disabled_languages):
+            return self._declined(t0, why, timing)  # a secret file, a language turned off: nothing is sent
         cursor = read_cursor(doc.text, offset, language, self.options.multiline)  # the one cursor analysis
 
         # Typing through the suggestion on screen: its rest, no model.

@@ -22,6 +22,7 @@ from codestral_ls.server import __version__, warmup
 from codestral_ls.server.documents import LspTextDocument, adopt
 from codestral_ls.server.options import Options, in_force, model_changed, parse_client_options, parse_options
 from codestral_ls.server.pipeline import Completer, Document, Suggestion
+from codestral_ls.server.privacy import refused
 from codestral_ls.server.protocol import AnsweringProtocol, answer_unreadable_frame
 from codestral_ls.server.retrieval import Workspace
 from codestral_ls.server.stats import Stats
@@ -261,7 +262,7 @@ class CodestralServer(LanguageServer):
         None (a document just opened, the cursor unknown): the spines from the top, where an editor
         shows a file first."""
         doc = self.open_document(uri)
-        if doc is None or self.completer is None:
+        if doc is None or self.completer is None or self.refused(uri, doc.language_id or ""):
             return
         if position is not None and not 0 <= position.line < doc.line_count():
             return
@@ -332,9 +333,16 @@ class CodestralServer(LanguageServer):
             return None
         return arrival.place
 
+    def refused(self, uri: str, language_id: str) -> str:
+        """Why nothing of this document may go to a backend (a secret file, a language turned off): "" if it may."""
+        return refused(uri, language_id, self.options.secret_files, self.options.disabled_languages)
+
     async def suggest(self, place: Place) -> Suggestion | None:
         uri = place.doc.uri
         self._asked[uri] = time.monotonic()
+        if why := self.refused(uri, place.doc.language_id):  # before the engine starts, whatever the backend
+            self.status("declined", why)
+            return None
         if self.completer is None:
             self.start_engine()
         assert self.completer is not None
@@ -360,10 +368,11 @@ class CodestralServer(LanguageServer):
             return None  # the text changed while this was computed: its offsets point elsewhere now
         if s is not None and s.growing is not None:  # more to come: a grown block, or a second opinion
             s.growing.add_done_callback(lambda task: self._grown(task, place))
+        skipped = self.completer.retriever.skipped  # a file too big to be (or get) context: say so
         if s is None or not s.text:
-            self.status("declined", self.completer.declined or "no suggestion")
+            self.status("declined", "; ".join(filter(None, (self.completer.declined or "no suggestion", skipped))))
             return None
-        self.status("answered", s.source, s.latency_ms)
+        self.status("answered", "; ".join(filter(None, (s.source, skipped))), s.latency_ms)
         if s.source == "engine":
             warmup.warm_next_line(self.completer, place.doc, place.offset, s)  # accepted, then Enter: ready
         return s

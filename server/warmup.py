@@ -10,7 +10,7 @@
 Each is a plain function of the `Completer` (server/pipeline.py) whose prompt it warms: the same
 windows, anchors and context from other files as the request that will follow, so that request
 finds its prompt cached. Warm-up is a hint: any real request preempts it (engine/serving/worker.py),
-and where the model is not ready or the language is off it does nothing.
+and where the model is not ready, the language is off or the file is secret it does nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from codestral_ls.server.context import spine_plan, spine_text
 from codestral_ls.server.cursor import BLOCK_OPENERS, read_cursor
 from codestral_ls.server.languages import language_for
 from codestral_ls.server.pipeline import Completer, Document, Suggestion
+from codestral_ls.server.privacy import refused
 
 
 def warm(c: Completer, doc: Document, offset: int, plan: bool = True, remember: bool = True) -> bool:
@@ -33,8 +34,8 @@ def warm(c: Completer, doc: Document, offset: int, plan: bool = True, remember: 
     if c.not_ready():
         return False
     language = language_for(doc.language_id, doc.uri)
-    if language in c.options.disabled_languages:
-        return False
+    if refused(doc.uri, doc.language_id, c.options.secret_files, c.options.disabled_languages):
+        return False  # a secret file, or a language turned off: nothing of it goes anywhere
     req = c.request(doc, read_cursor(doc.text, offset, language, c.options.multiline), remember=remember)
     if req is None:
         return False
@@ -47,7 +48,7 @@ def warm(c: Completer, doc: Document, offset: int, plan: bool = True, remember: 
 
 def warm_spines(c: Completer, doc: Document, offset: int) -> bool:
     """Only the spines of `doc` around `offset` (no prompt at a place): whether any were planned."""
-    if c.not_ready() or language_for(doc.language_id, doc.uri) in c.options.disabled_languages:
+    if c.not_ready() or refused(doc.uri, doc.language_id, c.options.secret_files, c.options.disabled_languages):
         return False
     plan = spine_requests(c, doc, offset)
     c.backend.plan(plan)

@@ -152,7 +152,9 @@ def test_secrets_and_disabled_languages_are_never_context(project):
     out = select(r, current, [env, js], secret_files=patterns, disabled_languages=("javascript",))
     assert "sk-live" not in str(out) and "token_for(user)" not in str(out), out
     # The control: without the lists each of them would be sent.
-    out = select(Retriever(), current, [env, js])
+    r0 = Retriever()
+    r0.workspace = r.workspace
+    out = select(r0, current, [env, js])
     assert "sk-live" in str(out)
     r2 = Retriever()
     r2.workspace = r.workspace

@@ -2,7 +2,9 @@
 model should read them (signature, docstring, fields; bodies elided), its imports, and its chunks.
 
 Rules: a file over `MAX_FILE_BYTES` is not parsed (fixed line-step chunks instead), so a request
-never waits on a huge parse; a definition is cut after `MAX_DEF_LINES` lines.
+never waits on a huge parse, nor one whose parse has over `MAX_TOP_NODES` top-level nodes; a
+definition is cut after `MAX_DEF_LINES` lines. Deeply nested or broken code costs linear time: the
+import query skips big erroneous nodes (`_matches`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ CHUNK_LINES = 24  # a chunk holds top-level nodes up to this many lines; a longe
 MAX_FILE_BYTES = 256_000  # a file parsed (or read from disk for its definitions) is at most this big
 DOC_LINES = 6  # a docstring is cut after this many lines
 MAX_DEF_LINES = 40  # a rendered definition is cut after this many lines
+QUERIED_NODE_BYTES = 16_000  # a top-level node with syntax errors bigger than this is not searched for imports
+MAX_TOP_NODES = 5000  # a file with more top-level nodes is not outlined (its chunks are fixed line steps)
+QUERIED_CHILDREN = 4000  # ... nor the top-level nodes past this many in a file with syntax errors
+IMPORT_NODES = ("import", "include", "use_declaration", "package")
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 KEYWORDS = frozenset(
     "and as assert async await break case catch class const continue def del do elif else enum except export "
@@ -54,6 +60,7 @@ class Parsed:
     defs: dict[str, tuple[int, str]] = field(default_factory=dict)  # name → (line, rendered text)
     imports: list[Import] = field(default_factory=list)
     _chunks: list[tuple[int, str, set[str]]] | None = None
+    chars: int = 0  # the text's length: what keeping this parse costs
     _code_ids: set[str] | None = None
 
     def chunks(self) -> list[tuple[int, str, set[str]]]:
@@ -124,17 +131,19 @@ def parse_file(text: str, language: str) -> Parsed:
     lines = text.split("\n")
     parser = parser_for(language)
     if parser is None or len(text) > MAX_FILE_BYTES:
-        return Parsed(language, lines, [])
+        return Parsed(language, lines, [], chars=len(text))
     data = text.encode("utf-8", "surrogatepass")
     try:
         tree = parser.parse(data)
     except Exception as exc:
         log.warning("tree-sitter parse failed: %s", exc)
-        return Parsed(language, lines, [])
+        return Parsed(language, lines, [], chars=len(text))
     root = tree.root_node
-    parsed = Parsed(language, lines, [(c.start_point[0], c.end_point[0]) for c in root.children])
+    if root.child_count > MAX_TOP_NODES:  # minified or pathological (100 kB of `{`): plain lines, and its imports
+        return Parsed(language, lines, [], imports=_imports(root, data, language), chars=len(text))
+    parsed = Parsed(language, lines, [(c.start_point[0], c.end_point[0]) for c in root.children], chars=len(text))
     for child in root.children:
-        if any(k in child.type for k in ("import", "include", "use_declaration", "package")):
+        if any(k in child.type for k in IMPORT_NODES):
             continue  # an import names what it takes, it defines nothing
         for name, node in _named(child, data):
             if not name:
@@ -242,7 +251,7 @@ def _imports(root: Any, data: bytes, language: str) -> list[Import]:
     import tree_sitter
 
     out: dict[str, Import] = {}
-    for _, caps in tree_sitter.QueryCursor(query).matches(root):
+    for _, caps in _matches(tree_sitter.QueryCursor(query), root):
         modules = caps.get("module", [])
         if not modules:
             continue
@@ -263,6 +272,21 @@ def _imports(root: Any, data: bytes, language: str) -> list[Import]:
                 out.setdefault(sub, Import(sub, (), name))
     return list(out.values())
 
+
+
+def _matches(cursor: Any, root: Any) -> Iterable[tuple[int, dict[str, list[Any]]]]:
+    """The query's matches. A tree with syntax errors is queried child by child (the first
+    `QUERIED_CHILDREN`), leaving out a big child with errors that is no import: the query walks an
+    ERROR node in time quadratic in its children (100 kB of `{`: 14 s), on the event loop."""
+    if not root.has_error:
+        yield from cursor.matches(root)
+        return
+    for i in range(min(root.child_count, QUERIED_CHILDREN)):
+        child = root.child(i)
+        if child.has_error and child.end_byte - child.start_byte > QUERIED_NODE_BYTES and \
+                not any(k in child.type for k in IMPORT_NODES):
+            continue
+        yield from cursor.matches(child)
 
 
 def used_outside_imports(parsed: Parsed) -> set[str]:

@@ -12,9 +12,12 @@ Three sources, each switchable (`retrieval` option, server/options.py):
 - ``edits``: the lines the user edited most recently in other files.
 
 Rules it keeps:
-- Never context: a file `privacy.shareable` refuses (credentials, disabled languages), whether
-  it is open or read from disk; never a file outside the workspace roots (symlinks resolved), nor
-  one over `MAX_FILE_BYTES`, nor more than `MAX_FILES` files read per selection.
+- Never context: a file `privacy.shareable` refuses (credentials, disabled languages, by its name
+  or its symlink's target), whether it is open or read from disk; never a file outside the
+  workspace roots (symlinks resolved; `Workspace.holds`), open or not, nor an `untitled:` buffer, nor
+  one over `MAX_FILE_BYTES` read from disk, nor more than `MAX_FILES` files read per selection.
+- Bounded: a document over `MAX_CONTEXT_CHARS` is never context, and one being edited gets none
+  (`skipped` says so, and codestral/status); parses are kept up to `PARSED_CHARS` of text.
 - Coarse steps: the selection is recomputed only when the cursor enters another top-level block
   of its file, the text above that block changes, or another document changes; the query (the
   identifiers around the cursor) is taken when the cursor enters the block. Otherwise the last
@@ -60,6 +63,9 @@ STAT_TTL_S = 2.0  # ... and a closed file's time and size read again after this 
 USED_ABOVE_CHARS = 64_000  # the code above the cursor read for the names it uses already
 HEAD_CHARS = 64_000  # the current file's imports are read from at most this much text above the cursor
 MIN_CUT_CHARS = 300  # a definition bigger than the budget left is cut to it when this much is left
+MAX_CONTEXT_CHARS = 1_000_000  # a document bigger than this is never context, nor gets any (a log, a dump)
+PARSED_FILES = 64  # parses kept (file versions) ...
+PARSED_CHARS = 8_000_000  # ... holding at most this much text (with its chunks: about 3 times the bytes)
 NEAR_CHARS = 40_000  # before the cursor (a quarter of it after): text a snippet may already be part of
 
 
@@ -100,7 +106,9 @@ class Retriever:
         self._parsed: OrderedDict[tuple[str, int], Parsed] = OrderedDict()  # (uri or path, hash) → parse
         self._blocks: dict[str, _Block] = {}  # per current document
         self._where: dict[tuple[Any, ...], tuple[Any, float]] = {}  # (file, import, roots) → file, when
+        self._parsed_chars = 0  # text held by `_parsed`, bounded by PARSED_CHARS
         self.last_ms = 0.0  # what the last selection cost (reported by the benchmark)
+        self.skipped = ""  # what the last selection left out for its size ("" when nothing): codestral/status
 
     def forget(self, uri: str) -> None:
         self._blocks.pop(uri, None)
@@ -117,9 +125,17 @@ class Retriever:
         t0 = time.perf_counter()
         sources = tuple(s for s in SOURCES if s in set(sources))
         secret_files, disabled = tuple(secret_files), tuple(disabled_languages)
+        self.skipped = ""
         if not sources or budget_tokens <= 0:
             return ()
-        others = [d for d in others if d.uri != uri and shareable(d.uri, d.language_id, secret_files, disabled)]
+        if len(text) > MAX_CONTEXT_CHARS:
+            self.skipped = f"no context from other files: this file is over {MAX_CONTEXT_CHARS // 1_000_000} MB"
+            return ()
+        big = sum(len(d.text) > MAX_CONTEXT_CHARS for d in others)
+        if big:
+            self.skipped = f"{big} open file(s) over {MAX_CONTEXT_CHARS // 1_000_000} MB not used as context"
+        others = [d for d in others if d.uri != uri and len(d.text) <= MAX_CONTEXT_CHARS
+                  and shareable(d.uri, d.language_id, secret_files, disabled) and self.workspace.holds(d.uri, uri)]
         block_start = _block_start(text, offset)
         state = tuple(sorted((d.uri, hash(d.text)) for d in others))
         edits = tuple((u, ln) for (u, ln) in self.edits.places if u != uri) if "edits" in sources else ()
@@ -240,9 +256,15 @@ class Retriever:
             body = read_text(path)
             if body is None:
                 return None
-            parsed = self._parsed[k] = parse_file(body, language_for("", str(path)))
-            while len(self._parsed) > 64:
-                self._parsed.popitem(last=False)
+            parsed = self._keep(k, parse_file(body, language_for("", str(path))))
+        return parsed
+
+    def _keep(self, k: tuple[str, int], parsed: Parsed) -> Parsed:
+        """Remember a parse, the oldest ones dropped past `PARSED_FILES` or `PARSED_CHARS` of text."""
+        self._parsed[k] = parsed
+        self._parsed_chars += parsed.chars
+        while len(self._parsed) > PARSED_FILES or (self._parsed_chars > PARSED_CHARS and len(self._parsed) > 1):
+            self._parsed_chars -= self._parsed.popitem(last=False)[1].chars
         return parsed
 
     def _order(self, uri: str) -> float:
@@ -252,9 +274,7 @@ class Retriever:
         k = (key, hash(text))
         parsed = self._parsed.get(k)
         if parsed is None:
-            parsed = self._parsed[k] = parse_file(text, language)
-            while len(self._parsed) > 64:
-                self._parsed.popitem(last=False)
+            parsed = self._keep(k, parse_file(text, language))
         else:
             self._parsed.move_to_end(k)
         return parsed

@@ -51,6 +51,20 @@ class Workspace:
             return None
         return next((r for r in self.roots if real.is_relative_to(r)), None)
 
+    def holds(self, uri: str, edited: str) -> bool:
+        """May the open document at `uri` be context for the one at `edited`? Only a file under the
+        workspace folders once resolved (not another repository, nor an `untitled:` buffer); with no
+        folder known (a single file opened), the edited file's folder stands for the workspace."""
+        p = path_of(uri)
+        if p is None or not p.is_absolute():
+            return False
+        if self.roots:
+            return self.root_of(p) is not None
+        here = path_of(edited)
+        if here is None or not here.is_absolute():
+            return False
+        return Workspace.of([here.parent.as_uri()]).root_of(p) is not None
+
     def relative(self, uri: str) -> str:
         """The path the model sees: relative to its root, else the file name."""
         p = path_of(uri)
