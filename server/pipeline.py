@@ -149,6 +149,11 @@ class Completer:
             result = await self._engine(req, timing)
             first_ms = first_ms or result.elapsed_ms
             fit = self._fit(result, cursor, timing)
+            if result.window == "quick" and (fit.misfit is not None or not fit.text):
+                # The nearest lines were not enough: the whole prompt now (the user is waiting anyway).
+                self.stats.quick_missed += 1
+                req, first_ms = dataclasses.replace(req, quick_tokens=0, cancel=CancelToken()), 0.0
+                continue
             verdict = self._judge(fit, result, timing, avoid, first_ms)
             if verdict != "again":
                 break

@@ -165,6 +165,14 @@ async def test_a_quick_first_answer_is_replaced_by_the_whole_prompts_when_it_dif
     backend = ScriptedBackend(["return total"], window=lambda req: "quick" if req.quick_tokens else "")
     s = await Completer(backend, Options(multiline="never", quick_first=False)).complete(doc(), CURSOR)
     assert s is not None and s.growing is None and backend.asked[0].quick_tokens == 0
+    # A quick answer with nothing to show (empty, or it does not fit): the whole prompt answers at once.
+    for quick in ("", "return total +"):
+        backend = ScriptedBackend([quick, "return total / len(values)"],
+                                  window=lambda req: "quick" if req.quick_tokens else "")
+        c = Completer(backend, Options(multiline="never"))
+        s = await c.complete(doc(), CURSOR)
+        assert s is not None and s.text == "return total / len(values)" and s.growing is None
+        assert [r.quick_tokens > 0 for r in backend.asked] == [True, False] and c.stats.quick_missed == 1
     # A warm-up prefills the whole prompt, never a quick window.
     c = Completer(ScriptedBackend(), Options(multiline="never"))
     assert warmup.warm(c, doc(), CURSOR) and c.backend.prefetched[0].quick_tokens == 0
