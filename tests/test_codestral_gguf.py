@@ -192,7 +192,7 @@ def test_the_engine_decodes_on_llamacpp(loaded):
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_an_lsp_completion_arrives_through_the_llamacpp_runner(codestral_gguf, tmp_path):
-    from tests.lsp_client import inline, open_doc, start, stop
+    from benchmarks.lsp_client import inline, open_doc, start, stop
 
     c, init = await start(["--model", str(codestral_gguf)], init_options={"budgetMs": 0},
                           env={"CODESTRAL_LS_CACHE": str(tmp_path)})

@@ -1,17 +1,20 @@
-"""A small LSP client over stdio for tests and benchmarks: starts the real server process."""
+"""A small LSP client over stdio for tests and benchmarks: starts the real server process.
+
+Here, not under tests/, so that a benchmark may use it too (benchmarks never import tests; tests may
+import benchmarks). `benchmarks/lsp_driver.py` builds the editor-like driver of the timed benchmarks.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.measure import ROOT
 
 
 class Client(LanguageClient):
