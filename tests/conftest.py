@@ -43,16 +43,9 @@ def tiny_llamacpp_engine(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFacto
     pytest.importorskip("llama_cpp")
     from codestral_ls.engine import EngineOptions, ModelSpec, load_engine
 
-    # The extracted tokenizer goes to a test cache, not the user's.
-    old = os.environ.get("CODESTRAL_LS_CACHE")
-    os.environ["CODESTRAL_LS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # the extracted tokenizer goes to a test cache, not the user's
+        mp.setenv("CODESTRAL_LS_CACHE", str(tmp_path_factory.mktemp("cache")))
         return load_engine(ModelSpec(model=str(tiny_gguf), runner="llamacpp"), EngineOptions())
-    finally:
-        if old is None:
-            del os.environ["CODESTRAL_LS_CACHE"]
-        else:
-            os.environ["CODESTRAL_LS_CACHE"] = old
 
 
 @pytest.fixture(scope="session")
