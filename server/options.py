@@ -112,6 +112,10 @@ class Options:
     suffix_tokens: int = opt(0, "tokens of text after the cursor (0: sized to the prefill speed)", "context")
     cold_target_ms: int = opt(0, "time a cold prompt may take, sizing the windows (0: the device's default)",
                               "context")
+    # Where the whole cold prompt takes seconds (a CPU), a place nobody prefilled is answered first
+    # from its nearest lines (~0.8 s of prefill); the whole prompt's answer replaces it when it differs.
+    quick_first: bool = opt(True, "a cold place's first answer from the lines around the cursor, then the "
+                            "whole prompt's (CPU)", "context")
     # Extra context from the rest of the project (server/retrieval/), placed where the model
     # family reads it and recomputed only when the cursor enters another block (the KV cache).
     extra_context_tokens: int = opt(0, "tokens of context from other files (retrieval; 0: sized to the prefill "

@@ -167,8 +167,15 @@ class Completer:
         if self.options.candidates > 1 and self.backend.steerable:
             shown.alternatives = await self._alternatives(req, cursor, shown, [*avoid, first_words(fit.text)])
 
-        # The latency budget ended the block early: decode the rest while the user reads.
-        if result.finish == "budget":
+        # A cold place answered from its nearest lines: the whole prompt's answer follows (and its
+        # prefill is what the next keys reuse), prefilled as a warm-up is, in small chunks, so that the
+        # next request waits behind it one small chunk at most. Else the latency budget ended the block
+        # early: decode the rest while the user reads.
+        if result.window == "quick":
+            self.stats.quick_answers += 1
+            whole = dataclasses.replace(req, quick_tokens=0, avoid=(), stop=req.stop.unbudgeted(), warm=True)
+            shown.growing = self._grow(doc.uri, whole, cursor, shown, replaces=True)
+        elif result.finish == "budget":
             shown.growing = self._grow(doc.uri, dataclasses.replace(req, stop=req.stop.unbudgeted()), cursor, shown)
         return shown
 
@@ -191,7 +198,8 @@ class Completer:
             doc=doc.uri, prefix=placement.ctx.prefix, suffix=placement.ctx.suffix,
             forced_middle=placement.forced_middle, extra_files=self.extra_files(doc, cursor, others),
             max_tokens=o.max_tokens, path=self.workspace.relative(doc.uri), repo=self.workspace.name_of(doc.uri),
-            stop=self._stop_rule(cursor), short_start=placement.ctx.short_start)
+            stop=self._stop_rule(cursor), short_start=placement.ctx.short_start,
+            quick_tokens=self.speed.quick_tokens() if o.quick_first else 0)
 
     def windows(self) -> tuple[int, int, Spines | None]:
         """Token budgets of the prefix and suffix windows (sized to the device), and the spines."""
@@ -298,9 +306,11 @@ class Completer:
         next_ms = result.elapsed_ms - result.prefill_ms  # a second opinion re-decodes; its prompt is cached
         return "later" if timing.prefill_ms + timing.decode_ms + next_ms >= 2 * first_ms > 0 else "again"
 
-    def _grow(self, uri: str, req: FimRequest, cursor: Cursor, shown: Suggestion) -> asyncio.Task[Suggestion | None]:
+    def _grow(self, uri: str, req: FimRequest, cursor: Cursor, shown: Suggestion,
+              replaces: bool = False) -> asyncio.Task[Suggestion | None]:
         """Decode the rest of a budget-cut block; the longer suggestion, remembered for typing through it,
-        or None when it says nothing more."""
+        or None when it says nothing more. `replaces`: the whole prompt's answer after a quick one, which
+        may say something else (None: it says the same, or does not fit)."""
 
         async def follow_up() -> Suggestion | None:
             try:
@@ -311,12 +321,15 @@ class Completer:
             if result.finish == "length" and "\n" in text:
                 text = text[:text.rfind("\n")].rstrip()  # whole lines only, as the first answer
             elif result.finish in FINISHED and misfit(text, cursor, replaced_after(text, cursor),
-                                                               self.disabled_filters):
+                                                      self.disabled_filters):
                 return None
             text = cursor.in_document(text)
-            if not text.startswith(shown.text) or text == shown.text:
+            if not text.strip() or text == shown.text or not (replaces or text.startswith(shown.text)):
                 return None
-            self.stats.grown += 1
+            if replaces:
+                self.stats.quick_replaced += 1
+            else:
+                self.stats.grown += 1
             return self._shown(dataclasses.replace(shown, id=self._new_id(), text=text, result=result,
                                                    replace_after=replaced_after(text, cursor), growing=None),
                                uri, cursor)

@@ -39,7 +39,7 @@ def warm(c: Completer, doc: Document, offset: int, plan: bool = True, remember: 
     if req is None:
         return False
     c.stats.warm_ups += 1
-    c.backend.prefetch(dataclasses.replace(req, stop=req.stop.unbudgeted(), warm=True))
+    c.backend.prefetch(dataclasses.replace(req, stop=req.stop.unbudgeted(), warm=True, quick_tokens=0))
     if plan:
         c.backend.plan(spine_requests(c, doc, offset))
     return True
