@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.device_args import DEFAULT_MAX_TOKENS
-from benchmarks.llama_peer import llama_gguf, llama_problem, llama_threads_wait_passively, qwen_fim_prompt
+from benchmarks.llama_peer import llama_gguf, llama_threads_wait_passively, qwen_fim_prompt, runnable_systems
 from benchmarks.lsp_driver import LspServer, cpu_seconds, first_item, peak_rss_mib, utf16_offset, utf16_position
 from benchmarks.measure import RESULTS_DIR, fmt, latency_summary, load_average, machine, percentile, table, write_json
 from benchmarks.typing_replay import LANGUAGES, WARMUP_TEXT, _python_noncode_lines
@@ -1332,14 +1332,7 @@ def server_flags(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = resolve(build_parser().parse_args(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if unknown := [s for s in systems if s not in SYSTEMS]:
-        raise SystemExit(f"benchmark: error: unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
-    skipped = []
-    if "llama" in systems and (problem := llama_problem(args.model)):
-        systems.remove("llama")
-        skipped.append(f"llama.cpp peer: {problem}")
-        print(f"skipping {skipped[-1]}")
+    systems, skipped = runnable_systems(args.systems, SYSTEMS, args.model)
     plan = make_plan(args)
     if not any(plan.values()):
         raise SystemExit("benchmark: error: no places found in the given files")

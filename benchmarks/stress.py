@@ -5,7 +5,7 @@
     python -m benchmarks.stress --model DIR --json benchmarks/results/stress.json
     python -m benchmarks.stress --phases secret,patho  # what feeds the prompt (issue 24)
 
-The default model is the tiny random Mistral of the tests (`tests/conftest.py`, built in a temporary
+The default model is the tiny random Mistral of the tests (`benchmarks/tiny_model.py`, built in a temporary
 folder in seconds): the figures are about the server (protocol, documents, caches, memory), not
 about suggestion quality. Phases:
 
@@ -67,8 +67,8 @@ from typing import Any
 import psutil
 from lsprotocol import types
 
+from benchmarks.lsp_client import Client, inline, insert, open_doc, send_raw, start, stop
 from benchmarks.measure import ROOT
-from tests.lsp_client import Client, inline, insert, open_doc, send_raw, start, stop
 
 IC = "textDocument/inlineCompletion"
 HANG_GUARD = 60.0  # seconds without an answer counts as "not answered"
@@ -756,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("CODESTRAL_TEST_QUIET_SERVER", "1")  # the server's log is kept, not echoed
     with tempfile.TemporaryDirectory(prefix="codestral-stress-") as tmp:
         if args.model is None and args.phases != "secret":  # the secret phase has a remote backend
-            from tests.conftest import build_tiny_model
+            from benchmarks.tiny_model import build_tiny_model
 
             args.model = build_tiny_model(Path(tmp) / "tiny")
         report = asyncio.run(run(args))

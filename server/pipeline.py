@@ -173,16 +173,8 @@ class Completer:
         if self.options.candidates > 1 and self.backend.steerable:
             shown.alternatives = await self._alternatives(req, cursor, shown, [*avoid, first_words(fit.text)])
 
-        # A cold place answered from its nearest lines: the whole prompt's answer follows (and its
-        # prefill is what the next keys reuse), prefilled as a warm-up is, in small chunks, so that the
-        # next request waits behind it one small chunk at most. Else the latency budget ended the block
-        # early: decode the rest while the user reads.
-        if result.window == "quick":
-            self.stats.quick_answers += 1
-            whole = dataclasses.replace(req, quick_tokens=0, avoid=(), stop=req.stop.unbudgeted(), warm=True)
-            shown.growing = self._grow(doc.uri, whole, cursor, shown, replaces=True)
-        elif result.finish == "budget":
-            shown.growing = self._grow(doc.uri, dataclasses.replace(req, stop=req.stop.unbudgeted()), cursor, shown)
+        # What follows while the user reads: the whole prompt's answer, or the rest of the block.
+        shown.growing = self._follow_up(doc.uri, req, result, cursor, shown)
         return shown
 
     # -- the steps ----------------------------------------------------------------------------
@@ -311,6 +303,22 @@ class Completer:
         avoid.append(first_words(fit.text))
         next_ms = result.elapsed_ms - result.prefill_ms  # a second opinion re-decodes; its prompt is cached
         return "later" if timing.prefill_ms + timing.decode_ms + next_ms >= 2 * first_ms > 0 else "again"
+
+    def _follow_up(self, uri: str, req: FimRequest, result: FimResult, cursor: Cursor,
+                   shown: Suggestion) -> asyncio.Task[Suggestion | None] | None:
+        """The decode that follows an answer (`Suggestion.growing`), or None.
+
+        A cold place answered from its nearest lines: the whole prompt's answer follows (and its
+        prefill is what the next keys reuse), prefilled as a warm-up is, in small chunks, so that the
+        next request waits behind it one small chunk at most. Else the latency budget ended the block
+        early: decode the rest while the user reads."""
+        if result.window == "quick":
+            self.stats.quick_answers += 1
+            whole = dataclasses.replace(req, quick_tokens=0, avoid=(), stop=req.stop.unbudgeted(), warm=True)
+            return self._grow(uri, whole, cursor, shown, replaces=True)
+        if result.finish == "budget":
+            return self._grow(uri, dataclasses.replace(req, stop=req.stop.unbudgeted()), cursor, shown)
+        return None
 
     def _grow(self, uri: str, req: FimRequest, cursor: Cursor, shown: Suggestion,
               replaces: bool = False) -> asyncio.Task[Suggestion | None]:

@@ -1,7 +1,7 @@
 """The benchmarks run end to end at tiny sizes, so they cannot rot; their helpers behave.
 
 The LSP-driven paths (the headline: the real server process with default options over stdio) and the
-in-process ablations run on the tiny random model of conftest.py: fast, and the plumbing is what is
+in-process ablations run on the tiny random model of benchmarks/tiny_model.py: fast, and the plumbing is what is
 checked. Tests marked `model` run the llama.cpp peer on the embedded model's GGUF. No timing or
 quality figure is asserted anywhere: the numbers belong in benchmarks/README.md, not in a test.
 """

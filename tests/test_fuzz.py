@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
+from benchmarks.lsp_client import Client, plain, send_raw, start, stop, wait_loaded
 from tests.inprocess import InProcess
-from tests.lsp_client import Client, plain, send_raw, start, stop, wait_loaded
 
 HANG_GUARD = 120  # seconds; only so a hang fails instead of stalling the suite
 INVALID_PARAMS, CANCELLED = -32602, -32800

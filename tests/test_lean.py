@@ -354,7 +354,7 @@ def test_the_readme_models_table_is_the_benchmark_s_file():
 @pytest.mark.model
 @pytest.mark.asyncio(loop_scope="session")
 async def test_the_lsp_shows_the_first_join_as_progress(tmp_path):
-    from tests.lsp_client import start, stop
+    from benchmarks.lsp_client import start, stop
 
     def field(v: object, name: str) -> object:
         return v.get(name) if isinstance(v, dict) else getattr(v, name, None)

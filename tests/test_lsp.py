@@ -14,7 +14,7 @@ import pytest_asyncio
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
-from tests.lsp_client import inline, insert, open_doc, send_raw, start, stop
+from benchmarks.lsp_client import inline, insert, open_doc, send_raw, start, stop
 
 pytestmark = pytest.mark.model
 

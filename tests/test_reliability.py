@@ -1,7 +1,7 @@
 """The server never hangs, dies, leaks or leaks data: every request answered (a result or a proper
 JSON-RPC error), big and odd documents, bursts, bounded caches, engine faults, security defaults.
 
-Most tests drive the real server process on the tiny random model (`tests/conftest.py`); those that
+Most tests drive the real server process on the tiny random model (`benchmarks/tiny_model.py`); those that
 monkeypatch the engine or look inside the server run it in-process (`tests/inprocess.py`). Timeouts
 here only guard against hangs: nothing asserts a duration.
 """
@@ -26,8 +26,7 @@ from codestral_ls.server.options import Options
 from lsprotocol import converters, types
 from pygls.exceptions import JsonRpcException
 
-from tests.inprocess import InProcess
-from tests.lsp_client import (
+from benchmarks.lsp_client import (
     ROOT,
     Client,
     _drain_stderr,
@@ -40,6 +39,7 @@ from tests.lsp_client import (
     stop,
     wait_loaded,
 )
+from tests.inprocess import InProcess
 
 IC = "textDocument/inlineCompletion"
 INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = -32600, -32601, -32602, -32603

@@ -31,7 +31,7 @@ from codestral_ls.server.pipeline import Completer, Document
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
-from tests.lsp_client import inline, open_doc, start, stop
+from benchmarks.lsp_client import inline, open_doc, start, stop
 
 KEY = "sk-test-0123456789abcdef"  # a fake key: it must never show up in an error message
 

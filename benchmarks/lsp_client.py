@@ -1,4 +1,8 @@
-"""A small LSP client over stdio for tests and benchmarks: starts the real server process."""
+"""A small LSP client over stdio for tests and benchmarks: starts the real server process.
+
+Here, not under tests/, so that a benchmark may use it too (benchmarks never import tests; tests may
+import benchmarks). `benchmarks/lsp_driver.py` builds the editor-like driver of the timed benchmarks.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Any
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.measure import ROOT
 
 
 class Client(LanguageClient):
