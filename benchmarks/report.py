@@ -85,6 +85,8 @@ TABLES: dict[str, Table] = {
     "replay-old-h100-everykey": Table("replay_everykey_h100_bf16.json"),
     # a person in a file (benchmarks.session)
     "session-baseline": Table("session_baseline.json"),
+    "session-quick": Table("session_quick.json"),
+    "session-quick-ablation": Table("session_quick_ablation.json"),
     # the runners, context from other files, quantization, packaged models, GPU latency, robustness
     "runners": Table("runners_streams.json"),
     "runners-before-streams": Table("runners.json"),

@@ -33,8 +33,13 @@ BANDWIDTH_GBS = 16.0  # this machine's measured memory bandwidth (benchmarks/REA
 
 
 def prompt_ids(tokenizer: Any, n: int) -> list[int]:
-    text = "".join(p.read_text() for p in sorted((ROOT / "engine").glob("*.py")))
-    return tokenizer.encode(text, add_special_tokens=False)[:n]
+    # The engine's own source (all of it: since engine/ became packages its top level holds too little
+    # for 8 x 512 tokens, and a short list made empty prompts).
+    text = "".join(p.read_text() for p in sorted((ROOT / "engine").rglob("*.py")))
+    ids = tokenizer.encode(text, add_special_tokens=False)[:n]
+    if len(ids) < n:
+        raise SystemExit(f"runners: the engine's source holds {len(ids)} tokens, fewer than the {n} asked for")
+    return ids
 
 
 def time_runner(runner: Any, ids: list[int], decode: int, rounds: int, chunk: int) -> dict[str, Any]:

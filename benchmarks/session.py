@@ -82,7 +82,7 @@ DEFAULT_FILES = ("statistics.py", "ipaddress.py")
 COLD_TOKENS = 16  # an arrival that prefilled more than this at request time was cold
 STAT_KEYS = ("requests", "suggestions", "typed_through_hits", "engine_calls", "prompt_tokens", "reused_tokens",
              "replayed_tokens", "decoded_tokens", "empty", "cancelled", "errors", "warm_ups", "warm_prompts",
-             "accepted", "partially_accepted", "accepted_chars")
+             "accepted", "partially_accepted", "accepted_chars", "quick_answers", "quick_replaced", "quick_missed")
 KEY_TRIGGERS = ("key", "enter", "accept-enter")  # requests a key press sent (every-key latency)
 NEVER = float("inf")
 

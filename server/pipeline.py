@@ -51,6 +51,7 @@ _ids = itertools.count(1)
 WARM_TOKENS = 2
 NOTHING_FITS = "the model had nothing that fits here"
 NOTHING_FITS_YET = "nothing that fits yet: looking for another"
+MAX_REFINING = 64  # quick answers remembered for `accepted`
 MIDDLE_ROOM = 128  # tokens a sequence keeps for what is typed after the window's anchor
 FINISHED = ("stop", "budget")  # an answer that ended where it meant to (not cut at max_tokens)
 Verdict = Literal["fits", "again", "later", "decline"]  # what becomes of an answer (`Completer._judge`)
@@ -102,6 +103,7 @@ class Completer:
         self.retriever = Retriever()  # context from other files
         self.declined = ""  # why the last request got no suggestion (shown by our clients)
         self._growing: dict[str, asyncio.Task[Suggestion | None]] = {}  # follow-up decode per document
+        self._refining: dict[str, str] = {}  # quick answers whose whole-prompt answer follows: id -> uri
 
     @property
     def workspace(self) -> Workspace:
@@ -315,6 +317,9 @@ class Completer:
         if result.window == "quick":
             self.stats.quick_answers += 1
             whole = dataclasses.replace(req, quick_tokens=0, avoid=(), stop=req.stop.unbudgeted(), warm=True)
+            self._refining[shown.id] = uri  # accepted as it is: the follow-up is moot (`accepted`)
+            while len(self._refining) > MAX_REFINING:
+                del self._refining[next(iter(self._refining))]
             return self._grow(uri, whole, cursor, shown, replaces=True)
         if result.finish == "budget":
             return self._grow(uri, dataclasses.replace(req, stop=req.stop.unbudgeted()), cursor, shown)
@@ -420,7 +425,10 @@ class Completer:
     # -- what the editor tells us -----------------------------------------------------------------
 
     def accepted(self, suggestion_id: str, chars: int | None = None) -> None:
-        """Acceptance feedback: whole (`chars` None) or partial."""
+        """Acceptance feedback: whole (`chars` None) or partial. A quick answer the user took needs no
+        whole-prompt answer any more: stopping it lets the next line's prefetch run at once."""
+        if (uri := self._refining.pop(suggestion_id, None)) is not None:
+            self.stop_growing(uri)
         length = self.stats.shown.get(suggestion_id)
         if chars is None:
             self.stats.accepted += 1

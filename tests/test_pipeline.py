@@ -165,6 +165,20 @@ async def test_a_quick_first_answer_is_replaced_by_the_whole_prompts_when_it_dif
     backend = ScriptedBackend(["return total"], window=lambda req: "quick" if req.quick_tokens else "")
     s = await Completer(backend, Options(multiline="never", quick_first=False)).complete(doc(), CURSOR)
     assert s is not None and s.growing is None and backend.asked[0].quick_tokens == 0
+    # Accepted as it is: its follow-up stops (the next line's prefetch must not wait behind it).
+    gate = asyncio.Event()
+
+    async def held(req):
+        await gate.wait()
+        return "return total / len(values)"
+
+    backend = ScriptedBackend(["return total"], window=lambda req: "quick" if req.quick_tokens else "")
+    c = Completer(backend, Options(multiline="never"))
+    s = await c.complete(doc(), CURSOR)
+    assert s is not None and s.growing is not None and not s.growing.done()
+    c.accepted(s.id)
+    await asyncio.sleep(0)
+    assert s.growing.cancelled() or (s.growing.done() and s.growing.result() is None)
     # A quick answer with nothing to show (empty, or it does not fit): the whole prompt answers at once.
     for quick in ("", "return total +"):
         backend = ScriptedBackend([quick, "return total / len(values)"],
