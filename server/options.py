@@ -12,6 +12,12 @@ the editor's `initializationOptions` / `workspace/didChangeConfiguration` (secti
 command-line flags. Trusted options never come from the editor: a client that forwards workspace
 settings would let a cloned repository run code, load files or send the user's code and keys to
 its own endpoint. `parse_client_options` refuses them with a problem to show; the rest applies.
+Editor settings may be a workspace's (eglot's .dir-locals.el, LSP4IJ project settings), so they only
+make the server more private than the user's own options (`Opt.narrow`: fewer retrieval sources, more
+disabled languages and secret patterns, logs without text) and sizes stay within `Opt.limits`; the
+timeouts are the user's alone (trusted). Relative paths (model, draftModel, caBundle) resolve against
+the config file's folder or the folder the command ran in, never where an editor started the server;
+an `org/name` is a hub id, never a path.
 """
 
 from __future__ import annotations

@@ -239,8 +239,10 @@ def test_a_hub_id_never_loads_a_folder_of_that_name_in_the_working_directory(tmp
 
 def test_hub_snapshot_is_an_absolute_folder(tmp_path: Path, monkeypatch) -> None:
     hub = pytest.importorskip("huggingface_hub")
-    monkeypatch.setattr(hub, "snapshot_download", lambda repo_id, **kw: str(tmp_path / "snap"))
+    asked: dict[str, Any] = {}
+    monkeypatch.setattr(hub, "snapshot_download", lambda repo_id, **kw: asked.update(kw) or str(tmp_path / "snap"))
     assert loading.hub_snapshot("org/name") == tmp_path / "snap"
+    assert "*.bin" in asked["ignore_patterns"] and "*.pt" in asked["ignore_patterns"]  # never pickles
 
 
 def test_relative_paths_in_the_config_file_are_relative_to_its_folder(tmp_path: Path, monkeypatch) -> None:
