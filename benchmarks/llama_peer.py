@@ -4,6 +4,21 @@ same GGUF, with the FIM prompt as text (what llama.vim and llama-server do)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+
+
+def runnable_systems(spec: str, known: Sequence[str], model: str | None) -> tuple[list[str], list[str]]:
+    """The systems a benchmark compares, from the comma-separated `spec` (an unknown name ends the run),
+    less the llama.cpp peer where it cannot run here; and what was skipped, with why (printed too)."""
+    systems = [s.strip() for s in spec.split(",") if s.strip()]
+    if unknown := [s for s in systems if s not in known]:
+        raise SystemExit(f"benchmark: error: unknown system(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    skipped = []
+    if "llama" in systems and (problem := llama_problem(model)):
+        systems.remove("llama")
+        skipped.append(f"llama.cpp peer: {problem}")
+        print(f"skipping {skipped[-1]}")
+    return systems, skipped
 
 
 def llama_problem(model: str | None = None) -> str | None:

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from benchmarks.lsp_client import plain
 from benchmarks.measure import ROOT
 
 
@@ -34,17 +35,8 @@ FOCUS_NOTIFICATION = "codestral/didFocus"  # client → server: the cursor lande
 STATS_REQUEST = "codestral/stats"
 
 
-def plain(obj: Any) -> Any:
-    """A JSON value as plain dicts (pygls hands back attribute objects for methods it does not know)."""
-    if isinstance(obj, dict):
-        return {k: plain(v) for k, v in obj.items()}
-    if hasattr(obj, "_asdict"):  # namedtuple
-        return {k: plain(v) for k, v in obj._asdict().items()}
-    if isinstance(obj, list | tuple):
-        return [plain(v) for v in obj]
-    if hasattr(obj, "__dict__") and not isinstance(obj, type):
-        return {k: plain(v) for k, v in vars(obj).items()}
-    return obj
+def _ignore(params: Any) -> None:
+    return None
 
 
 def utf16_position(text: str, offset: int) -> tuple[int, int]:
@@ -100,21 +92,9 @@ class LspServer:
         t0 = time.perf_counter()
         client = LanguageClient("codestral-ls-bench", "0")
 
-        @client.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
-        def _create(params: Any) -> None:
-            return None
-
-        @client.feature(types.PROGRESS)
-        def _progress(params: Any) -> None:
-            return None
-
-        @client.feature(types.WINDOW_SHOW_MESSAGE)
-        def _show(params: Any) -> None:
-            return None
-
-        @client.feature(types.WINDOW_LOG_MESSAGE)
-        def _log(params: Any) -> None:
-            return None
+        for method in (types.WINDOW_WORK_DONE_PROGRESS_CREATE, types.PROGRESS, types.WINDOW_SHOW_MESSAGE,
+                       types.WINDOW_LOG_MESSAGE):  # the request answered with null, the rest dropped
+            client.feature(method)(_ignore)
 
         @client.feature(UPDATED_NOTIFICATION)
         def _updated(params: Any) -> None:

@@ -193,6 +193,8 @@ def config_list(args: argparse.Namespace, filters: list[str]) -> list[Config]:
         if args.lsp:
             first = "first answer (first line or block)" if multi else "first answer"
             out.append(Config(f"lsp@{c}", "headline", f"LSP server, default options, {first}, cursor {where}"))
+            out += [Config(f"{ablation_name(flag)}@{c}", "ablation", f"ablation: LSP server {flag}, {first}, "
+                           f"cursor {where}") for flag in args.lsp_ablation]
         if args.llama:
             out.append(Config(f"llama@{c}", "peer", f"llama.cpp, same GGUF, FIM, greedy, first line, cursor {where}"))
             if multi:
@@ -222,10 +224,17 @@ def config_list(args: argparse.Namespace, filters: list[str]) -> list[Config]:
 Answers = dict[tuple[int, str], dict[str, Any]]
 
 
-async def lsp_phase(args: argparse.Namespace, tasks: list[dict[str, Any]],
-                    indices: list[int]) -> tuple[Answers, dict[str, Any]]:
-    """The server with its defaults, a generic client, one request per task and cursor, the first answer."""
-    server = LspServer(server_flags(args))
+def ablation_name(flag: str) -> str:
+    """The config name of an LSP run with one more server flag: `--no-quick-first` -> `lsp_no_quick_first`."""
+    return "lsp_" + flag.lstrip("-").replace("-", "_").replace("=", "_")
+
+
+async def lsp_phase(args: argparse.Namespace, tasks: list[dict[str, Any]], indices: list[int],
+                    extra: tuple[str, ...] = ()) -> tuple[Answers, dict[str, Any]]:
+    """The server with its defaults (`extra`: an ablation's flags), a generic client, one request per
+    task and cursor, the first answer."""
+    name = ablation_name(extra[0]) if extra else "lsp"
+    server = LspServer(server_flags(args) + list(extra))
     load_s = await server.start()
     print(f"lsp: server up (flags {server.flags or 'none'}), model loaded in {load_s:.1f} s", flush=True)
     out: Answers = {}
@@ -253,12 +262,12 @@ async def lsp_phase(args: argparse.Namespace, tasks: list[dict[str, Any]],
                 ms = (time.perf_counter() - t0) * 1000
                 timings = (await server.stats()).get("timings")  # where this request's time went
                 server.close(uri)
-                out[(i, f"lsp@{c}")] = {"document": apply_item(hole.text, hole.offset, item),
+                out[(i, f"{name}@{c}")] = {"document": apply_item(hole.text, hole.offset, item),
                                         "latency_ms": round(ms, 1), "item": item, "error": error,
                                         "first": c == order[0], "timings": timings,
                                         "load1": load_average()}
                 marks.append(f"{c} {ms:.0f} ms {(item or {}).get('text', '')!r:.40}")
-            print(f"[lsp {n}/{len(indices)}] {task['task_id']}: " + "; ".join(marks), flush=True)
+            print(f"[{name} {n}/{len(indices)}] {task['task_id']}: " + "; ".join(marks), flush=True)
         stats = await server.stats()
         rss = peak_rss_mib(server.pid())
     finally:
@@ -414,6 +423,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         got, phases["lsp"] = await lsp_phase(args, tasks, indices)
         phases["lsp"]["run_s"] = round(time.perf_counter() - t, 1)
         answers.update(got)
+        for flag in args.lsp_ablation:
+            t = time.perf_counter()
+            got, phases[ablation_name(flag)] = await lsp_phase(args, tasks, indices, (flag,))
+            phases[ablation_name(flag)]["run_s"] = round(time.perf_counter() - t, 1)
+            answers.update(got)
     if args.inprocess:
         t = time.perf_counter()
         got, phases["inprocess"] = await inprocess_phase(args, tasks, indices, names)
@@ -494,12 +508,13 @@ def runner_rates(args: argparse.Namespace) -> dict[str, float]:
 
 def _runner_rates() -> dict[str, float]:
     from codestral_ls.engine.models import embedded
+    from codestral_ls.engine.models.gguf_tokenizer import GgufTokenizer, tokenizer_folder
     from codestral_ls.engine.models.runner_llamacpp import LlamaCppRunner
 
     from benchmarks.runners import prompt_ids, time_runner
 
     runner = LlamaCppRunner(embedded.gguf_path())
-    tok = embedded.GgufTokenizer(embedded.gguf_tokenizer(embedded.gguf_path()))
+    tok = GgufTokenizer(tokenizer_folder(embedded.gguf_path()))
     r = time_runner(runner, prompt_ids(tok, 384), decode=16, rounds=3, chunk=runner.prefill_chunk)
     return {"prefill_tok_s": round(r["prefill_tok_s"], 1), "decode_ms": round(r["decode_ms"], 1)}
 
@@ -625,6 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cursor on the empty hole line: after the auto-indent, at column 0 (line-start), or both "
                         "(default)")
     p.add_argument("--no-lsp", dest="lsp", action="store_false", help="skip the headline (the LSP server)")
+    p.add_argument("--lsp-ablation", action="append", default=[], metavar="FLAG",
+                   help="also the LSP server with this one flag, e.g. --lsp-ablation=--no-quick-first (repeatable)")
     p.add_argument("--no-cold-cost", dest="cold_cost", action="store_false",
                    help="skip measuring the runner alone (the cold-cost check of the first answers)")
     p.add_argument("--no-llama", dest="llama", action="store_false", help="skip the llama.cpp peer")

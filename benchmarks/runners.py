@@ -67,12 +67,13 @@ def part_llamacpp(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     from codestral_ls.engine.config import EngineOptions
     from codestral_ls.engine.models import embedded
+    from codestral_ls.engine.models.gguf_tokenizer import tokenizer_folder
     from codestral_ls.engine.models.runner_llamacpp import LlamaCppRunner
     from llama_cpp import Llama
     from transformers import PreTrainedTokenizerFast
 
     gguf = embedded.gguf_path()
-    tok = PreTrainedTokenizerFast.from_pretrained(embedded.gguf_tokenizer(gguf))
+    tok = PreTrainedTokenizerFast.from_pretrained(tokenizer_folder(gguf))
     ids = prompt_ids(tok, args.prompt)
     runner = LlamaCppRunner(gguf, threads=args.threads)
     chunk = EngineOptions().prefill_chunk or runner.prefill_chunk

@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.device_args import DEFAULT_MAX_TOKENS
-from benchmarks.llama_peer import llama_gguf, llama_problem, llama_threads_wait_passively, qwen_fim_prompt
+from benchmarks.llama_peer import llama_gguf, llama_threads_wait_passively, qwen_fim_prompt, runnable_systems
 from benchmarks.lsp_driver import LspServer, cpu_seconds, first_item, peak_rss_mib, utf16_offset, utf16_position
 from benchmarks.measure import RESULTS_DIR, fmt, latency_summary, load_average, machine, percentile, table, write_json
 from benchmarks.typing_replay import LANGUAGES, WARMUP_TEXT, _python_noncode_lines
@@ -1075,7 +1075,10 @@ async def run_system(side: Side, plan: dict[str, list[Place]], person: Person, b
             run["burst"] = await run_bursts(side, Path(first.file), first, burst_n, progress)
     finally:
         await side.stop()
-    run.update(system=side.name, label=LABELS[side.name], load_s=round(getattr(side, "load_s", 0.0), 1),
+    label = LABELS[side.name]
+    if side.name == "ours" and getattr(side, "flags", None):
+        label = f"ablation: server {' '.join(side.flags)}"
+    run.update(system=side.name, label=label, load_s=round(getattr(side, "load_s", 0.0), 1),
                wall_s=round(time.perf_counter() - t0, 1))
     return run
 
@@ -1292,6 +1295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                    help=f"max decoded tokens (default {DEFAULT_MAX_TOKENS}, the server's; another value is passed "
                         "to the server as a flag)")
+    p.add_argument("--server-arg", action="append", default=[], metavar="FLAG",
+                   help="a server flag for ours, e.g. --server-arg=--no-quick-first (an ablation: the label says so)")
     p.add_argument("--quick", action="store_true", help="1 file, 2 places, 2 s idle, burst of 20")
     p.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/session[_quick].json)")
     return p
@@ -1321,20 +1326,13 @@ def server_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--model", args.model] if args.model else []
     if args.max_tokens != DEFAULT_MAX_TOKENS:
         flags += ["--max-tokens", str(args.max_tokens)]
-    return flags
+    return flags + list(args.server_arg)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = resolve(build_parser().parse_args(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if unknown := [s for s in systems if s not in SYSTEMS]:
-        raise SystemExit(f"benchmark: error: unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
-    skipped = []
-    if "llama" in systems and (problem := llama_problem(args.model)):
-        systems.remove("llama")
-        skipped.append(f"llama.cpp peer: {problem}")
-        print(f"skipping {skipped[-1]}")
+    systems, skipped = runnable_systems(args.systems, SYSTEMS, args.model)
     plan = make_plan(args)
     if not any(plan.values()):
         raise SystemExit("benchmark: error: no places found in the given files")

@@ -5,7 +5,7 @@
     python -m benchmarks.stress --model DIR --json benchmarks/results/stress.json
     python -m benchmarks.stress --phases secret,patho  # what feeds the prompt (issue 24)
 
-The default model is the tiny random Mistral of the tests (`tests/conftest.py`, built in a temporary
+The default model is the tiny random Mistral of the tests (`benchmarks/tiny_model.py`, built in a temporary
 folder in seconds): the figures are about the server (protocol, documents, caches, memory), not
 about suggestion quality. Phases:
 
@@ -37,6 +37,17 @@ about suggestion quality. Phases:
               the end of the text, a request after every key (awaited every 8th), a new document
               every 2 000 keystrokes and only every other one closed (an editor never closes them
               all): server RSS sampled along the way, and the server's cache sizes at the end.
+
+Scenarios of issue 24 (round 3), each with its flag (`--phases ""` runs only them):
+
+  --shadowed-model          the server started (as eglot, Neovim and LSP4IJ do) in a repository holding
+                            a folder named like the configured hub model, with remote code: neither
+                            loaded nor run, with or without --allow-download (offline).
+  --workspace-settings      each widening workspace setting (retrieval back on, disabledLanguages or
+                            secretFiles cleared, logDocumentText on, timeouts 0, sizes huge) against a
+                            private user config: what codestral/stats says is in force (none may widen).
+  --concurrent-first-start  two servers started at once on a fresh model cache: both load, the GGUF is
+                            whole (sha256), no temporary file is left.
 """
 
 from __future__ import annotations
@@ -56,8 +67,8 @@ from typing import Any
 import psutil
 from lsprotocol import types
 
+from benchmarks.lsp_client import Client, inline, insert, open_doc, send_raw, start, stop
 from benchmarks.measure import ROOT
-from tests.lsp_client import Client, inline, insert, open_doc, send_raw, start, stop
 
 IC = "textDocument/inlineCompletion"
 HANG_GUARD = 60.0  # seconds without an answer counts as "not answered"
@@ -345,6 +356,172 @@ async def soak(c: Client, keystrokes: int, per_doc: int = 2000, await_every: int
             "latency_samples_kept": stats.latency_ms.count}
 
 
+# -- issue 24, round 3: where options and models come from --------------------------------------------
+
+
+def plain(obj: Any) -> Any:
+    """An answer to our own requests (pygls hands them over as attribute objects) as dicts and lists."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple) and not hasattr(obj, "_fields"):
+        return [plain(v) for v in obj]
+    if hasattr(obj, "_asdict"):
+        return {k: plain(v) for k, v in obj._asdict().items()}
+    if hasattr(obj, "__dict__") and not isinstance(obj, type):
+        return {k: plain(v) for k, v in vars(obj).items()}
+    return obj
+
+
+async def shadowed_model(model: Path) -> dict[str, Any]:
+    """A cloned repository holding a folder named like the user's hub model (a loadable model, with a
+    `trust_remote_code` module that leaves a marker when imported), the server started in it (as eglot,
+    Neovim and LSP4IJ do) with `--model <that hub id> --trust-remote-code`, offline: the folder must not
+    load, nor its code run, with or without --allow-download."""
+    import shutil
+
+    hub_id = "mistralai/Codestral-22B-v0.1"
+    out: dict[str, Any] = {"hub_id": hub_id}
+    with tempfile.TemporaryDirectory(prefix="codestral-stress-shadow-") as tmp:
+        repo = Path(tmp) / "repo"
+        shadow = repo / hub_id
+        shutil.copytree(model, shadow)
+        marker = Path(tmp) / "remote-code-ran"
+        config = json.loads((shadow / "config.json").read_text())
+        config["auto_map"] = {"AutoConfig": "evil.Config", "AutoModelForCausalLM": "evil.Model"}
+        (shadow / "config.json").write_text(json.dumps(config))
+        (shadow / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+        env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(Path(tmp) / "hf"), "CODESTRAL_LS_CONFIG": str(Path(tmp) / "none")}
+        for label, extra in (("no_download", []), ("allow_download", ["--allow-download"])):
+            c, _ = await start(["--model", hub_id, "--trust-remote-code", "--runner", "torch", "--device", "cpu",
+                                "--log-level", "warning", *extra], env=env, cwd=repo)
+            try:
+                stats = await wait_model(c)
+                source = (stats.get("model") or {}).get("source") or ""
+                out[label] = {"loaded": source, "error": ((stats.get("model") or {}).get("error") or "")[:160],
+                              "loaded_the_shadow": str(shadow) in source or source == hub_id}
+            finally:
+                await stop(c)
+        out["remote_code_ran"] = marker.exists()
+    return out
+
+
+async def wait_model(c: Client, timeout: float = 600) -> dict[str, Any]:
+    """codestral/stats once the model loaded or failed (`model` has `source` or `error`)."""
+    end = time.monotonic() + timeout
+    while True:
+        stats = plain(await c.protocol.send_request_async("codestral/stats", {}))
+        if (stats.get("model") or {}).get("source") or (stats.get("model") or {}).get("error"):
+            return stats
+        if time.monotonic() > end:
+            raise TimeoutError("the model neither loaded nor failed")
+        await asyncio.sleep(0.1)
+
+
+# What a workspace's settings try (eglot .dir-locals.el, LSP4IJ project settings), against a user config
+# that is private and bounded.
+USER_CONFIG = ('retrieval = ["none"]\ndisabledLanguages = ["plaintext"]\nlogDocumentText = false\n'
+               "readTimeoutMs = 2000\nrequestTimeoutMs = 5000\nconnectTimeoutMs = 1000\n")
+WIDENING: list[tuple[str, Any]] = [
+    ("retrieval", ["chunks", "definitions", "edits"]), ("disabledLanguages", []), ("secretFiles", []),
+    ("logDocumentText", True), ("requestTimeoutMs", 0), ("readTimeoutMs", 0), ("connectTimeoutMs", 0),
+    ("extraContextTokens", 100000), ("candidates", 1000), ("kvBudgetMb", 10**6), ("typedCacheEntries", 10**8),
+    ("maxLines", 0), ("maxTokens", 10**6), ("prefixTokens", 10**7), ("threads", 4096),
+]
+
+
+async def workspace_settings(model: Path) -> dict[str, Any]:
+    """Each widening workspace setting of issue 24 item 5, over initializationOptions and over
+    didChangeConfiguration: what `codestral/stats` says is in force afterwards (none may widen)."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="codestral-stress-settings-") as tmp:
+        config = Path(tmp) / "config.toml"
+        config.write_text(USER_CONFIG)
+        config.chmod(0o600)
+        env = {"CODESTRAL_LS_CONFIG": str(config)}
+        c, _ = await start(["--model", str(model), "--device", "cpu", "--log-level", "warning"],
+                           init_options=dict(WIDENING[:4]), env=env)
+        try:
+            first = plain(await c.protocol.send_request_async("codestral/stats", {}))["options"]
+            user = dict(first)
+            for key, value in WIDENING:
+                shown = len(c.messages)
+                c.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+                    settings={"codestral": {key: value}}))
+                await asyncio.sleep(0.05)
+                now = plain(await c.protocol.send_request_async("codestral/stats", {}))["options"]
+                out[key] = {"tried": value, "in_force": now[key], "took_effect": now[key] == value,
+                            "said": any(key in m.message for m in c.messages[shown:])}
+            out["_init_options"] = {k: user[k] for k, _ in WIDENING[:4]}
+            out["_alive"] = await alive(c)
+        finally:
+            await stop(c)
+    return out
+
+
+async def concurrent_first_start() -> dict[str, Any]:
+    """Two servers started at once on a fresh model cache (the embedded model assembled and converted
+    for the first time by both): both must load, and the cached GGUF must be whole (size and sha256)."""
+    import hashlib
+
+    from codestral_ls.engine.models import catalog
+
+    packaged = catalog.lookup(None)
+    with tempfile.TemporaryDirectory(prefix="codestral-stress-cache-") as cache:
+        env = {"CODESTRAL_LS_CACHE": cache, "CODESTRAL_LS_CONFIG": str(Path(cache) / "none")}
+        t0 = time.perf_counter()
+        started = await asyncio.gather(*(start(["--device", "cpu", "--log-level", "warning"], env=env)
+                                         for _ in range(2)))
+        clients = [c for c, _ in started]
+        try:
+            stats = await asyncio.gather(*(wait_model(c) for c in clients))
+            load_s = round(time.perf_counter() - t0, 1)
+            answers = []
+            for i, c in enumerate(clients):
+                uri = f"file:///stress/first-start-{i}.py"
+                open_doc(c, uri, "def add(a, b):\n    return ")
+                answers.append(await asyncio.wait_for(inline(c, uri, 1, 11), HANG_GUARD))
+        finally:
+            for c in clients:
+                await stop(c)
+        gguf = Path(cache) / packaged.gguf_name
+        digest = hashlib.sha256(gguf.read_bytes()).hexdigest() if gguf.is_file() else ""
+        leftovers = [p.name for p in Path(cache).iterdir() if p.name.endswith((".partial", ".tmp"))]
+        return {"loaded": [bool((s.get("model") or {}).get("source")) for s in stats],
+                "errors": [(s.get("model") or {}).get("error") for s in stats], "both_loaded_s": load_s,
+                "answered": [bool(a and a.items) for a in answers], "gguf_size_ok": gguf.is_file()
+                and gguf.stat().st_size == packaged.size, "gguf_sha256_ok": digest == packaged.sha256,
+                "leftover_temp_files": leftovers}
+
+
+def print_round3(r: dict[str, Any]) -> None:
+    if "shadowed_model" in r:
+        s = r["shadowed_model"]
+        for label in ("no_download", "allow_download"):
+            v = s[label]
+            print(f"shadowed hub id {s['hub_id']} ({label}): loaded {v['loaded'] or 'nothing'}; loaded the "
+                  f"repository's folder: {v['loaded_the_shadow']}; error: {v['error']}")
+        print(f"  the repository's remote code ran: {s['remote_code_ran']}")
+    if "workspace_settings" in r:
+        w = r["workspace_settings"]
+        print(f"workspace settings (user config private; initializationOptions then didChangeConfiguration); "
+              f"in force after initializationOptions: {w['_init_options']}")
+        for key, v in w.items():
+            if not key.startswith("_"):
+                print(f"  {key:<20} tried {str(v['tried']):<34} in force {str(v['in_force'])[:40]:<40} "
+                      f"took effect: {v['took_effect']}  said: {v['said']}")
+    if "concurrent_first_start" in r:
+        f = r["concurrent_first_start"]
+        print(f"concurrent first start on a fresh cache: loaded {f['loaded']} in {f['both_loaded_s']} s "
+              f"(errors {f['errors']}), answered {f['answered']}; GGUF size ok {f['gguf_size_ok']}, sha256 ok "
+              f"{f['gguf_sha256_ok']}; temp files left: {f['leftover_temp_files']}")
+
+
+def round3_ok(r: dict[str, Any]) -> bool:
+    s, w, f = r.get("shadowed_model"), r.get("workspace_settings"), r.get("concurrent_first_start")
+    return ((s is None or (not s["remote_code_ran"]
+                           and not any(s[k]["loaded_the_shadow"] for k in ("no_download", "allow_download"))))
+            and (w is None or not any(v["took_effect"] for k, v in w.items() if not k.startswith("_")))
+            and (f is None or (all(f["loaded"]) and f["gguf_sha256_ok"] and not f["leftover_temp_files"])))
 class RecordingApi:
     """A tiny OpenAI-style completions endpoint on loopback that records every request body."""
 
@@ -496,6 +673,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for phase in wanted:
             key, step = phases[phase]
             report[key] = await step()
+        if args.shadowed_model:
+            report["shadowed_model"] = await shadowed_model(args.model)
+        if args.workspace_settings:
+            report["workspace_settings"] = await workspace_settings(args.model)
+        if args.concurrent_first_start:
+            report["concurrent_first_start"] = await concurrent_first_start()
         report["alive_at_end"] = await alive(c)
     finally:
         await stop(c)
@@ -528,6 +711,7 @@ def print_report(r: dict[str, Any]) -> None:
               f"endpoint: {h['listener_connections']}")
     if "burst" in r:
         _print_burst_and_soak(r)
+    print_round3(r)
     print(f"alive at the end: {r['alive_at_end']}")
 
 
@@ -562,11 +746,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phases", default="bad,big,hostile,burst,soak,secret,patho",
                    help="which phases, in order (default: all): bad, big, hostile, burst, soak, secret, patho")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--shadowed-model", action="store_true", help="also: a hub id shadowed by a folder in the "
+                   "server's working directory must not load (issue 24 item 2)")
+    p.add_argument("--workspace-settings", action="store_true", help="also: each widening workspace setting "
+                   "(issue 24 item 5), and what is in force after it")
+    p.add_argument("--concurrent-first-start", action="store_true", help="also: two servers started at once on "
+                   "a fresh model cache (the embedded model, ~0.5 GB written)")
     args = p.parse_args(argv)
     os.environ.setdefault("CODESTRAL_TEST_QUIET_SERVER", "1")  # the server's log is kept, not echoed
     with tempfile.TemporaryDirectory(prefix="codestral-stress-") as tmp:
         if args.model is None and args.phases != "secret":  # the secret phase has a remote backend
-            from tests.conftest import build_tiny_model
+            from benchmarks.tiny_model import build_tiny_model
 
             args.model = build_tiny_model(Path(tmp) / "tiny")
         report = asyncio.run(run(args))
@@ -582,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
           and (hostile_ is None or (hostile_["listener_connections"] == 0
                                     and hostile_["refused_with_message"] == hostile_["settings_tried"]
                                     and bool(hostile_["planted_discovery_file_error"])))
-          and report.get("alive_at_end", True))
+          and round3_ok(report) and report.get("alive_at_end", True))
     return 0 if ok else 1
 
 

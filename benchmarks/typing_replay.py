@@ -74,7 +74,13 @@ from typing import Any
 from codestral_ls.engine.models.counting import PieceCounter, TokenCounter, counter_for
 
 from benchmarks.device_args import DEFAULT_MAX_TOKENS, add_device_args, refuse_if_unusable, server_flags
-from benchmarks.llama_peer import llama_gguf, llama_problem, llama_threads_wait_passively, qwen_fim_prompt
+from benchmarks.llama_peer import (
+    llama_gguf,
+    llama_problem,
+    llama_threads_wait_passively,
+    qwen_fim_prompt,
+    runnable_systems,
+)
 from benchmarks.lsp_driver import LspServer, peak_rss_mib, plain
 from benchmarks.measure import (
     RESULTS_DIR,
@@ -787,15 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     refuse_if_unusable(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in systems if s not in SYSTEMS]
-    if unknown:
-        raise SystemExit(f"benchmark: error: unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
-    skipped = []
-    if "llama" in systems and (problem := llama_problem(args.model)):
-        systems.remove("llama")
-        skipped.append(f"llama.cpp peer: {problem}")
-        print(f"skipping {skipped[-1]}")
+    systems, skipped = runnable_systems(args.systems, SYSTEMS, args.model)
     files = args.files or default_files()
     sites = [s for f in files for s in pick_sites(Path(f), args.sites, args.min_chars, args.max_chars)]
     if not sites:

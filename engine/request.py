@@ -140,6 +140,10 @@ class FimRequest:
     # Where, in `prefix`, a shorter window starts (0: none): the engine takes it when that costs
     # less prefill than the whole `prefix` (a cold place), the whole one when its start is cached.
     short_start: int = 0
+    # A cold place's first answer: when the cheapest whole prompt would prefill more than this many
+    # tokens (0: never), answer from a window of about this many around the cursor (the nearest lines
+    # before and after it, no other files) and let the caller ask again with the whole prompt.
+    quick_tokens: int = 0
 
 
 @dataclass
@@ -155,5 +159,7 @@ class FimResult:
     draft_proposed: int = 0
     elapsed_ms: float = 0.0
     prefill_ms: float = 0.0
-    window: str = ""  # which prefix window the engine took: "long" or "short" ("" when there was no choice)
+    # Which window the engine took: "long" or "short" prefix, "quick" (`FimRequest.quick_tokens`), ""
+    # when there was no choice.
+    window: str = ""
     queued_ms: float = 0.0  # waiting behind other work before the engine started it

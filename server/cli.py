@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from codestral_ls.server import __version__
 from codestral_ls.server.options import (
@@ -20,6 +20,9 @@ from codestral_ls.server.options import (
     parse_options,
     read_user_config,
 )
+
+if TYPE_CHECKING:
+    from codestral_ls.engine.decoding.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             raise CliError("; ".join(problems))
         if command == "serve":
-            return serve(options, raw)
+            return serve(options, raw, [f"config file: {p}" for p in config_problems + more])
         if command == "engine":
             return engine_command(options, args)
         if command == "complete":
@@ -112,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def serve(options: Options, raw: dict[str, Any]) -> int:
+def serve(options: Options, raw: dict[str, Any], notices: list[str] | None = None) -> int:
     from codestral_ls.server.lsp import create_server
     from codestral_ls.server.lsplog import install_lsp_log_handler
 
     # stdout belongs to the protocol: anything else that writes there goes to stderr instead.
     protocol_out = sys.stdout.buffer
     sys.stdout = sys.stderr
-    server = create_server(options, raw)
+    server = create_server(options, raw, notices)
     install_lsp_log_handler(server)
     server.start_io(sys.stdin.buffer, protocol_out)
     return 0
@@ -196,75 +199,95 @@ def complete(options: Options, where: str, language: str | None, as_json: bool) 
 
 
 def doctor(options: Options) -> int:
+    """`doctor`: one row per fact, in the order a problem would show: what is installed, the model
+    and where it lives, then whether it loads and completes. 1 when it does not load."""
+    _installed_packages()
+    _model_on_disk(options)
+    engine = _model_loads(options)
+    if engine is None:
+        return 1
+    _test_completion(engine)
+    return 0
+
+
+def _row(k: str, v: Any) -> None:
+    sys.stdout.write(f"{k:<22}{v}\n")
+
+
+def _installed_packages() -> None:
     import platform
-
-    def row(k: str, v: Any) -> None:
-        sys.stdout.write(f"{k:<22}{v}\n")
-
-    row("codestral-ls", __version__)
-    row("python", platform.python_version())
     from importlib.metadata import PackageNotFoundError, version
 
+    from codestral_ls.engine.decoding.runner import cuda_available
+    from codestral_ls.engine.models.extras import installed
+    from codestral_ls.engine.models.runner_llamacpp import default_threads
+
+    _row("codestral-ls", __version__)
+    _row("python", platform.python_version())
     # Versions from the installed metadata: importing torch only to print its version would cost
     # seconds and ~300 MB, and the default path never imports it.
-    from codestral_ls.engine.models.extras import installed
-
     for dist, module in (("llama-cpp-python", "llama_cpp"), ("mistral-common", "mistral_common"),
                          ("tokenizers", "tokenizers"), ("pygls", "pygls"), ("tree-sitter", "tree_sitter"),
                          ("torch", "torch"), ("transformers", "transformers"), ("bitsandbytes", "bitsandbytes")):
         try:
             if not installed(module):
                 raise PackageNotFoundError(dist)
-            row(dist, version(dist))
+            _row(dist, version(dist))
         except PackageNotFoundError:
             extra = {"torch": "torch", "transformers": "torch", "bitsandbytes": "cuda"}.get(dist)
-            row(dist, "not installed" + (f" (the `{extra}` extra: pip install 'codestral-ls[{extra}]')"
-                                         if extra else ""))
-    from codestral_ls.engine.decoding.runner import cuda_available
-    from codestral_ls.engine.models.runner_llamacpp import default_threads
+            _row(dist, "not installed" + (f" (the `{extra}` extra: pip install 'codestral-ls[{extra}]')"
+                                          if extra else ""))
+    _row("cuda", "available" if cuda_available() else "not available")
+    _row("cpu threads", default_threads())
 
-    row("cuda", "available" if cuda_available() else "not available")
-    row("cpu threads", default_threads())
-    from codestral_ls.engine.errors import EngineError
+
+def _model_on_disk(options: Options) -> None:
+    """The model asked for (packaged: installed, joined?) and the one this machine should use."""
     from codestral_ls.engine.models import catalog, embedded
+    from codestral_ls.server.models_cli import recommendation
 
-    row("cache dir", embedded.cache_dir())
+    _row("cache dir", embedded.cache_dir())
     packaged = catalog.lookup(options.model)
     if packaged is not None:
         joined = "joined" if embedded.is_assembled(embedded.cache_dir() / packaged.gguf_name, packaged) else \
             "joined on first use"
         state = ("in the cache" if joined == "joined" else f"installed, {joined}" if packaged.installed()
                  else f"not installed: {packaged.requirement()} or codestral-ls models --install {packaged.name}")
-        row("model", f"{packaged.name}: {packaged.title} ({state})")
+        _row("model", f"{packaged.name}: {packaged.title} ({state})")
     else:
-        row("model", options.model)
-    from codestral_ls.server.models_cli import recommendation
-
+        _row("model", options.model)
     best, why = recommendation()
     installed = catalog.MODELS[best].installed()
-    row("recommended model", f"{best} ({why})" + ("" if installed else f"; {catalog.MODELS[best].requirement()}"))
+    _row("recommended model", f"{best} ({why})" + ("" if installed else f"; {catalog.MODELS[best].requirement()}"))
+
+
+def _model_loads(options: Options) -> Engine | None:
+    """The loaded engine with what it runs on, or None (the row says why)."""
     from codestral_ls.engine import load_engine
+    from codestral_ls.engine.errors import EngineError
+    from codestral_ls.engine.models.tokenizer import tokenizer_name
 
     t0 = time.perf_counter()
     try:
         engine = load_engine(*engine_config(options), progress=_stderr_progress)
     except EngineError as exc:
-        row("model loads", f"NO: {exc}")
-        return 1
-    row("model loads", f"yes, in {time.perf_counter() - t0:.1f} s ({engine.loaded.source})")
-    row("runner", f"{engine.runner.name} ({engine.loaded.runner_why})")
-    row("device", f"{engine.loaded.device} ({engine.loaded.dtype}, quantize={engine.loaded.quantize})")
-    row("FIM format", engine.encoder.profile.name)
-    from codestral_ls.engine.models.tokenizer import tokenizer_name
+        _row("model loads", f"NO: {exc}")
+        return None
+    _row("model loads", f"yes, in {time.perf_counter() - t0:.1f} s ({engine.loaded.source})")
+    _row("runner", f"{engine.runner.name} ({engine.loaded.runner_why})")
+    _row("device", f"{engine.loaded.device} ({engine.loaded.dtype}, quantize={engine.loaded.quantize})")
+    _row("FIM format", engine.encoder.profile.name)
+    _row("tokenizer", tokenizer_name(engine.loaded.tokenizer))
+    _row("weights", f"{engine.loaded.weight_bytes / 2**20:.0f} MiB")
+    return engine
 
-    row("tokenizer", tokenizer_name(engine.loaded.tokenizer))
-    row("weights", f"{engine.loaded.weight_bytes / 2**20:.0f} MiB")
+
+def _test_completion(engine: Engine) -> None:
     from codestral_ls.engine.request import FimRequest, StopRule
 
     r = engine.complete(FimRequest(doc="doctor", prefix="def add(a, b):\n    return ", suffix="\n",
                                    stop=StopRule(single_line=True), max_tokens=16))
-    row("test completion", f"{r.text!r} in {r.elapsed_ms:.0f} ms")
-    return 0
+    _row("test completion", f"{r.text!r} in {r.elapsed_ms:.0f} ms")
 
 
 def engine_command(options: Options, args: argparse.Namespace) -> int:

@@ -17,7 +17,8 @@ Our own protocol, for clients that opt in with the client capability
     codestral/didFocus           client → server  {textDocument: {uri}, position}: the cursor came to
                                  rest there; the prompt there is prefilled while the user reads
     codestral/didPartiallyAccept client → server  {id, acceptedLength}
-    codestral/stats              client → server  counters, latencies, the model and its cache
+    codestral/stats              client → server  counters, latencies, the model and its cache, the options
+                                 in force (what editor and workspace settings changed)
 
 Warm-up (prefilling a prompt before it is asked for) also runs on didOpen and when the user pauses
 after an edit without the client asking; it is always preempted by a real request.
@@ -42,6 +43,7 @@ def initialize(ls: CodestralServer, params: types.InitializeParams) -> None:
 
 
 def initialized(ls: CodestralServer, params: types.InitializedParams) -> None:
+    ls.show_notices()
     ls.start_engine()
 
 
@@ -80,18 +82,23 @@ async def inline_completion(ls: CodestralServer, params: types.InlineCompletionP
         return types.InlineCompletionList(items=[])
     items = []
     for c in [s, *s.alternatives]:  # the best first; the others distinct, for clients that cycle
-        # A range only where the item replaces text (auto-closed brackets after the cursor): with one,
-        # Neovim draws the ghost text over the code after the cursor. Our VS Code client adds the
-        # empty range VS Code needs (it would otherwise replace the word before the cursor).
-        replaced = place.doc.text[c.offset:c.offset + c.replace_after]
-        rng = None
-        if replaced and "\n" not in replaced and "\r" not in replaced:
-            end = types.Position(line=place.position.line, character=place.position.character + units(replaced, ls))
-            rng = types.Range(start=place.position, end=end)
         items.append(types.InlineCompletionItem(
-            insert_text=c.text, range=rng,
+            insert_text=c.text, range=inline_range(ls, place, c),
             command=types.Command(title="codestral: accepted", command=ACCEPT_COMMAND, arguments=[c.id])))
     return types.InlineCompletionList(items=items)
+
+
+def inline_range(ls: CodestralServer, place: Place, c: Suggestion) -> types.Range:
+    """What an inline item replaces, always explicit: from the cursor over the auto-closed brackets the
+    suggestion closes itself, else the empty range at the cursor. A client left to choose takes its own
+    default (VS Code: from the start of the word before the cursor to the end of the line), which drops
+    the item after a partial word or deletes the rest of the line on accept. Neovim and Emacs draw an
+    empty range as a plain insertion at the cursor."""
+    replaced = place.doc.text[c.offset:c.offset + c.replace_after]
+    end = place.position
+    if replaced and "\n" not in replaced and "\r" not in replaced:
+        end = types.Position(line=place.position.line, character=place.position.character + units(replaced, ls))
+    return types.Range(start=place.position, end=end)
 
 
 async def completion(ls: CodestralServer, params: types.CompletionParams) -> types.CompletionList:
@@ -166,8 +173,9 @@ FEATURES: list[tuple[str, Any, Any]] = [  # (method, options, handler)
 ]
 
 
-def create_server(options: Any, cli_raw: dict[str, Any] | None = None) -> CodestralServer:
-    server = CodestralServer(options, cli_raw)
+def create_server(options: Any, cli_raw: dict[str, Any] | None = None, notices: list[str] | None = None
+                  ) -> CodestralServer:
+    server = CodestralServer(options, cli_raw, notices)
     for method, feature_options, handler in FEATURES:
         server.feature(method, feature_options)(handler) if feature_options else server.feature(method)(handler)
     server.command(ACCEPT_COMMAND)(accept)

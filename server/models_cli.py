@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from codestral_ls.engine.models import catalog, embedded
+from codestral_ls.engine.models.gguf_tokenizer import tokenizer_folder
 
 
 def _gpu() -> bool:
@@ -67,7 +68,7 @@ def install_command(names: list[str]) -> int:
             return 2
         try:
             path = embedded.download_gguf(m, progress)
-            embedded.gguf_tokenizer(path, progress)  # built now: the first completion finds it ready
+            tokenizer_folder(path, progress)  # built now: the first completion finds it ready
         except ModelLoadError as exc:
             sys.stderr.write(f"codestral-ls: error: {exc}\n")
             return 2
@@ -76,41 +77,61 @@ def install_command(names: list[str]) -> int:
 
 
 def models_command(measure: bool, names: list[str], as_json: bool, threads: int | None = None) -> int:
+    """`models`: each packaged model, installed or not, what it costs here, and the one to use;
+    `--measure` measures the installed ones (or `names`) on this machine first."""
     cache = embedded.cache_dir()
-    if measure:
-        from codestral_ls.engine.models.costs import measure as measure_model
-
-        wanted = [catalog.lookup(n) for n in names] if names else [m for m in catalog.MODELS.values() if available(m)]
-        if any(m is None for m in wanted):
-            bad = [n for n, m in zip(names, wanted, strict=True) if m is None]
-            sys.stderr.write(f"codestral-ls: error: not a packaged model: {', '.join(bad)} "
-                             f"(one of {', '.join(catalog.MODELS)})\n")
-            return 2
-        path = cache / catalog.MEASURED_FILE
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = {}
-        data.setdefault("models", {})
-        data["machine"] = _machine()
-        data["command"] = "codestral-ls models --measure"
-        for m in wanted:
-            assert m is not None
-            if not available(m):
-                sys.stderr.write(f"codestral-ls: {m.name} is not installed: {m.requirement()}\n")
-                continue
-            sys.stderr.write(f"codestral-ls: measuring {m.name} (load, 512-token prefill, 32 decoded tokens)...\n")
-            sys.stderr.flush()
-            row = measure_model(None if m.name == catalog.DEFAULT else m.name, threads)
-            data["models"][m.name] = {k: row[k] for k in ("prefill_tok_s", "ms_per_token", "rss_mib", "load_s")}
-            sys.stderr.write(f"codestral-ls: {m.name}: {row['prefill_tok_s']} tok/s prefill, "
-                             f"{row['ms_per_token']} ms/token, {row['rss_mib']} MiB RSS\n")
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(path)
+    if measure and (failed := measure_models(names, threads, cache)):
+        return failed
     costs = catalog.measured(cache)
     best, why = recommendation(costs)
+    rows = model_rows(costs, best, cache)
+    if as_json:
+        sys.stdout.write(json.dumps({"models": rows, "recommended": best, "why": why}, indent=2) + "\n")
+        return 0
+    _write_table(rows, costs)
+    _write_notes(rows, costs, best, why)
+    return 0
+
+
+def measure_models(names: list[str], threads: int | None, cache: Path) -> int:
+    """Measure `names` (none: every installed model) into the cache's measurements file: 0, or 2 for
+    a name that is no packaged model."""
+    from codestral_ls.engine.models.costs import measure as measure_model
+
+    wanted = [catalog.lookup(n) for n in names] if names else [m for m in catalog.MODELS.values() if available(m)]
+    if any(m is None for m in wanted):
+        bad = [n for n, m in zip(names, wanted, strict=True) if m is None]
+        sys.stderr.write(f"codestral-ls: error: not a packaged model: {', '.join(bad)} "
+                         f"(one of {', '.join(catalog.MODELS)})\n")
+        return 2
+    path = cache / catalog.MEASURED_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data.setdefault("models", {})
+    data["machine"] = _machine()
+    data["command"] = "codestral-ls models --measure"
+    for m in wanted:
+        assert m is not None
+        if not available(m):
+            sys.stderr.write(f"codestral-ls: {m.name} is not installed: {m.requirement()}\n")
+            continue
+        sys.stderr.write(f"codestral-ls: measuring {m.name} (load, 512-token prefill, 32 decoded tokens)...\n")
+        sys.stderr.flush()
+        row = measure_model(None if m.name == catalog.DEFAULT else m.name, threads)
+        data["models"][m.name] = {k: row[k] for k in ("prefill_tok_s", "ms_per_token", "rss_mib", "load_s")}
+        sys.stderr.write(f"codestral-ls: {m.name}: {row['prefill_tok_s']} tok/s prefill, "
+                         f"{row['ms_per_token']} ms/token, {row['rss_mib']} MiB RSS\n")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+    return 0
+
+
+def model_rows(costs: dict[str, dict[str, Any]], best: str, cache: Path) -> list[dict[str, Any]]:
+    """One row per packaged model, as `models --json` prints it."""
     rows = []
     for m in catalog.MODELS.values():
         row = costs.get(m.name, {})
@@ -123,9 +144,10 @@ def models_command(measure: bool, names: list[str], as_json: bool, threads: int 
                      **{k: row.get(k) for k in ("prefill_tok_s", "ms_per_token", "rss_mib", "pass1_single",
                                                 "pass1_tasks")},
                      "measured": row.get("source", {})})
-    if as_json:
-        sys.stdout.write(json.dumps({"models": rows, "recommended": best, "why": why}, indent=2) + "\n")
-        return 0
+    return rows
+
+
+def _write_table(rows: list[dict[str, Any]], costs: dict[str, dict[str, Any]]) -> None:
     out = sys.stdout.write
     out(f"{'model':<22}{'installed':<11}{'GGUF':>9}{'prefill':>13}{'decode':>12}{'RSS':>10}{'pass@1':>9}\n")
     for r, m in zip(rows, catalog.MODELS.values(), strict=True):
@@ -135,6 +157,11 @@ def models_command(measure: bool, names: list[str], as_json: bool, threads: int 
             f"{_fmt(row, 'prefill_tok_s', ' tok/s'):>13}{_fmt(row, 'ms_per_token', ' ms/tok'):>12}"
             f"{_fmt(row, 'rss_mib', ' MiB'):>10}{_fmt(row, 'pass1_single', ' %', 1):>9}\n")
     out("\n")
+
+
+def _write_notes(rows: list[dict[str, Any]], costs: dict[str, dict[str, Any]], best: str, why: str) -> None:
+    """Under the table: each model's state, the recommendation, and where the figures come from."""
+    out = sys.stdout.write
     for r in rows:
         state = ("in the cache" if r["joined"] else "parts installed, joined on first use"
                  if r["installed"] else f"not installed: {r['install']}")
@@ -142,7 +169,7 @@ def models_command(measure: bool, names: list[str], as_json: bool, threads: int 
                f"{r['extra_context_tokens']} tokens" if r["extra_context_tokens"] else "sized to the device")
         out(f"{r['name']}: {r['title']}; {state}; context from other files by default: {ctx}\n")
     out(f"\n* recommended here: {best} ({why})\n")
-    here = next((row.get(f"machine_{'here'}") for row in costs.values() if row.get("machine_here")), None)
+    here = next((row.get("machine_here") for row in costs.values() if row.get("machine_here")), None)
     shipped = next((row.get("machine_shipped") for row in costs.values() if row.get("machine_shipped")), None)
     if here:
         out(f"figures measured here ({here.get('cpu', '?')}, {here.get('cpus', '?')} cores) by "
@@ -155,7 +182,6 @@ def models_command(measure: bool, names: list[str], as_json: bool, threads: int 
             "answer with default options through the LSP\n")
     else:
         out("\n")
-    return 0
 
 
 def _machine() -> dict[str, Any]:

@@ -32,6 +32,13 @@ from codestral_ls.engine.serving.remote import APIS
 RUNS_CODE = "runs code"
 READS_FILES = "loads files"
 SENDS_DATA = "sends data elsewhere"
+LIFTS_LIMITS = "bounds remote requests"
+
+# How an editor or workspace setting may move an option that decides what leaves this machine: only
+# towards more private, measured against the user's own value (config file and command line).
+FEWER = "fewer"  # a subset of the user's list (retrieval: fewer sources)
+MORE = "more"  # added to the user's list, never replacing it (disabledLanguages, secretFiles)
+OFF = "off"  # may turn it off, never on (logDocumentText)
 
 BACKENDS = ("local", "daemon", *APIS)  # the model in this process, an engine daemon, or a remote API
 # Never sent to any backend as extra context: names of files that commonly hold credentials.
@@ -49,8 +56,12 @@ class Opt:
     group: str  # model | engine | context | backend | privacy
     choices: tuple[str, ...] = ()
     reload: bool = False  # takes effect when the engine/backend is (re)started
-    trusted: str = ""  # RUNS_CODE / READS_FILES / SENDS_DATA: command line or user config only
+    trusted: str = ""  # RUNS_CODE / READS_FILES / SENDS_DATA / LIFTS_LIMITS: command line or user config only
     metavar: str | None = None
+    narrow: str = ""  # FEWER / MORE / OFF: editor settings only make it more private
+    # The range editor settings are clamped to (sizes: memory, work per keystroke, context sent
+    # elsewhere); the command line and the config file are the user's own and are not clamped.
+    limits: tuple[int, int] | None = None
 
 
 def opt(default: Any, help: str, group: str, **kw: Any) -> Any:  # noqa: A002 - argparse's word
@@ -81,7 +92,7 @@ class Options:
     allow_download: bool = engine_opt("allow_download", "allow fetching --model from the Hugging Face hub", "model",
                                       reload=True, trusted=SENDS_DATA)
     threads: int | None = engine_opt("threads", "CPU threads for the model (default: all cores)", "model",
-                                     reload=True)
+                                     reload=True, limits=(1, 64))
     runner: str = engine_opt("runner", "what computes the model: llama.cpp (GGUF files, CPU) or transformers/torch; "
                              "auto: llama.cpp for a GGUF on the CPU", "model", reload=True)
     n_gpu_layers: int = engine_opt("n_gpu_layers", "llama.cpp: layers of a GGUF offloaded to the GPU (-1: all; needs "
@@ -93,44 +104,53 @@ class Options:
     draft_model: str = engine_opt("draft_model", "a smaller model with the same tokenizer drafting for --model "
                                   "(GPU); embedded: the 0.5B", "engine", reload=True, trusted=READS_FILES,
                                   metavar="PATH|embedded")
-    kv_budget_mb: int = engine_opt("kv_budget_mb", "byte budget of the KV cache store", "engine", reload=True)
+    kv_budget_mb: int = engine_opt("kv_budget_mb", "byte budget of the KV cache store", "engine", reload=True,
+                                limits=(64, 2048))
     # Latency budget of a multi-line suggestion: by then it ends after its last complete line and
     # the rest of the block follows (codestral/suggestionUpdated). A single line is always whole.
     budget_ms: int = opt(100, "latency budget of a multi-line suggestion: by then it ends after its last "
-                         "complete line, the rest follows (0: wait for all of it)", "engine")
-    max_tokens: int = opt(64, "most tokens in one suggestion", "engine")
-    max_lines: int = opt(12, "most lines in one suggestion", "engine")
+                         "complete line, the rest follows (0: wait for all of it)", "engine", limits=(0, 5000))
+    max_tokens: int = opt(64, "most tokens in one suggestion", "engine", limits=(1, 512))
+    max_lines: int = opt(12, "most lines in one suggestion", "engine", limits=(1, 200))
     # A suggestion that cannot fit the code after it (postprocess.misfit) is replaced by the model's
     # next-best start, at most this many times (each costs a decode); 0: just drop it.
     second_opinions: int = opt(3, "replace a suggestion that cannot fit the code after it by the next-best, "
-                               "up to N times (0: drop it)", "engine")
+                               "up to N times (0: drop it)", "engine", limits=(0, 5))
     multiline: str = opt("auto", "multi-line suggestions", "engine", choices=("auto", "never", "always"))
     # Each candidate past the first costs a decode (the model's next-best start): 1 on a CPU.
     candidates: int = opt(1, "inline suggestions offered at once, distinct, best first (clients cycle "
-                          "through them)", "engine")
+                          "through them)", "engine", limits=(1, 5))
     # -- context --------------------------------------------------------------------------------
     # Context windows in tokens; 0: sized to the measured prefill speed so that a cold prompt takes
     # about coldTargetMs (server/speed.py). 0 there: the device's default (CPU 2000, CUDA 300).
-    prefix_tokens: int = opt(0, "tokens of text before the cursor (0: sized to the prefill speed)", "context")
-    suffix_tokens: int = opt(0, "tokens of text after the cursor (0: sized to the prefill speed)", "context")
+    prefix_tokens: int = opt(0, "tokens of text before the cursor (0: sized to the prefill speed)", "context",
+                             limits=(0, 8192))
+    suffix_tokens: int = opt(0, "tokens of text after the cursor (0: sized to the prefill speed)", "context",
+                             limits=(0, 8192))
     cold_target_ms: int = opt(0, "time a cold prompt may take, sizing the windows (0: the device's default)",
-                              "context")
+                              "context", limits=(0, 5000))
+    # Where the whole cold prompt takes seconds (a CPU), a place nobody prefilled is answered first
+    # from its nearest lines (~0.8 s of prefill); the whole prompt's answer replaces it when it differs.
+    quick_first: bool = opt(True, "a cold place's first answer from the lines around the cursor, then the "
+                            "whole prompt's (CPU)", "context")
     # Extra context from the rest of the project (server/retrieval/), placed where the model
     # family reads it and recomputed only when the cursor enters another block (the KV cache).
     extra_context_tokens: int = opt(0, "tokens of context from other files (retrieval; 0: sized to the prefill "
-                                    "speed, none where the windows already fill coldTargetMs, up to 384)", "context")
+                                    "speed, none where the windows already fill coldTargetMs, up to 384)", "context",
+                                    limits=(0, 2048))
     retrieval: tuple[str, ...] = opt(("chunks", "definitions", "edits"), "sources of context from other files: "
                                      "similar chunks of open files, definitions of imported names, recent edits "
                                      "elsewhere (none: no other file)", "context",
-                                     choices=("chunks", "definitions", "edits", "none"))
-    typed_cache_entries: int = opt(256, "suggestions kept for typing through them", "context")
+                                     choices=("chunks", "definitions", "edits", "none"), narrow=FEWER)
+    typed_cache_entries: int = opt(256, "suggestions kept for typing through them", "context",
+                                   limits=(1, 4096))
     disabled_languages: tuple[str, ...] = opt((), "language ids never completed nor sent as context", "context",
-                                              metavar="LANGUAGE")
+                                              metavar="LANGUAGE", narrow=MORE)
     # -- privacy --------------------------------------------------------------------------------
     secret_files: tuple[str, ...] = opt(SECRET_FILES, "file name patterns never sent to any backend: no completion "
                                         "in them, never context (replaces the default list)", "privacy",
-                                        trusted=SENDS_DATA, metavar="GLOB")
-    log_document_text: bool = opt(False, "debug: allow document text in logs", "privacy")
+                                        metavar="GLOB", narrow=MORE)
+    log_document_text: bool = opt(False, "debug: allow document text in logs", "privacy", narrow=OFF)
     # -- backend: where requests go (engine/serving/backend.py) -------------------------------------------
     backend: str = opt("local", "where requests go: the model in this process, an engine daemon or a remote API",
                        "backend", choices=BACKENDS, reload=True, trusted=SENDS_DATA)
@@ -144,11 +164,12 @@ class Options:
                                      "backend", reload=True, trusted=SENDS_DATA)
     ca_bundle: str = opt("", "PEM file of certificate authorities for https (default: the system's, or "
                          "$SSL_CERT_FILE)", "backend", reload=True, trusted=READS_FILES, metavar="FILE")
-    connect_timeout_ms: int = opt(3000, "connecting to a backend (0: no limit)", "backend", reload=True)
+    connect_timeout_ms: int = opt(3000, "connecting to a backend (0: no limit)", "backend", reload=True,
+                                  trusted=LIFTS_LIMITS)
     read_timeout_ms: int = opt(15000, "longest silence while waiting for an answer (0: no limit)", "backend",
-                               reload=True)
+                               reload=True, trusted=LIFTS_LIMITS)
     request_timeout_ms: int = opt(30000, "longest a whole remote request may take (0: no limit)", "backend",
-                                  reload=True)
+                                  reload=True, trusted=LIFTS_LIMITS)
 
     def replace(self, **changes: Any) -> Options:
         return dataclasses.replace(self, **changes)
@@ -215,8 +236,10 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
-def _parse(raw: Any, base: Options | None, trusted: bool) -> tuple[Options, list[str]]:
+def _parse(raw: Any, base: Options | None, trusted: bool, user: Options | None = None
+           ) -> tuple[Options, list[str]]:
     base = base or Options()
+    user = user or base
     if raw is None:
         return base, []
     if isinstance(raw, dict) and isinstance(raw.get("codestral"), dict):
@@ -235,12 +258,45 @@ def _parse(raw: Any, base: Options | None, trusted: bool) -> tuple[Options, list
         except ValueError as exc:
             problems.append(str(exc))
             continue
-        if not trusted and name in TRUSTED:
-            if value != getattr(base, name):  # an editor sending the value in force changes nothing
-                problems.append(refusal(name))
-            continue
+        if not trusted:
+            if name in TRUSTED:
+                if value != getattr(user, name):  # an editor sending the user's value changes nothing
+                    problems.append(refusal(name))
+                continue
+            value, problem = workspace_value(name, value, getattr(user, name))
+            if problem:
+                problems.append(problem)
         changes[name] = value
     return base.replace(**changes), problems
+
+
+def workspace_value(name: str, value: Any, users: Any) -> tuple[Any, str]:
+    """What an editor or workspace setting `value` of option `name` may make of it, given the user's
+    own value: only more private (`Opt.narrow`), sizes within `Opt.limits`; and the problem to show
+    when it asked for more."""
+    m, label = meta(name), camel(name)
+    if m.narrow == FEWER:
+        mine = [v for v in users if v != "none"]
+        kept = [v for v in mine if v in value]
+        if any(v not in mine and v != "none" for v in value):
+            return tuple(kept) or ("none",), (f"option {label} from editor or workspace settings may only "
+                                              f"leave sources out of your own ({', '.join(users)}): "
+                                              f"{', '.join(kept) or 'none'} used")
+        return tuple(kept) or ("none",), ""
+    if m.narrow == MORE:  # added to the user's list (a workspace listing only its own additions is fine)
+        return tuple(users) + tuple(v for v in value if v not in users), ""
+    if m.narrow == OFF:
+        if value and not users:
+            return False, (f"option {label} from editor or workspace settings may only turn it off: "
+                           f"set it on the command line or in {user_config_file()}")
+        return value, ""
+    if m.limits is not None and value is not None:
+        lo, hi = m.limits
+        if not lo <= value <= hi:
+            clamped = min(max(value, lo), hi)
+            return clamped, (f"option {label} from editor or workspace settings is limited to {lo}-{hi}: "
+                             f"{clamped} used (the command line and {user_config_file()} are not limited)")
+    return value, ""
 
 
 def refusal(name: str) -> str:
@@ -257,10 +313,14 @@ def parse_options(raw: Any, base: Options | None = None) -> tuple[Options, list[
     return _parse(raw, base, trusted=True)
 
 
-def parse_client_options(raw: Any, base: Options | None = None) -> tuple[Options, list[str]]:
-    """As `parse_options`, for settings from the editor (initializationOptions, didChangeConfiguration):
-    trusted options are refused (a problem each) unless they repeat the value in force."""
-    return _parse(raw, base, trusted=False)
+def parse_client_options(raw: Any, base: Options | None = None, user: Options | None = None
+                         ) -> tuple[Options, list[str]]:
+    """As `parse_options`, for settings from the editor (initializationOptions, didChangeConfiguration),
+    which may be a workspace's (eglot's .dir-locals.el, LSP4IJ project settings): trusted options are
+    refused (a problem each) unless they repeat the user's value; privacy options only move towards
+    more private than `user` (the options from the command line and the config file; default `base`);
+    sizes are clamped to their limits. A workspace may only make the server more private, never less."""
+    return _parse(raw, base, trusted=False, user=user)
 
 
 # -- the user's config file -------------------------------------------------------------------------
@@ -278,23 +338,76 @@ def user_config_file() -> Path:
 
 def read_user_config(path: Path | None = None) -> tuple[dict[str, Any], list[str]]:
     """The config file's options (the same keys as the flags' names, camelCase or snake_case),
-    or {} when there is none; problems say why a file was not read."""
+    or {} when there is none; problems say why a file was not read. Relative paths in it (model,
+    draftModel, caBundle) are relative to the file's folder, never to where the server runs."""
     path = path or user_config_file()
     try:
-        data = path.read_bytes()
+        # The checks and the read are on one open file (fstat): a file swapped between a check by
+        # path and the read could not slip through.
+        with open(path, "rb") as f:
+            refused = unsafe_config(os.fstat(f.fileno()))
+            data = f.read()
     except FileNotFoundError:
         return {}, []
     except OSError as exc:
         return {}, [f"cannot read {path}: {exc.strerror or exc}"]
+    if refused:
+        return {}, [f"{path} {refused}: ignored"]
     try:
-        st = path.stat()
-        if st.st_uid != os.getuid() or st.st_mode & 0o022:
-            return {}, [f"{path} is not owned by you or is writable by others: ignored"]
         raw = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         return {}, [f"{path} is not valid TOML: {exc}"]
     raw = raw.get("codestral", raw) if isinstance(raw.get("codestral"), dict) else raw
-    return raw, []
+    return resolve_paths(raw, path.expanduser().absolute().parent), []
+
+
+def unsafe_config(st: os.stat_result) -> str:
+    """Why a config file with this status must not be trusted, or "": it must be the user's, and
+    writable by nobody else. Group-writable is fine when the group is the user's private group
+    (umask 002 systems: the group named after the user, with no other member). Without POSIX
+    owners (Windows: no os.getuid) the file's ACLs are the user profile's: accepted."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is None:
+        return ""
+    uid = getuid()
+    if st.st_uid != uid:
+        return "is not owned by you"
+    if st.st_mode & 0o002:
+        return "is writable by others (chmod o-w)"
+    if st.st_mode & 0o020 and not private_group(st.st_gid, uid):
+        return "is writable by its group, which is not your private group (chmod g-w)"
+    return ""
+
+
+def private_group(gid: int, uid: int) -> bool:
+    """Whether `gid` is the user's private group: named after the user, with no other member (as
+    useradd makes them where the umask is 002)."""
+    try:
+        import grp
+        import pwd
+
+        user, group = pwd.getpwuid(uid), grp.getgrgid(gid)
+    except (ImportError, KeyError):
+        return False
+    return group.gr_name == user.pw_name and all(m == user.pw_name for m in group.gr_mem)
+
+
+PATH_OPTIONS = ("model", "draft_model", "ca_bundle")
+
+
+def resolve_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """`raw` with the relative paths of PATH_OPTIONS made absolute against `folder` (`~` expanded);
+    names of packaged models, "embedded" and hub ids are left as they are."""
+    out = dict(raw)
+    for key, value in raw.items():
+        name = ALIASES.get(key)
+        if name not in PATH_OPTIONS or not isinstance(value, str) or not value:
+            continue
+        if value == "embedded" or catalog.is_hub_id(value) or (name == "model" and catalog.is_name(value)):
+            continue
+        path = Path(value).expanduser()
+        out[key] = str(path if path.is_absolute() else folder / path)
+    return out
 
 
 # -- derived: command-line flags, the engine's options, the docs -----------------------------------
@@ -333,13 +446,21 @@ def add_cli_arguments(parser: Any) -> None:
 
 
 def cli_overrides(args: Any) -> dict[str, Any]:
-    """Options given on the command line (argparse namespace), those not left at None."""
+    """Options given on the command line (argparse namespace), those not left at None. Relative paths
+    are made absolute against the folder the command ran in (a later reload reads the same file; one
+    that is not there fails to load, saying its full path)."""
     out = {}
     for name in FIELDS:
         value = getattr(args, name, None)
         if value is not None:
             out[camel(name)] = list(value) if isinstance(value, tuple) else value
-    return out
+    return resolve_paths(out, Path.cwd())
+
+
+def in_force(o: Options) -> dict[str, Any]:
+    """The options in force, camelCase, for `codestral/stats`: which editor or workspace settings took
+    effect (none of them holds a secret: apiKeyEnv names a variable, never its value)."""
+    return {camel(n): list(v) if isinstance(v, tuple) else v for n in FIELDS if (v := getattr(o, n)) is not None}
 
 
 def model_changed(a: Options, b: Options) -> bool:
@@ -353,6 +474,21 @@ def engine_config(o: Options) -> tuple[ModelSpec, EngineOptions]:
     return spec, EngineOptions(**{name: getattr(o, name) for name in user_fields(EngineOptions)})
 
 
+WORKSPACE_RULES = {FEWER: "may only leave sources out of yours", MORE: "add to yours, never replace it",
+                   OFF: "may only turn it off"}
+
+
+def workspace_rule(m: Opt) -> str:
+    """What editor and workspace settings may do with an option, for the README's table."""
+    if m.trusted:
+        return f" **Command line or config file only ({m.trusted}).**"
+    if m.narrow:
+        return f" *Editor/workspace settings {WORKSPACE_RULES[m.narrow]}.*"
+    if m.limits:
+        return f" *Editor/workspace settings: {m.limits[0]}–{m.limits[1]}.*"
+    return ""
+
+
 def markdown_table() -> str:
     """The README's options table (tests/test_cli.py checks the README holds exactly this)."""
     rows = ["| flag | init option / config key | default | meaning |", "|---|---|---|---|"]
@@ -364,8 +500,8 @@ def markdown_table() -> str:
         shown = ("embedded" if default is None and name == "model" else "" if default in (None, "", ())
                  else "…" if name == "secret_files" else str(default).lower() if isinstance(default, bool)
                  else ", ".join(default) if isinstance(default, tuple) else str(default))
-        trust = f" **Command line or config file only ({m.trusted}).**" if m.trusted else ""
-        rows.append(f"| `{flag(name)}{' ' + arg if arg else ''}` | `{camel(name)}` | {shown} | {m.help}.{trust} |")
+        rows.append(f"| `{flag(name)}{' ' + arg if arg else ''}` | `{camel(name)}` | {shown} | {m.help}."
+                    f"{workspace_rule(m)} |")
     return "\n".join(rows)
 
 

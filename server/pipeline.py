@@ -10,8 +10,12 @@ What an editor shows first stays on screen until the user types, so the first an
 a finished suggestion: the whole line in single-line mode; in multi-line mode the lines decoded
 when the latency budget runs out (at least one whole line, the engine's finish "budget") — and
 then the rest of the block is decoded as a follow-up, `Suggestion.growing`, which the LSP layer
-announces to clients that opted in. `warm` prefills the prompt of a place the user is about to
-type at, at the lowest priority.
+announces to clients that opted in. An answer that cannot fit the code after it is replaced by the
+model's next-best start (a second opinion) while that costs less than the first answer did; past
+that, the answer says nothing fits yet and the next-best starts are looked for after it.
+
+Warm-up (prompts prefilled before they are asked for) is server/warmup.py; it builds its requests
+with `Completer.request`, as a request does.
 """
 
 from __future__ import annotations
@@ -23,14 +27,14 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import CancelToken, FimRequest, FimResult, StopRule
 from codestral_ls.engine.serving.backend import Backend
 from codestral_ls.server.anchor import Anchors, Placement
-from codestral_ls.server.context import Spines, build_context, spine_plan, spine_text
-from codestral_ls.server.cursor import BLOCK_OPENERS, Cursor, read_cursor
+from codestral_ls.server.context import Spines, build_context
+from codestral_ls.server.cursor import Cursor, read_cursor
 from codestral_ls.server.languages import language_for
 from codestral_ls.server.options import Options
 from codestral_ls.server.postprocess import first_words, misfit, postprocess, replaced_after
@@ -48,6 +52,8 @@ WARM_TOKENS = 2
 NOTHING_FITS = "the model had nothing that fits here"
 NOTHING_FITS_YET = "nothing that fits yet: looking for another"
 MIDDLE_ROOM = 128  # tokens a sequence keeps for what is typed after the window's anchor
+FINISHED = ("stop", "budget")  # an answer that ended where it meant to (not cut at max_tokens)
+Verdict = Literal["fits", "again", "later", "decline"]  # what becomes of an answer (`Completer._judge`)
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,16 @@ class Suggestion:
     alternatives: list[Suggestion] = dataclasses.field(default_factory=list)
     # The rest of a budget-cut block, still decoding: resolves to the longer suggestion (None: nothing more).
     growing: asyncio.Task[Suggestion | None] | None = None
+
+
+@dataclass(frozen=True)
+class Fit:
+    """An engine answer as it would be shown: post-processed, the characters after the cursor it
+    replaces, and why it cannot fit the code after it (None: it fits, or it was cut short)."""
+
+    text: str
+    replace: int
+    misfit: str | None
 
 
 class Completer:
@@ -100,8 +116,7 @@ class Completer:
 
         `others` are the other open documents, read only when context from other files is wanted.
         """
-        t0 = time.perf_counter()
-        timing = Timings()
+        t0, timing = time.perf_counter(), Timings()
         self.stats.requests += 1
         self.stop_growing(doc.uri)
         language = language_for(doc.language_id, doc.uri)
@@ -110,13 +125,12 @@ class Completer:
         cursor = read_cursor(doc.text, offset, language, self.options.multiline)  # the one cursor analysis
 
         # Typing through the suggestion on screen: its rest, no model.
-        rest = self.typed.lookup(doc.uri, cursor)
-        if rest is not None:
+        if (rest := self.typed.lookup(doc.uri, cursor)) is not None:
             self.stats.typed_through_hits += 1
             self._timed(timing, t0, "typed-through", cursor_ms=_ms(t0))
             return self._shown(Suggestion(self._new_id(), rest.text, cursor.line, offset, "typed-through", _ms(t0),
                                           replace_after=rest.replace_after), doc.uri, cursor)
-        if why := self._not_ready():
+        if why := self.not_ready():
             return self._declined(t0, why, timing)
 
         # The prompt: anchored windows around the cursor, and what it needs from other files.
@@ -127,96 +141,41 @@ class Completer:
         if req is None:
             return self._declined(t0, "no suggestion inside a word", timing)
 
-        # The engine; a line that cannot fit the code after it is replaced by the next-best start, here
-        # while that costs less than the first answer did, else in the background (`Suggestion.growing`).
-        avoid: list[str] = []
+        # The engine, until an answer fits the code after it (`_judge`): a misfit asks for the model's
+        # next-best start, here while that costs less than the first answer did, else after the answer.
+        avoid: list[str] = []  # the first words of the answers that did not fit
         first_ms = 0.0
         while True:
-            result = await self._engine(req)
-            timing.add_engine(result)
+            result = await self._engine(req, timing)
             first_ms = first_ms or result.elapsed_ms
-            t_post = time.perf_counter()
-            text = postprocess(result.text, cursor, self.disabled_filters)
-            replace = replaced_after(text, cursor)
-            why = misfit(text, cursor, replace, self.disabled_filters) if result.finish in ("stop", "budget") else None
-            timing.post_ms += _ms(t_post)
-            if why is None:
+            fit = self._fit(result, cursor, timing)
+            if result.window == "quick" and (fit.misfit is not None or not fit.text):
+                # The nearest lines were not enough: the whole prompt now (the user is waiting anyway).
+                self.stats.quick_missed += 1
+                req, first_ms = dataclasses.replace(req, quick_tokens=0, cancel=CancelToken()), 0.0
+                continue
+            verdict = self._judge(fit, result, timing, avoid, first_ms)
+            if verdict != "again":
                 break
-            log.debug("suggestion rejected (%s); asking for another", why)
-            self.stats.rejected += 1
-            if len(avoid) >= self.options.second_opinions or not self.backend.steerable:
-                return self._declined(t0, NOTHING_FITS, timing)
-            avoid.append(first_words(text))
             req = dataclasses.replace(req, avoid=tuple(avoid), cancel=CancelToken())
-            next_ms = result.elapsed_ms - result.prefill_ms  # a second opinion re-decodes; its prompt is cached
-            if timing.prefill_ms + timing.decode_ms + next_ms >= 2 * first_ms > 0:  # never double the wait
-                later = self._second_opinions(doc.uri, req, cursor, avoid, offset)
-                self._declined(t0, NOTHING_FITS_YET, timing)
-                return Suggestion(self._new_id(), "", cursor.line, offset, "pending", _ms(t0), growing=later)
-        if not text:
+        if verdict == "later":  # the answer says so now; the client hears of the one that fits
+            later = self._second_opinions(doc.uri, req, cursor, avoid, offset)
+            self._declined(t0, NOTHING_FITS_YET, timing)
+            return Suggestion(self._new_id(), "", cursor.line, offset, "pending", _ms(t0), growing=later)
+        if verdict == "decline" or not fit.text:
             return self._declined(t0, NOTHING_FITS, timing)
         self.stats.second_opinions_found += timing.engine_calls > 1
-        shown = self._shown(Suggestion(self._new_id(), cursor.in_document(text), cursor.line, offset, "engine",
-                                       _ms(t0), result, replace_after=replace), doc.uri, cursor)
+        shown = self._shown(Suggestion(self._new_id(), cursor.in_document(fit.text), cursor.line, offset, "engine",
+                                       _ms(t0), result, replace_after=fit.replace), doc.uri, cursor)
         self._timed(timing, t0, "engine")
 
         # More candidates: the model's next-best starts, each finished, fitting and distinct.
         if self.options.candidates > 1 and self.backend.steerable:
-            shown.alternatives = await self._alternatives(req, cursor, shown, [*avoid, first_words(text)])
+            shown.alternatives = await self._alternatives(req, cursor, shown, [*avoid, first_words(fit.text)])
 
-        # The latency budget ended the block early: decode the rest while the user reads.
-        if result.finish == "budget":
-            shown.growing = self._grow(doc.uri, dataclasses.replace(req, stop=req.stop.unbudgeted()), cursor, shown)
+        # What follows while the user reads: the whole prompt's answer, or the rest of the block.
+        shown.growing = self._follow_up(doc.uri, req, result, cursor, shown)
         return shown
-
-    def warm(self, doc: Document, offset: int, plan: bool = True, remember: bool = True) -> bool:
-        """Prefill the prompt at `offset` while the user is not typing (preempted by any request), and
-        with `plan` the spines of the file around it; `remember`: anchor the document there.
-
-        Returns whether warm-up work was queued. The next request there finds its prompt cached.
-        """
-        if self._not_ready():
-            return False
-        language = language_for(doc.language_id, doc.uri)
-        if refused(doc.uri, doc.language_id, self.options.secret_files, self.options.disabled_languages):
-            return False
-        req = self.request(doc, read_cursor(doc.text, offset, language, self.options.multiline), remember=remember)
-        if req is None:
-            return False
-        self.stats.warm_ups += 1
-        self.backend.prefetch(dataclasses.replace(req, stop=req.stop.unbudgeted(), warm=True))
-        if plan:
-            self.backend.plan(self.plan(doc, offset))
-        return True
-
-    def warm_spines(self, doc: Document, offset: int) -> bool:
-        """Only the spines of `doc` around `offset` (no prompt at a place): whether any were planned."""
-        if self._not_ready() or refused(doc.uri, doc.language_id, self.options.secret_files,
-                                        self.options.disabled_languages):
-            return False
-        plan = self.plan(doc, offset)
-        self.backend.plan(plan)
-        return bool(plan)
-
-    def warm_next_line(self, doc: Document, offset: int, shown: Suggestion) -> bool:
-        """Prefill the suggestion for the line after `shown`, as the document will be once it is accepted
-        and Enter opens the next line (llama.vim's prefetch after a hint): Enter finds it ready. Only
-        for a suggestion that ends its line."""
-        text = shown.text
-        if shown.replace_after or not text.strip():
-            return False
-        cursor = read_cursor(doc.text, offset, language_for(doc.language_id, doc.uri), "never")
-        if cursor.after.strip():
-            return False
-        last = (cursor.before + text).replace("\r\n", "\n").rsplit("\n", 1)[-1]
-        indent = last[:len(last) - len(last.lstrip())]
-        if last.rstrip().endswith(BLOCK_OPENERS):
-            indent += "\t" if "\t" in indent else "    "
-        inserted = text + cursor.newline + indent
-        after = Document(doc.uri, doc.text[:offset] + inserted + doc.text[offset:], doc.language_id)
-        # The document's anchor stays: the request after Enter has the anchored prompt plus what was
-        # accepted and the new line as typed text, and that is the prompt warmed here.
-        return self.warm(after, offset + len(inserted), plan=False, remember=False)
 
     # -- the steps ----------------------------------------------------------------------------
 
@@ -229,31 +188,18 @@ class Completer:
         o = self.options
         placement = self.anchors.lookup(doc.uri, doc.text, cursor.offset)
         if placement is None:
-            prefix_tokens, suffix_tokens, spines = self._windows()
+            prefix_tokens, suffix_tokens, spines = self.windows()
             ctx = build_context(cursor, self.backend.counter(), prefix_tokens, suffix_tokens, spines)
             placement = (self.anchors.remember(doc.uri, doc.text, cursor.offset, ctx) if remember
                          else Placement(ctx, "", anchored=False))
         return FimRequest(
             doc=doc.uri, prefix=placement.ctx.prefix, suffix=placement.ctx.suffix,
-            forced_middle=placement.forced_middle, extra_files=self._extra(doc, cursor, others),
+            forced_middle=placement.forced_middle, extra_files=self.extra_files(doc, cursor, others),
             max_tokens=o.max_tokens, path=self.workspace.relative(doc.uri), repo=self.workspace.name_of(doc.uri),
-            stop=self._stop_rule(cursor), short_start=placement.ctx.short_start)
+            stop=self._stop_rule(cursor), short_start=placement.ctx.short_start,
+            quick_tokens=self.speed.quick_tokens() if o.quick_first else 0)
 
-    def plan(self, doc: Document, offset: int) -> list[FimRequest]:
-        """The spines of `doc` around `offset`, nearest first, as warm-up requests (none where the
-        backend keeps none)."""
-        capacity = self.backend.spines
-        _, _, spines = self._windows()
-        if not capacity or spines is None:
-            return []
-        language = language_for(doc.language_id, doc.uri)
-        extra = self._extra(doc, read_cursor(doc.text, offset, language, self.options.multiline))
-        return [FimRequest(doc=doc.uri, prefix=spine_text(doc.text, a, e), suffix="", extra_files=extra,
-                           max_tokens=1, path=self.workspace.relative(doc.uri), repo=self.workspace.name_of(doc.uri),
-                           spine=True, warm=True)
-                for a, e in spine_plan(doc.text, offset, self.backend.counter(), spines, capacity)]
-
-    def _windows(self) -> tuple[int, int, Spines | None]:
+    def windows(self) -> tuple[int, int, Spines | None]:
         """Token budgets of the prefix and suffix windows (sized to the device), and the spines."""
         o = self.options
         self.speed.device = self.backend.device
@@ -265,7 +211,8 @@ class Completer:
             spines = Spines.sized(prefix_tokens, limit - suffix_tokens - MIDDLE_ROOM)
         return prefix_tokens, suffix_tokens, spines
 
-    def _extra(self, doc: Document, cursor: Cursor, others: Iterable[Document] = ()) -> tuple[tuple[str, str], ...]:
+    def extra_files(self, doc: Document, cursor: Cursor,
+                    others: Iterable[Document] = ()) -> tuple[tuple[str, str], ...]:
         """What the cursor needs from other files (server/retrieval/), none where the device has no room."""
         o = self.options
         tokens = self._extra_tokens()
@@ -305,21 +252,20 @@ class Completer:
                 break
             alt = await self._engine(dataclasses.replace(req, avoid=tuple(avoid), stop=self._stop_rule(cursor),
                                                          background=False, cancel=CancelToken()))
-            text = postprocess(alt.text, cursor, self.disabled_filters)
-            if not first_words(text) or first_words(text) in avoid:
+            fit = self._fit(alt, cursor)
+            if not first_words(fit.text) or first_words(fit.text) in avoid:
                 break  # nothing else the model would start with
-            avoid.append(first_words(text))
-            replace = replaced_after(text, cursor)
-            if alt.finish not in ("stop", "budget") or text.strip() in seen or \
-                    misfit(text, cursor, replace, self.disabled_filters):
+            avoid.append(first_words(fit.text))
+            if alt.finish not in FINISHED or fit.text.strip() in seen or fit.misfit:
                 continue
-            seen.add(text.strip())
-            out.append(self._shown(dataclasses.replace(first, id=self._new_id(), text=cursor.in_document(text),
-                                                       result=alt, replace_after=replace), req.doc,
+            seen.add(fit.text.strip())
+            out.append(self._shown(dataclasses.replace(first, id=self._new_id(), text=cursor.in_document(fit.text),
+                                                       result=alt, replace_after=fit.replace), req.doc,
                                    cursor, typed=False))
         return out
 
-    async def _engine(self, req: FimRequest) -> FimResult:
+    async def _engine(self, req: FimRequest, timing: Timings | None = None) -> FimResult:
+        """One engine call; its time joins `timing` (the request's first answer and second opinions)."""
         try:
             result = await asyncio.wrap_future(self.backend.submit(req))
         except asyncio.CancelledError:  # $/cancelRequest: stop the engine (or close the remote stream) too
@@ -329,11 +275,56 @@ class Completer:
         if result.prompt_tokens and result.prefilled_tokens <= WARM_TOKENS:
             self.stats.warm_prompts += 1
         self.speed.observe(result)
+        if timing is not None:
+            timing.add_engine(result)
         return result
 
-    def _grow(self, uri: str, req: FimRequest, cursor: Cursor, shown: Suggestion) -> asyncio.Task[Suggestion | None]:
+    def _fit(self, result: FimResult, cursor: Cursor, timing: Timings | None = None) -> Fit:
+        """The engine's answer as it would be shown, and whether it fits the code after the cursor."""
+        t0 = time.perf_counter()
+        text = postprocess(result.text, cursor, self.disabled_filters)
+        replace = replaced_after(text, cursor)
+        why = misfit(text, cursor, replace, self.disabled_filters) if result.finish in FINISHED else None
+        if timing is not None:
+            timing.post_ms += _ms(t0)
+        return Fit(text, replace, why)
+
+    def _judge(self, fit: Fit, result: FimResult, timing: Timings, avoid: list[str], first_ms: float) -> Verdict:
+        """What becomes of an answer: shown ("fits"); or, where it does not fit, the model's next-best
+        start asked for now ("again": its first words join `avoid`) or after the answer ("later": now
+        would more than double the wait of the first answer, `first_ms`); or nothing ("decline": out of
+        second opinions, or a backend that cannot be steered)."""
+        if fit.misfit is None:
+            return "fits"
+        log.debug("suggestion rejected (%s); asking for another", fit.misfit)
+        self.stats.rejected += 1
+        if len(avoid) >= self.options.second_opinions or not self.backend.steerable:
+            return "decline"
+        avoid.append(first_words(fit.text))
+        next_ms = result.elapsed_ms - result.prefill_ms  # a second opinion re-decodes; its prompt is cached
+        return "later" if timing.prefill_ms + timing.decode_ms + next_ms >= 2 * first_ms > 0 else "again"
+
+    def _follow_up(self, uri: str, req: FimRequest, result: FimResult, cursor: Cursor,
+                   shown: Suggestion) -> asyncio.Task[Suggestion | None] | None:
+        """The decode that follows an answer (`Suggestion.growing`), or None.
+
+        A cold place answered from its nearest lines: the whole prompt's answer follows (and its
+        prefill is what the next keys reuse), prefilled as a warm-up is, in small chunks, so that the
+        next request waits behind it one small chunk at most. Else the latency budget ended the block
+        early: decode the rest while the user reads."""
+        if result.window == "quick":
+            self.stats.quick_answers += 1
+            whole = dataclasses.replace(req, quick_tokens=0, avoid=(), stop=req.stop.unbudgeted(), warm=True)
+            return self._grow(uri, whole, cursor, shown, replaces=True)
+        if result.finish == "budget":
+            return self._grow(uri, dataclasses.replace(req, stop=req.stop.unbudgeted()), cursor, shown)
+        return None
+
+    def _grow(self, uri: str, req: FimRequest, cursor: Cursor, shown: Suggestion,
+              replaces: bool = False) -> asyncio.Task[Suggestion | None]:
         """Decode the rest of a budget-cut block; the longer suggestion, remembered for typing through it,
-        or None when it says nothing more."""
+        or None when it says nothing more. `replaces`: the whole prompt's answer after a quick one, which
+        may say something else (None: it says the same, or does not fit)."""
 
         async def follow_up() -> Suggestion | None:
             try:
@@ -343,13 +334,16 @@ class Completer:
             text = postprocess(result.text, cursor, self.disabled_filters)
             if result.finish == "length" and "\n" in text:
                 text = text[:text.rfind("\n")].rstrip()  # whole lines only, as the first answer
-            elif result.finish in ("stop", "budget") and misfit(text, cursor, replaced_after(text, cursor),
-                                                               self.disabled_filters):
+            elif result.finish in FINISHED and misfit(text, cursor, replaced_after(text, cursor),
+                                                      self.disabled_filters):
                 return None
             text = cursor.in_document(text)
-            if not text.startswith(shown.text) or text == shown.text:
+            if not text.strip() or text == shown.text or not (replaces or text.startswith(shown.text)):
                 return None
-            self.stats.grown += 1
+            if replaces:
+                self.stats.quick_replaced += 1
+            else:
+                self.stats.grown += 1
             return self._shown(dataclasses.replace(shown, id=self._new_id(), text=text, result=result,
                                                    replace_after=replaced_after(text, cursor), growing=None),
                                uri, cursor)
@@ -367,17 +361,15 @@ class Completer:
                     result = await self._engine(dataclasses.replace(req, avoid=tuple(avoid), cancel=CancelToken()))
                 except (Cancelled, EngineError, asyncio.CancelledError):
                     return None
-                text = postprocess(result.text, cursor, self.disabled_filters)
-                replace = replaced_after(text, cursor)
-                if text and (result.finish not in ("stop", "budget")
-                             or misfit(text, cursor, replace, self.disabled_filters) is None):
+                fit = self._fit(result, cursor)
+                if fit.text and fit.misfit is None:
                     self.stats.second_opinions_found += 1
-                    return self._shown(Suggestion(self._new_id(), cursor.in_document(text), cursor.line, offset,
-                                                  "engine", 0.0, result, replace_after=replace), uri, cursor)
+                    return self._shown(Suggestion(self._new_id(), cursor.in_document(fit.text), cursor.line, offset,
+                                                  "engine", 0.0, result, replace_after=fit.replace), uri, cursor)
                 self.stats.rejected += 1
-                if len(avoid) >= self.options.second_opinions or not first_words(text):
+                if len(avoid) >= self.options.second_opinions or not first_words(fit.text):
                     return None
-                avoid.append(first_words(text))
+                avoid.append(first_words(fit.text))
 
         return self._follow(uri, look_on())
 
@@ -417,7 +409,7 @@ class Completer:
         timing.total_ms, timing.source = _ms(t0), source
         self.stats.timed(timing)
 
-    def _not_ready(self) -> str:
+    def not_ready(self) -> str:
         """Why no request can run now ("" when one can). Never waits: a loading model answers empty."""
         if not self.backend.loaded.is_set():
             return "the model is still loading"

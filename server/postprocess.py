@@ -372,10 +372,18 @@ def adds_syntax_error(suggestion: str, c: Cursor, replace_after: int = 0) -> boo
     def shifted(pos: int) -> int:
         return pos if pos < at else max(at + len(inserted), pos + delta)
 
+    old_end, new_end = _lines_end(data, at + replaced, 2), _lines_end(changed, at + len(inserted), 2)
     had = {(kind, shifted(start), shifted(end))
-           for kind, start, end in _errors(c.language, syntax.tree, line_start, _lines_end(data, at + replaced, 2))}
-    has = _errors(c.language, tree, line_start, _lines_end(changed, at + len(inserted), 2))
-    return any(error not in had for error in has)
+           for kind, start, end in _errors(c.language, syntax.tree, line_start, old_end)}
+    has = _errors(c.language, tree, line_start, new_end)
+    if any(error not in had for error in has):
+        return True
+    # An error that wraps the lines around the cursor where there was none: a statement put between
+    # a block and its `else:` makes the parser give up on the whole enclosing block, so the error
+    # starts above the cursor's line (the `raise` above `else:` case).
+    return (not _errors(c.language, syntax.tree, line_start, old_end, overlapping=True)
+            and any(kind == "ERROR" and start < line_start
+                    for kind, start, _ in _errors(c.language, tree, line_start, new_end, overlapping=True)))
 
 
 def _sprawling(tree) -> bool:  # noqa: ANN001
@@ -396,8 +404,10 @@ def _error_query(language: str):  # -> tree_sitter.Query
     return tree_sitter.Query(parser(language).language, "(ERROR) @error (MISSING) @missing")
 
 
-def _errors(language: str, tree, start: int, end: int) -> list[tuple[str, int, int]]:  # noqa: ANN001
-    """(kind, start, end) of the ERROR and MISSING nodes of `tree` within bytes [start, end]."""
+def _errors(language: str, tree, start: int, end: int,  # noqa: ANN001
+            overlapping: bool = False) -> list[tuple[str, int, int]]:
+    """(kind, start, end) of the ERROR and MISSING nodes of `tree` within bytes [start, end] (or,
+    `overlapping`, that reach into them)."""
     import tree_sitter
 
     if not tree.root_node.has_error:
@@ -406,7 +416,7 @@ def _errors(language: str, tree, start: int, end: int) -> list[tuple[str, int, i
     cursor.set_byte_range(start, end)
     return [("missing " + n.type if n.is_missing else n.type, n.start_byte, n.end_byte)
             for nodes in cursor.captures(tree.root_node).values() for n in nodes
-            if start <= n.start_byte and n.end_byte <= end]
+            if overlapping or (start <= n.start_byte and n.end_byte <= end)]
 
 
 def _lines_end(data: bytes, pos: int, lines: int) -> int:

@@ -18,9 +18,9 @@ from typing import Any
 
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.serving.backend import Backend
-from codestral_ls.server import __version__
+from codestral_ls.server import __version__, warmup
 from codestral_ls.server.documents import LspTextDocument, adopt
-from codestral_ls.server.options import Options, model_changed, parse_client_options, parse_options
+from codestral_ls.server.options import Options, in_force, model_changed, parse_client_options, parse_options
 from codestral_ls.server.pipeline import Completer, Document, Suggestion
 from codestral_ls.server.privacy import refused
 from codestral_ls.server.protocol import AnsweringProtocol, answer_unreadable_frame
@@ -63,10 +63,15 @@ class Place:
 
 
 class CodestralServer(LanguageServer):
-    def __init__(self, options: Options, cli_raw: dict[str, Any] | None = None) -> None:
+    def __init__(self, options: Options, cli_raw: dict[str, Any] | None = None,
+                 notices: list[str] | None = None) -> None:
         super().__init__("codestral-ls", __version__, protocol_cls=AnsweringProtocol)
         self.options = options
+        # The user's own options (config file, command line): editor and workspace settings may only
+        # make them more private (server/options.py parse_client_options).
+        self.user_options = options
         self.cli_raw = cli_raw or {}  # command-line flags win over client settings
+        self.notices = list(notices or [])  # said at start up (a config file refused): shown once initialized
         self.stats = Stats()
         self.backend: Backend | None = None
         self.completer: Completer | None = None
@@ -93,6 +98,13 @@ class CodestralServer(LanguageServer):
         folders = [f.uri for f in params.workspace_folders or []]
         self.roots = Workspace.of(folders or ([params.root_uri] if params.root_uri else []))
         self.apply_settings(params.initialization_options)
+
+    def show_notices(self) -> None:
+        """What went wrong before the editor could be told (the config file refused): window/showMessage,
+        not only stderr, which most editors hide."""
+        for notice in self.notices:
+            self.show_error(f"codestral-ls: {notice}", kind=types.MessageType.Warning)
+        self.notices = []
 
     def start_engine(self) -> None:
         from codestral_ls.server.backends import open_backend
@@ -140,7 +152,7 @@ class CodestralServer(LanguageServer):
 
     def apply_settings(self, raw: Any) -> None:
         # Options that run code, load files or send data are refused from the editor (server/options.py).
-        options, problems = parse_client_options(raw, self.options)
+        options, problems = parse_client_options(raw, self.options, self.user_options)
         options, _ = parse_options(self.cli_raw, options)
         for p in problems:
             self.show_error(f"codestral-ls settings: {p}", kind=types.MessageType.Warning)
@@ -258,9 +270,9 @@ class CodestralServer(LanguageServer):
         document = Document(uri, text, doc.language_id or "")
         try:
             if position is None:
-                self.completer.warm_spines(document, 0)
+                warmup.warm_spines(self.completer, document, 0)
             else:
-                self.completer.warm(document, doc.offset_at_position(position))
+                warmup.warm(self.completer, document, doc.offset_at_position(position))
         except Exception:  # warm-up is a hint: it never fails anything
             log.exception("warm-up failed")
 
@@ -362,7 +374,7 @@ class CodestralServer(LanguageServer):
             return None
         self.status("answered", "; ".join(filter(None, (s.source, skipped))), s.latency_ms)
         if s.source == "engine":
-            self.completer.warm_next_line(place.doc, place.offset, s)  # accepted, then Enter: ready
+            warmup.warm_next_line(self.completer, place.doc, place.offset, s)  # accepted, then Enter: ready
         return s
 
     def _grown(self, task: asyncio.Task[Suggestion | None], place: Place) -> None:
@@ -370,7 +382,7 @@ class CodestralServer(LanguageServer):
         that fits): tell an opted-in client to ask again (it is answered from the typed-through cache)."""
         if not task.cancelled() and task.exception() is None and (grown := task.result()) is not None:
             if self.completer is not None:  # the whole block accepted, then Enter
-                self.completer.warm_next_line(place.doc, place.offset, grown)
+                warmup.warm_next_line(self.completer, place.doc, place.offset, grown)
             self.notify("suggestionUpdates", SUGGESTION_UPDATED, {
                 "textDocument": {"uri": place.doc.uri, "version": place.version},
                 "position": {"line": place.position.line, "character": place.position.character}})
@@ -382,6 +394,7 @@ class CodestralServer(LanguageServer):
     def stats_snapshot(self) -> dict[str, Any]:
         snap = self.stats.snapshot()
         snap.pop("shown", None)
+        snap["options"] = in_force(self.options)
         if self.completer:
             snap["typed_through_entries"] = len(self.completer.typed)
             snap["speed"] = self.completer.speed.snapshot()

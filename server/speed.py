@@ -33,6 +33,11 @@ MIN_MEASURED = 32  # prefills shorter than this are dominated by fixed costs: no
 # How long prefilling a whole cold prompt may take, per device, when the user sets no target.
 DEFAULT_TARGET_MS = {"cpu": 2000, "cuda": 300, "gpu": 300}  # gpu: llama.cpp offload (--n-gpu-layers)
 FALLBACK_TARGET_MS = 1000
+# A cold place's first answer (`quickFirst`): prefill at most this long, from the lines around the
+# cursor; the whole prompt's answer follows. Only where the whole cold window takes seconds.
+QUICK_TARGET_MS = {"cpu": 800}
+QUICK_MIN = 128  # tokens: below this the nearest lines are too few to be right
+ASSUMED_CPU_TOK_S = 250.0  # before anything was measured (this project's 2-core CPU: ~280)
 
 
 @dataclass
@@ -81,6 +86,14 @@ class DeviceSpeed:
         if not self.device:  # a remote backend: its speed is not measured here, its server decides
             return EXTRA_MAX
         return max(0, min(EXTRA_MAX, self.total - MIN_TOTAL))
+
+    def quick_tokens(self) -> int:
+        """The size of a cold place's first window (0: none, the whole prompt is quick enough)."""
+        ms = QUICK_TARGET_MS.get(self.device)
+        if not ms:
+            return 0
+        tokens = max(QUICK_MIN, int((self.prefill_tok_s or ASSUMED_CPU_TOK_S) * ms / 1000) // 16 * 16)
+        return tokens if tokens < self.total else 0
 
     def snapshot(self) -> dict[str, Any]:
         return {"prefill_tok_s": round(self.prefill_tok_s, 1) if self.prefill_tok_s else None,

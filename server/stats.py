@@ -59,6 +59,9 @@ class Stats:
     second_opinions_found: int = 0  # answers a second opinion found after the first did not fit
     rejected: int = 0  # suggestions that could not fit the code around the cursor (postprocess.misfit)
     grown: int = 0  # budget-cut blocks decoded further after the first answer
+    quick_answers: int = 0  # cold places answered first from their nearest lines (quickFirst)
+    quick_replaced: int = 0  # of those, where the whole prompt's answer said something else
+    quick_missed: int = 0  # quick answers with nothing to show: the whole prompt answered at once
     warm_ups: int = 0  # prompts prefilled ahead of a request (didOpen, pauses, didFocus)
     warm_prompts: int = 0  # engine requests that found their whole prompt already cached
     engine_calls: int = 0

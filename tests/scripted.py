@@ -21,8 +21,10 @@ class ScriptedBackend:
     spines = 0
 
     def __init__(self, answer: Callable[[FimRequest], str] | list[str] | str = "",
-                 context_tokens: int | None = None, finish: str = "stop") -> None:
+                 context_tokens: int | None = None, finish: str = "stop",
+                 window: Callable[[FimRequest], str] | None = None) -> None:
         self.answer = answer
+        self.window = window  # the window an engine would say it took (FimResult.window)
         self.context_tokens = context_tokens
         self.finish = finish
         self.loaded = threading.Event()
@@ -47,7 +49,8 @@ class ScriptedBackend:
         else:
             text = self.answer
         cut, why = req.stop.cut(text)
-        settle(fut, result=FimResult(text=cut, finish=why or self.finish, prompt_tokens=len(req.prefix) // 4 + 1))
+        settle(fut, result=FimResult(text=cut, finish=why or self.finish, prompt_tokens=len(req.prefix) // 4 + 1,
+                                     window=self.window(req) if self.window else ""))
         self._newest.done(job)
         return fut
 

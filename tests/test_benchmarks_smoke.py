@@ -1,7 +1,7 @@
 """The benchmarks run end to end at tiny sizes, so they cannot rot; their helpers behave.
 
 The LSP-driven paths (the headline: the real server process with default options over stdio) and the
-in-process ablations run on the tiny random model of conftest.py: fast, and the plumbing is what is
+in-process ablations run on the tiny random model of benchmarks/tiny_model.py: fast, and the plumbing is what is
 checked. Tests marked `model` run the llama.cpp peer on the embedded model's GGUF. No timing or
 quality figure is asserted anywhere: the numbers belong in benchmarks/README.md, not in a test.
 """
@@ -51,7 +51,11 @@ def bench(module: str, *args: str, timeout: float = 900) -> subprocess.Completed
 
 def test_stride_sampling_is_deterministic_and_spread():
     assert stride_indices(1033, 4) == [0, 258, 516, 774]
-    assert stride_indices(1033, 4) == stride_indices(1033, 4)
+    for total, limit in [(1033, 4), (10, 3), (7, 7), (100, 1), (164, 20), (999, 998)]:
+        picked = stride_indices(total, limit)
+        assert len(picked) == limit and picked[0] == 0 and picked[-1] < total
+        gaps = [b - a for a, b in zip(picked, picked[1:], strict=False)]
+        assert all(g > 0 for g in gaps) and max(gaps, default=0) - min(gaps, default=0) <= 1, (total, limit, gaps)
     assert stride_indices(5, 10) == [0, 1, 2, 3, 4]
     assert stride_indices(5, 0) == [0, 1, 2, 3, 4]
 

@@ -83,19 +83,11 @@ def codestral_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(codestral_gguf, tmp_path_factory):
-    import os
-
     from codestral_ls.engine.models.loading import ModelSpec, load_model
 
-    old = os.environ.get("CODESTRAL_LS_CACHE")
-    os.environ["CODESTRAL_LS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # the tokenizer it extracts goes to a test cache
+        mp.setenv("CODESTRAL_LS_CACHE", str(tmp_path_factory.mktemp("cache")))
         return load_model(ModelSpec(model=str(codestral_gguf)))
-    finally:
-        if old is None:
-            del os.environ["CODESTRAL_LS_CACHE"]
-        else:
-            os.environ["CODESTRAL_LS_CACHE"] = old
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +184,7 @@ def test_the_engine_decodes_on_llamacpp(loaded):
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_an_lsp_completion_arrives_through_the_llamacpp_runner(codestral_gguf, tmp_path):
-    from tests.lsp_client import inline, open_doc, start, stop
+    from benchmarks.lsp_client import inline, open_doc, start, stop
 
     c, init = await start(["--model", str(codestral_gguf)], init_options={"budgetMs": 0},
                           env={"CODESTRAL_LS_CACHE": str(tmp_path)})

@@ -29,7 +29,7 @@ from codestral_ls.engine.serving.wire import request_from_wire, to_wire
 from codestral_ls.server.options import Options
 from pygls.exceptions import JsonRpcException
 
-from tests.lsp_client import ROOT, inline, insert, open_doc, start, stop
+from benchmarks.lsp_client import ROOT, inline, insert, open_doc, start, stop
 
 TOKEN = "test-token-abc"
 

@@ -257,7 +257,7 @@ def test_draft_model_greedy_equals_plain_greedy(tiny_engine, tiny_model_dir, tin
     from codestral_ls.engine.decoding.draft import DraftModel
     from codestral_ls.engine.models.loading import load_draft
 
-    from tests.conftest import build_tiny_model, write_tiny_gguf
+    from benchmarks.tiny_model import build_tiny_model, write_tiny_gguf
 
     monkeypatch.setenv("CODESTRAL_LS_CACHE", str(tmp_path_factory.mktemp("cache")))
     folder = tiny_model_dir if drafter == "same" else build_tiny_model(tmp_path_factory.mktemp("draft"), seed=1,

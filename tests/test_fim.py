@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from codestral_ls.engine.decoding.heal import HealIndex
-from codestral_ls.engine.models.embedded import tokenizer_dir
 from codestral_ls.engine.models.fim import CODESTRAL, QWEN, FimEncoder, detect_profile
+from codestral_ls.engine.models.gguf_tokenizer import tokenizer_dir
 from transformers import AutoTokenizer
 
 

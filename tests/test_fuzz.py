@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
+from benchmarks.lsp_client import Client, plain, send_raw, start, stop, wait_loaded
 from tests.inprocess import InProcess
-from tests.lsp_client import Client, open_doc, send_raw, start, stop
 
 HANG_GUARD = 120  # seconds; only so a hang fails instead of stalling the suite
 INVALID_PARAMS, CANCELLED = -32602, -32800
@@ -196,11 +196,8 @@ class Remote:
 def remote(tiny_model_dir: Path) -> Iterator[Remote]:
     r = Remote(["--model", str(tiny_model_dir), "--device", "cpu", "--max-tokens", "6"])
 
-    async def warm() -> None:
-        open_doc(r.client, "file:///w/warm.py", "x = ")
-        await asyncio.wait_for(r.client.protocol.send_request_async("codestral/stats", None), HANG_GUARD)
-
-    r.run(warm())
+    # Until the model is loaded every request is answered empty at once: wait for the load's end.
+    r.run(wait_loaded(r.client), timeout=600)
     yield r
     r.close()
 
@@ -238,6 +235,7 @@ def _position(line: int, character: int) -> dict[str, int]:
 def test_random_message_sequences_are_all_answered(remote: Remote, initial: list[str],
                                                    steps: list[tuple[Any, ...]]) -> None:
     pending: list[tuple[Future[Any], bool]] = []  # (answer, whether it must be a result)
+    asked: dict[int, tuple[int, int]] = {}  # an inline request's position, by its index in pending
     version = itertools.count(100)
     docs: dict[str, str | None] = {}  # the client's copy (utf-16 positions, the LSP reference above)
     before = remote.request("codestral/stats", None).result(HANG_GUARD)
@@ -276,6 +274,8 @@ def test_random_message_sequences_are_all_answered(remote: Remote, initial: list
             if kind == "inline":
                 params["context"] = {"triggerKind": 2}
             method = "textDocument/inlineCompletion" if kind == "inline" else "textDocument/completion"
+            if kind == "inline" and valid:
+                asked[len(pending)] = (line, character)
             pending.append((remote.request(method, params), valid))
         elif kind == "cancel" and pending:
             target = pending[-1 - step[1] % len(pending)][0]
@@ -286,9 +286,14 @@ def test_random_message_sequences_are_all_answered(remote: Remote, initial: list
                                            {"command": "codestral.accept", "arguments": [step[1]]}), True))
         elif kind == "stats":
             pending.append((remote.request("codestral/stats", None), True))
-    for fut, valid in pending:
+    for i, (fut, valid) in enumerate(pending):
         try:
-            fut.result(HANG_GUARD)  # every request is answered
+            result = fut.result(HANG_GUARD)  # every request is answered
+            if i in asked and result is not None:  # an answer inserts at the cursor, clamped to its line
+                line, character = asked[i]
+                for item in plain(result).get("items", []):
+                    start, end = item["range"]["start"], item["range"]["end"]
+                    assert start["line"] == end["line"] == line and start["character"] <= character, item
         except JsonRpcException as exc:
             # A valid request gets a result (or is cancelled, if the client asked); negative
             # positions, lines past the end and closed documents get InvalidParams. Never an

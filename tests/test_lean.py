@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from codestral_ls.engine.errors import ModelLoadError
 from codestral_ls.engine.models import catalog, embedded
+from codestral_ls.engine.models.gguf_tokenizer import GgufTokenizer, tokenizer_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "accelerate", "safetensors", "gguf", "bitsandbytes")
@@ -254,7 +255,7 @@ def test_the_tokenizer_built_from_gguf_metadata_is_transformers_own(tmp_path, mo
     monkeypatch.setenv("CODESTRAL_LS_CACHE", str(tmp_path / "cache"))
     meta = gguf_meta.read_metadata(gguf)
     assert meta["tokenizer.ggml.pre"] == "qwen2" and len(meta["tokenizer.ggml.tokens"]) == 151936
-    ours = embedded.GgufTokenizer(embedded.gguf_tokenizer(gguf))
+    ours = GgufTokenizer(tokenizer_folder(gguf))
     link = tmp_path / "hf"
     link.mkdir()
     (link / "model.gguf").symlink_to(gguf)
@@ -353,7 +354,7 @@ def test_the_readme_models_table_is_the_benchmark_s_file():
 @pytest.mark.model
 @pytest.mark.asyncio(loop_scope="session")
 async def test_the_lsp_shows_the_first_join_as_progress(tmp_path):
-    from tests.lsp_client import start, stop
+    from benchmarks.lsp_client import start, stop
 
     def field(v: object, name: str) -> object:
         return v.get(name) if isinstance(v, dict) else getattr(v, name, None)

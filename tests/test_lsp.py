@@ -14,7 +14,7 @@ import pytest_asyncio
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
-from tests.lsp_client import inline, insert, open_doc, send_raw, start, stop
+from benchmarks.lsp_client import inline, insert, open_doc, send_raw, start, stop
 
 pytestmark = pytest.mark.model
 
@@ -61,7 +61,9 @@ async def test_ghost_text_accept_and_typed_through(client):
     result = await inline(client, uri, 1, 11)
     item = result.items[0]
     assert item.insert_text == "a + b"
-    assert item.range is None  # a plain insert at the cursor: no range (one is only sent to replace text)
+    # A plain insert at the cursor: the empty range there, always sent (a client's default range is not it).
+    cursor = types.Position(line=1, character=11)
+    assert item.range == types.Range(start=cursor, end=cursor)
     # The user types the first character of the ghost text: the rest comes without the model.
     before = await stats(client)
     insert(client, uri, 2, 1, 11, "a")
@@ -261,7 +263,8 @@ async def test_what_the_editor_gets_for_closers_crlf_and_stale_typed_through(api
         open_doc(c, "file:///w/nested.py", "x = foo()\n")
         api.answer = "bar(1)"
         item = (await inline(c, "file:///w/nested.py", 0, 8)).items[0]
-        assert item.insert_text == "bar(1)" and item.range is None
+        assert item.insert_text == "bar(1)"
+        assert item.range.start == item.range.end == types.Position(line=0, character=8)
 
         # A suggestion that would add a syntax error is not shown (this backend has no next-best).
         open_doc(c, "file:///w/broken.py", "def f(a, b):\n    x = \n    return x\n")

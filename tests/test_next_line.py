@@ -1,5 +1,5 @@
 """Enter after an accepted line: the next line's suggestion was prefilled and decoded while the user
-read the ghost text (server/pipeline.py `warm_next_line`), so the request after Enter replays it.
+read the ghost text (server/warmup.py `warm_next_line`), so the request after Enter replays it.
 Counted in tokens, not time: the real model, through the LSP layer."""
 
 from __future__ import annotations

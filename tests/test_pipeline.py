@@ -9,6 +9,7 @@ import time
 
 from codestral_ls.engine.models.counting import ApproxCounter
 from codestral_ls.engine.request import FimRequest
+from codestral_ls.server import warmup
 from codestral_ls.server.options import Options
 from codestral_ls.server.pipeline import NOTHING_FITS, Completer, Document
 
@@ -140,3 +141,39 @@ async def test_a_second_opinion_that_would_double_the_wait_is_looked_for_after_t
     again = await c.complete(doc(text), offset)
     assert again is not None and again.text == "x = abs(x)" and again.source == "typed-through"
     assert len(backend.asked) == 2
+
+
+async def test_a_quick_first_answer_is_replaced_by_the_whole_prompts_when_it_differs():
+    # A cold place on a CPU: the engine answered from the nearest lines ("quick"); the whole prompt's
+    # answer follows, replaces it where it says something else, and is what a re-ask there gets.
+    backend = ScriptedBackend(["return total", "return total / len(values)"],
+                              window=lambda req: "quick" if req.quick_tokens else "long")
+    c = Completer(backend, Options(multiline="never"))
+    s = await c.complete(doc(), CURSOR)
+    assert s is not None and s.text == "return total" and s.growing is not None
+    whole = await s.growing
+    assert whole is not None and whole.text == "return total / len(values)"
+    assert backend.asked[0].quick_tokens > 0 and backend.asked[1].quick_tokens == 0
+    assert not backend.asked[0].warm and backend.asked[1].warm  # preempted within a warm-up's chunk
+    assert (c.stats.quick_answers, c.stats.quick_replaced) == (1, 1)
+    again = await c.complete(doc(), CURSOR)
+    assert again is not None and again.text == "return total / len(values)" and len(backend.asked) == 2
+    # Off (the ablation), or a whole prompt saying the same: one answer, nothing follows.
+    backend = ScriptedBackend(["return total", "return total"], window=lambda req: "quick" if req.quick_tokens else "")
+    s = await Completer(backend, Options(multiline="never")).complete(doc(), CURSOR)
+    assert s is not None and s.growing is not None and await s.growing is None
+    backend = ScriptedBackend(["return total"], window=lambda req: "quick" if req.quick_tokens else "")
+    s = await Completer(backend, Options(multiline="never", quick_first=False)).complete(doc(), CURSOR)
+    assert s is not None and s.growing is None and backend.asked[0].quick_tokens == 0
+    # A quick answer with nothing to show (empty, or it does not fit): the whole prompt answers at once.
+    for quick in ("", "return total +"):
+        backend = ScriptedBackend([quick, "return total / len(values)"],
+                                  window=lambda req: "quick" if req.quick_tokens else "")
+        c = Completer(backend, Options(multiline="never"))
+        s = await c.complete(doc(), CURSOR)
+        assert s is not None and s.text == "return total / len(values)" and s.growing is None
+        assert [r.quick_tokens > 0 for r in backend.asked] == [True, False] and c.stats.quick_missed == 1
+    # A warm-up prefills the whole prompt, never a quick window.
+    c = Completer(ScriptedBackend(), Options(multiline="never"))
+    assert warmup.warm(c, doc(), CURSOR) and c.backend.prefetched[0].quick_tokens == 0
+

@@ -1,7 +1,7 @@
 """The server never hangs, dies, leaks or leaks data: every request answered (a result or a proper
 JSON-RPC error), big and odd documents, bursts, bounded caches, engine faults, security defaults.
 
-Most tests drive the real server process on the tiny random model (`tests/conftest.py`); those that
+Most tests drive the real server process on the tiny random model (`benchmarks/tiny_model.py`); those that
 monkeypatch the engine or look inside the server run it in-process (`tests/inprocess.py`). Timeouts
 here only guard against hangs: nothing asserts a duration.
 """
@@ -23,11 +23,23 @@ import pytest
 import pytest_asyncio
 from codestral_ls.server.documents import LspTextDocument, line_starts
 from codestral_ls.server.options import Options
-from lsprotocol import types
+from lsprotocol import converters, types
 from pygls.exceptions import JsonRpcException
 
+from benchmarks.lsp_client import (
+    ROOT,
+    Client,
+    _drain_stderr,
+    inline,
+    insert,
+    open_doc,
+    plain,
+    send_raw,
+    start,
+    stop,
+    wait_loaded,
+)
 from tests.inprocess import InProcess
-from tests.lsp_client import ROOT, Client, _drain_stderr, inline, insert, open_doc, send_raw, start, stop
 
 IC = "textDocument/inlineCompletion"
 INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = -32600, -32601, -32602, -32603
@@ -42,8 +54,8 @@ def tiny_args(model: Path, *extra: str) -> list[str]:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def srv(tiny_model_dir: Path):
     c, _ = await start(tiny_args(tiny_model_dir), init_options={"budgetMs": 0})
-    open_doc(c, "file:///w/warm.py", "def f(x):\n    return ")
-    await asyncio.wait_for(inline(c, "file:///w/warm.py", 1, 11), HANG_GUARD)  # the model is loaded
+    # Until the model is loaded every request is answered empty at once: the tests would test nothing.
+    await wait_loaded(c)
     yield c
     await stop(c)
 
@@ -82,8 +94,23 @@ async def null_id_answer(c: Client, body: bytes) -> JsonRpcException:
 
 
 async def alive(c: Client) -> None:
-    stats = await call(c, "codestral/stats", omit_params=True)
-    assert stats is not None
+    stats = plain(await call(c, "codestral/stats", omit_params=True))
+    assert stats["model"]["source"], stats  # answered, by a server with its model
+
+
+def answered_at(result: Any, line: int, character: int | None = None) -> list[dict[str, Any]]:
+    """An inline completion result whose every item inserts text at the cursor: its range starts at
+    (line, character), where the request really was (None: anywhere on `line`). Returns the items."""
+    if isinstance(result, types.InlineCompletionList):
+        result = converters.get_converter().unstructure(result)
+    result = plain(result)
+    assert isinstance(result, dict) and isinstance(result.get("items"), list), result
+    for item in result["items"]:
+        assert isinstance(item["insertText"], str), item
+        start = item["range"]["start"]
+        assert start["line"] == line and (character is None or start["character"] == character), (item, line, character)
+        assert item["range"]["end"]["line"] == line, item
+    return result["items"]
 
 
 # -- invalid params -------------------------------------------------------------------------------
@@ -127,11 +154,15 @@ async def test_invalid_positions_documents_and_types_get_invalid_params(srv):
 async def test_a_character_past_the_end_of_its_line_means_the_line_end(srv):
     uri = "file:///w/clamp.py"
     open_doc(srv, uri, "x = 1\ny = 'é😀'\n")  # the last line is empty (line 2)
-    for line, character in ((0, 99), (1, 99), (1, 8), (2, 50), (1, 2**31 - 1)):
-        result = await call(srv, IC, ic_params(uri, line, character))
-        assert isinstance(result.items, list | tuple)  # a result, not an error
-    result = await call(srv, "textDocument/completion", ic_params(uri, 0, 99))
-    assert result is not None
+    # Where each really is: a character past the end of its line is the line's end (UTF-16 units).
+    for (line, character), really in [((0, 99), 5), ((1, 99), 9), ((1, 8), 8), ((2, 50), 0), ((1, 2**31 - 1), 9)]:
+        answered_at(await call(srv, IC, ic_params(uri, line, character)), line, really)
+    result = plain(await call(srv, "textDocument/completion", ic_params(uri, 0, 99)))
+    assert result["isIncomplete"] is True and isinstance(result["items"], list), result
+    for item in result["items"]:  # the word before the line's end (`1`) is replaced, nothing past the end
+        edit = item["textEdit"]
+        assert edit["range"] == {"start": {"line": 0, "character": 4}, "end": {"line": 0, "character": 5}}, edit
+        assert edit["newText"].startswith("1"), edit
 
 
 # -- unknown methods, malformed frames, bad notifications -----------------------------------------
@@ -189,8 +220,7 @@ async def test_notifications_with_bad_params_never_kill_the_server(srv):
         "textDocument": {"uri": uri, "version": 4},
         "contentChanges": [{"range": {"start": {"line": 99, "character": 0}, "end": {"line": 120, "character": 9}},
                             "text": "\n# appended"}]})
-    result = await call(srv, IC, ic_params(uri, 1, 11))
-    assert isinstance(result.items, list | tuple)
+    answered_at(await call(srv, IC, ic_params(uri, 1, 11)), 1, 11)
     with pytest.raises(JsonRpcException, match="not open"):  # the change did not open it
         await call(srv, IC, ic_params("file:///w/not-open.py", 0, 0))
     await alive(srv)
@@ -230,8 +260,7 @@ async def test_requests_before_initialize_and_after_shutdown_are_answered(tmp_pa
 async def test_percent_encoded_uris_find_their_document(srv):
     uri = "file:///w/my%20file%2Bv2.py"
     open_doc(srv, uri, "def h(z):\n    return ")
-    result = await call(srv, IC, ic_params(uri, 1, 11))
-    assert isinstance(result.items, list | tuple)
+    answered_at(await call(srv, IC, ic_params(uri, 1, 11)), 1, 11)
 
 
 # -- big and odd input ----------------------------------------------------------------------------
@@ -254,16 +283,15 @@ async def test_big_and_odd_documents_are_answered(srv):
     for uri, (text, positions) in docs.items():
         open_doc(srv, uri, text, language="javascript" if uri.endswith(".js") else "python")
         for line_no, character in positions:
-            result = await call(srv, IC, ic_params(uri, line_no, character))
-            assert isinstance(result.items, list | tuple), (uri, line_no, character)
+            answered_at(await call(srv, IC, ic_params(uri, line_no, character)), line_no)
     # Keystrokes in the 2 MB document, then a suggestion.
     last = big.count("\n")
     for i, ch in enumerate("value = "):
         insert(srv, "file:///w/big.py", 2 + i, last, i, ch)
-    result = await call(srv, IC, ic_params("file:///w/big.py", last, 8))
-    assert isinstance(result.items, list | tuple)
-    result = await call(srv, "textDocument/completion", ic_params("file:///w/big.py", last, 8))
-    assert result is not None
+    answered_at(await call(srv, IC, ic_params("file:///w/big.py", last, 8)), last, 8)
+    result = plain(await call(srv, "textDocument/completion", ic_params("file:///w/big.py", last, 8)))
+    for item in result["items"]:  # the word before the cursor (`value = `: none) up to the cursor
+        assert item["textEdit"]["range"]["end"] == {"line": last, "character": 8}, item
     await alive(srv)
 
 
@@ -291,7 +319,7 @@ async def test_a_burst_of_200_keystrokes_is_all_answered_and_the_server_answers_
             assert isinstance(r.items, list | tuple)
     assert not isinstance(results[-1], BaseException)  # the newest one is answered
     ok = await asyncio.wait_for(inline(srv, uri, 1, 211), HANG_GUARD)
-    assert ok is not None
+    answered_at(ok, 1, 211)
     await alive(srv)
 
 

@@ -31,7 +31,7 @@ from codestral_ls.server.pipeline import Completer, Document
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
-from tests.lsp_client import inline, open_doc, start, stop
+from benchmarks.lsp_client import inline, open_doc, start, stop
 
 KEY = "sk-test-0123456789abcdef"  # a fake key: it must never show up in an error message
 
@@ -400,11 +400,13 @@ async def test_workspace_settings_cannot_send_code_elsewhere(api, tiny_model_dir
 
 
 def test_trusted_options_are_marked_and_refused_only_from_the_client():
-    from codestral_ls.server.options import TRUSTED, parse_client_options
+    from codestral_ls.server.options import MORE, TRUSTED, meta, parse_client_options
 
     for key in ("trust_remote_code", "model", "draft_model", "allow_download", "backend", "endpoint", "api_key_env",
-                "remote_model", "ca_bundle", "allow_plain_http_key", "secret_files"):
+                "remote_model", "ca_bundle", "allow_plain_http_key", "connect_timeout_ms", "read_timeout_ms",
+                "request_timeout_ms"):
         assert key in TRUSTED, key
+    assert meta("secret_files").narrow == MORE  # a workspace may add patterns, never remove the user's
     o, problems = parse_options({"backend": "openai", "endpoint": "http://10.0.0.1:8000"})  # command line
     assert problems == [] and o.backend == "openai"
     o2, problems = parse_client_options({"backend": "mistral", "maxTokens": 9, "model": "embedded"}, o)

@@ -23,7 +23,7 @@ from codestral_ls.engine.request import FimRequest, StopRule
 from codestral_ls.server.backends import open_backend
 from codestral_ls.server.options import Options
 
-from tests.lsp_client import inline, open_doc, start, stop
+from benchmarks.lsp_client import inline, open_doc, start, stop
 
 pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python's server extra (the dev extra)")
 pytestmark = pytest.mark.model

@@ -190,7 +190,7 @@ def test_selection_changes_in_coarse_steps(project):
 
 @pytest.fixture(scope="module")
 def qwen_tok():
-    from codestral_ls.engine.models.embedded import tokenizer_dir
+    from codestral_ls.engine.models.gguf_tokenizer import tokenizer_dir
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tokenizer_dir())  # the GGUF's own, as the server uses

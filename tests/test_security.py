@@ -14,6 +14,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from codestral_ls.server import warmup
 from codestral_ls.server.cursor import read_cursor
 from codestral_ls.server.options import SECRET_FILES, Options
 from codestral_ls.server.pipeline import Completer, Document, Suggestion
@@ -104,10 +105,10 @@ async def test_the_pipeline_refuses_a_secret_document_whoever_calls_it(uri):
     doc = Document(uri, SECRET_TEXT, "plaintext")
     assert await c.complete(doc, 22) is None
     assert "secret" in c.declined
-    assert not c.warm(doc, 22)
-    assert not c.warm_spines(doc, 0)
+    assert not warmup.warm(c, doc, 22)
+    assert not warmup.warm_spines(c, doc, 0)
     shown = Suggestion("c1", "abc", 0, 22, "engine", 1.0)
-    assert not c.warm_next_line(doc, len(doc.text.split("\n")[0]), shown)
+    assert not warmup.warm_next_line(c, doc, len(doc.text.split("\n")[0]), shown)
     assert not backend.asked and not backend.prefetched and not backend.planned
 
 

@@ -367,6 +367,10 @@ PARSE_CASES = [
     ("java", "class A {\n  int f(int a, int b) {\n    int x = |;\n    return x;\n  }\n}\n", "a * b", "a +* b"),
     ("c", "int f(int a) {\n    int x = |;\n    return x;\n}\n", "g(a)", "g(a))"),
     ("cpp", "int f(std::vector<int> v) {\n    auto n = |;\n    return n;\n}\n", "v.size()", "v.size("),
+    # A statement between a block and its `else:` (statistics.py in Neovim, after line 200): the
+    # parser gives up on the whole `if`, so the error starts above the cursor's line.
+    ("python", "def f(x):\n    if x:\n        y = 1\n    |\n    else:\n        y = 2\n",
+     "    raise ValueError(x)", "raise ValueError(x)"),
 ]
 
 
@@ -392,6 +396,22 @@ def test_the_parse_check_leaves_errors_that_are_not_the_suggestions_alone():
     c = at("x = foo(|)\n")
     assert adds_syntax_error("a, b) + 1", c) and not adds_syntax_error("a, b) + 1", c, replace_after=1)
     assert not adds_syntax_error("anything at all (", at("no grammar |", "plaintext"))
+
+
+def test_the_parse_check_rejects_a_raise_above_else_in_statistics_py():
+    """The screen case: a new line after line 200 of the stdlib's statistics.py, at the `if`'s
+    indent directly above `    else:`; the model's `raise StatisticsError(...)` there would detach
+    the `else:` (the same line one level deeper, inside the block, is fine)."""
+    import statistics
+    from pathlib import Path
+
+    lines = Path(statistics.__file__).read_text(encoding="utf-8").split("\n")
+    assert lines[200] == "    else:"
+    for indent, broken in (("    ", True), ("        ", False)):
+        c = at("\n".join(lines[:200] + [indent + "|"] + lines[200:]))
+        suggestion = "raise StatisticsError('no data points')"
+        assert adds_syntax_error(suggestion, c) is broken
+        assert (misfit(suggestion, c) == "it adds a syntax error") is broken
 
 
 def test_the_parse_check_passes_every_line_of_real_files_put_back():

@@ -19,6 +19,7 @@ from codestral_ls.server.context import Spines, anchor, build_context, spine_pla
 from codestral_ls.server.cursor import read_cursor
 from codestral_ls.server.options import Options
 from codestral_ls.server.pipeline import Completer, Document
+from codestral_ls.server.warmup import warm
 
 from tests.scripted import ScriptedBackend
 
@@ -92,6 +93,27 @@ def test_the_engine_takes_the_short_window_cold_and_the_long_one_warm(engine):
     assert second.window == "long" and second.prefilled_tokens < first.prefilled_tokens / 2
 
 
+def test_a_cold_place_answers_first_from_its_nearest_lines(engine):
+    offset = FILE.index("def helper_30(")
+    first = engine.complete(at(offset, doc="q", quick_tokens=64))
+    assert first.window == "quick" and first.prefilled_tokens <= 64 + 8  # not the whole prefix
+    whole = engine.complete(at(offset, doc="q"))  # the follow-up: the whole prompt
+    assert whole.window == "" and whole.prompt_tokens > 300
+    again = engine.complete(at(offset, doc="q", quick_tokens=64))  # now cached: the whole one is cheaper
+    assert again.window == "" and again.prefilled_tokens <= 1
+
+
+def test_a_quick_window_keeps_whole_lines_around_the_cursor():
+    from codestral_ls.engine.decoding.engine import quick_window
+
+    offset = FILE.index("    total = value * 30")
+    before, after = quick_window(ApproxCounter(), FILE[:offset], FILE[offset:], 48)
+    assert FILE[:offset].endswith(before) and FILE[offset:].startswith(after)
+    assert before.startswith("def helper_29(") or before.startswith("\n") or before.startswith("    ")
+    assert after.endswith("\n") and 0 < len(after) < 60 and 60 < len(before) < 160
+    assert quick_window(ApproxCounter(), "x = 1\n", "y\n", 48) == ("x = 1\n", "y\n")  # small: all of it
+
+
 def test_a_real_request_preempts_a_spine_which_then_resumes(engine):
     worker = EngineWorker(lambda: engine).start()
     try:
@@ -138,7 +160,7 @@ async def test_the_pipeline_sends_a_plan_with_its_warm_up():
     backend = WithSpines("x", context_tokens=2000)
     c = Completer(backend, Options())
     offset = BIG.index("def helper_100(") - 1  # a blank line deep in the file
-    assert c.warm(Document("file:///w/f.py", BIG, "python"), offset)
+    assert warm(c, Document("file:///w/f.py", BIG, "python"), offset)
     assert backend.prefetched and len(backend.planned) == 4 and all(r.spine for r in backend.planned)
     req = c.request(Document("file:///w/f.py", BIG, "python"), read_cursor(BIG, offset, "python"))
     assert req is not None and req.short_start > 0

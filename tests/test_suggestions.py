@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 from lsprotocol import types
 
-from tests.lsp_client import inline, open_doc, plain, start, stop
+from benchmarks.lsp_client import inline, open_doc, plain, start, stop
 from tests.test_lsp import loaded
 
 pytestmark = pytest.mark.model

@@ -24,7 +24,7 @@ from codestral_ls.engine.decoding.heal import HealIndex
 from codestral_ls.engine.decoding.kvcache import Entry, PrefixStore, Ranking, Sequence
 from codestral_ls.engine.decoding.runner import prefill
 from codestral_ls.engine.errors import Cancelled
-from codestral_ls.engine.models.counting import counter_for
+from codestral_ls.engine.models.counting import TokenCounter, counter_for
 from codestral_ls.engine.models.fim import FimPrompt
 from codestral_ls.engine.models.loading import LoadedModel
 from codestral_ls.engine.request import FimRequest, FimResult
@@ -164,13 +164,19 @@ class Engine:
             return self.encoder.build(prefix, req.suffix, req.forced_middle, req.extra_files, heal=req.heal,
                                       path=req.path, repo=req.repo)
 
-        long = build(req.prefix)
-        if not req.short_start:
-            return long, ""
-        short = build(req.prefix[req.short_start:])
-        if len(long.ids) - self.store.peek(long.ids) <= len(short.ids) - self.store.peek(short.ids):
-            return long, "long"
-        return short, "short"
+        def cost(prompt: FimPrompt) -> int:
+            return len(prompt.ids) - self.store.peek(prompt.ids)
+
+        best, window = build(req.prefix), ""
+        if req.short_start:
+            short = build(req.prefix[req.short_start:])
+            best, window = (best, "long") if cost(best) <= cost(short) else (short, "short")
+        if req.quick_tokens and cost(best) > req.quick_tokens:
+            before, after = quick_window(self.counter, req.prefix, req.suffix, req.quick_tokens)
+            quick = self.encoder.build(before, after, req.forced_middle, heal=req.heal)
+            if cost(quick) < cost(best):
+                return quick, "quick"
+        return best, window
 
     def _warm_spine(self, req: FimRequest, t0: float) -> FimResult:
         """Prefill the start shared by every prompt whose prefix starts with `req.prefix`, and keep it
@@ -371,3 +377,24 @@ class Engine:
     def _forward(self, seq: Sequence, ids: list[int], n_logits: int = 1) -> Any:
         self.forward_calls += 1
         return self.runner.forward(seq, ids, n_logits)
+
+
+QUICK_PREFIX_SHARE = 0.75  # of a quick window, before the cursor
+
+
+def quick_window(counter: TokenCounter, prefix: str, suffix: str, tokens: int) -> tuple[str, str]:
+    """About `tokens` tokens around the cursor, in whole lines where the lines allow: the end of
+    `prefix` and the start of `suffix`."""
+    keep_before = int(tokens * QUICK_PREFIX_SHARE)
+    starts = counter.starts(prefix)
+    if len(starts) > keep_before:
+        cut = starts[-keep_before]
+        line = prefix.find("\n", cut)
+        prefix = prefix[line + 1:] if 0 <= line < len(prefix) - 1 else prefix[cut:]
+    starts = counter.starts(suffix)
+    keep_after = tokens - keep_before
+    if len(starts) > keep_after:
+        end = starts[keep_after]
+        line = suffix.rfind("\n", 0, end)
+        suffix = suffix[:line + 1] if line > 0 else suffix[:end]
+    return prefix, suffix

@@ -139,6 +139,17 @@ class PrefixStore:
     hits: int = 0
     misses: int = 0
     oversized: int = 0  # times the most recent entry alone was over the budget (kept anyway)
+    # What `summary` returns: computed by the thread that changes the store (the engine's), after each
+    # change, and swapped in whole. Another thread reading entries' sizes would read runner state that
+    # the engine thread is cropping or releasing.
+    _summary: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._publish()
+
+    def _publish(self) -> None:
+        self._summary = {"entries": len(self.entries), "bytes": sum(e.nbytes() for e in self.entries),
+                         "budget_bytes": self.budget_bytes, "oversized": self.oversized}
 
     def _best(self, doc: str, ids: list[int]) -> tuple[Entry | None, int]:
         """The entry sharing the longest prefix with `ids`; on a tie, the document's own working entry
@@ -183,9 +194,11 @@ class PrefixStore:
                 for old in [e for e in self.entries if e.shared and e.doc == doc and e is not best
                             and common_prefix(e.seq.ids, ids) == len(e.seq.ids)]:
                     self.discard(old)
+            self._publish()
             return copy, best_len
         self.entries.remove(best)
         best.doc = doc
+        self._publish()
         return best, best_len
 
     def put(self, entry: Entry) -> None:
@@ -201,12 +214,14 @@ class PrefixStore:
             log.warning("one KV cache entry (%d tokens, %.1f MiB) is over the whole budget (%.1f MiB): kept, "
                         "but raise kvBudgetMb or shorten the prompt", len(entry.seq.ids), size / 2**20,
                         self.budget_bytes / 2**20)
+            self._publish()
 
     def discard(self, entry: Entry) -> None:
         """Forget `entry` (its state is not to be trusted) and free its runner state."""
         if entry in self.entries:
             self.entries.remove(entry)
         entry.seq.release()
+        self._publish()
 
     def evict(self) -> None:
         """Drop least-recently-used entries until within the byte budget and the entry limit,
@@ -220,6 +235,7 @@ class PrefixStore:
         for entry in self.entries[:drop]:
             entry.seq.release()
         del self.entries[:drop]
+        self._publish()
 
     def evict_oldest(self) -> bool:
         """Free the least recently used entry (a runner out of slots or cells asks); False if none."""
@@ -228,19 +244,19 @@ class PrefixStore:
         oldest = min(self.entries, key=lambda e: e.last_used)
         self.entries.remove(oldest)
         oldest.seq.release()
+        self._publish()
         return True
 
     def total_bytes(self) -> int:
         return sum(e.nbytes() for e in list(self.entries))
 
     def summary(self) -> dict[str, int]:
-        """For `codestral/stats`, from any thread: a copy of the entry list is read, never the list
-        the engine thread is changing. `oversized`: times one entry alone was over the budget."""
-        entries = list(self.entries)
-        return {"entries": len(entries), "bytes": sum(e.nbytes() for e in entries),
-                "budget_bytes": self.budget_bytes, "oversized": self.oversized}
+        """For `codestral/stats`, from any thread: the figures as the engine thread last left them (no
+        entry nor runner state is read here). `oversized`: times one entry alone was over the budget."""
+        return dict(self._summary)
 
     def clear(self) -> None:
         for entry in self.entries:
             entry.seq.release()
         self.entries.clear()
+        self._publish()

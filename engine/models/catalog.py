@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,12 @@ def recommend(costs: dict[str, dict[str, Any]], cores: int | None = None, mem_by
     if gpu or (cores >= 8 and (mem_bytes or 0) >= 8 * 2**30):
         return big.name, ("a GPU" if gpu else f"{cores} cores") + " (not measured: `codestral-ls models --measure`)"
     return small.name, f"{cores} cores, no GPU (not measured: `codestral-ls models --measure`)"
+
+
+# A Hugging Face hub id: never a path (not even one that exists where the server runs: a cloned
+# repository could hold such a folder). A local folder of that shape is written ./org/name.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def is_hub_id(value: str) -> bool:
+    return HUB_ID.fullmatch(value) is not None and not value.endswith(".gguf")

@@ -5,7 +5,7 @@ on the CPU (or offloaded with --n-gpu-layers), transformers/torch otherwise.
 Weights load from safetensors or GGUF only (never pickle), `trust_remote_code` stays off unless
 asked for, and nothing is downloaded unless the user allowed it. Every failure becomes one
 `ModelLoadError` sentence. The llama.cpp path never imports torch nor transformers: the GGUF is read
-as it is; its tokenizer is built once from the GGUF's metadata (`embedded.gguf_tokenizer`), or, for
+as it is; its tokenizer is built once from the GGUF's metadata (engine/models/gguf_tokenizer.py), or, for
 a SentencePiece GGUF with a Mistral vocabulary (Codestral), is mistral-common's own
 (`tokenizer.mistral_tokenizer_for`), so its prompts are `encode_fim`'s token for token. The torch
 path imports torch where it starts (`extras.require_torch`): without the `torch` extra that is one
@@ -26,9 +26,10 @@ from typing import Any
 from codestral_ls.engine.config import ModelSpec
 from codestral_ls.engine.decoding.runner import choose_runner
 from codestral_ls.engine.errors import ModelLoadError
-from codestral_ls.engine.models import embedded, mistral_format
+from codestral_ls.engine.models import catalog, embedded, mistral_format
 from codestral_ls.engine.models.extras import require, require_torch
 from codestral_ls.engine.models.fim import FimEncoder, detect_profile
+from codestral_ls.engine.models.gguf_tokenizer import GgufTokenizer, cached_folder, tokenizer_folder
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,12 @@ def resolve_source(spec: ModelSpec, progress: embedded.Progress | None = None) -
     packaged = spec.packaged
     if packaged is not None:
         return embedded.ensure_embedded_model(progress, packaged), packaged.title
+    if catalog.is_hub_id(spec.model):  # before any look at the disk: a folder of that name where the
+        # server runs (a cloned repository, for editors that start it in the project) is never loaded for it
+        if not spec.allow_download:
+            raise ModelLoadError(f"{spec.model} is a Hugging Face hub id; pass --allow-download to fetch it "
+                                 f"(a local folder of that name is written ./{spec.model} or as a full path)")
+        return hub_snapshot(spec.model), f"{spec.model} (hub)"
     path = Path(spec.model).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -76,14 +83,27 @@ def resolve_source(spec: ModelSpec, progress: embedded.Progress | None = None) -
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is not a Hugging Face model folder (no config.json) nor a .gguf file")
         return path, str(path)
-    looks_like_hub_id = spec.model.count("/") == 1 and not spec.model.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
-        raise ModelLoadError(f"model path {spec.model} does not exist")
-    if not spec.allow_download:
-        raise ModelLoadError(
-            f"{spec.model} is not a local path; pass --allow-download to fetch it from the Hugging Face hub"
-        )
-    return spec.model, f"{spec.model} (hub)"
+    raise ModelLoadError(f"model path {spec.model} does not exist")
+
+
+
+# Never fetched from the hub: pickled weights (never loaded) and other runtimes' files.
+NOT_FETCHED = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.h5", "*.msgpack", "*.onnx", "*.gguf", "*.tflite"]
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The hub model's files in the Hugging Face cache, as an absolute folder: transformers handed the
+    id itself would first look for a folder of that name where the server runs."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, ignore_patterns=NOT_FETCHED)).absolute()
+    except ImportError:
+        raise ModelLoadError("fetching a hub model needs huggingface_hub (pip install 'codestral-ls[torch]')"
+                             ) from None
+    except Exception as exc:
+        raise ModelLoadError(f"cannot fetch {repo_id} from the Hugging Face hub: {type(exc).__name__}: {exc}"
+                             ) from None
 
 
 def convert_gguf(path: Path, progress: embedded.Progress | None = None) -> Path:
@@ -142,15 +162,15 @@ def gguf_tokenizer(gguf: Path, progress: embedded.Progress | None = None) -> Any
     from codestral_ls.engine.models import gguf_meta
     from codestral_ls.engine.models.tokenizer import mistral_tokenizer_for
 
-    cached = embedded.cached_tokenizer(gguf)
+    cached = cached_folder(gguf)
     if cached is not None:
-        return embedded.GgufTokenizer(cached)
+        return GgufTokenizer(cached)
     meta = gguf_meta.read_metadata(gguf)
     if meta.get("tokenizer.ggml.model") == "llama":  # SentencePiece: Codestral's is mistral-common's
         mistral = mistral_tokenizer_for(meta.get("tokenizer.ggml.tokens") or [], gguf.parent)
         if mistral is not None:
             return mistral
-    return embedded.GgufTokenizer(embedded.gguf_tokenizer(gguf, progress, meta))
+    return GgufTokenizer(tokenizer_folder(gguf, progress, meta))
 
 
 def load_llamacpp(spec: ModelSpec, why: str, progress: embedded.Progress | None = None) -> LoadedModel:

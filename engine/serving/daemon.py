@@ -205,7 +205,10 @@ class _Handler(BaseHTTPRequestHandler):
             raise ValueError("Content-Length is required") from None
         if not 0 <= length <= MAX_BODY:
             raise ValueError(f"body too large ({length} bytes)")
-        return json.loads(self.rfile.read(length))
+        try:
+            return json.loads(self.rfile.read(length))
+        except RecursionError:  # a body nested thousands deep: a client error, never a dropped connection
+            raise ValueError("body is nested too deeply") from None
 
     # -- routes --
 
@@ -246,6 +249,9 @@ class _Handler(BaseHTTPRequestHandler):
             if not isinstance(client, str) or not 0 < len(client) <= 100:
                 raise ValueError("field 'client' must be a short string")
             req = request_from_wire(body.get("request"))
+        except RecursionError:
+            self._json(400, {"error": "request is nested too deeply"})
+            return
         except ValueError as exc:
             self._json(400, {"error": str(exc)})
             return

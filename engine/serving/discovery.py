@@ -76,10 +76,31 @@ def _check_private(path: Path, st: os.stat_result, folder: bool) -> None:
         raise ValueError(f"{path} is open to other users (mode {stat.S_IMODE(st.st_mode):o}): not trusted")
 
 
+def private_folder(folder: Path) -> None:
+    """Make `folder` (the user's own) 0700 on the open folder, never through a symlink: a link planted
+    there would have its target's mode changed, and the token written into it. ValueError otherwise."""
+    import stat
+
+    if not hasattr(os, "fchmod"):  # Windows: the folder is in the user's profile, its ACLs are theirs
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ValueError(f"cannot open folder {folder} ({exc.strerror}; a symlink is not followed): "
+                         f"not trusted") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise ValueError(f"{folder} is not a folder of yours: not trusted")
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
 def write_daemon_file(path: Path, info: DaemonInfo) -> None:
     """Write atomically, readable by the user only (the token is a credential)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path.parent, 0o700)
+    private_folder(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -25,7 +25,7 @@ import pytest
 from codestral_ls.server.options import ALIASES, parse_client_options, parse_options
 from lsprotocol import types
 
-from tests.lsp_client import Client, open_doc, stop
+from benchmarks.lsp_client import Client, open_doc, stop
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE_DIR = REPO / "editors" / "jetbrains"

@@ -95,6 +95,12 @@ export function findServer(input: DiscoveryInput): Discovery {
     if (p === "~" || p.startsWith("~/")) {
       p = path.join(home, p.slice(1));
     }
+    if (!input.trusted && workspaceRelative(setting, platform)) {
+      // `${workspaceFolder}/...` or a relative path names the repository's own binary: never run in
+      // an untrusted workspace (as the .venv discovery below).
+      tried.push(`${path.resolve(folder, p)} (not in an untrusted workspace: ${setting} is the workspace's)`);
+      return { tried };
+    }
     return { path: check(path.resolve(folder, p)), tried };
   }
 
@@ -113,6 +119,41 @@ export function findServer(input: DiscoveryInput): Discovery {
     if (found) return { path: found, tried };
   }
   return { tried };
+}
+
+/** Whether a `codestral.serverPath` names a file in the workspace: `${workspaceFolder}` or a relative path. */
+export function workspaceRelative(setting: string, platform: NodeJS.Platform = process.platform): boolean {
+  const s = setting.trim();
+  if (s.includes("${workspaceFolder}")) return true;
+  if (s === "~" || s.startsWith("~/")) return false;
+  return !(platform === "win32" ? path.win32.isAbsolute(s) : path.posix.isAbsolute(s));
+}
+
+/**
+ * `codestral.serverPath` as the extension may use it: the user's own value (user settings), the
+ * workspace's only in a trusted workspace (a cloned repository must not choose the program that runs).
+ */
+export function serverPathSetting(
+  inspected: { globalValue?: unknown; workspaceValue?: unknown; workspaceFolderValue?: unknown } | undefined,
+  trusted: boolean,
+): string {
+  const pick = trusted
+    ? (inspected?.workspaceFolderValue ?? inspected?.workspaceValue ?? inspected?.globalValue)
+    : inspected?.globalValue;
+  return typeof pick === "string" ? pick : "";
+}
+
+/**
+ * Inline items as the server meant them: its range kept (every item carries one); an item without one
+ * (an older server) gets the empty range at the cursor, never VS Code's default, which runs from the
+ * start of the word before the cursor to the end of the line (the item is dropped after a partial
+ * word, or accepting it deletes the rest of the line).
+ */
+export function keepRanges<I extends { range?: unknown }>(items: I[], emptyRange: () => unknown): I[] {
+  for (const item of items) {
+    if (item.range === undefined || item.range === null) item.range = emptyRange();
+  }
+  return items;
 }
 
 function isExecutable(file: string, platform: NodeJS.Platform): boolean {

@@ -20,8 +20,10 @@ import {
   COMMAND_LINE_KEYS,
   findServer,
   focusChange,
+  keepRanges,
   SERVER_KEYS,
   serverArgs,
+  serverPathSetting,
   serverSettings,
   shouldRetrigger,
   statusText,
@@ -87,7 +89,7 @@ function enabledFor(languageId: string | undefined): boolean {
 async function startClient(): Promise<void> {
   const folders = (vscode.workspace.workspaceFolders ?? []).map((f) => f.uri.fsPath);
   const found = findServer({
-    setting: config().get<string>("serverPath", ""),
+    setting: serverPathSetting(config().inspect<string>("serverPath"), vscode.workspace.isTrusted),
     workspaceFolders: folders,
     trusted: vscode.workspace.isTrusted,
     pathEnv: process.env.PATH,
@@ -175,6 +177,9 @@ const middleware: Middleware = {
     try {
       const result = await next(document, position, context, token);
       if (!token.isCancellationRequested) status.answered(Date.now() - started);
+      // The server's range, kept: without one VS Code replaces [word start, end of line].
+      const items = Array.isArray(result) ? result : result?.items;
+      if (items) keepRanges(items, () => new vscode.Range(position, position));
       return result;
     } finally {
       inFlight -= 1;

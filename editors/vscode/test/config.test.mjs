@@ -8,8 +8,18 @@ import path from "node:path";
 import { after, test } from "node:test";
 
 const require = createRequire(import.meta.url);
-const { findServer, serverSettings, serverArgs, SERVER_KEYS, statusText, shouldRetrigger, focusChange } =
-  require("../out/config.js");
+const {
+  findServer,
+  serverSettings,
+  serverArgs,
+  SERVER_KEYS,
+  statusText,
+  shouldRetrigger,
+  focusChange,
+  serverPathSetting,
+  workspaceRelative,
+  keepRanges,
+} = require("../out/config.js");
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "codestral-vscode-"));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -46,6 +56,40 @@ test("an untrusted workspace never provides the server", () => {
   const untrusted = findServer({ ...opts, trusted: false, setting: "", workspaceFolders: [workspace], pathEnv: "/nowhere" });
   assert.equal(untrusted.path, undefined, "the workspace's .venv was used although the workspace is not trusted");
   assert.equal(findServer({ ...opts, trusted: false, setting: "", workspaceFolders: [workspace], pathEnv: bin }).path, onPath);
+});
+
+test("an untrusted workspace never runs a serverPath inside it: ${workspaceFolder} or relative", () => {
+  const untrusted = (s) => findServer({ ...opts, trusted: false, setting: s, workspaceFolders: [workspace], pathEnv: bin });
+  for (const s of ["${workspaceFolder}/.venv/bin/codestral-ls", ".venv/bin/codestral-ls", "./.venv/bin/codestral-ls",
+    "../ws/.venv/bin/codestral-ls", " ${workspaceFolder}/../ws/.venv/bin/codestral-ls "]) {
+    const found = untrusted(s);
+    assert.equal(found.path, undefined, `${s} ran the workspace's binary in an untrusted workspace`);
+    assert.match(found.tried[0], /untrusted workspace/, "the error names why");
+  }
+  // The user's absolute path and ~ still work there; trusted, the workspace-relative ones do too.
+  assert.equal(untrusted(onPath).path, onPath);
+  assert.equal(untrusted("~/bin/codestral-ls").path, onPath);
+  const trusted = findServer({ ...opts, setting: "${workspaceFolder}/.venv/bin/codestral-ls", workspaceFolders: [workspace] });
+  assert.equal(trusted.path, inVenv);
+  assert.equal(workspaceRelative("C:\\tools\\codestral-ls.exe", "win32"), false);
+  assert.equal(workspaceRelative("tools\\codestral-ls.exe", "win32"), true);
+});
+
+test("serverPath from workspace settings only in a trusted workspace", () => {
+  const inspected = { globalValue: "/usr/bin/codestral-ls", workspaceValue: "./evil", workspaceFolderValue: undefined };
+  assert.equal(serverPathSetting(inspected, false), "/usr/bin/codestral-ls");
+  assert.equal(serverPathSetting({ workspaceValue: "./evil" }, false), "");
+  assert.equal(serverPathSetting({ workspaceFolderValue: "/x/evil" }, false), "");
+  assert.equal(serverPathSetting(inspected, true), "./evil");
+  assert.equal(serverPathSetting(undefined, true), "");
+});
+
+test("inline items keep the server's range; one without gets the empty range at the cursor", () => {
+  const server = { start: { line: 0, character: 8 }, end: { line: 0, character: 9 } };
+  const empty = { start: { line: 0, character: 8 }, end: { line: 0, character: 8 } };
+  const items = keepRanges([{ insertText: "a)", range: server }, { insertText: "b" }, { insertText: "c", range: null }],
+    () => empty);
+  assert.deepEqual(items.map((i) => i.range), [server, empty, empty]);
 });
 
 test("the status bar text for each codestral/status", () => {

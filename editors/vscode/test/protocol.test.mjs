@@ -222,8 +222,11 @@ step("inline completion completes the return statement", async () => {
   suggestion = items[0];
   assert.equal(typeof suggestion.insertText, "string");
   assert.ok(suggestion.insertText.length > 0, "empty insertText");
-  const range = suggestion.range ?? { start: cursor, end: cursor };
+  // The server's own range, always: VS Code's default ([word start, end of line]) is not what it means.
+  const range = suggestion.range;
+  assert.ok(range, `no range: VS Code would replace from the word start to the line end: ${JSON.stringify(suggestion)}`);
   assert.deepEqual(range.start, cursor);
+  assert.deepEqual(range.end, cursor, "a plain insertion at the cursor replaces nothing");
   const applied = applyEdit(text, range, suggestion.insertText);
   assert.equal(applied.split("\n")[1], "    return a + b", `applied: ${JSON.stringify(applied)}`);
   assert.equal(suggestion.command?.command, ACCEPT_COMMAND);

@@ -29,19 +29,7 @@ end
 -- What is left of the suggestion after what was typed since it was asked for, or nil when the
 -- buffer has moved away from it.
 local function remaining(bufnr, s)
-  if not (s and s.text) or api.nvim_get_current_buf() ~= bufnr then
-    return nil
-  end
-  local row, col = unpack(api.nvim_win_get_cursor(0))
-  row = row - 1
-  if row < s.row or (row == s.row and col < s.col) then
-    return nil
-  end
-  local typed = table.concat(api.nvim_buf_get_text(bufnr, s.row, s.col, row, col, {}), '\n')
-  if s.text:sub(1, #typed) ~= typed or #typed >= #s.text then
-    return nil
-  end
-  return s.text:sub(#typed + 1)
+  return s and (util.rest_after_typing(bufnr, s.row, s.col, s.text)) or nil
 end
 
 local has_inline = vim.fn.has('nvim-0.10') == 1

@@ -307,21 +307,14 @@ end
 -- What is left to show of `text`, asked at `anchor`, with the cursor of the current window in
 -- `bufnr` now: nil when the cursor left it or typed something else.
 local function rest_after_typing(bufnr, anchor, text)
-  if not anchor or api.nvim_get_current_buf() ~= bufnr then
+  if not anchor then
     return nil
   end
-  local row, col = unpack(api.nvim_win_get_cursor(0))
-  row = row - 1
-  if row < anchor.row or (row == anchor.row and col < anchor.col) then
-    return nil
+  local rest, row, col = util.rest_after_typing(bufnr, anchor.row, anchor.col, text)
+  if rest then
+    anchor.row, anchor.col = row, col
   end
-  local ok, got = pcall(api.nvim_buf_get_text, bufnr, anchor.row, anchor.col, row, col, {})
-  local typed = ok and table.concat(got, '\n')
-  if not typed or #typed >= #text or text:sub(1, #typed) ~= typed then
-    return nil
-  end
-  anchor.row, anchor.col = row, col
-  return text:sub(#typed + 1)
+  return rest
 end
 
 local function patch_native()

@@ -10,6 +10,26 @@ function M.call(client, method, ...)
   return client[method](...)
 end
 
+-- What is left of `text`, asked at (`row0`, `col0`) of `bufnr` (0-based), after what was typed since
+-- at the cursor of the current window, and that cursor (row, col): nil when the cursor left the
+-- buffer, went back before the place, or typed something else.
+function M.rest_after_typing(bufnr, row0, col0, text)
+  if not text or api.nvim_get_current_buf() ~= bufnr then
+    return nil
+  end
+  local row, col = unpack(api.nvim_win_get_cursor(0))
+  row = row - 1
+  if row < row0 or (row == row0 and col < col0) then
+    return nil
+  end
+  local ok, got = pcall(api.nvim_buf_get_text, bufnr, row0, col0, row, col, {})
+  local typed = ok and table.concat(got, '\n')
+  if not typed or #typed >= #text or text:sub(1, #typed) ~= typed then
+    return nil
+  end
+  return text:sub(#typed + 1), row, col
+end
+
 -- Runs an item's command (`codestral.accept`) after the text was inserted.
 function M.exec(client, command, bufnr)
   if not (client and command) then

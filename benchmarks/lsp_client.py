@@ -1,4 +1,8 @@
-"""A small LSP client over stdio for tests and benchmarks: starts the real server process."""
+"""A small LSP client over stdio for tests and benchmarks: starts the real server process.
+
+Here, not under tests/, so that a benchmark may use it too (benchmarks never import tests; tests may
+import benchmarks). `benchmarks/lsp_driver.py` builds the editor-like driver of the timed benchmarks.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Any
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.measure import ROOT
 
 
 class Client(LanguageClient):
@@ -63,10 +67,10 @@ def plain(obj: Any) -> Any:
 
 
 async def start(args: list[str], init_options: dict | None = None, encodings: list[str] | None = None,
-                env: dict[str, str] | None = None, experimental: dict | None = None
+                env: dict[str, str] | None = None, experimental: dict | None = None, cwd: Path | None = None
                 ) -> tuple[Client, types.InitializeResult]:
     client = Client()
-    await client.start_io(sys.executable, "-m", "codestral_ls.server", *args, cwd=str(ROOT),
+    await client.start_io(sys.executable, "-m", "codestral_ls.server", *args, cwd=str(cwd or ROOT),
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     # pygls pipes the server's stderr (its log): read it all the time, or a chatty server blocks
     # on a full pipe. It is echoed to our stderr too (pytest shows it for a failing test).
@@ -136,3 +140,18 @@ async def send_raw(client: Client, message: dict[str, Any] | bytes, msg_id: str 
     if msg_id is None:
         return None
     return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+
+
+async def wait_loaded(client: Client, timeout: float = 600) -> dict[str, Any]:
+    """Poll `codestral/stats` until it names the loaded model (until then a request is answered empty at
+    once, which says nothing about the server's behaviour); a failed load fails here, saying why."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        stats = plain(await client.protocol.send_request_async("codestral/stats", {}))
+        model = stats.get("model") or {}
+        assert not model.get("error"), f"the model failed to load: {model['error']}"
+        if model.get("source"):
+            return stats
+        assert loop.time() < deadline, "the model did not load in time"
+        await asyncio.sleep(0.05)
