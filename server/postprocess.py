@@ -56,6 +56,13 @@ class Brackets:
         return len(self.open) + len(self.unmatched) + (self.quote is not None)
 
 
+# The line around the cursor read for brackets, each way, and the auto-closed brackets a suggestion may
+# replace: bounded, or a line of 20 000 `]` costs minutes (a choice per bracket, a scan of the line each).
+SCAN_CHARS = 1000
+MAX_REPLACED = 16
+MAX_CHECKED_CHILDREN = 4000  # a syntax node with more children than this is not checked for new errors
+
+
 def scan(code: str, line_comment: str = "", quotes: str = QUOTES) -> Brackets:
     """Brackets of `code`, skipping strings (opened by any of `quotes`) and line comments. A closer
     that does not match the innermost open bracket closes nothing."""
@@ -122,8 +129,9 @@ def drop_suffix_overlap(text: str, c: Cursor) -> str:
 
 def balance_brackets(text: str, c: Cursor) -> str:
     """Cut at the first closing bracket that opens nowhere (not in the suggestion nor the line)."""
-    b = scan(c.before + text, c.line_comment, c.quotes)
-    stray = [i - len(c.before) for i in b.unmatched if i >= len(c.before)]
+    before = c.before[-SCAN_CHARS:]  # a minified line's megabyte is not read per suggestion
+    b = scan(before + text, c.line_comment, c.quotes)
+    stray = [i - len(before) for i in b.unmatched if i >= len(before)]
     return text[:stray[0]].rstrip() if stray else text
 
 
@@ -222,13 +230,14 @@ def _closing(text: str, c: Cursor) -> tuple[str, int]:
     choices.append((text, 0))
     lead = len(c.after) - len(c.after.lstrip(" \t"))
     run = lead
-    while run < len(c.after) and c.after[run] in AUTO_CLOSED:
+    while run < min(len(c.after), lead + MAX_REPLACED) and c.after[run] in AUTO_CLOSED:
         run += 1
         choices.append((text, run))
 
     def badness(choice: tuple[str, int]) -> int:
         middle, replace = choice
-        return scan(c.before + middle + c.after[replace:], c.line_comment, c.quotes).badness
+        return scan(c.before[-SCAN_CHARS:] + middle + c.after[replace:replace + SCAN_CHARS], c.line_comment,
+                    c.quotes).badness
 
     return min(choices, key=badness)  # min keeps the first of equals
 
@@ -344,7 +353,7 @@ def adds_syntax_error(suggestion: str, c: Cursor, replace_after: int = 0) -> boo
     """
     syntax = c.syntax
     ts_parser = parser(c.language)
-    if syntax.tree is None or ts_parser is None or not suggestion.strip():
+    if syntax.tree is None or ts_parser is None or not suggestion.strip() or _sprawling(syntax.tree):
         return False
     data, at = syntax.data, syntax.cursor_byte
     inserted = c.in_document(suggestion).encode("utf-8", "surrogatepass")
@@ -375,6 +384,17 @@ def adds_syntax_error(suggestion: str, c: Cursor, replace_after: int = 0) -> boo
     return (not _errors(c.language, syntax.tree, line_start, old_end, overlapping=True)
             and any(kind == "ERROR" and start < line_start
                     for kind, start, _ in _errors(c.language, tree, line_start, new_end, overlapping=True)))
+
+
+def _sprawling(tree) -> bool:  # noqa: ANN001
+    """A tree the error query would take seconds on (it is quadratic in an ERROR node's children:
+    100 kB of `{`): not checked, the suggestion stands."""
+    root = tree.root_node
+    if not root.has_error:
+        return False
+    if root.child_count > MAX_CHECKED_CHILDREN:
+        return True
+    return any(child.type == "ERROR" and child.child_count > MAX_CHECKED_CHILDREN for child in root.children)
 
 
 @functools.cache

@@ -321,3 +321,25 @@ def test_links_are_resolved_only_for_file_uris(tmp_path):
     os.symlink(tmp_path / ".env", tmp_path / "plain.txt")
     assert is_secret((tmp_path / "plain.txt").as_uri(), SECRET_FILES)
     assert not is_secret(f"untitled:{tmp_path / 'plain.txt'}", SECRET_FILES)
+
+
+# Post-processing reads the cursor's line and the parse around it: a line of thousands of closers, a
+# megabyte line, a broken file whose parse is one ERROR node with 100 000 children.
+LINES = {
+    "closers": ("python", "x = " + "[" * 3000 + "1, " + "]" * 3000 + "\n", 4 + 3000 + 3),
+    "minified": ("javascript", "var a=" + ",".join(f"f{i}(x)" for i in range(200_000)) + ";\n", 600_000),
+    "braces": ("python", "import os\n" + "{" * 100_000 + "\n", 10 + 50_000),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(LINES))
+def test_post_processing_on_a_pathological_line_is_bounded(shape):
+    from codestral_ls.server.postprocess import misfit, postprocess, replaced_after
+
+    language, text, offset = LINES[shape]
+    cursor = read_cursor(text, offset, language, "never")
+    t0 = time.perf_counter()
+    for suggestion in ("2, 3", "f(y)] + [", "}"):
+        out = postprocess(suggestion, cursor, frozenset())
+        misfit(out, cursor, replaced_after(out, cursor), frozenset())
+    assert time.perf_counter() - t0 < 2.0  # was 6 s to minutes
