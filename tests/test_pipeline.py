@@ -166,12 +166,6 @@ async def test_a_quick_first_answer_is_replaced_by_the_whole_prompts_when_it_dif
     s = await Completer(backend, Options(multiline="never", quick_first=False)).complete(doc(), CURSOR)
     assert s is not None and s.growing is None and backend.asked[0].quick_tokens == 0
     # Accepted as it is: its follow-up stops (the next line's prefetch must not wait behind it).
-    gate = asyncio.Event()
-
-    async def held(req):
-        await gate.wait()
-        return "return total / len(values)"
-
     backend = ScriptedBackend(["return total"], window=lambda req: "quick" if req.quick_tokens else "")
     c = Completer(backend, Options(multiline="never"))
     s = await c.complete(doc(), CURSOR)
