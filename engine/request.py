@@ -144,6 +144,9 @@ class FimRequest:
     # tokens (0: never), answer from a window of about this many around the cursor (the nearest lines
     # before and after it, no other files) and let the caller ask again with the whole prompt.
     quick_tokens: int = 0
+    # ... and only when that whole prompt would prefill more than this many tokens (what the device
+    # prefills while a person reads, ~2 s): a prompt ready within the read is answered whole.
+    quick_above: int = 0
 
 
 @dataclass

@@ -199,7 +199,7 @@ class Completer:
             forced_middle=placement.forced_middle, extra_files=self.extra_files(doc, cursor, others),
             max_tokens=o.max_tokens, path=self.workspace.relative(doc.uri), repo=self.workspace.name_of(doc.uri),
             stop=self._stop_rule(cursor), short_start=placement.ctx.short_start,
-            quick_tokens=self.speed.quick_tokens() if o.quick_first else 0)
+            quick_tokens=self.speed.quick_tokens() if o.quick_first else 0, quick_above=self.speed.quick_above())
 
     def windows(self) -> tuple[int, int, Spines | None]:
         """Token budgets of the prefix and suffix windows (sized to the device), and the spines."""

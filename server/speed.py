@@ -36,6 +36,10 @@ FALLBACK_TARGET_MS = 1000
 # A cold place's first answer (`quickFirst`): prefill at most this long, from the lines around the
 # cursor; the whole prompt's answer follows. Only where the whole cold window takes seconds.
 QUICK_TARGET_MS = {"cpu": 800}
+# ... but only where the whole prompt would not be ready while a person reads at the place (2 s): one
+# that is gets the whole context (a quick window costs HumanEval's first answers 15 points of pass@1
+# when every cold prompt takes it; benchmarks/README.md, "Quick first answers").
+QUICK_ABOVE_MS = 2000
 QUICK_MIN = 128  # tokens: below this the nearest lines are too few to be right
 ASSUMED_CPU_TOK_S = 250.0  # before anything was measured (this project's 2-core CPU: ~280)
 
@@ -94,6 +98,10 @@ class DeviceSpeed:
             return 0
         tokens = max(QUICK_MIN, int((self.prefill_tok_s or ASSUMED_CPU_TOK_S) * ms / 1000) // 16 * 16)
         return tokens if tokens < self.total else 0
+
+    def quick_above(self) -> int:
+        """Tokens of whole-prompt prefill above which the quick window answers first."""
+        return int((self.prefill_tok_s or ASSUMED_CPU_TOK_S) * QUICK_ABOVE_MS / 1000)
 
     def snapshot(self) -> dict[str, Any]:
         return {"prefill_tok_s": round(self.prefill_tok_s, 1) if self.prefill_tok_s else None,

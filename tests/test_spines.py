@@ -101,6 +101,13 @@ def test_a_cold_place_answers_first_from_its_nearest_lines(engine):
     assert whole.window == "" and whole.prompt_tokens > 300
     again = engine.complete(at(offset, doc="q", quick_tokens=64))  # now cached: the whole one is cheaper
     assert again.window == "" and again.prefilled_tokens <= 1
+    # A whole prompt the device prefills within a read is answered whole, however cold.
+    fresh = Engine(engine.loaded, EngineOptions(speculation=False))
+    within = fresh.complete(at(offset, doc="r", quick_tokens=64, quick_above=10_000))
+    assert within.window == "" and within.prefilled_tokens > 300
+    over = Engine(engine.loaded, EngineOptions(speculation=False)).complete(
+        at(offset, doc="r", quick_tokens=64, quick_above=300))
+    assert over.window == "quick"
 
 
 def test_a_quick_window_keeps_whole_lines_around_the_cursor():

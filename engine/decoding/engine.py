@@ -171,7 +171,7 @@ class Engine:
         if req.short_start:
             short = build(req.prefix[req.short_start:])
             best, window = (best, "long") if cost(best) <= cost(short) else (short, "short")
-        if req.quick_tokens and cost(best) > req.quick_tokens:
+        if req.quick_tokens and cost(best) > max(req.quick_tokens, req.quick_above):
             before, after = quick_window(self.counter, req.prefix, req.suffix, req.quick_tokens)
             quick = self.encoder.build(before, after, req.forced_middle, heal=req.heal)
             if cost(quick) < cost(best):
