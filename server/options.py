@@ -118,8 +118,8 @@ class Options:
                                     "speed, none where the windows already fill coldTargetMs, up to 384)", "context")
     retrieval: tuple[str, ...] = opt(("chunks", "definitions", "edits"), "sources of context from other files: "
                                      "similar chunks of open files, definitions of imported names, recent edits "
-                                     "elsewhere (none: no other file)", "context",
-                                     choices=("chunks", "definitions", "edits", "none"))
+                                     "elsewhere, stubs of what the cursor's block uses (none: no other file)",
+                                     "context", choices=("chunks", "definitions", "edits", "symbols", "none"))
     typed_cache_entries: int = opt(256, "suggestions kept for typing through them", "context")
     disabled_languages: tuple[str, ...] = opt((), "language ids never completed nor sent as context", "context",
                                               metavar="LANGUAGE")
