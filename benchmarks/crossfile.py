@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import statistics
 import sys
@@ -271,8 +272,37 @@ def retrieval_cost(sites: list[Site], roots: dict[str, Path]) -> dict[str, Any]:
     return {"cold_ms": summary(cold), "keystroke_ms": summary(warm)}
 
 
+def explain(paths: list[Path]) -> str:
+    """Why the context was used or not: per configuration and kind, how often the definition was in the
+    prompt, cut, how far from the cursor (median characters of extra context after it, and of the
+    current file before the cursor), and the exact rate with the definition in the prompt and without."""
+    out = []
+    for path in paths:
+        d = json.loads(path.read_text())
+        for r in d["results"]:
+            for kind in ["all", *KINDS]:
+                rows = [x for x in r["rows"] if kind == "all" or x["site"]["kind"] == kind]
+                if not rows:
+                    continue
+                inp = [x for x in rows if x["prompt"]["in_prompt"]]
+                out_ = [x for x in rows if not x["prompt"]["in_prompt"]]
+                after = sorted(x["prompt"]["after_chars"] for x in inp)
+                pre = sorted(x["prompt"]["prefix_chars"] for x in rows)
+
+                def rate(xs: list[dict[str, Any]], key: str) -> str:
+                    return f"{sum(x[key] for x in xs)}/{len(xs)}" if xs else "–"
+
+                out.append([r["config"], kind, str(len(rows)), f"{len(inp)}/{len(rows)}",
+                            f"{sum(x['prompt']['cut'] for x in rows)}/{len(rows)}",
+                            str(after[len(after) // 2]) if after else "–", str(pre[len(pre) // 2]),
+                            rate(inp, "exact"), rate(out_, "exact"), rate(inp, "used"), rate(out_, "used")])
+    return table(out, ["config", "kind", "n", "def in prompt", "cut", "chars after it", "file chars before cursor",
+                       "exact (in)", "exact (not in)", "used (in)", "used (not in)"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--explain", type=Path, nargs="+", help="results files: where the definitions sat, per kind")
     p.add_argument("--per-kind", type=int, default=4,
                    help="sites of each kind from each package, picked with a fixed stride (default 4)")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
@@ -283,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
                                    "labelled with the model in the results)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    if args.explain:
+        print(explain(args.explain))
+        return 0
     configs = [c for c in args.configs.split(",") if c]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
