@@ -331,7 +331,7 @@ class Retriever:
                 if got is None:
                     continue
                 body = "\n".join(got.lines)
-            hit = stub(body, name)
+            hit = stub(body, name) if len(body) <= MAX_FILE_BYTES else None  # never a huge parse
             if hit is not None:
                 out.append(Snippet(self.workspace.relative(target_uri), hit[0], hit[1] + "\n", "symbols",
                                    self._order(target_uri)))

@@ -21,8 +21,8 @@ enters another block), so typing never changes them; a stub is cut to `MAX_STUB_
 
 from __future__ import annotations
 
-import functools
 import re
+from collections import OrderedDict
 from typing import Any
 
 from codestral_ls.server.languages import parser as parser_for
@@ -57,9 +57,23 @@ def wanted(block: str, before: str, imported: list[str], used_above: set[str]) -
     return [n for n in dict.fromkeys(out) if n in names][:MAX_NAMES]
 
 
-@functools.lru_cache(maxsize=256)
+_STUBS: OrderedDict[tuple[int, int, str], tuple[int, str] | None] = OrderedDict()  # (hash, size, name) →
+
+
 def stub(text: str, name: str) -> tuple[int, str] | None:
-    """(line, stub) of the top-level class or function `name` in the Python `text`, or None."""
+    """(line, stub) of the top-level class or function `name` in the Python `text`, or None; remembered
+    by the text's hash (not the text: a cache of big files' texts would hold megabytes)."""
+    key = (hash(text), len(text), name)
+    if key in _STUBS:
+        _STUBS.move_to_end(key)
+        return _STUBS[key]
+    got = _STUBS[key] = _stub(text, name)
+    while len(_STUBS) > 256:
+        _STUBS.popitem(last=False)
+    return got
+
+
+def _stub(text: str, name: str) -> tuple[int, str] | None:
     parser = parser_for("python")
     if parser is None:
         return None
