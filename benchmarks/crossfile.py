@@ -272,6 +272,21 @@ def retrieval_cost(sites: list[Site], roots: dict[str, Path]) -> dict[str, Any]:
     return {"cold_ms": summary(cold), "keystroke_ms": summary(warm)}
 
 
+def probe_table(sites: list[Site], roots: dict[str, Path], configs: list[str]) -> str:
+    """The prompt probe alone (no server, no model): definition in the prompt / member cut, per kind."""
+    out = []
+    for name in configs:
+        flags, open_b, _ = CONFIGS[name]
+        probes = [(site.kind, probe(site, roots, flags, open_b)) for site in sites]
+        for kind in ["all", *KINDS]:
+            got = [x for k, x in probes if kind in ("all", k)]
+            if got:
+                after = sorted(x["after_chars"] for x in got if x["in_prompt"])
+                out.append([name, kind, str(len(got)), f"{sum(x['in_prompt'] for x in got)}/{len(got)}",
+                            f"{sum(x['cut'] for x in got)}/{len(got)}", str(after[len(after) // 2]) if after else "–"])
+    return table(out, ["config", "kind", "n", "def in prompt", "class in, member cut", "chars after it (median)"])
+
+
 def explain(paths: list[Path]) -> str:
     """Why the context was used or not: per configuration and kind, how often the definition was in the
     prompt, cut, how far from the cursor (median characters of extra context after it, and of the
@@ -311,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                                       f"{','.join(TUNED)} are those the defaults were tuned on")
     p.add_argument("--model", help="a model other than the embedded one (the server's --model: an ablation, "
                                    "labelled with the model in the results)")
+    p.add_argument("--probe-only", action="store_true",
+                   help="no model: per configuration and kind, how often the definition is in the prompt")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if args.explain:
@@ -328,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         sites = [fs[k][i] for fs in found.values() for k in kinds for i in stride_indices(len(fs[k]), args.per_kind)]
         print(f"{len(sites)} sites of {sum(len(fs[k]) for fs in found.values() for k in kinds)} in "
               f"{', '.join(roots)}", flush=True)
+        if args.probe_only:
+            print(probe_table(sites, roots, configs))
+            return 0
         cost = retrieval_cost(sites, roots)
         print(f"retrieval per request: cold {cost['cold_ms']} ms, keystroke {cost['keystroke_ms']} ms", flush=True)
         results = []
