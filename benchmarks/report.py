@@ -89,6 +89,7 @@ TABLES: dict[str, Table] = {
     "runners": Table("runners_streams.json"),
     "runners-before-streams": Table("runners.json"),
     "crossfile-heldout-0.5b": Table("crossfile_heldout_0.5b_30.json"),
+    "crossfile-heldout-1.5b": Table("crossfile_heldout_1.5b_call_method.json"),
     "crossfile-24": Table("crossfile_24.json"),
     "crossfile-24-qwen1.5b": Table("crossfile_24_qwen1.5b.json"),
     "crossfile-24-pydantic-qwen1.5b": Table("crossfile_24_pydantic_settings_qwen1.5b.json"),
