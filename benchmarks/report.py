@@ -90,6 +90,8 @@ TABLES: dict[str, Table] = {
     # the runners, context from other files, quantization, packaged models, GPU latency, robustness
     "runners": Table("runners_streams.json"),
     "runners-before-streams": Table("runners.json"),
+    "crossfile-heldout-0.5b": Table("crossfile_heldout_0.5b_30.json"),
+    "crossfile-heldout-1.5b": Table("crossfile_heldout_1.5b_call_method.json"),
     "crossfile-24": Table("crossfile_24.json"),
     "crossfile-24-qwen1.5b": Table("crossfile_24_qwen1.5b.json"),
     "crossfile-24-pydantic-qwen1.5b": Table("crossfile_24_pydantic_settings_qwen1.5b.json"),
@@ -388,6 +390,8 @@ def render_runners(d: dict[str, Any], t: Table) -> list[str]:
 
 def render_crossfile(d: dict[str, Any], t: Table) -> list[str]:
     results = {r["config"]: r for r in d["results"]}
+    if any("by_kind" in r for r in results.values()):
+        return render_crossfile_kinds(d, t)
     body = []
     for name, r in pick(results, t.rows):
         n = r["n"]
@@ -403,6 +407,34 @@ def render_crossfile(d: dict[str, Any], t: Table) -> list[str]:
     return [f"{d['sites']} sites in {', '.join(d['packages'])}:", "",
             *md(["config", "server flags", "sibling open", "exact line", "edit similarity", "names the imported name",
                  "p50 latency (cold)", "errors"], body), "",
+            f"Selecting context (in the benchmark's process): entering a block p50 {cold.get('p50')} ms, p95 "
+            f"{cold.get('p95')} ms, max {cold.get('max')} ms; a keystroke in it p50 {key.get('p50')} ms, max "
+            f"{key.get('max')} ms."]
+
+
+def render_crossfile_kinds(d: dict[str, Any], t: Table) -> list[str]:
+    """Issue 27's files: per configuration, every kind of site, then per package."""
+    results = {r["config"]: r for r in d["results"]}
+    body, packages = [], []
+    for name, r in pick(results, t.rows):
+        for kind, s in [("all", r), *r["by_kind"].items()]:
+            n = s.get("n")
+            if not n:
+                continue
+            body.append([f"`{name}`" if kind == "all" else "", kind, f"{round(s['exact'] * n / 100)}/{n} "
+                         f"({num(s['exact'], 1)} %)", num(s["similarity"], 3), f"{round(s['used'] * n / 100)}/{n}",
+                         f"{round(s['in_prompt'] * n / 100)}/{n}", secs(s.get("p50_ms"))])
+        packages.append([f"`{name}`", *(f"{num(s['exact'], 1)} % / {num(s['similarity'], 3)}"
+                                        for s in r["by_package"].values())])
+    flags = "; ".join(f"`{name}`: {' '.join(r.get('flags') or []) or '(none)'}" for name, r in pick(results, t.rows))
+    first = next(iter(results.values()))
+    cost = d.get("retrieval_cost") or {}
+    cold, key = cost.get("cold_ms") or {}, cost.get("keystroke_ms") or {}
+    return [f"{d['sites']} sites in {', '.join(d['packages'])}; server flags: {flags}.", "",
+            *md(["config", "kind", "exact line", "edit similarity", "used the definition", "definition in the prompt",
+                 "p50 latency (cold)"], body), "",
+            "Per package (exact line / edit similarity):", "",
+            *md(["config", *first["by_package"]], packages), "",
             f"Selecting context (in the benchmark's process): entering a block p50 {cold.get('p50')} ms, p95 "
             f"{cold.get('p95')} ms, max {cold.get('max')} ms; a keystroke in it p50 {key.get('p50')} ms, max "
             f"{key.get('max')} ms."]

@@ -146,8 +146,9 @@ class Options:
                                     limits=(0, 2048))
     retrieval: tuple[str, ...] = opt(("chunks", "definitions", "edits"), "sources of context from other files: "
                                      "similar chunks of open files, definitions of imported names, recent edits "
-                                     "elsewhere (none: no other file)", "context",
-                                     choices=("chunks", "definitions", "edits", "none"), narrow=FEWER)
+                                     "elsewhere, stubs of what the cursor's block uses (none: no other file)",
+                                     "context", choices=("chunks", "definitions", "edits", "symbols", "none"),
+                                     narrow=FEWER)
     typed_cache_entries: int = opt(256, "suggestions kept for typing through them", "context",
                                    limits=(1, 4096))
     disabled_languages: tuple[str, ...] = opt((), "language ids never completed nor sent as context", "context",

@@ -339,26 +339,34 @@ def test_an_import_not_used_yet_comes_first(project):
         assert len(out) == 1 and wanted in out[0][1] and other not in out[0][1], (wanted, out)
 
 
-def test_crossfile_benchmark_sites_are_first_uses_of_sibling_names(tmp_path):
+def test_crossfile_benchmark_sites_of_each_kind(tmp_path):
     import sys
 
     root_dir = str(Path(__file__).resolve().parent.parent)
     if root_dir not in sys.path:
         sys.path.insert(0, root_dir)
-    from benchmarks.crossfile import blanked, edit_similarity, find_sites
+    from benchmarks.crossfile import blanked, edit_similarity
+    from benchmarks.crossfile_sites import find_sites
 
     repo = tmp_path / "repo"
     (repo / "pkg").mkdir(parents=True)
     (repo / "pkg" / "__init__.py").write_text("from .geometry import circle_area\n")
-    (repo / "pkg" / "geometry.py").write_text(GEOMETRY)
-    (repo / "pkg" / "uses.py").write_text(USES + "\n\ndef later():\n    return circle_area(2.0) + circle_area(3.0)\n")
+    (repo / "pkg" / "geometry.py").write_text(GEOMETRY.replace("class Rectangle:", "@dataclass\nclass Rectangle:"))
+    (repo / "pkg" / "uses.py").write_text(USES + "\n\ndef later(box: Rectangle):\n    side = box.width\n"
+                                          "    return circle_area(2.0) + side\n\n\ndef other(box: Rectangle):\n"
+                                          "    return box.scaled_rectangle_area(3.0)\n")
     sites = find_sites("pkg", repo)
-    assert [(s.a, s.b, s.name, s.original) for s in sites] == [
+    assert [(s.a, s.b, s.name, s.original) for s in sites["import"]] == [
         ("pkg/uses.py", "pkg/geometry.py", "Rectangle", "room = Rectangle()"),
         ("pkg/uses.py", "pkg/geometry.py", "circle_area",
          "return room.scaled_rectangle_area(2.0) + circle_area(1.0)")]
-    lines = blanked(repo, sites[0]).split("\n")
-    assert lines[sites[0].line] == "    " and "Rectangle()" not in lines[sites[0].line]
+    assert [(s.name, s.expected) for s in sites["call"]] == [("circle_area", "2.0) + side")]
+    assert [(s.name, s.expected) for s in sites["field"]] == [("Rectangle.width", "width")]
+    assert [(s.name, s.expected) for s in sites["method"]] == [("Rectangle.scaled_rectangle_area",
+                                                               "scaled_rectangle_area(3.0)")]
+    lines = blanked(repo, sites["import"][0]).split("\n")
+    assert lines[sites["import"][0].line] == "    " and "Rectangle()" not in lines[sites["import"][0].line]
+    assert blanked(repo, sites["method"][0]).split("\n")[sites["method"][0].line] == "    return box."
     assert edit_similarity("abc", "abc") == 1.0 and edit_similarity("abc", "abd") == pytest.approx(2 / 3)
 
 
@@ -385,3 +393,58 @@ def test_code_already_in_the_current_file_is_not_sent_again(tmp_path):
     other = doc(tmp_path / "other.py", "def sub(a, b):\n    return a - b\n")
     out = select(Retriever(), doc(tmp_path / "main.py", text), [other], sources=("chunks",))
     assert out and "def sub" in out[0][1]
+
+
+BIG_CLASS = '''class Session:
+    """A long-lived session.
+
+''' + "".join(f"    Detail line {i} of a long docstring.\n" for i in range(30)) + '''    """
+
+    name: str
+''' + "".join(f"\n    def helper_{i}(self, value: int) -> int:\n        \"\"\"Helper {i}.\"\"\"\n        return value\n"
+              for i in range(12)) + '''
+    def refresh_token(self, force: bool = False) -> str:
+        """Refresh the token."""
+        return self.name
+'''
+
+
+def test_symbols_stub_the_class_the_cursor_types_a_member_of(tmp_path):
+    # The definitions source renders a class with its docstrings and cuts it after 40 lines: the
+    # member at its end is not in the prompt. The symbols source gives every member's signature.
+    root = tmp_path / "proj"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "session.py").write_text(BIG_CLASS)
+    (root / "pkg" / "geometry.py").write_text(GEOMETRY)
+    code = ("from .geometry import circle_area\nfrom .session import Session\n\n\n"
+            "def renew(current: Session):\n    return current.")
+    current = doc(root / "pkg" / "main.py", code)
+
+    def fresh() -> Retriever:
+        r = Retriever()
+        r.workspace = Workspace.of([root.as_uri()])
+        return r
+
+    defs = select(fresh(), current, [], sources=("definitions",), budget=384)
+    assert "class Session" in "".join(t for _, t in defs) and "refresh_token" not in "".join(t for _, t in defs)
+    # A budget for one stub: the class of the receiver at the cursor, not the unused import.
+    r = fresh()
+    out = select(r, current, [], sources=("symbols",), budget=200)
+    assert len(out) == 1 and out[0][0] == "pkg/session.py", out
+    assert "def refresh_token(self, force: bool = False) -> str: ..." in out[0][1]
+    assert "Detail line" not in out[0][1] and "circle_area" not in out[0][1]
+    # Typing the member changes nothing in the extra part (the prompt's cached head).
+    typed = doc(current.uri, code + "ref")
+    assert select(r, typed, [], sources=("symbols",), budget=200) == out
+
+
+def test_symbols_come_last_nearest_the_current_file(project):
+    r = Retriever()
+    r.workspace = Workspace.of([project.as_uri()])
+    code = "from .geometry import Rectangle\n\n\ndef total(box: Rectangle, shapes):\n    return box."
+    notes = doc(project / "pkg" / "zz_notes.py", "def total_of(shapes):\n    return sum(shapes)\n")
+    out = select(r, doc(project / "pkg" / "main.py", code), [notes], sources=("symbols", "chunks"), budget=384)
+    assert [p for p, _ in out] == ["pkg/zz_notes.py", "pkg/geometry.py"], out
+    assert out[-1][1] == ("class Rectangle:\n    width: float\n    height: float\n"
+                          "    def scaled_rectangle_area(self, factor: float) -> float: ...\n")

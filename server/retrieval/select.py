@@ -9,7 +9,9 @@ Three sources, each switchable (`retrieval` option, server/options.py):
   workspace (Python, JS/TS, Go, Rust, Java, C/C++ imports read with tree-sitter queries), names
   imported but not used yet above the cursor first (the code being written is about to use them),
   then those used near it; read from the open document, else from disk under a workspace root;
-- ``edits``: the lines the user edited most recently in other files.
+- ``edits``: the lines the user edited most recently in other files;
+- ``symbols``: stubs (signatures, fields, method signatures) of the names the block at the cursor
+  is about to use from other files (server/retrieval/symbols.py), placed last: nearest the cursor.
 
 Rules it keeps:
 - Never context: a file `privacy.shareable` refuses (credentials, disabled languages, by its name
@@ -53,9 +55,11 @@ from codestral_ls.server.retrieval.outline import (
     parse_file,
     used_outside_imports,
 )
+from codestral_ls.server.retrieval.symbols import stub, wanted
 from codestral_ls.server.retrieval.workspace import Workspace, file_uri, path_of, read_text, resolve
 
-SOURCES = ("chunks", "definitions", "edits")
+SOURCES = ("chunks", "definitions", "edits", "symbols")
+SYMBOLS_SHARE = 0.5  # of the budget, when other sources are on too
 QUERY_ABOVE, QUERY_BELOW = 30, 10  # lines around the cursor whose identifiers rank the chunks
 MAX_FILES = 24  # files read from disk per selection
 RESOLVE_TTL_S = 30.0  # an import's file is looked up again after this long
@@ -169,7 +173,7 @@ class Retriever:
                 # and an unfinished copy of the cursor's line made the model think it was written.
                 return 0
             n = len(s.text) + len(s.path) + 2
-            if n > limit and s.source == "definitions" and limit >= MIN_CUT_CHARS:
+            if n > limit and s.source in ("definitions", "symbols") and limit >= MIN_CUT_CHARS:
                 # A big class: its head (signature, docstring, first fields and methods) still helps.
                 head = s.text[:limit - len(s.path) - 10]
                 s = dataclasses.replace(s, text=head[:head.rfind("\n") + 1] + "    ...\n")
@@ -184,7 +188,13 @@ class Retriever:
             return n
 
         left = budget
-        # Definitions first (the names the code uses), edits next (small), chunks fill the rest.
+        # Stubs of what the cursor is about to use first (placed last, nearest the cursor), then
+        # definitions (the names the code uses), edits next (small), chunks fill the rest.
+        if "symbols" in sources:
+            cap = left if len(sources) == 1 else int(budget * SYMBOLS_SHARE)
+            for s in self._symbols(uri, text, offset, language, others, secret_files, disabled):
+                cap -= (n := take(s, cap))
+                left -= n
         if "definitions" in sources:
             cap = left if len(sources) == 1 else int(budget * 0.6)
             for s in self._definitions(uri, text, offset, language, others, query, secret_files, disabled):
@@ -200,10 +210,10 @@ class Retriever:
                 left -= take(s, left)
         # Stable layout: files by when they were last edited, then path; snippets by line.
         picked.sort(key=lambda s: (s.order, s.path, s.line))
-        files: dict[str, list[str]] = {}
-        for s in picked:
-            files.setdefault(s.path, []).append(s.text.rstrip("\n"))
-        return tuple((p, "\n...\n".join(parts) + "\n") for p, parts in files.items())
+        files: dict[tuple[str, bool], list[str]] = {}  # stubs: a part of their own, after every file
+        for s in sorted(picked, key=lambda s: s.source == "symbols"):
+            files.setdefault((s.path, s.source == "symbols"), []).append(s.text.rstrip("\n"))
+        return tuple((p, "\n...\n".join(parts) + "\n") for (p, _), parts in files.items())
 
     def _candidates(self, module: str, here: Path, language: str) -> list[str]:
         """`resolve`'s candidates as normalized path strings, remembered for `RESOLVE_TTL_S`."""
@@ -305,6 +315,46 @@ class Retriever:
             body = "\n".join(lines[first:line + EDIT_CONTEXT + 1])
             if body.strip():
                 out.append(Snippet(self.workspace.relative(uri), first, body, "edits", self._order(uri)))
+        return out
+
+    def _symbols(self, uri: str, text: str, offset: int, language: str, others: Sequence[OtherDoc],
+                 secret_files: tuple[str, ...], disabled: tuple[str, ...]) -> list[Snippet]:
+        """Stubs of the imported names the cursor's block needs (symbols.py), most needed first."""
+        here = path_of(uri)
+        block_start = _block_start(text, offset)
+        head = text[:min(block_start, HEAD_CHARS)]
+        parsed = self._parse(uri, head, language)
+        if language != "python" or here is None or not parsed.imports:
+            return []
+        source: dict[str, str] = {}  # imported name → module
+        for imp in parsed.imports:
+            for name in imp.names:
+                if name and "." not in name:
+                    source.setdefault(name, imp.module)
+        line_start = text.rfind("\n", 0, offset) + 1
+        nxt = text.find("\n", offset)
+        block = text[block_start:len(text) if nxt < 0 else nxt]
+        used_above = identifiers(text[len(head):line_start][-USED_ABOVE_CHARS:]) | used_outside_imports(parsed)
+        open_docs = {os.path.normpath(p): d for d in others if (p := path_of(d.uri)) is not None}
+        out = []
+        for name in wanted(block, text[line_start:offset], list(source), used_above):
+            module = source[name]
+            path = next((p for p in self._candidates(module, here, language) if p in open_docs), None)
+            if path is not None:
+                target_uri, body = open_docs[path].uri, open_docs[path].text
+            else:
+                found = self._on_disk(module, here, language)
+                target_uri = file_uri(found) if found is not None else ""
+                if not target_uri or not shareable(target_uri, "", secret_files, disabled):
+                    continue
+                got = self._disk_parse(found)
+                if got is None:
+                    continue
+                body = "\n".join(got.lines)
+            hit = stub(body, name) if len(body) <= MAX_FILE_BYTES else None  # never a huge parse
+            if hit is not None:
+                out.append(Snippet(self.workspace.relative(target_uri), hit[0], hit[1] + "\n", "symbols",
+                                   self._order(target_uri)))
         return out
 
     def _definitions(self, uri: str, text: str, offset: int, language: str, others: Sequence[OtherDoc], query: set[str],
