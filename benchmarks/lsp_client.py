@@ -155,3 +155,16 @@ async def wait_loaded(client: Client, timeout: float = 600) -> dict[str, Any]:
             return stats
         assert loop.time() < deadline, "the model did not load in time"
         await asyncio.sleep(0.05)
+
+
+def send_json(handler: Any, obj: Any, status: int = 200) -> None:
+    """Answer an `http.server` request with `obj` as JSON (the stand-in HTTP APIs of tests and stress)."""
+    import json
+
+    out = json.dumps(obj).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(out)))
+    handler.end_headers()
+    handler.wfile.write(out)
+

@@ -51,7 +51,10 @@ def rows(*names: str) -> tuple[str, ...]:
 
 TABLES: dict[str, Table] = {
     # HumanEval infilling through the LSP, default options (benchmarks.quality, version 2)
-    "quality-single-60": Table("quality_single_defaults_60_streams.json"),
+    "quality-single-60": Table("quality_single_defaults_60_quickabove.json"),
+    "quality-single-60-quick-always": Table("quality_single_quick_60.json"),
+    "quality-single-60-quick-above": Table("quality_single_quick_above_60.json"),
+    "quality-single-60-before-quick": Table("quality_single_defaults_60_streams.json"),
     "quality-single-60-previous": Table("quality_single_defaults_60_final.json"),
     "quality-single-60-ablations": Table("quality_single_defaults_60.json"),
     "quality-single-120": Table("quality_single_defaults_120.json", rows("lsp@indent", "canonical@indent")),
@@ -85,8 +88,10 @@ TABLES: dict[str, Table] = {
     "replay-old-h100-everykey": Table("replay_everykey_h100_bf16.json"),
     # a person in a file (benchmarks.session)
     "session-baseline": Table("session_baseline.json"),
-    "session-quick": Table("session_quick.json"),
-    "session-quick-ablation": Table("session_quick_ablation.json"),
+    "session-defaults": Table("session_defaults.json"),
+    "session-quick-always": Table("session_quick.json"),
+    "session-quick-above": Table("session_quick_above.json"),
+    "session-quick-off": Table("session_quick_ablation.json"),
     # the runners, context from other files, quantization, packaged models, GPU latency, robustness
     "runners": Table("runners_streams.json"),
     "runners-before-streams": Table("runners.json"),
@@ -556,12 +561,22 @@ def soak_rss(s: dict[str, Any]) -> str:
     return f"{num(s['rss_mb_start'])} → {num(s['rss_mb_end'])} MB, {s['errors']} errors"
 
 
+def arrival(s: dict[str, Any]) -> str:
+    a = s["arrival_ms"]
+    return f"{secs(a['p50'])} p50, {s['arrival_in_read']}/{s['places']} within the 2 s read"
+
+
 HEADLINE: list[Figure] = [
     Figure("HumanEval single-line pass@1, first answer, cursor after the auto-indent",
-           "quality_single_defaults_60_streams.json", at(pct, "summary", "lsp@indent", "pass@1"),
+           "quality_single_defaults_60_quickabove.json", at(pct, "summary", "lsp@indent", "pass@1"),
            at(pct, "summary", "llama@indent", "pass@1")),
-    Figure("the same, cursor at column 0", "quality_single_defaults_60_streams.json",
+    Figure("the same, cursor at column 0", "quality_single_defaults_60_quickabove.json",
            at(pct, "summary", "lsp@col0", "pass@1"), at(pct, "summary", "llama@col0", "pass@1")),
+    Figure("a person in a file (20 new places): arriving → first suggestion", "session_defaults.json",
+           at(arrival, "systems", "ours", "summary"), at(arrival, "systems", "llama", "summary")),
+    Figure("the same: characters saved", "session_defaults.json",
+           at(rate, "systems", "ours", "summary", "chars_saved_rate"),
+           at(rate, "systems", "llama", "summary", "chars_saved_rate")),
     Figure("HumanEval multi-line pass@1, first answer, after the auto-indent", "quality_multi_defaults_40_streams.json",
            at(pct, "summary", "lsp@indent", "pass@1"), at(pct, "summary", "llama@indent", "pass@1")),
     Figure("typing replay, 24 real lines: characters saved", "replay_read2000_24_pause.json",

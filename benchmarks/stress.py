@@ -67,7 +67,7 @@ from typing import Any
 import psutil
 from lsprotocol import types
 
-from benchmarks.lsp_client import Client, inline, insert, open_doc, send_raw, start, stop
+from benchmarks.lsp_client import Client, inline, insert, open_doc, plain, send_json, send_raw, start, stop
 from benchmarks.measure import ROOT
 
 IC = "textDocument/inlineCompletion"
@@ -359,19 +359,6 @@ async def soak(c: Client, keystrokes: int, per_doc: int = 2000, await_every: int
 # -- issue 24, round 3: where options and models come from --------------------------------------------
 
 
-def plain(obj: Any) -> Any:
-    """An answer to our own requests (pygls hands them over as attribute objects) as dicts and lists."""
-    if isinstance(obj, dict):
-        return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple) and not hasattr(obj, "_fields"):
-        return [plain(v) for v in obj]
-    if hasattr(obj, "_asdict"):
-        return {k: plain(v) for k, v in obj._asdict().items()}
-    if hasattr(obj, "__dict__") and not isinstance(obj, type):
-        return {k: plain(v) for k, v in vars(obj).items()}
-    return obj
-
-
 async def shadowed_model(model: Path) -> dict[str, Any]:
     """A cloned repository holding a folder named like the user's hub model (a loadable model, with a
     `trust_remote_code` module that leaves a marker when imported), the server started in it (as eglot,
@@ -537,13 +524,8 @@ class RecordingApi:
 
             def do_POST(self) -> None:  # noqa: N802
                 bodies.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                out = json.dumps({"choices": [{"text": " 1", "finish_reason": "stop"}],
-                                  "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                send_json(self, {"choices": [{"text": " 1", "finish_reason": "stop"}],
+                                 "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +13,7 @@ import pytest_asyncio
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
-from benchmarks.lsp_client import inline, insert, open_doc, send_raw, start, stop
+from benchmarks.lsp_client import inline, insert, open_doc, send_json, send_raw, start, stop
 
 pytestmark = pytest.mark.model
 
@@ -225,13 +224,8 @@ class _Api:
             def do_POST(self) -> None:  # noqa: N802
                 self.rfile.read(int(self.headers["Content-Length"]))
                 api.requests += 1
-                out = json.dumps({"choices": [{"message": {"content": api.answer}, "finish_reason": "stop"}],
-                                  "usage": {"prompt_tokens": 20, "completion_tokens": 5}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                send_json(self, {"choices": [{"message": {"content": api.answer}, "finish_reason": "stop"}],
+                                 "usage": {"prompt_tokens": 20, "completion_tokens": 5}})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
