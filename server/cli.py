@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from codestral_ls.server import __version__
+from codestral_ls.server.config_file import read_user_config
 from codestral_ls.server.options import (
     Options,
     add_cli_arguments,
     cli_overrides,
     engine_config,
     parse_options,
-    read_user_config,
 )
 
 if TYPE_CHECKING:

@@ -54,7 +54,7 @@ NOTHING_FITS_YET = "nothing that fits yet: looking for another"
 MAX_REFINING = 64  # quick answers remembered for `accepted`
 MIDDLE_ROOM = 128  # tokens a sequence keeps for what is typed after the window's anchor
 FINISHED = ("stop", "budget")  # an answer that ended where it meant to (not cut at max_tokens)
-Verdict = Literal["fits", "again", "later", "decline"]  # what becomes of an answer (`Completer._judge`)
+Verdict = Literal["fits", "again", "whole", "later", "decline"]  # what becomes of an answer (`Completer._judge`)
 
 
 @dataclass(frozen=True)
@@ -136,9 +136,8 @@ class Completer:
             return self._declined(t0, why, timing)
 
         # The prompt: anchored windows around the cursor, and what it needs from other files.
-        mode = cursor.mode  # the parse, where the kind of suggestion depends on it
         timing.cursor_ms = _ms(t0)
-        req = self.request(doc, cursor, others) if mode != "none" else None
+        req = self.request(doc, cursor, others) if cursor.mode != "none" else None  # (the mode parses)
         timing.prompt_ms = _ms(t0) - timing.cursor_ms
         if req is None:
             return self._declined(t0, "no suggestion inside a word", timing)
@@ -151,15 +150,13 @@ class Completer:
             result = await self._engine(req, timing)
             first_ms = first_ms or result.elapsed_ms
             fit = self._fit(result, cursor, timing)
-            if result.window == "quick" and (fit.misfit is not None or not fit.text):
-                # The nearest lines were not enough: the whole prompt now (the user is waiting anyway).
-                self.stats.quick_missed += 1
-                req, first_ms = dataclasses.replace(req, quick_tokens=0, cancel=CancelToken()), 0.0
-                continue
             verdict = self._judge(fit, result, timing, avoid, first_ms)
-            if verdict != "again":
+            if verdict == "whole":  # a quick answer with nothing to show: the whole prompt, now
+                req, first_ms = dataclasses.replace(req, quick_tokens=0, cancel=CancelToken()), 0.0
+            elif verdict == "again":
+                req = dataclasses.replace(req, avoid=tuple(avoid), cancel=CancelToken())
+            else:
                 break
-            req = dataclasses.replace(req, avoid=tuple(avoid), cancel=CancelToken())
         if verdict == "later":  # the answer says so now; the client hears of the one that fits
             later = self._second_opinions(doc.uri, req, cursor, avoid, offset)
             self._declined(t0, NOTHING_FITS_YET, timing)
@@ -292,10 +289,14 @@ class Completer:
         return Fit(text, replace, why)
 
     def _judge(self, fit: Fit, result: FimResult, timing: Timings, avoid: list[str], first_ms: float) -> Verdict:
-        """What becomes of an answer: shown ("fits"); or, where it does not fit, the model's next-best
-        start asked for now ("again": its first words join `avoid`) or after the answer ("later": now
-        would more than double the wait of the first answer, `first_ms`); or nothing ("decline": out of
-        second opinions, or a backend that cannot be steered)."""
+        """What becomes of an answer: shown ("fits"); a quick answer with nothing to show: the whole
+        prompt now ("whole"); or, where it does not fit, the model's next-best start asked for now
+        ("again": its first words join `avoid`) or after the answer ("later": now would more than double
+        the wait of the first answer, `first_ms`); or nothing ("decline": out of second opinions, or a
+        backend that cannot be steered)."""
+        if result.window == "quick" and (fit.misfit is not None or not fit.text):
+            self.stats.quick_missed += 1  # the nearest lines were not enough (the user is waiting anyway)
+            return "whole"
         if fit.misfit is None:
             return "fits"
         log.debug("suggestion rejected (%s); asking for another", fit.misfit)

@@ -117,7 +117,7 @@ def test_the_user_config_file_is_trusted_and_the_command_line_wins(tmp_path):
 
 
 def test_a_config_file_others_can_write_is_ignored(tmp_path):
-    from codestral_ls.server.options import read_user_config
+    from codestral_ls.server.config_file import read_user_config
 
     config = tmp_path / "config.toml"
     config.write_text('backend = "openai"\n', encoding="utf-8")

@@ -13,7 +13,8 @@ import pytest
 from codestral_ls.engine.config import ModelSpec
 from codestral_ls.engine.errors import ModelLoadError
 from codestral_ls.engine.models import loading
-from codestral_ls.server import cli, options
+from codestral_ls.server import cli, config_file, options
+from codestral_ls.server.config_file import read_user_config
 from codestral_ls.server.lsp import create_server
 from codestral_ls.server.options import (
     FIELDS,
@@ -23,7 +24,6 @@ from codestral_ls.server.options import (
     meta,
     parse_client_options,
     parse_options,
-    read_user_config,
 )
 from lsprotocol import types
 
@@ -157,9 +157,9 @@ def write_config(tmp_path: Path, mode: int, text: str = 'maxLines = 3\n') -> Pat
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners")
 def test_group_writable_config_is_read_when_the_group_is_the_users_private_group(tmp_path: Path, monkeypatch) -> None:
     path = write_config(tmp_path, 0o664)
-    monkeypatch.setattr(options, "private_group", lambda gid, uid: True)
+    monkeypatch.setattr(config_file, "private_group", lambda gid, uid: True)
     assert read_user_config(path) == ({"maxLines": 3}, [])
-    monkeypatch.setattr(options, "private_group", lambda gid, uid: False)
+    monkeypatch.setattr(config_file, "private_group", lambda gid, uid: False)
     raw, problems = read_user_config(path)
     assert raw == {} and "group" in problems[0]
     raw, problems = read_user_config(write_config(tmp_path, 0o646))
@@ -172,7 +172,7 @@ def test_private_group_is_named_after_the_user_and_has_no_one_else(monkeypatch) 
     for name, members, private in [("ann", [], True), ("ann", ["ann"], True), ("ann", ["bob"], False),
                                    ("staff", [], False), ("users", ["ann"], False)]:
         monkeypatch.setattr(grp, "getgrgid", lambda gid, n=name, m=members: SimpleNamespace(gr_name=n, gr_mem=m))
-        assert options.private_group(1000, 1000) is private, (name, members)
+        assert config_file.private_group(1000, 1000) is private, (name, members)
 
 
 def test_config_is_checked_on_the_open_file_not_by_path_again(tmp_path: Path, monkeypatch) -> None:
@@ -198,7 +198,7 @@ def test_config_is_read_where_there_is_no_getuid(tmp_path: Path, monkeypatch) ->
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners")
 def test_a_refused_config_file_is_shown_in_the_editor(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CODESTRAL_LS_CONFIG", str(write_config(tmp_path, 0o666)))
-    monkeypatch.setattr(options, "private_group", lambda gid, uid: False)
+    monkeypatch.setattr(config_file, "private_group", lambda gid, uid: False)
     served: list[Any] = []
     monkeypatch.setattr(cli, "serve", lambda *args: served.append(args) or 0)
     assert cli.main(["serve"]) == 0
