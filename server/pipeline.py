@@ -14,8 +14,10 @@ announces to clients that opted in. An answer that cannot fit the code after it 
 model's next-best start (a second opinion) while that costs less than the first answer did; past
 that, the answer says nothing fits yet and the next-best starts are looked for after it.
 
-Warm-up (prompts prefilled before they are asked for) is server/warmup.py; it builds its requests
-with `Completer.request`, as a request does.
+Where the whole cold prompt would not be ready while a person reads (a CPU), a place nobody prefilled
+is answered first from its nearest lines (the engine's quick window) and the whole prompt's answer
+follows. What follows an answer is server/followups.py; warm-up (prompts prefilled before they are
+asked for) is server/warmup.py; both build on `Completer.request` and `Completer.ask`.
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from codestral_ls.engine.errors import Cancelled, EngineError
 from codestral_ls.engine.request import CancelToken, FimRequest, FimResult, StopRule
 from codestral_ls.engine.serving.backend import Backend
+from codestral_ls.server import followups
 from codestral_ls.server.anchor import Anchors, Placement
 from codestral_ls.server.context import Spines, build_context
 from codestral_ls.server.cursor import Cursor, read_cursor
@@ -42,6 +44,7 @@ from codestral_ls.server.privacy import refused
 from codestral_ls.server.retrieval import Retriever, Workspace
 from codestral_ls.server.speed import DeviceSpeed
 from codestral_ls.server.stats import Stats, Timings
+from codestral_ls.server.suggestion import FINISHED, Document, Fit, Suggestion
 from codestral_ls.server.typed_cache import Shown, TypedThroughCache
 
 log = logging.getLogger(__name__)
@@ -51,43 +54,8 @@ _ids = itertools.count(1)
 WARM_TOKENS = 2
 NOTHING_FITS = "the model had nothing that fits here"
 NOTHING_FITS_YET = "nothing that fits yet: looking for another"
-MAX_REFINING = 64  # quick answers remembered for `accepted`
 MIDDLE_ROOM = 128  # tokens a sequence keeps for what is typed after the window's anchor
-FINISHED = ("stop", "budget")  # an answer that ended where it meant to (not cut at max_tokens)
 Verdict = Literal["fits", "again", "whole", "later", "decline"]  # what becomes of an answer (`Completer._judge`)
-
-
-@dataclass(frozen=True)
-class Document:
-    uri: str
-    text: str
-    language_id: str = ""
-
-
-@dataclass
-class Suggestion:
-    id: str
-    text: str  # inserted at the cursor
-    line: int
-    offset: int  # cursor offset in the document (characters)
-    source: str  # "engine" or "typed-through"
-    latency_ms: float
-    result: FimResult | None = None
-    replace_after: int = 0  # characters after the cursor that `text` replaces (auto-closed brackets)
-    # Other distinct finished suggestions here, best first (the `candidates` option): clients cycle.
-    alternatives: list[Suggestion] = dataclasses.field(default_factory=list)
-    # The rest of a budget-cut block, still decoding: resolves to the longer suggestion (None: nothing more).
-    growing: asyncio.Task[Suggestion | None] | None = None
-
-
-@dataclass(frozen=True)
-class Fit:
-    """An engine answer as it would be shown: post-processed, the characters after the cursor it
-    replaces, and why it cannot fit the code after it (None: it fits, or it was cut short)."""
-
-    text: str
-    replace: int
-    misfit: str | None
 
 
 class Completer:
@@ -103,7 +71,7 @@ class Completer:
         self.retriever = Retriever()  # context from other files
         self.declined = ""  # why the last request got no suggestion (shown by our clients)
         self._growing: dict[str, asyncio.Task[Suggestion | None]] = {}  # follow-up decode per document
-        self._refining: dict[str, str] = {}  # quick answers whose whole-prompt answer follows: id -> uri
+        self.refining: dict[str, str] = {}  # quick answers whose whole-prompt answer follows: id -> uri
 
     @property
     def workspace(self) -> Workspace:
@@ -130,7 +98,7 @@ class Completer:
         if (rest := self.typed.lookup(doc.uri, cursor)) is not None:
             self.stats.typed_through_hits += 1
             self._timed(timing, t0, "typed-through", cursor_ms=_ms(t0))
-            return self._shown(Suggestion(self._new_id(), rest.text, cursor.line, offset, "typed-through", _ms(t0),
+            return self.show(Suggestion(self.new_id(), rest.text, cursor.line, offset, "typed-through", _ms(t0),
                                           replace_after=rest.replace_after), doc.uri, cursor)
         if why := self.not_ready():
             return self._declined(t0, why, timing)
@@ -147,9 +115,9 @@ class Completer:
         avoid: list[str] = []  # the first words of the answers that did not fit
         first_ms = 0.0
         while True:
-            result = await self._engine(req, timing)
+            result = await self.ask(req, timing)
             first_ms = first_ms or result.elapsed_ms
-            fit = self._fit(result, cursor, timing)
+            fit = self.fit(result, cursor, timing)
             verdict = self._judge(fit, result, timing, avoid, first_ms)
             if verdict == "whole":  # a quick answer with nothing to show: the whole prompt, now
                 req, first_ms = dataclasses.replace(req, quick_tokens=0, cancel=CancelToken()), 0.0
@@ -158,22 +126,22 @@ class Completer:
             else:
                 break
         if verdict == "later":  # the answer says so now; the client hears of the one that fits
-            later = self._second_opinions(doc.uri, req, cursor, avoid, offset)
+            later = followups.second_opinions(self, doc.uri, req, cursor, avoid, offset)
             self._declined(t0, NOTHING_FITS_YET, timing)
-            return Suggestion(self._new_id(), "", cursor.line, offset, "pending", _ms(t0), growing=later)
+            return Suggestion(self.new_id(), "", cursor.line, offset, "pending", _ms(t0), growing=later)
         if verdict == "decline" or not fit.text:
             return self._declined(t0, NOTHING_FITS, timing)
         self.stats.second_opinions_found += timing.engine_calls > 1
-        shown = self._shown(Suggestion(self._new_id(), cursor.in_document(fit.text), cursor.line, offset, "engine",
+        shown = self.show(Suggestion(self.new_id(), cursor.in_document(fit.text), cursor.line, offset, "engine",
                                        _ms(t0), result, replace_after=fit.replace), doc.uri, cursor)
         self._timed(timing, t0, "engine")
 
         # More candidates: the model's next-best starts, each finished, fitting and distinct.
         if self.options.candidates > 1 and self.backend.steerable:
-            shown.alternatives = await self._alternatives(req, cursor, shown, [*avoid, first_words(fit.text)])
+            shown.alternatives = await followups.alternatives(self, req, cursor, shown, [*avoid, first_words(fit.text)])
 
         # What follows while the user reads: the whole prompt's answer, or the rest of the block.
-        shown.growing = self._follow_up(doc.uri, req, result, cursor, shown)
+        shown.growing = followups.follow_up(self, doc.uri, req, result, cursor, shown)
         return shown
 
     # -- the steps ----------------------------------------------------------------------------
@@ -195,7 +163,7 @@ class Completer:
             doc=doc.uri, prefix=placement.ctx.prefix, suffix=placement.ctx.suffix,
             forced_middle=placement.forced_middle, extra_files=self.extra_files(doc, cursor, others),
             max_tokens=o.max_tokens, path=self.workspace.relative(doc.uri), repo=self.workspace.name_of(doc.uri),
-            stop=self._stop_rule(cursor), short_start=placement.ctx.short_start,
+            stop=self.stop_rule(cursor), short_start=placement.ctx.short_start,
             quick_tokens=self.speed.quick_tokens() if o.quick_first else 0, quick_above=self.speed.quick_above())
 
     def windows(self) -> tuple[int, int, Spines | None]:
@@ -220,7 +188,7 @@ class Completer:
         return self.retriever.select(doc.uri, doc.text, cursor.offset, cursor.language, others, o.retrieval,
                                      tokens, o.secret_files, o.disabled_languages)
 
-    def _stop_rule(self, cursor: Cursor) -> StopRule:
+    def stop_rule(self, cursor: Cursor) -> StopRule:
         """Where a suggestion ends. A budget only shortens a block by whole lines; a single line is always
         finished."""
         o, multi = self.options, cursor.mode == "multi"
@@ -240,30 +208,7 @@ class Completer:
         model_default = engine.loaded.extra_context_tokens if engine is not None else None
         return self.speed.extra_tokens(self.options.extra_context_tokens, model_default)
 
-    async def _alternatives(self, req: FimRequest, cursor: Cursor, first: Suggestion,
-                            avoid: list[str]) -> list[Suggestion]:
-        """Up to `candidates - 1` more suggestions, best first: each a next-best start of the model
-        (`FimRequest.avoid`), finished, fitting the code after it and distinct."""
-        out: list[Suggestion] = []
-        seen = {first.text.strip()}
-        for _ in range(self.options.candidates - 1 + self.options.second_opinions):
-            if len(out) >= self.options.candidates - 1:
-                break
-            alt = await self._engine(dataclasses.replace(req, avoid=tuple(avoid), stop=self._stop_rule(cursor),
-                                                         background=False, cancel=CancelToken()))
-            fit = self._fit(alt, cursor)
-            if not first_words(fit.text) or first_words(fit.text) in avoid:
-                break  # nothing else the model would start with
-            avoid.append(first_words(fit.text))
-            if alt.finish not in FINISHED or fit.text.strip() in seen or fit.misfit:
-                continue
-            seen.add(fit.text.strip())
-            out.append(self._shown(dataclasses.replace(first, id=self._new_id(), text=cursor.in_document(fit.text),
-                                                       result=alt, replace_after=fit.replace), req.doc,
-                                   cursor, typed=False))
-        return out
-
-    async def _engine(self, req: FimRequest, timing: Timings | None = None) -> FimResult:
+    async def ask(self, req: FimRequest, timing: Timings | None = None) -> FimResult:
         """One engine call; its time joins `timing` (the request's first answer and second opinions)."""
         try:
             result = await asyncio.wrap_future(self.backend.submit(req))
@@ -278,7 +223,7 @@ class Completer:
             timing.add_engine(result)
         return result
 
-    def _fit(self, result: FimResult, cursor: Cursor, timing: Timings | None = None) -> Fit:
+    def fit(self, result: FimResult, cursor: Cursor, timing: Timings | None = None) -> Fit:
         """The engine's answer as it would be shown, and whether it fits the code after the cursor."""
         t0 = time.perf_counter()
         text = postprocess(result.text, cursor, self.disabled_filters)
@@ -307,79 +252,7 @@ class Completer:
         next_ms = result.elapsed_ms - result.prefill_ms  # a second opinion re-decodes; its prompt is cached
         return "later" if timing.prefill_ms + timing.decode_ms + next_ms >= 2 * first_ms > 0 else "again"
 
-    def _follow_up(self, uri: str, req: FimRequest, result: FimResult, cursor: Cursor,
-                   shown: Suggestion) -> asyncio.Task[Suggestion | None] | None:
-        """The decode that follows an answer (`Suggestion.growing`), or None.
-
-        A cold place answered from its nearest lines: the whole prompt's answer follows (and its
-        prefill is what the next keys reuse), prefilled as a warm-up is, in small chunks, so that the
-        next request waits behind it one small chunk at most. Else the latency budget ended the block
-        early: decode the rest while the user reads."""
-        if result.window == "quick":
-            self.stats.quick_answers += 1
-            whole = dataclasses.replace(req, quick_tokens=0, avoid=(), stop=req.stop.unbudgeted(), warm=True)
-            self._refining[shown.id] = uri  # accepted as it is: the follow-up is moot (`accepted`)
-            while len(self._refining) > MAX_REFINING:
-                del self._refining[next(iter(self._refining))]
-            return self._grow(uri, whole, cursor, shown, replaces=True)
-        if result.finish == "budget":
-            return self._grow(uri, dataclasses.replace(req, stop=req.stop.unbudgeted()), cursor, shown)
-        return None
-
-    def _grow(self, uri: str, req: FimRequest, cursor: Cursor, shown: Suggestion,
-              replaces: bool = False) -> asyncio.Task[Suggestion | None]:
-        """Decode the rest of a budget-cut block; the longer suggestion, remembered for typing through it,
-        or None when it says nothing more. `replaces`: the whole prompt's answer after a quick one, which
-        may say something else (None: it says the same, or does not fit)."""
-
-        async def follow_up() -> Suggestion | None:
-            try:
-                result = await self._engine(dataclasses.replace(req, cancel=CancelToken()))
-            except (Cancelled, EngineError, asyncio.CancelledError):
-                return None  # the user typed (a newer request won) or the engine failed: nothing to add
-            text = postprocess(result.text, cursor, self.disabled_filters)
-            if result.finish == "length" and "\n" in text:
-                text = text[:text.rfind("\n")].rstrip()  # whole lines only, as the first answer
-            elif result.finish in FINISHED and misfit(text, cursor, replaced_after(text, cursor),
-                                                      self.disabled_filters):
-                return None
-            text = cursor.in_document(text)
-            if not text.strip() or text == shown.text or not (replaces or text.startswith(shown.text)):
-                return None
-            if replaces:
-                self.stats.quick_replaced += 1
-            else:
-                self.stats.grown += 1
-            return self._shown(dataclasses.replace(shown, id=self._new_id(), text=text, result=result,
-                                                   replace_after=replaced_after(text, cursor), growing=None),
-                               uri, cursor)
-
-        return self._follow(uri, follow_up())
-
-    def _second_opinions(self, uri: str, req: FimRequest, cursor: Cursor, avoid: list[str],
-                         offset: int) -> asyncio.Task[Suggestion | None]:
-        """The model's next-best starts, after the answer said nothing fits yet: the first that fits the
-        code after it, remembered for the place (a request there answers it at once), or None."""
-
-        async def look_on() -> Suggestion | None:
-            while True:
-                try:
-                    result = await self._engine(dataclasses.replace(req, avoid=tuple(avoid), cancel=CancelToken()))
-                except (Cancelled, EngineError, asyncio.CancelledError):
-                    return None
-                fit = self._fit(result, cursor)
-                if fit.text and fit.misfit is None:
-                    self.stats.second_opinions_found += 1
-                    return self._shown(Suggestion(self._new_id(), cursor.in_document(fit.text), cursor.line, offset,
-                                                  "engine", 0.0, result, replace_after=fit.replace), uri, cursor)
-                self.stats.rejected += 1
-                if len(avoid) >= self.options.second_opinions or not first_words(fit.text):
-                    return None
-                avoid.append(first_words(fit.text))
-
-        return self._follow(uri, look_on())
-
-    def _follow(self, uri: str, work: Any) -> asyncio.Task[Suggestion | None]:
+    def follow(self, uri: str, work: Any) -> asyncio.Task[Suggestion | None]:
         """Run `work` after the answer, one per document: a newer request there cancels it."""
         task = asyncio.get_running_loop().create_task(work)
         self._growing[uri] = task
@@ -391,7 +264,7 @@ class Completer:
         if task is not None:
             task.cancel()
 
-    def _shown(self, s: Suggestion, uri: str, cursor: Cursor, typed: bool = True) -> Suggestion:
+    def show(self, s: Suggestion, uri: str, cursor: Cursor, typed: bool = True) -> Suggestion:
         if typed:  # typing through follows the first suggestion only
             self.typed.remember(Shown.at(uri, cursor, s.text, s.replace_after))
         self.declined = ""
@@ -428,7 +301,7 @@ class Completer:
     def accepted(self, suggestion_id: str, chars: int | None = None) -> None:
         """Acceptance feedback: whole (`chars` None) or partial. A quick answer the user took needs no
         whole-prompt answer any more: stopping it lets the next line's prefetch run at once."""
-        if (uri := self._refining.pop(suggestion_id, None)) is not None:
+        if (uri := self.refining.pop(suggestion_id, None)) is not None:
             self.stop_growing(uri)
         length = self.stats.shown.get(suggestion_id)
         if chars is None:
@@ -449,7 +322,7 @@ class Completer:
         self.typed.forget(uri)
 
     @staticmethod
-    def _new_id() -> str:
+    def new_id() -> str:
         return f"c{next(_ids)}"
 
 

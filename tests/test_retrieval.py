@@ -287,8 +287,8 @@ def test_two_keystrokes_share_the_extra_part_and_the_cache(project, qwen_engine,
     assert parts[0] == parts[1] and len(parts[0]) > 20
     ids = [enc.build(r.prefix, r.suffix, r.forced_middle, r.extra_files, path=r.path, repo=r.repo).ids for r in reqs]
     assert ids[0][:len(parts[0])] == ids[1][:len(parts[1])] == parts[0], "the extra part starts both prompts"
-    first = asyncio.run(c._engine(reqs[0]))
-    second = asyncio.run(c._engine(reqs[1]))
+    first = asyncio.run(c.ask(reqs[0]))
+    second = asyncio.run(c.ask(reqs[1]))
     assert first.prefilled_tokens >= len(parts[0])
     assert second.reused_tokens >= len(parts[0]) and second.prefilled_tokens < first.prefilled_tokens, second
 
