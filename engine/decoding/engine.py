@@ -168,13 +168,17 @@ class Engine:
             return len(prompt.ids) - self.store.peek(prompt.ids)
 
         best, window = build(req.prefix), ""
+        best_cost = cost(best)
         if req.short_start:
             short = build(req.prefix[req.short_start:])
-            best, window = (best, "long") if cost(best) <= cost(short) else (short, "short")
-        if req.quick_tokens and cost(best) > max(req.quick_tokens, req.quick_above):
+            if (short_cost := cost(short)) < best_cost:
+                best, window, best_cost = short, "short", short_cost
+            else:
+                window = "long"
+        if req.quick_tokens and best_cost > max(req.quick_tokens, req.quick_above):
             before, after = quick_window(self.counter, req.prefix, req.suffix, req.quick_tokens)
             quick = self.encoder.build(before, after, req.forced_middle, heal=req.heal)
-            if cost(quick) < cost(best):
+            if cost(quick) < best_cost:
                 return quick, "quick"
         return best, window
 
