@@ -90,7 +90,7 @@ class Completer:
         self.stats.requests += 1
         self.stop_growing(doc.uri)
         language = language_for(doc.language_id, doc.uri)
-        if why := refused(doc.uri, doc.language_id, self.options.secret_files, self.options.disabled_languages):
+        if why := self.refused(doc):
             return self._declined(t0, why, timing)  # a secret file, a language turned off: nothing is sent
         cursor = read_cursor(doc.text, offset, language, self.options.multiline)  # the one cursor analysis
 
@@ -99,7 +99,7 @@ class Completer:
             self.stats.typed_through_hits += 1
             self._timed(timing, t0, "typed-through", cursor_ms=_ms(t0))
             return self.show(Suggestion(self.new_id(), rest.text, cursor.line, offset, "typed-through", _ms(t0),
-                                          replace_after=rest.replace_after), doc.uri, cursor)
+                                        replace_after=rest.replace_after), doc.uri, cursor)
         if why := self.not_ready():
             return self._declined(t0, why, timing)
 
@@ -133,7 +133,7 @@ class Completer:
             return self._declined(t0, NOTHING_FITS, timing)
         self.stats.second_opinions_found += timing.engine_calls > 1
         shown = self.show(Suggestion(self.new_id(), cursor.in_document(fit.text), cursor.line, offset, "engine",
-                                       _ms(t0), result, replace_after=fit.replace), doc.uri, cursor)
+                                     _ms(t0), result, replace_after=fit.replace), doc.uri, cursor)
         self._timed(timing, t0, "engine")
 
         # More candidates: the model's next-best starts, each finished, fitting and distinct.
@@ -287,6 +287,10 @@ class Completer:
             setattr(timing, name, ms)
         timing.total_ms, timing.source = _ms(t0), source
         self.stats.timed(timing)
+
+    def refused(self, doc: Document) -> str:
+        """Why nothing of `doc` may go to a backend (a secret file, a language turned off): "" if it may."""
+        return refused(doc.uri, doc.language_id, self.options.secret_files, self.options.disabled_languages)
 
     def not_ready(self) -> str:
         """Why no request can run now ("" when one can). Never waits: a loading model answers empty."""

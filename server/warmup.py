@@ -22,7 +22,6 @@ from codestral_ls.server.context import spine_plan, spine_text
 from codestral_ls.server.cursor import BLOCK_OPENERS, read_cursor
 from codestral_ls.server.languages import language_for
 from codestral_ls.server.pipeline import Completer, Document, Suggestion
-from codestral_ls.server.privacy import refused
 
 
 def warm(c: Completer, doc: Document, offset: int, plan: bool = True, remember: bool = True) -> bool:
@@ -34,7 +33,7 @@ def warm(c: Completer, doc: Document, offset: int, plan: bool = True, remember: 
     if c.not_ready():
         return False
     language = language_for(doc.language_id, doc.uri)
-    if refused(doc.uri, doc.language_id, c.options.secret_files, c.options.disabled_languages):
+    if c.refused(doc):
         return False  # a secret file, or a language turned off: nothing of it goes anywhere
     req = c.request(doc, read_cursor(doc.text, offset, language, c.options.multiline), remember=remember)
     if req is None:
@@ -48,7 +47,7 @@ def warm(c: Completer, doc: Document, offset: int, plan: bool = True, remember: 
 
 def warm_spines(c: Completer, doc: Document, offset: int) -> bool:
     """Only the spines of `doc` around `offset` (no prompt at a place): whether any were planned."""
-    if c.not_ready() or refused(doc.uri, doc.language_id, c.options.secret_files, c.options.disabled_languages):
+    if c.not_ready() or c.refused(doc):
         return False
     plan = spine_requests(c, doc, offset)
     c.backend.plan(plan)
